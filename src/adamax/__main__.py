@@ -1,0 +1,5 @@
+import sys
+
+from adamax.cli import main
+
+sys.exit(main())

@@ -1,0 +1,174 @@
+"""A stateful Adamax optimizer over NumPy arrays, updated in place.
+
+It lifts :func:`adamax.reference.update` over a list, tuple or nested dict of
+arrays, the way jax's ``example_libraries.optimizers`` lifts per-array math
+over pytrees.  Each array keeps its own step count, as in torch.
+
+Both :meth:`Adamax.step` and :meth:`Adamax.load_state_dict` are
+all-or-nothing: every input is checked and every new value computed before
+the first array is written, so an exception leaves params and state as they
+were.
+
+>>> import numpy as np
+>>> from adamax.numpy import Adamax
+>>> params = {"w": np.array([1.0, 2.0]), "b": np.array(0.5)}
+>>> opt = Adamax(params, lr=0.1)
+>>> opt.step({"w": np.array([1.0, -1.0]), "b": np.array(2.0)})
+>>> params["w"].round(6), params["b"].round(6)
+(array([0.9, 2.1]), np.float64(0.4))
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from adamax import reference
+from adamax.reference import AdamaxState
+from adamax.spec import AdamaxConfig, EpsPlacement
+
+Tree = Any  # an ndarray, or a list/tuple/dict of trees
+_STATE_KEYS = frozenset({"step", "exp_avg", "exp_inf"})
+
+
+def _flatten(tree: Tree, prefix: str = "") -> list[tuple[str, Any]]:
+    """``[(path, leaf), ...]`` in a fixed order; paths join keys with '/'."""
+    if isinstance(tree, Mapping):
+        out = []
+        for key in tree:
+            if not isinstance(key, str) or not key or "/" in key:
+                raise TypeError(
+                    f"dict keys must be non-empty strings without '/', got {key!r} at {prefix or 'the root'!r}"
+                )
+            out += _flatten(tree[key], f"{prefix}/{key}" if prefix else key)
+        return out
+    if isinstance(tree, Sequence) and not isinstance(tree, (str, bytes)):
+        out = []
+        for i, item in enumerate(tree):
+            out += _flatten(item, f"{prefix}/{i}" if prefix else str(i))
+        return out
+    return [(prefix, tree)]
+
+
+class Adamax:
+    """Adamax over a list or (nested) dict of NumPy arrays.
+
+    Args:
+        params: the arrays to optimize, updated in place.  Each must be a
+            writeable float16/32/64 or complex64/128 array; no two may share
+            memory.
+        lr, betas, eps, weight_decay, decoupled_weight_decay, maximize,
+        eps_placement: see :mod:`adamax.spec`.
+
+    ``opt.config`` holds the hyperparameters; assign
+    ``opt.config = opt.config.replace(lr=...)`` to schedule them.
+    """
+
+    def __init__(
+        self,
+        params: Tree,
+        lr: float = 2e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        *,
+        decoupled_weight_decay: bool = False,
+        maximize: bool = False,
+        eps_placement: EpsPlacement = "max",
+    ) -> None:
+        self.config = AdamaxConfig(
+            lr=lr,
+            betas=betas,
+            eps=eps,
+            weight_decay=weight_decay,
+            decoupled_weight_decay=decoupled_weight_decay,
+            maximize=maximize,
+            eps_placement=eps_placement,
+        )
+        leaves = _flatten(params)
+        for path, leaf in leaves:
+            if not isinstance(leaf, np.ndarray):
+                raise TypeError(f"param {path!r} must be a numpy array, got {type(leaf).__name__}")
+            reference.check_dtype(leaf.dtype, f"param {path!r}")
+            if not leaf.flags.writeable:
+                raise ValueError(f"param {path!r} is read-only; Adamax updates params in place")
+        for i, (path_a, a) in enumerate(leaves):
+            for path_b, b in leaves[i + 1 :]:
+                if np.may_share_memory(a, b) and np.shares_memory(a, b):
+                    raise ValueError(f"params {path_a!r} and {path_b!r} share memory")
+        self.params = params
+        self._leaves: dict[str, np.ndarray] = dict(leaves)
+        self.state: dict[str, AdamaxState] = {}
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{k}={v!r}" for k, v in self.config.to_dict().items())
+        return f"Adamax({len(self._leaves)} arrays, {fields})"
+
+    def _matching_grads(self, grads: Tree) -> dict[str, np.ndarray]:
+        flat = dict(_flatten(grads))
+        missing = [p for p in self._leaves if p not in flat or flat[p] is None]
+        if missing:
+            raise ValueError(f"missing gradient for {', '.join(map(repr, missing))}")
+        extra = [p for p in flat if p not in self._leaves]
+        if extra:
+            raise ValueError(f"gradient for unknown param {', '.join(map(repr, extra))}")
+        for path, param in self._leaves.items():
+            grad = flat[path]
+            if not isinstance(grad, np.ndarray):
+                raise TypeError(f"gradient for {path!r} must be a numpy array, got {type(grad).__name__}")
+            if grad.shape != param.shape:
+                raise ValueError(f"gradient for {path!r} has shape {grad.shape}, expected {param.shape}")
+            if grad.dtype != param.dtype:
+                raise TypeError(f"gradient for {path!r} has dtype {grad.dtype}, expected {param.dtype}")
+        return flat
+
+    def step(self, grads: Tree) -> None:
+        """Update every param in place from ``grads``, a tree shaped like the params."""
+        flat = self._matching_grads(grads)
+        new = {}
+        for path, param in self._leaves.items():
+            state = self.state[path] if path in self.state else reference.init(param)
+            new[path] = reference.update(param, flat[path], state, self.config)
+        # Nothing above wrote anything; from here on nothing can fail.
+        for path, (value, state) in new.items():
+            np.copyto(self._leaves[path], value)
+            self.state[path] = state
+
+    def state_dict(self) -> dict[str, Any]:
+        """A snapshot: ``{"state": {path: {step, exp_avg, exp_inf}}, "hyperparams": {...}}``."""
+        return {
+            "state": {
+                path: {"step": int(s.step), "exp_avg": s.exp_avg.copy(), "exp_inf": s.exp_inf.copy()}
+                for path, s in self.state.items()
+            },
+            "hyperparams": self.config.to_dict(),
+        }
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        """Restore a :meth:`state_dict` snapshot; refuse it whole if anything mismatches."""
+        if not isinstance(state_dict, Mapping) or set(state_dict) != {"state", "hyperparams"}:
+            keys = sorted(state_dict) if isinstance(state_dict, Mapping) else type(state_dict).__name__
+            raise ValueError(f"expected a state dict with keys 'state' and 'hyperparams', got {keys}")
+        config = AdamaxConfig.from_dict(state_dict["hyperparams"])
+        saved = state_dict["state"]
+        if not isinstance(saved, Mapping):
+            raise TypeError(f"'state' must be a mapping, got {type(saved).__name__}")
+        if saved and set(saved) != set(self._leaves):
+            missing = sorted(set(self._leaves) - set(saved))
+            unknown = sorted(set(saved) - set(self._leaves), key=str)
+            raise ValueError(f"state does not match the params: missing {missing}, unknown {unknown}")
+        state = {}
+        for path, entry in saved.items():
+            if not isinstance(entry, Mapping) or set(entry) != _STATE_KEYS:
+                raise ValueError(f"state for {path!r} must have exactly the keys {sorted(_STATE_KEYS)}")
+            candidate = AdamaxState(entry["step"], entry["exp_avg"], entry["exp_inf"])
+            param = self._leaves[path]
+            try:
+                reference.check_update_args(param, param, candidate)
+            except (TypeError, ValueError) as err:
+                raise type(err)(f"state for {path!r}: {err}") from None
+            state[path] = AdamaxState(int(candidate.step), candidate.exp_avg.copy(), candidate.exp_inf.copy())
+        self.config = config
+        self.state = state

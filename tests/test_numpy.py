@@ -1,0 +1,211 @@
+"""adamax.numpy.Adamax: trees of arrays, all-or-nothing steps and checkpoint loads."""
+
+from __future__ import annotations
+
+import copy
+import pickle
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from adamax import reference
+from adamax.numpy import Adamax
+
+
+def make_tree(rng):
+    return {
+        "encoder": {"w": rng.standard_normal((4, 3)), "b": rng.standard_normal(3)},
+        "head": [rng.standard_normal(2).astype(np.float32), np.array(0.25)],
+    }
+
+
+def grads_like(tree, rng):
+    if isinstance(tree, dict):
+        return {k: grads_like(v, rng) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [grads_like(v, rng) for v in tree]
+    return rng.standard_normal(tree.shape).astype(tree.dtype)
+
+
+def snapshot(opt):
+    """Deep copies of every param and the whole state."""
+    return {path: leaf.copy() for path, leaf in opt._leaves.items()}, copy.deepcopy(opt.state), opt.config
+
+
+def assert_unchanged(opt, before):
+    params, state, config = before
+    for path, leaf in opt._leaves.items():
+        np.testing.assert_array_equal(leaf, params[path], err_msg=path)
+    assert set(opt.state) == set(state)
+    for path, s in opt.state.items():
+        assert s.step == state[path].step
+        np.testing.assert_array_equal(s.exp_avg, state[path].exp_avg)
+        np.testing.assert_array_equal(s.exp_inf, state[path].exp_inf)
+    assert opt.config == config
+
+
+def test_nested_tree_matches_reference_per_array():
+    rng = np.random.default_rng(0)
+    params = make_tree(rng)
+    opt = Adamax(params, lr=0.01, weight_decay=0.1)
+    expected = {path: (leaf.copy(), reference.init(leaf)) for path, leaf in opt._leaves.items()}
+    assert sorted(opt._leaves) == ["encoder/b", "encoder/w", "head/0", "head/1"]
+    for _ in range(4):
+        grads = grads_like(params, rng)
+        opt.step(grads)
+        flat = {
+            "encoder/w": grads["encoder"]["w"],
+            "encoder/b": grads["encoder"]["b"],
+            "head/0": grads["head"][0],
+            "head/1": grads["head"][1],
+        }
+        for path, (p, s) in expected.items():
+            expected[path] = reference.update(p, flat[path], s, opt.config)
+            np.testing.assert_array_equal(opt._leaves[path], expected[path][0])
+    assert params["head"][0].dtype == np.float32  # updated in place, dtype kept
+    assert opt.state["head/1"].step == 4
+
+
+BAD_GRADS = {
+    "wrong shape": lambda g: g["encoder"].__setitem__("b", np.zeros(4)),
+    "wrong dtype": lambda g: g["head"].__setitem__(0, np.zeros(2, np.float64)),
+    "missing": lambda g: g["encoder"].pop("w"),
+    "None": lambda g: g["head"].__setitem__(1, None),
+    "unknown": lambda g: g.__setitem__("extra", np.zeros(1)),
+    "not an array": lambda g: g["encoder"].__setitem__("b", [0.0, 0.0, 0.0]),
+}
+
+
+@pytest.mark.parametrize("spoil", BAD_GRADS.values(), ids=BAD_GRADS.keys())
+def test_a_refused_step_changes_nothing(spoil):
+    rng = np.random.default_rng(1)
+    params = make_tree(rng)
+    opt = Adamax(params, lr=0.01)
+    opt.step(grads_like(params, rng))
+    before = snapshot(opt)
+    grads = grads_like(params, rng)
+    spoil(grads)
+    with pytest.raises((TypeError, ValueError)):
+        opt.step(grads)
+    assert_unchanged(opt, before)
+
+
+def test_resume_from_a_checkpoint_equals_an_uninterrupted_run():
+    rng = np.random.default_rng(2)
+    grads = [grads_like(make_tree(np.random.default_rng(9)), rng) for _ in range(10)]
+    straight = make_tree(np.random.default_rng(9))
+    opt = Adamax(straight, lr=0.05, eps_placement="denominator")
+    for g in grads:
+        opt.step(g)
+
+    resumed = make_tree(np.random.default_rng(9))
+    first = Adamax(resumed, lr=0.05, eps_placement="denominator")
+    for g in grads[:5]:
+        first.step(g)
+    saved = pickle.loads(pickle.dumps(first.state_dict()))
+    second = Adamax(resumed)  # default hyperparameters: the checkpoint brings its own
+    second.load_state_dict(saved)
+    assert second.config == first.config
+    for g in grads[5:]:
+        second.step(g)
+    for path in opt._leaves:
+        np.testing.assert_array_equal(opt._leaves[path], second._leaves[path])
+
+
+def test_state_dict_is_a_snapshot():
+    params = [np.ones(3)]
+    opt = Adamax(params)
+    opt.step([np.ones(3)])
+    saved = opt.state_dict()
+    saved["state"]["0"]["exp_avg"][:] = 99.0
+    assert not np.any(opt.state["0"].exp_avg == 99.0)
+
+
+def _checkpoint():
+    params = make_tree(np.random.default_rng(3))
+    opt = Adamax(params)
+    opt.step(grads_like(params, np.random.default_rng(4)))
+    return opt.state_dict()
+
+
+BAD_CHECKPOINTS = {
+    "not a dict": lambda sd: [sd],
+    "missing hyperparams": lambda sd: {"state": sd["state"]},
+    "extra top-level key": lambda sd: {**sd, "param_groups": []},
+    "invalid lr": lambda sd: {**sd, "hyperparams": {**sd["hyperparams"], "lr": -1.0}},
+    "unknown hyperparameter": lambda sd: {**sd, "hyperparams": {**sd["hyperparams"], "amsgrad": True}},
+    "missing param": lambda sd: {**sd, "state": {k: v for k, v in sd["state"].items() if k != "head/0"}},
+    "unknown param": lambda sd: {**sd, "state": {**sd["state"], "decoder/w": sd["state"]["head/0"]}},
+    "wrong shape": lambda sd: _set(sd, "encoder/w", "exp_inf", np.zeros((3, 4))),
+    "wrong dtype": lambda sd: _set(sd, "head/0", "exp_avg", np.zeros(2, np.float64)),
+    "not an array": lambda sd: _set(sd, "head/1", "exp_avg", 0.0),
+    "negative step": lambda sd: _set(sd, "encoder/b", "step", -3),
+    "float step": lambda sd: _set(sd, "encoder/b", "step", 2.5),
+    "missing key": lambda sd: {**sd, "state": {**sd["state"], "head/1": {"step": 1, "exp_avg": np.zeros(())}}},
+}
+
+
+def _set(sd, path, key, value):
+    sd = copy.deepcopy(sd)
+    sd["state"][path][key] = value
+    return sd
+
+
+@pytest.mark.parametrize("spoil", BAD_CHECKPOINTS.values(), ids=BAD_CHECKPOINTS.keys())
+def test_a_refused_checkpoint_changes_nothing(spoil):
+    rng = np.random.default_rng(5)
+    params = make_tree(rng)
+    opt = Adamax(params, lr=0.3, eps_placement="none")
+    opt.step(grads_like(params, rng))
+    before = snapshot(opt)
+    with pytest.raises((TypeError, ValueError)):
+        opt.load_state_dict(spoil(_checkpoint()))
+    assert_unchanged(opt, before)
+
+
+def test_empty_state_loads_as_fresh():
+    opt = Adamax([np.ones(2)])
+    opt.step([np.ones(2)])
+    opt.load_state_dict(Adamax([np.ones(2)], lr=0.1).state_dict())
+    assert opt.state == {} and opt.config.lr == 0.1
+
+
+BAD_PARAMS = {
+    "integer": ([np.arange(3)], TypeError, "dtype int64"),
+    "read-only": ([np.broadcast_to(np.ones(1), (3,))], ValueError, "read-only"),
+    "same array twice": ((lambda a: [a, a])(np.ones(3)), ValueError, "share memory"),
+    "overlapping views": ((lambda a: [a[:3], a[2:]])(np.ones(5)), ValueError, "share memory"),
+    "a list, not an array": ([[1.0, 2.0]], TypeError, "must be a numpy array"),
+    "slash in a key": ({"a/b": np.ones(1)}, TypeError, "without '/'"),
+}
+
+
+@pytest.mark.parametrize(("params", "error", "message"), BAD_PARAMS.values(), ids=BAD_PARAMS.keys())
+def test_bad_params_are_refused_at_construction(params, error, message):
+    with pytest.raises(error, match=message):
+        Adamax(params)
+
+
+def test_interleaved_views_are_accepted():
+    a = np.zeros(6)
+    Adamax([a[::2], a[1::2]], lr=0.5, eps_placement="none").step([np.ones(3), -np.ones(3)])
+    np.testing.assert_array_equal(a, [-0.5, 0.5] * 3)
+
+
+def test_invalid_hyperparameters_are_refused_before_anything_is_built():
+    with pytest.raises(ValueError, match=r"^Invalid learning rate: -1\.0$"):
+        Adamax([np.ones(1)], lr=-1.0)
+
+
+@given(st.lists(st.floats(-1e3, 1e3, allow_nan=False), min_size=1, max_size=20), st.integers(1, 5))
+def test_steps_match_the_reference(values, steps):
+    p = np.array(values)
+    opt = Adamax([p], lr=0.1, betas=(0.8, 0.99))
+    ref, state = p.copy(), reference.init(p)
+    for k in range(steps):
+        g = np.cos(np.arange(len(values)) + k) * (k + 1)
+        opt.step([g])
+        ref, state = reference.update(ref, g, state, opt.config)
+        np.testing.assert_array_equal(p, ref)
