@@ -70,6 +70,7 @@ def _pyplot():
 
 
 def demo(args: argparse.Namespace) -> None:
+    plt = None if args.no_plot else _pyplot()  # fail before the work, not after
     data = textbook.make_data(500, seed=args.seed)
     optimum = textbook.least_squares(data)
     with _console.progress(args.iterations, "Adamax (textbook)") as advance:
@@ -86,9 +87,8 @@ def demo(args: argparse.Namespace) -> None:
             ["MSE loss", f"{final_loss:.6f}", f"{best_loss:.6f}", f"{abs(final_loss - best_loss):.2e}"],
         ],
     )
-    if args.no_plot:
+    if plt is None:
         return
-    plt = _pyplot()
     fig, (ax_fit, ax_loss) = plt.subplots(1, 2, figsize=(11, 4.5))
     x = np.linspace(data[:, 0].min(), data[:, 0].max(), 2)
     ax_fit.scatter(data[:, 0], data[:, 1], s=6, alpha=0.4, color="gray", label="data")
