@@ -23,6 +23,10 @@ with ``eps_placement="max"``; ``tests/test_reference.py`` checks it.  The one
 deliberate difference: where ``u == 0`` (possible only with ``eps == 0``),
 torch produces 0/0 = NaN and this reference takes no step.
 
+The update itself is :func:`adamax._algorithm.adamax_update`, the one copy of
+the math that every backend runs; this module supplies NumPy operations with
+the rounding above, and the state handling.
+
 Complex arrays are updated as real pairs (``view_as_real``), and their state
 keeps the complex dtype, as torch's does.  The one complex-specific rounding:
 coupled weight decay is unfused there (``g + p * wd``), because torch applies
@@ -48,7 +52,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from adamax._exact import fma
+from adamax._algorithm import NumpyOps, adamax_update, step_size
 from adamax.spec import AdamaxConfig
 
 SUPPORTED_DTYPES = (np.float16, np.float32, np.float64, np.complex64, np.complex128)
@@ -99,57 +103,14 @@ def update(
     param, grad = np.asarray(param), np.asarray(grad)
     check_update_args(param, grad, state)
     t = int(state.step) + 1
-    if np.iscomplexobj(param):
-        pairs = [_as_real_pairs(x) for x in (param, grad, state.exp_avg, state.exp_inf)]
-        p, m, u = _update_real(*pairs, t, config, fused_weight_decay=False)
+    ops = NumpyOps(param.dtype)
+    size = step_size(config.lr, config.beta1, t)
+    p, m, u = adamax_update(ops, param, grad, state.exp_avg, state.exp_inf, size, config)
+    if ops.complex:
         p, m, u = (_from_real_pairs(x, param.dtype) for x in (p, m, u))
     else:
-        p, m, u = _update_real(param, grad, state.exp_avg, state.exp_inf, t, config)
+        p, m, u = (np.asarray(x, dtype=param.dtype) for x in (p, m, u))
     return p, AdamaxState(t, m, u)
-
-
-def _update_real(
-    p: np.ndarray,
-    g: np.ndarray,
-    m: np.ndarray,
-    u: np.ndarray,
-    t: int,
-    c: AdamaxConfig,
-    *,
-    fused_weight_decay: bool = True,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    dt = p.dtype.type
-    b1, b2 = c.betas
-    if c.maximize:
-        g = -g
-    if c.weight_decay != 0:
-        if c.decoupled_weight_decay:
-            p = p * dt(1 - c.lr * c.weight_decay)
-        elif fused_weight_decay:
-            g = fma(p, dt(c.weight_decay), g)
-        else:  # torch's complex add(alpha=) multiplies, rounds, then adds
-            g = g + p * dt(c.weight_decay)
-    # torch computes the first moment as lerp(m, g, 1 - b1), with its FMA forms.
-    w = dt(1 - b1)
-    if w < 0.5:
-        m = fma(w, g - m, m)
-    else:
-        m = fma(-(g - m), dt(1) - w, g)
-    if c.eps_placement == "max":
-        u = np.maximum(u * dt(b2), np.abs(g) + dt(c.eps))
-        denom = u
-    else:
-        u = np.maximum(u * dt(b2), np.abs(g))
-        denom = u + dt(c.eps) if c.eps_placement == "denominator" else u
-    step_size = dt(-(c.lr / (1 - b1**t)))
-    numer = step_size * m
-    # Where u == 0, m == 0 as well; take no step rather than 0/0.
-    p = p + np.divide(numer, denom, out=np.zeros_like(numer), where=denom != 0)
-    return tuple(np.asarray(x, dtype=dt) for x in (p, m, u))
-
-
-def _as_real_pairs(x: np.ndarray) -> np.ndarray:
-    return np.stack([x.real, x.imag], axis=-1)
 
 
 def _from_real_pairs(x: np.ndarray, dtype: np.dtype) -> np.ndarray:

@@ -1,0 +1,505 @@
+r"""PyTorch: ``adamax.torch.Adamax``, a drop-in for ``torch.optim.Adamax``.
+
+Same defaults, same state keys (``step``, ``exp_avg``, ``exp_inf``), same
+error messages, and with torch-compatible options the same bits: float32 and
+float64, forloop and foreach, complex included.  Checkpoints move both ways.
+
+What it adds:
+
+* ``eps_placement="max" | "denominator" | "none"`` (:mod:`adamax.spec`): torch
+  and optax, Keras/TensorFlow, or the paper.
+* ``decoupled_weight_decay=True`` (``p *= 1 - lr * wd``), and :class:`AdamaxW`
+  with it on by default.
+* All-or-nothing steps: every group's hyperparameters, every gradient (sparse,
+  shape, dtype, device) and every state entry is checked before the first
+  tensor is written, so a step that raises changes nothing.
+* Validated checkpoints: :meth:`Adamax.load_state_dict` checks structure,
+  shapes and dtypes against the params and refuses a bad one whole.
+* ``skip_nonfinite=True``: a step in which any gradient holds NaN or inf is
+  skipped whole and counted in ``skipped_steps``.  The default, like torch,
+  applies such gradients, and NaN then spreads into params and state.
+
+The math is :func:`adamax._algorithm.adamax_update`, the one definition every
+backend runs; this module supplies torch operations for one tensor (forloop)
+or for lists of tensors (foreach).
+
+>>> import torch
+>>> from adamax.torch import Adamax
+>>> model = torch.nn.Linear(3, 1)
+>>> opt = Adamax(model.parameters(), lr=2e-3)
+>>> model(torch.ones(2, 3)).sum().backward()
+>>> opt.step()
+>>> sorted(opt.state[model.weight])
+['exp_avg', 'exp_inf', 'step']
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from itertools import chain
+from typing import Any, NamedTuple
+
+import torch
+import torch.optim.optimizer as _torch_optimizer
+from torch import Tensor
+from torch.optim.optimizer import Optimizer, _use_grad_for_differentiable
+
+from adamax._algorithm import adamax_update, step_size
+from adamax.spec import AdamaxConfig, EpsPlacement
+
+__all__ = ["Adamax", "AdamaxW"]
+
+_FLAG_DEFAULTS = {
+    "foreach": None,
+    "maximize": False,
+    "differentiable": False,
+    "capturable": False,
+    "fused": None,
+    "decoupled_weight_decay": False,
+    "eps_placement": "max",
+}
+_STATE_KEYS = frozenset({"step", "exp_avg", "exp_inf"})
+
+
+def _config_of(group: Mapping[str, Any]) -> AdamaxConfig:
+    """Validate a param group's hyperparameters (torch's messages) and bundle them."""
+    lr = group["lr"]
+    if isinstance(lr, Tensor):
+        if lr.numel() != 1:
+            raise ValueError("Tensor lr must be 1-element")
+        lr = lr.item()
+    return AdamaxConfig(
+        lr=lr,
+        betas=group["betas"],
+        eps=group["eps"],
+        weight_decay=group["weight_decay"],
+        decoupled_weight_decay=group.get("decoupled_weight_decay", False),
+        maximize=group.get("maximize", False),
+        eps_placement=group.get("eps_placement", "max"),
+    )
+
+
+class _DeviceStep(NamedTuple):
+    """Capturable steps keep the step size on the device, as torch's reciprocal ``(b1**t - 1) / lr``."""
+
+    reciprocal: Any  # a tensor (forloop) or a list of tensors (foreach)
+
+
+class _TensorOps:
+    """One tensor at a time, in place on state and param (torch's single-tensor path)."""
+
+    decay_before_real_view = True
+
+    def __init__(self, differentiable: bool) -> None:
+        self.differentiable = differentiable
+
+    def real_view(self, xs):
+        return [torch.view_as_real(x) if x.is_complex() else x for x in xs]
+
+    def neg(self, g):
+        return -g
+
+    def add_scaled(self, g, p, alpha):
+        return g.add(p, alpha=alpha)
+
+    def mul_(self, x, s):
+        return x.mul_(s)
+
+    def lerp_(self, m, g, w):
+        return m.lerp_(g, w)
+
+    def abs(self, g):
+        return g.abs()
+
+    def abs_plus(self, g, eps):
+        return g.abs().add_(eps)
+
+    def add(self, x, eps):
+        return x.add(eps)
+
+    def maximum_(self, u, v):
+        if self.differentiable:  # maximum(out=) has no autograd formula
+            return u.copy_(torch.amax(torch.stack([u, v]), 0))
+        return torch.maximum(u, v, out=u)
+
+    def addcdiv_(self, p, m, d, s, guard_zero):
+        if guard_zero:
+            zero = d == 0
+            m, d = m.masked_fill(zero, 0), d.masked_fill(zero, 1)
+        if isinstance(s, _DeviceStep):
+            return p.addcdiv_(m, d * s.reciprocal)
+        return p.addcdiv_(m, d, value=s)
+
+
+class _ForeachOps:
+    """Lists of tensors on one device and dtype (torch's foreach path)."""
+
+    decay_before_real_view = False  # torch's foreach path splits complex tensors first
+
+    def real_view(self, lists):
+        return [[torch.view_as_real(x) if x.is_complex() else x for x in xs] for xs in lists]
+
+    def neg(self, g):
+        return torch._foreach_neg(g)
+
+    def add_scaled(self, g, p, alpha):
+        return torch._foreach_add(g, p, alpha=alpha)
+
+    def mul_(self, x, s):
+        torch._foreach_mul_(x, s)
+        return x
+
+    def lerp_(self, m, g, w):
+        torch._foreach_lerp_(m, g, w)
+        return m
+
+    def abs(self, g):
+        return torch._foreach_abs(g)
+
+    def abs_plus(self, g, eps):
+        out = torch._foreach_abs(g)
+        torch._foreach_add_(out, eps)
+        return out
+
+    def add(self, x, eps):
+        return torch._foreach_add(x, eps)
+
+    def maximum_(self, u, v):
+        torch._foreach_maximum_(u, v)
+        return u
+
+    def addcdiv_(self, p, m, d, s, guard_zero):
+        if guard_zero:
+            zeros = [x == 0 for x in d]
+            m = [x.masked_fill(z, 0) for x, z in zip(m, zeros)]
+            d = [x.masked_fill(z, 1) for x, z in zip(d, zeros)]
+        if isinstance(s, _DeviceStep):
+            torch._foreach_addcdiv_(p, m, torch._foreach_mul(d, s.reciprocal))
+        else:
+            torch._foreach_addcdiv_(p, m, d, s)
+        return p
+
+
+class _Plan(NamedTuple):
+    """What one group's step will do, decided and checked before anything is written."""
+
+    group: dict
+    config: AdamaxConfig
+    params: list[Tensor]
+    backend: str  # "forloop" or "foreach"
+
+
+def _choose_backend(group: Mapping[str, Any], params: list[Tensor]) -> str:
+    """The one place that decides how a group is stepped.
+
+    An explicit ``foreach`` wins; ``None`` follows torch's own default (foreach
+    where every tensor is on a device with foreach kernels, i.e. not the CPU),
+    and differentiable steps always run one tensor at a time.
+    """
+    if group["differentiable"] and group["foreach"]:
+        raise RuntimeError("foreach=True does not support differentiable=True; pass foreach=False or None")
+    foreach = group["foreach"]
+    if foreach is None:
+        _, foreach = _torch_optimizer._default_to_fused_or_foreach(params, group["differentiable"], use_fused=False)
+    return "foreach" if foreach else "forloop"
+
+
+def _check_capturable(params: list[Tensor], steps: list[Tensor], backend: str) -> None:
+    # torch refuses capturable steps off its graph-capture devices (the CPU among them), with this message.
+    if torch.compiler.is_compiling():
+        return
+    supported = _torch_optimizer._get_capturable_supported_devices(supports_xla=backend == "forloop")
+    for p, step in zip(params, steps):
+        if not (p.device.type == step.device.type and p.device.type in supported):
+            raise AssertionError(
+                f"If capturable=True, params and state_steps must be on supported devices: {supported}."
+            )
+
+
+def _check_state(p: Tensor, state: Mapping[str, Any], where: str, *, loading: bool) -> None:
+    """Raise unless ``state`` is a well-formed Adamax state for ``p``.
+
+    ``loading``: a checkpoint, whose step may be a number and whose tensors
+    ``load_state_dict`` will cast to the param's dtype and device.  Otherwise
+    live state, checked without reading any tensor's values.
+    """
+    if not isinstance(state, Mapping) or set(state) != _STATE_KEYS:
+        keys = sorted(state) if isinstance(state, Mapping) else type(state).__name__
+        raise ValueError(f"{where}: expected the keys {sorted(_STATE_KEYS)}, got {keys}")
+    if not loading:
+        if not isinstance(state["step"], Tensor) or state["step"].numel() != 1:
+            raise ValueError(f"{where}: 'step' must be a 1-element tensor")
+        for key in ("exp_avg", "exp_inf"):
+            value = state[key]
+            matches = isinstance(value, Tensor) and value.shape == p.shape and value.dtype == p.dtype
+            if not (matches and value.device == p.device):
+                raise ValueError(f"{where}: {key!r} does not match the param's shape, dtype and device")
+        return
+    step = state["step"]
+    if isinstance(step, Tensor):
+        if step.numel() != 1 or step.is_complex():
+            raise ValueError(f"{where}: 'step' must be a single real number, got a tensor of shape {tuple(step.shape)}")
+        step = step.item()
+    if isinstance(step, bool) or not isinstance(step, (int, float)) or not (math.isfinite(step) and step >= 0):
+        raise ValueError(f"{where}: 'step' must be a finite number >= 0, got {step!r}")
+    for key in ("exp_avg", "exp_inf"):
+        value = state[key]
+        if not isinstance(value, Tensor):
+            raise TypeError(f"{where}: {key!r} must be a tensor, got {type(value).__name__}")
+        if value.shape != p.shape:
+            raise ValueError(f"{where}: {key!r} has shape {tuple(value.shape)}, the param {tuple(p.shape)}")
+        if value.is_complex() != p.is_complex() or not (value.is_floating_point() or value.is_complex()):
+            raise TypeError(f"{where}: {key!r} has dtype {value.dtype}, which cannot hold state for {p.dtype}")
+
+
+class Adamax(Optimizer):
+    r"""Adamax (Kingma & Ba 2015, section 7.1), a drop-in for ``torch.optim.Adamax``.
+
+    Args:
+        params: iterable of parameters or of param-group dicts.
+        lr: learning rate, a float or a 1-element tensor (default 2e-3).
+        betas: decay rates of the first moment and of the infinity norm (default (0.9, 0.999)).
+        eps: see ``eps_placement`` (default 1e-8).
+        weight_decay: L2 penalty, or decoupled decay with ``decoupled_weight_decay`` (default 0).
+        foreach: step each group with torch's foreach ops; ``None`` picks as torch does.
+        maximize: ascend instead of descend.
+        differentiable: let autograd through the step (one tensor at a time).
+        capturable: keep the step count on the device for graph capture; like
+            torch, refused on the CPU.
+        fused: reserved for fused kernels; only ``None`` and ``False`` are accepted for now.
+        decoupled_weight_decay: ``p *= 1 - lr * wd`` instead of adding ``wd * p`` to the gradient.
+        eps_placement: ``"max"`` (torch, optax), ``"denominator"`` (Keras, TF) or ``"none"`` (the paper).
+        skip_nonfinite: skip, and count in ``skipped_steps``, any step whose gradients are not all finite.
+
+    Every step is, per parameter with a gradient (:mod:`adamax.spec`)::
+
+        m <- b1 m + (1 - b1) g,   u <- max(b2 u, |g| + eps),   p <- p - lr / (1 - b1^t) * m / u
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Tensor] | Iterable[dict[str, Any]],
+        lr: float | Tensor = 2e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        foreach: bool | None = None,
+        *,
+        maximize: bool = False,
+        differentiable: bool = False,
+        capturable: bool = False,
+        fused: bool | None = None,
+        decoupled_weight_decay: bool = False,
+        eps_placement: EpsPlacement = "max",
+        skip_nonfinite: bool = False,
+    ) -> None:
+        if fused:
+            raise ValueError("fused=True is not supported yet: pass fused=None or False")
+        defaults = {
+            "lr": lr,
+            "betas": betas,
+            "eps": eps,
+            "weight_decay": weight_decay,
+            "foreach": foreach,
+            "maximize": maximize,
+            "differentiable": differentiable,
+            "capturable": capturable,
+            "fused": fused,
+            "decoupled_weight_decay": decoupled_weight_decay,
+            "eps_placement": eps_placement,
+        }
+        _config_of(defaults)  # refuse bad hyperparameters before anything is built
+        if not isinstance(skip_nonfinite, bool):
+            raise TypeError(f"Invalid skip_nonfinite: {skip_nonfinite!r} (expected True or False)")
+        self.skip_nonfinite = skip_nonfinite
+        self.skipped_steps = 0
+        super().__init__(params, defaults)
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """As torch's, and refuses integer params and invalid hyperparameters without adding anything."""
+        super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        try:
+            _config_of(group)
+            for p in group["params"]:
+                if not (p.is_floating_point() or p.is_complex()):
+                    raise TypeError(
+                        f"Adamax can only optimize floating-point or complex tensors, got a {p.dtype} param"
+                    )
+        except (TypeError, ValueError):
+            self.param_groups.pop()
+            raise
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        state["skip_nonfinite"] = self.skip_nonfinite
+        state["skipped_steps"] = self.skipped_steps
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.skip_nonfinite = state.pop("skip_nonfinite", False)
+        self.skipped_steps = state.pop("skipped_steps", 0)
+        super().__setstate__(state)
+        for group in self.param_groups:
+            for key, value in _FLAG_DEFAULTS.items():
+                group.setdefault(key, value)
+            for p in group["params"]:
+                p_state = self.state.get(p, {})
+                if p_state and not torch.is_tensor(p_state["step"]):  # checkpoints from before tensor steps
+                    p_state["step"] = torch.tensor(
+                        float(p_state["step"]),
+                        dtype=_torch_optimizer._get_scalar_dtype(),
+                        device=p.device if group["capturable"] else None,
+                    )
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """As torch's, but a checkpoint that does not fit the params is refused whole, changing nothing.
+
+        Checked before loading: the number of groups and of params per group,
+        every group's hyperparameters, and every state entry's keys, step,
+        shapes and dtypes.  State dicts of ``torch.optim.Adamax`` load as they are.
+        """
+        self._check_loadable(state_dict)
+        super().load_state_dict(state_dict)
+
+    def _check_loadable(self, state_dict: Mapping[str, Any]) -> None:
+        if not isinstance(state_dict, Mapping) or not {"state", "param_groups"} <= set(state_dict):
+            raise ValueError("expected an optimizer state dict with 'state' and 'param_groups'")
+        saved_groups = state_dict["param_groups"]
+        if len(saved_groups) != len(self.param_groups):
+            raise ValueError("loaded state dict has a different number of parameter groups")
+        for i, (group, saved) in enumerate(zip(self.param_groups, saved_groups)):
+            if len(group["params"]) != len(saved["params"]):
+                raise ValueError(
+                    "loaded state dict contains a parameter group that doesn't match the size of optimizer's group"
+                )
+            try:
+                _config_of({**_FLAG_DEFAULTS, **saved})
+            except (TypeError, ValueError, KeyError) as err:
+                raise type(err)(f"param group {i} of the loaded state dict: {err}") from None
+        id_map = dict(
+            zip(
+                chain.from_iterable(g["params"] for g in saved_groups),
+                chain.from_iterable(g["params"] for g in self.param_groups),
+            )
+        )
+        for key, entry in state_dict["state"].items():
+            if key not in id_map:
+                raise ValueError(f"loaded state dict has state for param {key!r}, which no param group lists")
+            _check_state(id_map[key], entry, f"state of param {key!r}", loading=True)
+
+    def _plan(self, group: dict) -> _Plan:
+        """Check one group's hyperparameters, gradients and state; write nothing."""
+        config = _config_of(group)
+        params = [p for p in group["params"] if p.grad is not None]
+        for i, p in enumerate(params):
+            g = p.grad
+            if g.is_sparse:
+                raise RuntimeError("Adamax does not support sparse gradients")
+            if g.shape != p.shape or g.dtype != p.dtype or g.device != p.device:
+                raise RuntimeError(
+                    f"param {i} of its group has a gradient of shape {tuple(g.shape)}, {g.dtype} on {g.device}; "
+                    f"expected shape {tuple(p.shape)}, {p.dtype} on {p.device}"
+                )
+            if self.state.get(p):
+                _check_state(p, self.state[p], f"state of param {i} of its group", loading=False)
+        backend = _choose_backend(group, params)
+        if group["capturable"]:
+            steps = [self.state[p]["step"] if self.state.get(p) else p for p in params]
+            _check_capturable(params, steps, backend)
+        return _Plan(group, config, params, backend)
+
+    def _init_state(self, p: Tensor, capturable: bool) -> dict[str, Tensor]:
+        state = self.state[p]
+        if not state:
+            dtype = _torch_optimizer._get_scalar_dtype()
+            state["step"] = torch.zeros((), dtype=dtype, device=p.device if capturable else None)
+            state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            state["exp_inf"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        return state
+
+    def _run(self, plan: _Plan) -> None:
+        group, config, params = plan.group, plan.config, plan.params
+        if not params:
+            return
+        capturable = group["capturable"]
+        states = [self._init_state(p, capturable) for p in params]
+        grads = [p.grad for p in params]
+        exp_avgs = [s["exp_avg"] for s in states]
+        exp_infs = [s["exp_inf"] for s in states]
+        steps = [s["step"] for s in states]
+        beta1 = config.beta1
+        if plan.backend == "forloop":
+            ops = _TensorOps(group["differentiable"])
+            lr = _torch_optimizer._to_scalar(group["lr"])  # a tensor lr stays a tensor here, as in torch
+            for p, g, m, u, t in zip(params, grads, exp_avgs, exp_infs, steps):
+                t += 1
+                if capturable:
+                    size = _DeviceStep((beta1**t - 1) / lr)
+                else:
+                    size = step_size(lr, beta1, _torch_optimizer._get_value(t))
+                adamax_update(ops, p, g, m, u, size, config)
+            return
+        ops = _ForeachOps()
+        lr = group["lr"] if capturable else _torch_optimizer._get_value(group["lr"])  # ... and a float here
+        buckets = Optimizer._group_tensors_by_device_and_dtype([params, grads, exp_avgs, exp_infs, steps])
+        for (ps, gs, ms, us, ts), _ in buckets.values():
+            if not torch.compiler.is_compiling() and ts[0].is_cpu:
+                torch._foreach_add_(ts, torch.tensor(1.0, device="cpu"), alpha=1.0)  # torch's fast CPU form
+            else:
+                torch._foreach_add_(ts, 1)
+            if capturable:
+                sizes = _DeviceStep([(beta1**t - 1) / lr for t in ts])
+            else:
+                sizes = [step_size(lr, beta1, _torch_optimizer._get_value(t)) for t in ts]
+            adamax_update(ops, ps, gs, ms, us, sizes, config)
+
+    @_use_grad_for_differentiable
+    def step(self, closure=None):
+        """Perform one optimization step; all-or-nothing (see the class docstring).
+
+        Args:
+            closure: a callable that re-evaluates the model and returns the loss.
+        """
+        self._accelerator_graph_capture_health_check()
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        plans = [self._plan(group) for group in self.param_groups]
+        if self.skip_nonfinite and not _all_finite([p.grad for plan in plans for p in plan.params]):
+            self.skipped_steps += 1
+            return loss
+        for plan in plans:
+            self._run(plan)
+        return loss
+
+
+def _all_finite(tensors: list[Tensor]) -> bool:
+    if not tensors:
+        return True
+    return bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all())
+
+
+class AdamaxW(Adamax):
+    """Adamax with decoupled weight decay (``p *= 1 - lr * wd``), as AdamW is to Adam.
+
+    Defaults to ``weight_decay=1e-2``, as ``torch.optim.AdamW`` does.
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Tensor] | Iterable[dict[str, Any]],
+        lr: float | Tensor = 2e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 1e-2,
+        foreach: bool | None = None,
+        *,
+        decoupled_weight_decay: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(
+            params, lr, betas, eps, weight_decay, foreach, decoupled_weight_decay=decoupled_weight_decay, **kwargs
+        )
