@@ -61,9 +61,15 @@ def gradient_stream(rng: np.random.Generator, shape: tuple, dtype):
         yield g
 
 
-def assert_same(actual: np.ndarray, expected: np.ndarray, what: str) -> None:
+def assert_same(actual: np.ndarray, expected: np.ndarray, what: str, inexact: str | None = None) -> None:
     assert actual.dtype == expected.dtype, f"{what}: dtype {actual.dtype} != {expected.dtype}"
     assert actual.shape == expected.shape, f"{what}: shape {actual.shape} != {expected.shape}"
+    if inexact:  # a documented rounding difference: a few ulps, never more
+        rtol = 64 * np.finfo(actual.dtype).eps
+        np.testing.assert_allclose(
+            actual, expected, rtol=rtol, atol=rtol * np.abs(expected).max(initial=0), err_msg=what
+        )
+        return
     if not np.array_equal(actual, expected, equal_nan=True):
         diff = np.abs(actual.astype(complex) - expected.astype(complex))
         raise AssertionError(f"{what}: {np.count_nonzero(diff)} elements differ, max |diff| {diff.max()}")
@@ -73,8 +79,11 @@ def assert_same(actual: np.ndarray, expected: np.ndarray, what: str) -> None:
 @pytest.mark.parametrize("config", CONFIGS.values(), ids=CONFIGS.keys())
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, np.complex64, np.complex128], ids=lambda d: d.__name__)
 def test_matches_reference_after_every_step(impl, config, dtype):
+    if not impl.available:
+        pytest.skip(f"{impl.name} is not installed")
     if dtype not in impl.dtypes:
         pytest.skip(f"{impl.name} does not promise {dtype.__name__}")
+    inexact = impl.inexact(config, dtype)
     rng = np.random.default_rng(0)
     cases = [
         (name, layout) for name in SHAPES for layout in LAYOUTS if layout != "transposed" or len(SHAPES[name]) >= 2
@@ -92,7 +101,7 @@ def test_matches_reference_after_every_step(impl, config, dtype):
         ):
             where = f"{impl.name} step {step + 1} {name}/{layout}"
             assert s.step == s_ref.step == step + 1, where
-            assert_same(np.asarray(p), p_ref, f"{where} param")
-            assert_same(np.asarray(s.exp_avg), s_ref.exp_avg, f"{where} exp_avg")
-            assert_same(np.asarray(s.exp_inf), s_ref.exp_inf, f"{where} exp_inf")
+            assert_same(np.asarray(p), p_ref, f"{where} param", inexact)
+            assert_same(np.asarray(s.exp_avg), s_ref.exp_avg, f"{where} exp_avg", inexact)
+            assert_same(np.asarray(s.exp_inf), s_ref.exp_inf, f"{where} exp_inf", inexact)
             assert np.all(np.isfinite(p_ref)), f"{where}: the reference produced a non-finite param"
