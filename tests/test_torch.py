@@ -1,0 +1,545 @@
+"""adamax.torch.Adamax against torch.optim.Adamax, and what it adds."""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import io
+import math
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from torch.testing._internal.common_optimizers import optim_inputs_func_adamax  # noqa: E402
+
+from adamax import reference  # noqa: E402
+from adamax.spec import AdamaxConfig  # noqa: E402
+from adamax.torch import Adamax, AdamaxW  # noqa: E402
+
+
+def make_model(dtype=torch.float32, seed=0):
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.Tanh(), torch.nn.Linear(16, 3)).to(dtype)
+
+
+def batches(n, dtype=torch.float32, seed=1):
+    gen = torch.Generator().manual_seed(seed)
+    return [
+        (torch.randn(12, 6, generator=gen, dtype=dtype), torch.randn(12, 3, generator=gen, dtype=dtype))
+        for _ in range(n)
+    ]
+
+
+def train(model, opt, data, every_step=None):
+    for i, (x, y) in enumerate(data):
+        opt.zero_grad()
+        torch.nn.functional.mse_loss(model(x), y).backward()
+        opt.step()
+        if every_step is not None:
+            every_step(i)
+
+
+def assert_same_run(model_a, opt_a, model_b, opt_b, where=""):
+    for i, (pa, pb) in enumerate(zip(model_a.parameters(), model_b.parameters())):
+        assert torch.equal(pa, pb), f"param {i} {where}: max |diff| {(pa - pb).abs().max().item()}"
+        sa, sb = opt_a.state[pa], opt_b.state[pb]
+        assert set(sa) == set(sb) == {"step", "exp_avg", "exp_inf"}
+        for key in ("step", "exp_avg", "exp_inf"):
+            assert torch.equal(sa[key], sb[key]), f"state {key} of param {i} {where}"
+
+
+TORCH_INPUTS = [(i.desc, i.kwargs) for i in optim_inputs_func_adamax("cpu")]
+TORCH_INPUTS += [("tensor lr", {"lr": torch.tensor(0.01), "weight_decay": 0.1})]
+
+
+@pytest.mark.parametrize("foreach", [False, True], ids=["forloop", "foreach"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize(("desc", "kwargs"), TORCH_INPUTS, ids=[d for d, _ in TORCH_INPUTS])
+def test_bit_exact_with_torch_on_a_real_model(desc, kwargs, dtype, foreach):
+    """torch's own Adamax configurations, 45 steps, params and state compared after every step."""
+    ours_model, theirs_model = make_model(dtype), make_model(dtype)
+    ours = Adamax(ours_model.parameters(), foreach=foreach, **copy.deepcopy(kwargs))
+    theirs = torch.optim.Adamax(theirs_model.parameters(), foreach=foreach, **copy.deepcopy(kwargs))
+    data = batches(45, dtype)
+    for step, (x, y) in enumerate(data):
+        for model, opt in ((ours_model, ours), (theirs_model, theirs)):
+            opt.zero_grad()
+            torch.nn.functional.mse_loss(model(x), y).backward()
+            opt.step()
+        assert_same_run(ours_model, ours, theirs_model, theirs, f"after step {step + 1}")
+
+
+@pytest.mark.parametrize("foreach", [False, True], ids=["forloop", "foreach"])
+@pytest.mark.parametrize("weight_decay", [0.0, 0.1])
+def test_complex_params_are_exact_with_torch_and_equal_to_the_real_view(foreach, weight_decay):
+    torch.manual_seed(3)
+    z = torch.randn(5, 4, dtype=torch.complex64)
+    ours_p, theirs_p = z.clone().requires_grad_(), z.clone().requires_grad_()
+    pairs = torch.view_as_real(z.clone()).requires_grad_()
+    ours = Adamax([ours_p], lr=0.01, weight_decay=weight_decay, foreach=foreach)
+    theirs = torch.optim.Adamax([theirs_p], lr=0.01, weight_decay=weight_decay, foreach=foreach)
+    real = Adamax([pairs], lr=0.01, weight_decay=weight_decay, foreach=foreach)
+    for _ in range(10):
+        g = torch.randn(5, 4, dtype=torch.complex64)
+        ours_p.grad, theirs_p.grad, pairs.grad = g.clone(), g.clone(), torch.view_as_real(g.clone())
+        for opt in (ours, theirs, real):
+            opt.step()
+        assert torch.equal(ours_p, theirs_p)
+        assert torch.equal(ours.state[ours_p]["exp_inf"], theirs.state[theirs_p]["exp_inf"])
+        if weight_decay == 0 or foreach:  # torch's forloop decays complex params in complex arithmetic
+            assert torch.equal(torch.view_as_real(ours_p), pairs)
+        else:
+            torch.testing.assert_close(torch.view_as_real(ours_p), pairs)
+
+
+@pytest.mark.parametrize("foreach", [False, True], ids=["forloop", "foreach"])
+@pytest.mark.parametrize("placement", ["max", "denominator", "none"])
+@pytest.mark.parametrize("decoupled", [False, True])
+def test_every_option_matches_the_reference(foreach, placement, decoupled):
+    torch.manual_seed(4)
+    p0 = torch.randn(33, dtype=torch.float64)
+    p = p0.clone().requires_grad_()
+    kwargs = dict(lr=0.02, eps=1e-3, weight_decay=0.05, decoupled_weight_decay=decoupled, eps_placement=placement)
+    opt = Adamax([p], foreach=foreach, **kwargs)
+    ref_p, ref_state = p0.numpy().copy(), reference.init(p0.numpy())
+    for _ in range(8):
+        g = torch.randn(33, dtype=torch.float64)
+        p.grad = g.clone()
+        opt.step()
+        ref_p, ref_state = reference.update(ref_p, g.numpy(), ref_state, AdamaxConfig(**kwargs))
+        np.testing.assert_array_equal(p.detach().numpy(), ref_p)
+        np.testing.assert_array_equal(opt.state[p]["exp_inf"].numpy(), ref_state.exp_inf)
+
+
+def test_adamaxw_is_decoupled_weight_decay():
+    p = torch.tensor([2.0, -4.0], requires_grad=True)
+    opt = AdamaxW([p], lr=0.1, eps_placement="none")
+    assert opt.defaults["weight_decay"] == 1e-2 and opt.defaults["decoupled_weight_decay"]
+    p.grad = torch.zeros(2)
+    opt.step()  # a zero gradient makes no Adamax step: only the decay remains
+    torch.testing.assert_close(p.detach(), torch.tensor([2.0, -4.0]) * (1 - 0.1 * 1e-2), rtol=0, atol=0)
+
+
+def test_eps_placement_reproduces_keras_form():
+    """'denominator' is the seed's and Keras' form: m_hat / (u + eps)."""
+    p = torch.zeros(1, dtype=torch.float64, requires_grad=True)
+    opt = Adamax([p], lr=0.5, eps=0.25, eps_placement="denominator")
+    p.grad = torch.tensor([1.0], dtype=torch.float64)
+    opt.step()
+    assert p.item() == pytest.approx(-0.5 * 1.0 / (1.0 + 0.25), rel=1e-15)
+
+
+# --- everything torch users rely on ------------------------------------------------------------------------------
+
+
+def test_param_groups_have_their_own_lr_and_weight_decay():
+    a, b = torch.ones(3, requires_grad=True), torch.ones(3, requires_grad=True)
+    opt = Adamax([{"params": [a]}, {"params": [b], "lr": 0.5, "weight_decay": 0.1}], lr=0.1, eps_placement="none")
+    a.grad, b.grad = torch.ones(3), torch.ones(3)
+    opt.step()
+    torch.testing.assert_close(a.detach(), torch.full((3,), 0.9))  # first step: exactly lr * sign(g)
+    torch.testing.assert_close(b.detach(), torch.full((3,), 0.5))
+    assert opt.param_groups[1]["weight_decay"] == 0.1 and opt.param_groups[0]["weight_decay"] == 0.0
+
+
+@pytest.mark.parametrize(
+    "make_scheduler",
+    [
+        lambda opt: torch.optim.lr_scheduler.StepLR(opt, step_size=3, gamma=0.5),
+        lambda opt: torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.5, patience=1),
+        lambda opt: torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.05, total_steps=20),
+    ],
+    ids=["StepLR", "ReduceLROnPlateau", "OneCycleLR"],
+)
+def test_schedulers_drive_it_exactly_like_torch(make_scheduler):
+    runs = []
+    for cls in (Adamax, torch.optim.Adamax):
+        model = make_model()
+        opt = cls(model.parameters(), lr=0.01)
+        scheduler = make_scheduler(opt)
+        lrs = []
+        for x, y in batches(20):
+            opt.zero_grad()
+            loss = torch.nn.functional.mse_loss(model(x), y)
+            loss.backward()
+            opt.step()
+            if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                scheduler.step(1.0)  # a plateau: the lr must drop
+            else:
+                scheduler.step()
+            lrs.append(opt.param_groups[0]["lr"])
+        runs.append((model, opt, lrs))
+    (ours_model, ours, ours_lrs), (theirs_model, theirs, theirs_lrs) = runs
+    assert ours_lrs == theirs_lrs and len(set(ours_lrs)) > 1
+    assert_same_run(ours_model, ours, theirs_model, theirs)
+
+
+def test_zero_size_params_and_none_grads():
+    empty, used, unused = (
+        torch.zeros(0, 3, requires_grad=True),
+        torch.ones(2, requires_grad=True),
+        torch.ones(2, requires_grad=True),
+    )
+    opt = Adamax([empty, used, unused], lr=0.1)
+    empty.grad, used.grad = torch.zeros(0, 3), torch.ones(2)
+    opt.step()
+    assert unused not in opt.state, "a param without a grad gets no state"
+    assert torch.equal(unused, torch.ones(2))
+    assert opt.state[empty]["exp_avg"].shape == (0, 3)
+    assert int(opt.state[used]["step"]) == 1
+
+
+def test_frozen_layers_keep_their_state_until_unfrozen():
+    ours_model, theirs_model = make_model(), make_model()
+    ours, theirs = Adamax(ours_model.parameters(), lr=0.01), torch.optim.Adamax(theirs_model.parameters(), lr=0.01)
+    data = batches(12)
+    for step, (x, y) in enumerate(data):
+        for model, opt in ((ours_model, ours), (theirs_model, theirs)):
+            model[0].requires_grad_(not 4 <= step < 8)  # frozen for steps 4..7
+            opt.zero_grad()
+            torch.nn.functional.mse_loss(model(x), y).backward()
+            opt.step()
+    assert int(ours.state[ours_model[0].weight]["step"]) == 8
+    assert int(ours.state[ours_model[2].weight]["step"]) == 12
+    assert_same_run(ours_model, ours, theirs_model, theirs)
+
+
+@pytest.mark.parametrize("foreach", [False, True], ids=["forloop", "foreach"])
+def test_non_contiguous_params(foreach):
+    base = torch.randn(8, 6)
+    strided = base.clone()[:, ::2].requires_grad_()  # a non-contiguous leaf
+    transposed = base.clone().t().requires_grad_()
+    assert not strided.is_contiguous() and not transposed.is_contiguous()
+    contiguous = [strided.detach().contiguous().requires_grad_(), transposed.detach().contiguous().requires_grad_()]
+    opt = Adamax([strided, transposed], lr=0.01, foreach=foreach)
+    ref = Adamax(contiguous, lr=0.01, foreach=foreach)
+    for _ in range(5):
+        grads = [torch.randn(8, 3), torch.randn(6, 8)]
+        strided.grad, transposed.grad = grads[0].clone(), grads[1].clone()
+        contiguous[0].grad, contiguous[1].grad = grads[0].clone(), grads[1].clone()
+        opt.step()
+        ref.step()
+    assert torch.equal(strided, contiguous[0]) and torch.equal(transposed, contiguous[1])
+    assert opt.state[transposed]["exp_avg"].stride() == transposed.stride()  # dense layouts are kept, as in torch
+
+
+def test_hooks_run():
+    p = torch.ones(2, requires_grad=True)
+    opt = Adamax([p])
+    calls = []
+    opt.register_step_pre_hook(lambda o, args, kwargs: calls.append("pre"))
+    opt.register_step_post_hook(lambda o, args, kwargs: calls.append("post"))
+    opt.register_state_dict_pre_hook(lambda o: calls.append("sd-pre"))
+    opt.register_state_dict_post_hook(lambda o, sd: calls.append("sd-post"))
+    opt.register_load_state_dict_pre_hook(lambda o, sd: calls.append("load-pre"))
+    opt.register_load_state_dict_post_hook(lambda o: calls.append("load-post"))
+    p.grad = torch.ones(2)
+    opt.step()
+    opt.load_state_dict(opt.state_dict())
+    assert calls == ["pre", "post", "sd-pre", "sd-post", "load-pre", "load-post"]
+
+
+def test_deepcopy_and_repr():
+    p = torch.ones(2, requires_grad=True)
+    opt = Adamax([p], lr=0.01, eps_placement="none", skip_nonfinite=True)
+    p.grad = torch.ones(2)
+    opt.step()
+    clone = copy.deepcopy(opt)
+    assert clone.skip_nonfinite and clone.param_groups[0]["eps_placement"] == "none"
+    assert torch.equal(next(iter(clone.state.values()))["exp_avg"], opt.state[p]["exp_avg"])
+    text = repr(opt)
+    assert text.startswith("Adamax (") and "eps_placement: none" in text and "lr: 0.01" in text
+
+
+def test_torch_compile_of_a_training_step():
+    eager_model, compiled_model = make_model(), make_model()
+    eager, compiled = Adamax(eager_model.parameters(), lr=0.01), Adamax(compiled_model.parameters(), lr=0.01)
+
+    def train_step(model, opt, x, y):
+        opt.zero_grad()
+        loss = torch.nn.functional.mse_loss(model(x), y)
+        loss.backward()
+        opt.step()
+        return loss
+
+    compiled_step = torch.compile(train_step)
+    for x, y in batches(4):
+        train_step(eager_model, eager, x, y)
+        compiled_step(compiled_model, compiled, x, y)
+    for a, b in zip(eager_model.parameters(), compiled_model.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert int(compiled.state[compiled_model[0].weight]["step"]) == 4
+
+
+def test_differentiable_passes_gradcheck():
+    torch.manual_seed(5)
+    p0 = torch.randn(4, dtype=torch.float64, requires_grad=True)
+    g0 = torch.randn(4, dtype=torch.float64, requires_grad=True)
+    m0 = torch.randn(4, dtype=torch.float64, requires_grad=True)
+    u0 = (torch.rand(4, dtype=torch.float64) + 0.5).requires_grad_()
+
+    def one_step(p, g, m, u):
+        p = p.clone()  # a non-leaf, so the step may write it in place under autograd
+        p.grad = g
+        opt = Adamax([p], lr=0.1, differentiable=True)
+        opt.state[p] = {"step": torch.tensor(2.0, dtype=torch.float64), "exp_avg": m.clone(), "exp_inf": u.clone()}
+        opt.step()
+        return p, opt.state[p]["exp_avg"], opt.state[p]["exp_inf"]
+
+    assert torch.autograd.gradcheck(one_step, (p0, g0, m0, u0))
+
+
+def test_differentiable_refuses_foreach():
+    p = torch.ones(2, requires_grad=True)
+    opt = Adamax([p], differentiable=True, foreach=True)
+    p.grad = torch.ones(2)
+    with pytest.raises(RuntimeError, match="foreach=True does not support differentiable=True"):
+        opt.step()
+    assert not opt.state
+
+
+@pytest.mark.parametrize("foreach", [False, True], ids=["forloop", "foreach"])
+def test_capturable_is_refused_on_cpu_like_torch(foreach):
+    messages = []
+    for cls in (Adamax, torch.optim.Adamax):
+        p = torch.ones(2, requires_grad=True)
+        opt = cls([p], capturable=True, foreach=foreach)
+        p.grad = torch.ones(2)
+        with pytest.raises(AssertionError) as err:
+            opt.step()
+        messages.append(str(err.value))
+        assert torch.equal(p, torch.ones(2))
+    assert messages[0] == messages[1]
+
+
+@pytest.mark.parametrize("foreach", [False, True], ids=["forloop", "foreach"])
+def test_capturable_math_matches_torch(monkeypatch, foreach):
+    """With the device check lifted, the device-side step count gives torch's capturable bits."""
+
+    def with_cpu(supports_xla=True):
+        return ["cpu", "cuda"]
+
+    for module in ("torch.optim.optimizer", "torch.optim.adamax"):
+        monkeypatch.setattr(importlib.import_module(module), "_get_capturable_supported_devices", with_cpu)
+    kwargs = dict(lr=torch.tensor(0.01), weight_decay=0.9, capturable=True, foreach=foreach)
+    ours_model, theirs_model = make_model(), make_model()
+    ours, theirs = Adamax(ours_model.parameters(), **kwargs), torch.optim.Adamax(theirs_model.parameters(), **kwargs)
+    data = batches(10)
+    train(ours_model, ours, data)
+    train(theirs_model, theirs, data)
+    assert_same_run(ours_model, ours, theirs_model, theirs)
+
+
+# --- checkpoints -----------------------------------------------------------------------------------------------
+
+
+def roundtrip(state_dict):
+    buffer = io.BytesIO()
+    torch.save(state_dict, buffer)
+    buffer.seek(0)
+    return torch.load(buffer, weights_only=True)
+
+
+@pytest.mark.parametrize(("save_cls", "load_cls"), [(torch.optim.Adamax, Adamax), (Adamax, torch.optim.Adamax)])
+def test_checkpoints_move_both_ways(save_cls, load_cls):
+    data = batches(20)
+    straight_model = make_model()
+    straight = torch.optim.Adamax(straight_model.parameters(), lr=0.01, weight_decay=0.01)
+    train(straight_model, straight, data)
+
+    model = make_model()
+    first = save_cls(model.parameters(), lr=0.01, weight_decay=0.01)
+    train(model, first, data[:10])
+    second = load_cls(model.parameters())  # default hyperparameters: the checkpoint brings its own
+    second.load_state_dict(roundtrip(first.state_dict()))
+    assert second.param_groups[0]["lr"] == 0.01
+    train(model, second, data[10:])
+    assert_same_run(model, second, straight_model, straight)
+
+
+def test_old_state_dicts_without_newer_flags_load():
+    model = make_model()
+    opt = torch.optim.Adamax(model.parameters(), lr=0.01)
+    train(model, opt, batches(3))
+    old = roundtrip(opt.state_dict())
+    for group in old["param_groups"]:
+        for key in ("foreach", "maximize", "differentiable", "capturable"):
+            group.pop(key)
+    for state in old["state"].values():
+        state["step"] = float(state["step"])  # checkpoints from before steps were tensors
+    ours = Adamax(model.parameters())
+    ours.load_state_dict(old)
+    group = ours.param_groups[0]
+    assert group["eps_placement"] == "max" and group["decoupled_weight_decay"] is False and group["foreach"] is None
+    assert all(torch.is_tensor(s["step"]) for s in ours.state.values())
+    train(model, ours, batches(2))
+
+
+def _trained():
+    model = make_model()
+    opt = Adamax(model.parameters(), lr=0.01)
+    train(model, opt, batches(3))
+    return model, opt
+
+
+def snapshot(model, opt):
+    return [p.detach().clone() for p in model.parameters()], copy.deepcopy(opt.state_dict())
+
+
+def assert_unchanged(model, opt, before):
+    params, state_dict = before
+    for p, q in zip(model.parameters(), params):
+        assert torch.equal(p, q)
+    now = opt.state_dict()
+    assert now["param_groups"] == state_dict["param_groups"]
+    for key, entry in state_dict["state"].items():
+        for name, value in entry.items():
+            assert torch.equal(now["state"][key][name], value)
+    assert set(now["state"]) == set(state_dict["state"])
+
+
+def _spoil_state(sd, index, key, value):
+    sd["state"][index][key] = value
+    return sd
+
+
+BAD_CHECKPOINTS = {
+    "wrong shape": lambda sd: _spoil_state(sd, 1, "exp_inf", torch.zeros(5)),
+    "complex state for a real param": lambda sd: _spoil_state(
+        sd, 0, "exp_avg", torch.zeros(16, 6, dtype=torch.complex64)
+    ),
+    "integer state": lambda sd: _spoil_state(sd, 0, "exp_avg", torch.zeros(16, 6, dtype=torch.int64)),
+    "negative step": lambda sd: _spoil_state(sd, 2, "step", torch.tensor(-1.0)),
+    "nan step": lambda sd: _spoil_state(sd, 2, "step", torch.tensor(math.nan)),
+    "missing key": lambda sd: (sd["state"][3].pop("exp_inf"), sd)[1],
+    "extra key": lambda sd: _spoil_state(sd, 3, "max_exp_avg_sq", torch.zeros(3)),
+    "unknown param": lambda sd: (sd["state"].__setitem__(17, sd["state"][0]), sd)[1],
+    "invalid lr": lambda sd: (sd["param_groups"][0].__setitem__("lr", -1.0), sd)[1],
+    "unknown eps_placement": lambda sd: (sd["param_groups"][0].__setitem__("eps_placement", "after"), sd)[1],
+    "missing param": lambda sd: (sd["param_groups"][0]["params"].pop(), sd)[1],
+    "extra group": lambda sd: (sd["param_groups"].append(dict(sd["param_groups"][0])), sd)[1],
+}
+
+
+@pytest.mark.parametrize("spoil", BAD_CHECKPOINTS.values(), ids=BAD_CHECKPOINTS.keys())
+def test_a_bad_checkpoint_is_refused_whole(spoil):
+    model, opt = _trained()
+    before = snapshot(model, opt)
+    other_model, other = _trained()
+    bad = spoil(copy.deepcopy(other.state_dict()))
+    with pytest.raises((TypeError, ValueError)):
+        opt.load_state_dict(bad)
+    assert_unchanged(model, opt, before)
+    train(model, opt, batches(1))  # and it still steps
+
+
+def test_torch_itself_accepts_a_wrong_shape_and_fails_mid_step():
+    """Why validation matters: torch takes the bad checkpoint, then moves some params before failing."""
+    model = make_model()
+    opt = torch.optim.Adamax(model.parameters(), lr=0.01)
+    train(model, opt, batches(2))
+    bad = _spoil_state(copy.deepcopy(opt.state_dict()), 2, "exp_inf", torch.zeros(5))
+    opt.load_state_dict(bad)  # accepted
+    before = [p.detach().clone() for p in model.parameters()]
+    opt.zero_grad()
+    torch.nn.functional.mse_loss(model(torch.randn(2, 6)), torch.randn(2, 3)).backward()
+    with pytest.raises(RuntimeError):
+        opt.step()
+    moved = [not torch.equal(p, q) for p, q in zip(model.parameters(), before)]
+    assert moved[:2] == [True, True] and moved[2:] == [False, False]
+
+
+# --- all-or-nothing steps ---------------------------------------------------------------------------------------
+
+
+def test_a_sparse_gradient_anywhere_changes_nothing():
+    dense, embedding = torch.nn.Linear(3, 3), torch.nn.Embedding(10, 3, sparse=True)
+    opt = Adamax([*dense.parameters(), *embedding.parameters()], lr=0.1)
+    params = [*dense.parameters(), *embedding.parameters()]
+    (dense(torch.ones(1, 3)).sum() + embedding(torch.tensor([1, 2])).sum()).backward()
+    before = [p.detach().clone() for p in params]
+    with pytest.raises(RuntimeError, match="Adamax does not support sparse gradients"):
+        opt.step()
+    assert all(torch.equal(p, q) for p, q in zip(params, before))
+    assert not opt.state, "no state may be created by a refused step"
+
+
+@pytest.mark.parametrize(
+    "spoil",
+    [
+        lambda opt, ps: setattr(ps[1].grad, "data", torch.ones(7)),  # torch's own setter refuses this
+        lambda opt, ps: (setattr(ps[1], "grad_dtype", None), setattr(ps[1], "grad", ps[1].grad.double())),
+        lambda opt, ps: opt.param_groups[1].__setitem__("lr", -0.5),
+        lambda opt, ps: opt.param_groups[1].__setitem__("betas", (0.9, 1.5)),
+        lambda opt, ps: opt.state[ps[1]].__setitem__("exp_inf", torch.zeros(2)),
+    ],
+    ids=["grad shape", "grad dtype", "negative lr set mid-training", "bad beta set mid-training", "state replaced"],
+)
+def test_a_refused_step_changes_nothing(spoil):
+    a, b = torch.ones(4, requires_grad=True), torch.ones(3, requires_grad=True)
+    opt = Adamax([{"params": [a]}, {"params": [b]}], lr=0.1)
+    a.grad, b.grad = torch.ones(4), torch.ones(3)
+    opt.step()
+    spoil(opt, [a, b])
+    before_a, before_state = a.detach().clone(), copy.deepcopy(opt.state[a])
+    with pytest.raises((RuntimeError, ValueError, TypeError)):
+        opt.step()
+    assert torch.equal(a, before_a)
+    assert all(torch.equal(opt.state[a][k], before_state[k]) for k in before_state)
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.bool])
+def test_integer_params_are_refused_at_construction(dtype):
+    with pytest.raises(TypeError, match=f"floating-point or complex tensors, got a {dtype} param"):
+        Adamax([torch.zeros(3, dtype=dtype)])
+    opt = Adamax([torch.zeros(3, requires_grad=True)])
+    with pytest.raises(TypeError):
+        opt.add_param_group({"params": [torch.zeros(3, dtype=dtype)]})
+    assert len(opt.param_groups) == 1
+
+
+def test_fused_is_refused_until_it_exists():
+    with pytest.raises(ValueError, match="fused=True is not supported yet"):
+        Adamax([torch.zeros(1, requires_grad=True)], fused=True)
+
+
+# --- non-finite gradients -----------------------------------------------------------------------------------
+
+
+def nan_batch_run(skip):
+    model = make_model()
+    opt = Adamax(model.parameters(), lr=0.01, skip_nonfinite=skip)
+    data = batches(12)
+    losses = []
+    for i, (x, y) in enumerate(data):
+        if i == 5:
+            x = x.clone()
+            x[0, 0] = math.nan
+        opt.zero_grad()
+        loss = torch.nn.functional.mse_loss(model(x), y)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return model, opt, losses
+
+
+def test_by_default_a_nan_gradient_propagates_like_torch():
+    model, opt, _ = nan_batch_run(skip=False)
+    assert all(torch.isnan(p).any() for p in model.parameters())
+    assert opt.skipped_steps == 0
+
+
+def test_skip_nonfinite_keeps_one_nan_batch_from_poisoning_training():
+    model, opt, losses = nan_batch_run(skip=True)
+    assert opt.skipped_steps == 1
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert math.isnan(losses[5]) and all(math.isfinite(v) for i, v in enumerate(losses) if i != 5)
+    assert losses[-1] < losses[0]
+    assert int(opt.state[model[0].weight]["step"]) == 11  # the skipped step is not counted
+    # The skipped step changed nothing: the run equals one that never saw the NaN batch.
+    clean_model = make_model()
+    clean = Adamax(clean_model.parameters(), lr=0.01)
+    train(clean_model, clean, [b for i, b in enumerate(batches(12)) if i != 5])
+    assert_same_run(model, opt, clean_model, clean)
