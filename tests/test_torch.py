@@ -427,7 +427,7 @@ BAD_CHECKPOINTS = {
 def test_a_bad_checkpoint_is_refused_whole(spoil):
     model, opt = _trained()
     before = snapshot(model, opt)
-    other_model, other = _trained()
+    _, other = _trained()
     bad = spoil(copy.deepcopy(other.state_dict()))
     with pytest.raises((TypeError, ValueError)):
         opt.load_state_dict(bad)

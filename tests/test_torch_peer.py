@@ -43,7 +43,8 @@ from adamax.torch import Adamax  # noqa: E402
 
 
 def adamax_inputs(device, dtype=None):
-    return optim_inputs_func_adamax(device, dtype) + [
+    return [
+        *optim_inputs_func_adamax(device, dtype),
         OptimizerInput(params=None, kwargs={"eps_placement": "denominator"}, desc="eps in the denominator"),
         OptimizerInput(params=None, kwargs={"eps_placement": "none", "lr": 0.01}, desc="the paper's form"),
         OptimizerInput(
@@ -59,7 +60,8 @@ def _error(kwargs, error_type, regex, desc):
 
 
 def adamax_error_inputs(device, dtype):
-    return optim_error_inputs_func_adamax(device, dtype) + [
+    return [
+        *optim_error_inputs_func_adamax(device, dtype),
         _error({"lr": -1.0}, ValueError, "^Invalid learning rate: -1.0$", "negative lr"),
         _error({"lr": math.inf}, ValueError, "Invalid learning rate: inf", "infinite lr, which torch accepts"),
         _error({"eps": -1e-8}, ValueError, "^Invalid epsilon value: -1e-08$", "negative eps"),
@@ -132,7 +134,7 @@ class TestAdamaxPeer(TestCase):
                         sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, patience=2)
                     initial = closure().item()
                     for _ in range(20):
-                        loss = opt.step(lambda opt=opt: closure(opt))
+                        loss = opt.step(lambda opt=opt, closure=closure: closure(opt))
                         if scheduler == "StepLR":
                             sched.step()
                         elif scheduler == "ReduceLROnPlateau":
@@ -198,7 +200,7 @@ class TestAdamaxPeer(TestCase):
             params, closure = quadratic(device, dtype)
             opt = optim_info.optim_cls(params, **copy.deepcopy(inp.kwargs))
             for _ in range(4):
-                opt.step(lambda: closure(opt))
+                opt.step(lambda opt=opt, closure=closure: closure(opt))
             buffer = io.BytesIO()
             torch.save(opt.state_dict(), buffer)
             buffer.seek(0)
