@@ -14,11 +14,10 @@ from typing import Any, Protocol
 import numpy as np
 
 from adamax._exact import fma
-from adamax.spec import AdamaxConfig
 
 
 class Ops(Protocol):
-    """What :func:`adamax_update` needs.  ``X`` is an array, a tensor or a list of tensors.
+    """What :func:`adamax_update` needs.  Arguments are arrays, tensors or lists of tensors.
 
     Methods ending in ``_`` may overwrite their first argument and return it;
     the others must not modify their inputs (``g`` is the caller's gradient).
@@ -30,16 +29,29 @@ class Ops(Protocol):
     def neg(self, g: Any) -> Any: ...  # -g
     def add_scaled(self, g: Any, p: Any, alpha: float) -> Any: ...  # g + alpha * p, fused on reals
     def mul_(self, x: Any, s: float) -> Any: ...  # x * s
-    def lerp_(self, m: Any, g: Any, w: float) -> Any: ...  # torch.lerp(m, g, w)
+    def moment_(self, m: Any, g: Any, beta1: float) -> Any: ...  # b1 * m + (1 - b1) * g
     def abs(self, g: Any) -> Any: ...  # |g|
     def abs_plus(self, g: Any, eps: float) -> Any: ...  # |g| + eps
     def add(self, x: Any, eps: float) -> Any: ...  # x + eps
     def maximum_(self, u: Any, v: Any) -> Any: ...  # max(u, v), NaN-propagating
-    def addcdiv_(self, p: Any, m: Any, d: Any, s: Any, guard_zero: bool) -> Any: ...  # p + (s * m) / d
+    def apply_step_(self, p: Any, m: Any, d: Any, s: Any, guard_zero: bool) -> Any: ...  # p + s * m / d
 
 
-def adamax_update(ops: Ops, p: Any, g: Any, m: Any, u: Any, step_size: Any, c: AdamaxConfig) -> tuple[Any, Any, Any]:
-    """One step of :mod:`adamax.spec`'s algorithm; ``step_size = -lr / (1 - b1**t)`` per array."""
+class Hyperparams(Protocol):
+    """The fields :func:`adamax_update` reads: an :class:`AdamaxConfig`, or traced values under jit."""
+
+    lr: Any
+    beta1: Any
+    beta2: Any
+    eps: Any
+    weight_decay: float
+    decoupled_weight_decay: bool
+    maximize: bool
+    eps_placement: str
+
+
+def adamax_update(ops: Ops, p: Any, g: Any, m: Any, u: Any, step_size: Any, c: Hyperparams) -> tuple[Any, Any, Any]:
+    """One step of :mod:`adamax.spec`'s algorithm; ``step_size`` is the backend's form of ``-lr / (1 - b1**t)``."""
     if not ops.decay_before_real_view:
         p, g, m, u = ops.real_view([p, g, m, u])
     if c.maximize:
@@ -50,7 +62,7 @@ def adamax_update(ops: Ops, p: Any, g: Any, m: Any, u: Any, step_size: Any, c: A
         p, g, m, u = ops.real_view([p, g, m, u])
     if c.weight_decay != 0 and c.decoupled_weight_decay:
         p = ops.mul_(p, 1 - c.lr * c.weight_decay)
-    m = ops.lerp_(m, g, 1 - c.beta1)
+    m = ops.moment_(m, g, c.beta1)
     u = ops.mul_(u, c.beta2)
     if c.eps_placement == "max":
         u = ops.maximum_(u, ops.abs_plus(g, c.eps))
@@ -59,7 +71,8 @@ def adamax_update(ops: Ops, p: Any, g: Any, m: Any, u: Any, step_size: Any, c: A
         u = ops.maximum_(u, ops.abs(g))
         denom = ops.add(u, c.eps) if c.eps_placement == "denominator" else u
     # u == 0 only where every gradient so far was 0 (so m == 0): no step there, not 0/0.
-    p = ops.addcdiv_(p, m, denom, step_size, guard_zero=c.eps == 0 or c.eps_placement == "none")
+    eps_is_positive = isinstance(c.eps, (int, float)) and c.eps > 0  # a traced eps might be 0
+    p = ops.apply_step_(p, m, denom, step_size, guard_zero=c.eps_placement == "none" or not eps_is_positive)
     return p, m, u
 
 
@@ -93,8 +106,8 @@ class NumpyOps:
     def mul_(self, x, s):
         return x * self.cast(s)
 
-    def lerp_(self, m, g, w):
-        w = self.cast(w)
+    def moment_(self, m, g, beta1):  # torch's lerp(m, g, 1 - b1), with its two FMA forms
+        w = self.cast(1 - beta1)
         if w < 0.5:
             return fma(w, g - m, m)
         return fma(-(g - m), self.cast(1) - w, g)
@@ -111,7 +124,7 @@ class NumpyOps:
     def maximum_(self, u, v):
         return np.maximum(u, v)
 
-    def addcdiv_(self, p, m, d, s, guard_zero):
+    def apply_step_(self, p, m, d, s, guard_zero):  # torch's addcdiv: p + (s * m) / d
         numer = self.cast(s) * m
         if guard_zero:
             return p + np.divide(numer, d, out=np.zeros_like(numer), where=d != 0)

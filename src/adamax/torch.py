@@ -106,8 +106,8 @@ class _TensorOps:
     def mul_(self, x, s):
         return x.mul_(s)
 
-    def lerp_(self, m, g, w):
-        return m.lerp_(g, w)
+    def moment_(self, m, g, beta1):
+        return m.lerp_(g, 1 - beta1)
 
     def abs(self, g):
         return g.abs()
@@ -123,7 +123,7 @@ class _TensorOps:
             return u.copy_(torch.amax(torch.stack([u, v]), 0))
         return torch.maximum(u, v, out=u)
 
-    def addcdiv_(self, p, m, d, s, guard_zero):
+    def apply_step_(self, p, m, d, s, guard_zero):
         if guard_zero:
             zero = d == 0
             m, d = m.masked_fill(zero, 0), d.masked_fill(zero, 1)
@@ -150,8 +150,8 @@ class _ForeachOps:
         torch._foreach_mul_(x, s)
         return x
 
-    def lerp_(self, m, g, w):
-        torch._foreach_lerp_(m, g, w)
+    def moment_(self, m, g, beta1):
+        torch._foreach_lerp_(m, g, 1 - beta1)
         return m
 
     def abs(self, g):
@@ -169,7 +169,7 @@ class _ForeachOps:
         torch._foreach_maximum_(u, v)
         return u
 
-    def addcdiv_(self, p, m, d, s, guard_zero):
+    def apply_step_(self, p, m, d, s, guard_zero):
         if guard_zero:
             zeros = [x == 0 for x in d]
             m = [x.masked_fill(z, 0) for x, z in zip(m, zeros)]
