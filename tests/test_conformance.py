@@ -83,6 +83,8 @@ def test_matches_reference_after_every_step(impl, config, dtype):
         pytest.skip(f"{impl.name} is not installed")
     if dtype not in impl.dtypes:
         pytest.skip(f"{impl.name} does not promise {dtype.__name__}")
+    if impl.unsupported(config):
+        pytest.skip(f"{impl.name}: {impl.unsupported(config)}")
     inexact = impl.inexact(config, dtype)
     rng = np.random.default_rng(0)
     cases = [

@@ -131,8 +131,7 @@ class _JaxOps:
         return [jnp.maximum(v, u) for u, v in zip(us, vs)]
 
     def apply_step_(self, p, ms, ds, count, guard_zero):
-        bias_correction = 1 - self.beta1**count  # optax.tree.bias_correction
-        m_hats = [m / bias_correction.astype(m.dtype) for m in ms]
+        m_hats = optax.tree.bias_correction(ms, self.beta1, count)  # optax's own (jitted) helper, for its rounding
         if not guard_zero:
             return [m_hat / d for m_hat, d in zip(m_hats, ds)]
         return [
