@@ -29,7 +29,7 @@ there gets a different bias correction than here.
 >>> params = {"w": jnp.array([1.0, -2.0])}
 >>> state = opt.init(params)
 >>> updates, state = opt.update({"w": jnp.array([0.5, -0.5])}, state)
->>> optax.apply_updates(params, updates)["w"]
+>>> optax.apply_updates(params, updates)["w"].round(4)  # the first step is lr * sign(g)
 Array([ 0.9, -1.9], dtype=float32)
 """
 
