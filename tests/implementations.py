@@ -47,9 +47,9 @@ class ReferenceStepper:
 
 
 class NumpyStepper:
-    def __init__(self, params: list[np.ndarray], config: AdamaxConfig) -> None:
+    def __init__(self, params: list[np.ndarray], config: AdamaxConfig, fused: bool | None = None) -> None:
         self._params = params  # updated in place, keeping the caller's memory layout
-        self._opt = adamax_numpy.Adamax(self._params, **config.to_dict())
+        self._opt = adamax_numpy.Adamax(self._params, fused=fused, **config.to_dict())
 
     def step(self, grads: list[np.ndarray]) -> None:
         self._opt.step(grads)
@@ -64,14 +64,14 @@ class NumpyStepper:
 class TorchStepper:
     """``adamax.torch.Adamax`` on tensors that share the arrays' memory (and so their layout)."""
 
-    def __init__(self, params: list[np.ndarray], config: AdamaxConfig, foreach: bool) -> None:
+    def __init__(self, params: list[np.ndarray], config: AdamaxConfig, **backend: bool) -> None:
         import torch
 
         from adamax.torch import Adamax
 
         self._torch = torch
         self._tensors = [torch.from_numpy(p) for p in params]
-        self._opt = Adamax(self._tensors, foreach=foreach, **config.to_dict())
+        self._opt = Adamax(self._tensors, **backend, **config.to_dict())
 
     def step(self, grads: list[np.ndarray]) -> None:
         for t, g in zip(self._tensors, grads):
@@ -163,7 +163,10 @@ class Implementation(NamedTuple):
 
 ALL_DTYPES = (np.float32, np.float64, np.complex64, np.complex128)
 IMPLEMENTATIONS = [
+    # automatic: the fused kernel for contiguous float32/float64 arrays (with numba), the reference otherwise
     Implementation("numpy", NumpyStepper, ALL_DTYPES),
+    Implementation("numpy-unfused", lambda p, c: NumpyStepper(p, c, fused=False), ALL_DTYPES),
+    Implementation("torch-automatic", TorchStepper, ALL_DTYPES, available=_torch_installed()),
     Implementation(
         "torch-forloop", lambda p, c: TorchStepper(p, c, foreach=False), ALL_DTYPES, available=_torch_installed()
     ),

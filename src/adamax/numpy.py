@@ -26,6 +26,8 @@ from typing import Any
 import numpy as np
 
 from adamax import reference
+from adamax._algorithm import step_size
+from adamax.kernels import cpu_kernels
 from adamax.reference import AdamaxState
 from adamax.spec import AdamaxConfig, EpsPlacement
 
@@ -61,6 +63,10 @@ class Adamax:
             memory.
         lr, betas, eps, weight_decay, decoupled_weight_decay, maximize,
         eps_placement: see :mod:`adamax.spec`.
+        fused: the fused numba kernel for every array (``True``), never
+            (``False``), or for every C-contiguous float32/float64 array when
+            numba is installed (``None``); other arrays take the reference.
+            Results are bit-identical either way.
 
     ``opt.config`` holds the hyperparameters; assign
     ``opt.config = opt.config.replace(lr=...)`` to schedule them.
@@ -77,7 +83,13 @@ class Adamax:
         decoupled_weight_decay: bool = False,
         maximize: bool = False,
         eps_placement: EpsPlacement = "max",
+        fused: bool | None = None,
     ) -> None:
+        if fused is not None and not isinstance(fused, bool):
+            raise TypeError(f"Invalid fused: {fused!r} (expected True, False or None)")
+        if fused and cpu_kernels() is None:
+            raise RuntimeError("fused=True needs numba: pip install 'adamax[fast]'")
+        self.fused = fused
         self.config = AdamaxConfig(
             lr=lr,
             betas=betas,
@@ -124,17 +136,60 @@ class Adamax:
                 raise TypeError(f"gradient for {path!r} has dtype {grad.dtype}, expected {param.dtype}")
         return flat
 
+    def _kernel_paths(self, grads: dict[str, np.ndarray]) -> list[str]:
+        """The one place that decides which arrays the fused kernel updates (see ``fused``)."""
+        kernels = cpu_kernels() if self.fused is not False else None
+        if kernels is None:
+            return []
+        chosen = []
+        for path, param in self._leaves.items():
+            if kernels.qualifies(param, grads[path]):
+                chosen.append(path)
+            elif self.fused:
+                raise ValueError(
+                    f"fused=True cannot update {path!r}: the kernel takes C-contiguous float32 or float64 "
+                    f"arrays with gradients alike, got a {param.dtype} param"
+                )
+        return chosen
+
     def step(self, grads: Tree) -> None:
         """Update every param in place from ``grads``, a tree shaped like the params."""
         flat = self._matching_grads(grads)
+        fused = self._kernel_paths(flat)
+        taken = set(fused)
         new = {}
         for path, param in self._leaves.items():
-            state = self.state[path] if path in self.state else reference.init(param)
-            new[path] = reference.update(param, flat[path], state, self.config)
+            if path not in taken:
+                state = self.state[path] if path in self.state else reference.init(param)
+                new[path] = reference.update(param, flat[path], state, self.config)
         # Nothing above wrote anything; from here on nothing can fail.
+        if fused:
+            self._step_fused(fused, flat)
         for path, (value, state) in new.items():
             np.copyto(self._leaves[path], value)
             self.state[path] = state
+
+    def _step_fused(self, paths: list[str], grads: dict[str, np.ndarray]) -> None:
+        kernels = cpu_kernels()
+        states = {
+            path: self.state[path] if path in self.state else reference.init(self._leaves[path]) for path in paths
+        }
+        for dtype in kernels.DTYPES:
+            group = [path for path in paths if self._leaves[path].dtype == dtype]
+            if not group:
+                continue
+            steps = [int(states[path].step) + 1 for path in group]
+            step_sizes = np.array([step_size(self.config.lr, self.config.beta1, t) for t in steps])
+            arrays = (
+                [self._leaves[path] for path in group],
+                [grads[path] for path in group],
+                [states[path].exp_avg for path in group],
+                [states[path].exp_inf for path in group],
+            )
+            addresses = tuple(np.array([a.ctypes.data for a in column], dtype=np.int64) for column in arrays)
+            kernels.step(dtype, addresses, tuple(self._leaves[path].size for path in group), step_sizes, self.config)
+            for path, t in zip(group, steps):
+                self.state[path] = AdamaxState(t, states[path].exp_avg, states[path].exp_inf)
 
     def state_dict(self) -> dict[str, Any]:
         """A snapshot: ``{"state": {path: {step, exp_avg, exp_inf}}, "hyperparams": {...}}``."""

@@ -40,12 +40,14 @@ from collections.abc import Iterable, Mapping
 from itertools import chain
 from typing import Any, NamedTuple
 
+import numpy as np
 import torch
 import torch.optim.optimizer as _torch_optimizer
 from torch import Tensor
 from torch.optim.optimizer import Optimizer, _use_grad_for_differentiable
 
 from adamax._algorithm import adamax_update, step_size
+from adamax.kernels import cpu_kernels
 from adamax.spec import AdamaxConfig, EpsPlacement
 
 __all__ = ["Adamax", "AdamaxW"]
@@ -186,23 +188,59 @@ class _Plan(NamedTuple):
 
     group: dict
     config: AdamaxConfig
-    params: list[Tensor]
-    backend: str  # "forloop" or "foreach"
+    fused: list[Tensor]  # params the fused kernel steps
+    rest: list[Tensor]  # params stepped with torch ops
+    backend: str  # for ``rest``: "forloop" or "foreach"
 
 
-def _choose_backend(group: Mapping[str, Any], params: list[Tensor]) -> str:
-    """The one place that decides how a group is stepped.
+_KERNEL_TYPES = (Tensor, torch.nn.Parameter)  # not subclasses (DTensor and friends): the kernel reads raw memory
+_KERNEL_DTYPES = {torch.float32: np.dtype(np.float32), torch.float64: np.dtype(np.float64)}
 
-    An explicit ``foreach`` wins; ``None`` follows torch's own default (foreach
-    where every tensor is on a device with foreach kernels, i.e. not the CPU),
-    and differentiable steps always run one tensor at a time.
+
+def _kernel_can_take(p: Tensor, state: Mapping[str, Any]) -> str | None:
+    """Why the fused CPU kernel cannot update ``p`` in place as it is (None: it can)."""
+    tensors = [p, p.grad, *(state[k] for k in ("exp_avg", "exp_inf") if k in state)]
+    if any(type(t) not in _KERNEL_TYPES for t in tensors):
+        return "a tensor subclass"
+    if p.device.type != "cpu" or p.dtype not in _KERNEL_DTYPES:
+        return f"a {p.dtype} tensor on {p.device}, not float32 or float64 on the CPU"
+    if not all(t.is_contiguous() for t in tensors):
+        return "a non-contiguous tensor"
+    return None
+
+
+def _choose_backends(group: Mapping[str, Any], params: list[Tensor], state: Mapping) -> tuple[list, list, str]:
+    """The one place that decides how a group is stepped: (fused params, other params, their backend).
+
+    * An explicit choice wins.  ``fused=True`` puts every param through the
+      fused kernel and refuses a param it cannot take; ``fused=False``, or an
+      explicit ``foreach``, keeps the kernel out.
+    * Otherwise (``fused=None`` and ``foreach=None``) the kernel takes every
+      param it can, when numba is installed; the rest follow torch's own
+      default (foreach where every tensor is on a device with foreach kernels,
+      i.e. not the CPU).
+    * Differentiable and capturable steps never use the kernel (it has no
+      autograd formula and keeps its step count on the host).
     """
     if group["differentiable"] and group["foreach"]:
         raise RuntimeError("foreach=True does not support differentiable=True; pass foreach=False or None")
-    foreach = group["foreach"]
+    fused_flag, foreach = group["fused"], group["foreach"]
+    kernels = cpu_kernels()
+    if fused_flag:
+        if kernels is None:
+            raise RuntimeError("fused=True needs numba: pip install 'adamax[fast]'")
+        for i, p in enumerate(params):
+            reason = _kernel_can_take(p, state.get(p, {}))
+            if reason:
+                raise RuntimeError(f"fused=True cannot update param {i} of its group: {reason}")
+        return list(params), [], "forloop"
+    automatic = fused_flag is None and foreach is None and not group["differentiable"] and not group["capturable"]
+    fused = [p for p in params if _kernel_can_take(p, state.get(p, {})) is None] if automatic and kernels else []
+    taken = {id(p) for p in fused}
+    rest = [p for p in params if id(p) not in taken]
     if foreach is None:
-        _, foreach = _torch_optimizer._default_to_fused_or_foreach(params, group["differentiable"], use_fused=False)
-    return "foreach" if foreach else "forloop"
+        _, foreach = _torch_optimizer._default_to_fused_or_foreach(rest, group["differentiable"], use_fused=False)
+    return fused, rest, "foreach" if foreach else "forloop"
 
 
 def _check_capturable(params: list[Tensor], steps: list[Tensor], backend: str) -> None:
@@ -267,7 +305,8 @@ class Adamax(Optimizer):
         differentiable: let autograd through the step (one tensor at a time).
         capturable: keep the step count on the device for graph capture; like
             torch, refused on the CPU.
-        fused: reserved for fused kernels; only ``None`` and ``False`` are accepted for now.
+        fused: the fused CPU kernel (numba) for every param; ``None`` uses it where it can
+            (dense float32/float64 CPU tensors) unless ``foreach`` is set.
         decoupled_weight_decay: ``p *= 1 - lr * wd`` instead of adding ``wd * p`` to the gradient.
         eps_placement: ``"max"`` (torch, optax), ``"denominator"`` (Keras, TF) or ``"none"`` (the paper).
         skip_nonfinite: skip, and count in ``skipped_steps``, any step whose gradients are not all finite.
@@ -294,8 +333,12 @@ class Adamax(Optimizer):
         eps_placement: EpsPlacement = "max",
         skip_nonfinite: bool = False,
     ) -> None:
-        if fused:
-            raise ValueError("fused=True is not supported yet: pass fused=None or False")
+        if fused and foreach:
+            raise RuntimeError("`fused` and `foreach` cannot be `True` together.")
+        if fused and (differentiable or capturable):
+            raise RuntimeError("fused=True does not support differentiable=True or capturable=True")
+        if fused and cpu_kernels() is None:
+            raise RuntimeError("fused=True needs numba: pip install 'adamax[fast]'")
         defaults = {
             "lr": lr,
             "betas": betas,
@@ -404,11 +447,11 @@ class Adamax(Optimizer):
                 )
             if self.state.get(p):
                 _check_state(p, self.state[p], f"state of param {i} of its group", loading=False)
-        backend = _choose_backend(group, params)
+        fused, rest, backend = _choose_backends(group, params, self.state)
         if group["capturable"]:
-            steps = [self.state[p]["step"] if self.state.get(p) else p for p in params]
-            _check_capturable(params, steps, backend)
-        return _Plan(group, config, params, backend)
+            steps = [self.state[p]["step"] if self.state.get(p) else p for p in rest]
+            _check_capturable(rest, steps, backend)
+        return _Plan(group, config, fused, rest, backend)
 
     def _init_state(self, p: Tensor, capturable: bool) -> dict[str, Tensor]:
         state = self.state[p]
@@ -420,9 +463,30 @@ class Adamax(Optimizer):
         return state
 
     def _run(self, plan: _Plan) -> None:
-        group, config, params = plan.group, plan.config, plan.params
-        if not params:
-            return
+        if plan.fused:
+            self._run_fused(plan.group, plan.config, plan.fused)
+        if plan.rest:
+            self._run_ops(plan.group, plan.config, plan.rest, plan.backend)
+
+    def _run_fused(self, group: dict, config: AdamaxConfig, params: list[Tensor]) -> None:
+        kernels = cpu_kernels()
+        lr = _torch_optimizer._get_value(group["lr"])
+        for dtype, np_dtype in _KERNEL_DTYPES.items():
+            ps = [p for p in params if p.dtype == dtype]
+            if not ps:
+                continue
+            states = [self._init_state(p, capturable=False) for p in ps]
+            steps = [s["step"] for s in states]
+            torch._foreach_add_(steps, torch.tensor(1.0), alpha=1.0)
+            counts = torch.stack(steps).tolist()
+            sizes_by_count = {t: step_size(lr, config.beta1, t) for t in set(counts)}  # torch's float64 form
+            step_sizes = np.array([sizes_by_count[t] for t in counts])
+            tensors = (ps, [p.grad for p in ps], [s["exp_avg"] for s in states], [s["exp_inf"] for s in states])
+            addresses = tuple(np.fromiter((t.data_ptr() for t in ts), np.int64, len(ps)) for ts in tensors)
+            sizes = tuple(p.numel() for p in ps)
+            kernels.step(np_dtype, addresses, sizes, step_sizes, config, threads=torch.get_num_threads())
+
+    def _run_ops(self, group: dict, config: AdamaxConfig, params: list[Tensor], backend: str) -> None:
         capturable = group["capturable"]
         states = [self._init_state(p, capturable) for p in params]
         grads = [p.grad for p in params]
@@ -430,7 +494,7 @@ class Adamax(Optimizer):
         exp_infs = [s["exp_inf"] for s in states]
         steps = [s["step"] for s in states]
         beta1 = config.beta1
-        if plan.backend == "forloop":
+        if backend == "forloop":
             ops = _TensorOps(group["differentiable"])
             lr = _torch_optimizer._to_scalar(group["lr"])  # a tensor lr stays a tensor here, as in torch
             for p, g, m, u, t in zip(params, grads, exp_avgs, exp_infs, steps):
@@ -468,7 +532,7 @@ class Adamax(Optimizer):
             with torch.enable_grad():
                 loss = closure()
         plans = [self._plan(group) for group in self.param_groups]
-        if self.skip_nonfinite and not _all_finite([p.grad for plan in plans for p in plan.params]):
+        if self.skip_nonfinite and not _all_finite([p.grad for plan in plans for p in (*plan.fused, *plan.rest)]):
             self.skipped_steps += 1
             return loss
         for plan in plans:

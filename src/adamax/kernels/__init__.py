@@ -1,0 +1,20 @@
+"""Fused kernels: the same math as :mod:`adamax.reference`, in one pass over memory.
+
+:func:`cpu_kernels` returns :mod:`adamax.kernels.cpu` (numba), or ``None`` where numba
+is not installed, so that callers fall back to their array-op paths.
+"""
+
+from __future__ import annotations
+
+import functools
+from types import ModuleType
+
+
+@functools.cache
+def cpu_kernels() -> ModuleType | None:
+    """The numba CPU kernels, or ``None`` when numba cannot be imported."""
+    try:
+        from adamax.kernels import cpu
+    except ImportError:
+        return None
+    return cpu

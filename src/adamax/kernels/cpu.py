@@ -1,0 +1,203 @@
+"""The fused CPU kernel: one parallel pass over every tensor of a step (numba).
+
+Each element is read once (p, g, m, u) and written once (p, m, u): 28 bytes
+per float32 element, the least any Adamax step can move.  Many tensors are
+updated in one parallel region through a *chunk table*: the tensors' data
+addresses, and a list of (tensor, start, stop) chunks that ``prange`` shares
+among the threads, so a model of hundreds of small tensors costs one call.
+
+The arithmetic is :func:`_element`, which follows :mod:`adamax.reference`
+operation for operation (same FMAs, same casts, same order), so results are
+bit-identical to the reference and to ``torch.optim.Adamax(foreach=False)``.
+
+Only dense (contiguous) float32 and float64 arrays qualify; callers check
+with :func:`qualifies` and fall back otherwise.
+
+Threads: numba's ``workqueue`` layer, sized per call to the caller's thread
+count.  It needs no OpenMP runtime, so it cannot fight torch's OpenMP pool;
+the two pools never run at once (the kernel runs between torch ops).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import NamedTuple
+
+import numba
+import numpy as np
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.extending import intrinsic
+
+# Chosen before the first parallel kernel runs; an explicit NUMBA_THREADING_LAYER wins.
+if "NUMBA_THREADING_LAYER" not in os.environ:
+    numba.config.THREADING_LAYER = "workqueue"
+
+CHUNK = 1 << 16  # elements per work item: large enough to amortise, small enough to balance 2+ threads
+DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+# flags[...] layout, shared with the callers below
+MAXIMIZE, DECAY, PLACEMENT, GUARD = range(4)
+NO_DECAY, COUPLED, DECOUPLED = 0, 1, 2
+EPS_MAX, EPS_DENOMINATOR, EPS_NONE = 0, 1, 2
+
+
+@intrinsic
+def _fma(typingctx, a, b, c):
+    """``a * b + c`` rounded once (LLVM's ``llvm.fma``), as torch's CPU kernels compute it."""
+    if not (isinstance(a, types.Float) and a == b == c):
+        return None
+
+    def codegen(context, builder, signature, args):
+        t = args[0].type
+        fn = builder.module.declare_intrinsic("llvm.fma", [t], ir.FunctionType(t, [t, t, t]))
+        return builder.call(fn, args)
+
+    return a(a, a, a), codegen
+
+
+@intrinsic
+def _pointer(typingctx, address, like):
+    """The int64 ``address`` as a pointer to ``like``'s dtype."""
+    if not isinstance(like, types.Array):
+        return None
+    pointer_type = types.CPointer(like.dtype)
+
+    def codegen(context, builder, signature, args):
+        llvm_pointer = context.get_value_type(pointer_type)
+        return builder.inttoptr(args[0], llvm_pointer)
+
+    return pointer_type(address, like), codegen
+
+
+@njit(inline="always")
+def _maximum(a, b):
+    """``max`` that propagates NaN from either side, as ``torch.maximum`` and ``np.maximum`` do."""
+    if a != a:
+        return a
+    if b != b:
+        return b
+    return a if a >= b else b
+
+
+@njit(inline="always")
+def _element(p, g, m, u, step, w, one_minus_w, b2, eps, wd, decay, maximize, decay_mode, placement, guard):
+    """One element of one step: :mod:`adamax.reference`'s rounding, operation for operation.
+
+    All scalars arrive already cast to the element type (a Python number here
+    would promote float32 arithmetic to float64).
+    """
+    if maximize:
+        g = -g
+    if decay_mode == COUPLED:
+        g = _fma(p, wd, g)  # torch: grad.add(param, alpha=wd)
+    elif decay_mode == DECOUPLED:
+        p = p * decay  # p * (1 - lr * wd)
+    if w < 0.5:  # torch's lerp(m, g, w), w = 1 - b1, in its two FMA forms
+        m = _fma(w, g - m, m)
+    else:
+        m = _fma(-(g - m), one_minus_w, g)
+    if placement == EPS_MAX:
+        u = _maximum(u * b2, abs(g) + eps)
+        d = u
+    else:
+        u = _maximum(u * b2, abs(g))
+        d = u + eps if placement == EPS_DENOMINATOR else u
+    if guard and d == 0:  # u == 0 only where every gradient so far was 0, so m == 0: no step
+        return p, m, u
+    return p + (step * m) / d, m, u
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def _step_chunks(like, p_addr, g_addr, m_addr, u_addr, chunk_tensor, chunk_start, chunk_stop, steps, hyper, flags):
+    """``hyper`` and ``steps`` are in the element type: [w, 1 - w, b2, eps, wd, 1 - lr*wd] and -lr/(1 - b1**t)."""
+    w, one_minus_w, b2, eps, wd, decay = hyper[0], hyper[1], hyper[2], hyper[3], hyper[4], hyper[5]
+    maximize, decay_mode, placement, guard = flags[MAXIMIZE] != 0, flags[DECAY], flags[PLACEMENT], flags[GUARD] != 0
+    for c in prange(chunk_tensor.shape[0]):
+        k = chunk_tensor[c]
+        p = _pointer(p_addr[k], like)
+        g = _pointer(g_addr[k], like)
+        m = _pointer(m_addr[k], like)
+        u = _pointer(u_addr[k], like)
+        step = steps[k]
+        for i in range(chunk_start[c], chunk_stop[c]):
+            p[i], m[i], u[i] = _element(
+                p[i], g[i], m[i], u[i], step, w, one_minus_w, b2, eps, wd, decay, maximize, decay_mode, placement, guard
+            )
+
+
+class ChunkTable(NamedTuple):
+    tensor: np.ndarray  # int64: which tensor each chunk belongs to
+    start: np.ndarray  # int64: first element of the chunk
+    stop: np.ndarray  # int64: one past its last element
+
+
+_TABLES: dict[tuple[int, ...], ChunkTable] = {}
+
+
+def chunk_table(sizes: tuple[int, ...]) -> ChunkTable:
+    """Split tensors of ``sizes`` elements into chunks of at most :data:`CHUNK` (cached per size list)."""
+    table = _TABLES.get(sizes)
+    if table is None:
+        counts = [-(-n // CHUNK) for n in sizes]
+        tensor = np.repeat(np.arange(len(sizes), dtype=np.int64), counts)
+        start = np.concatenate([np.arange(c, dtype=np.int64) * CHUNK for c in counts]) if tensor.size else tensor
+        stop = np.minimum(start + CHUNK, np.asarray(sizes, dtype=np.int64)[tensor])
+        table = ChunkTable(tensor, start, stop)
+        if len(_TABLES) > 64:
+            _TABLES.clear()
+        _TABLES[sizes] = table
+    return table
+
+
+def flags_and_hyper(config, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
+    """The config as the kernel's flag array and its scalars, cast to ``dtype`` as torch casts them."""
+    if config.weight_decay == 0:
+        decay_mode = NO_DECAY
+    else:
+        decay_mode = DECOUPLED if config.decoupled_weight_decay else COUPLED
+    placement = {"max": EPS_MAX, "denominator": EPS_DENOMINATOR, "none": EPS_NONE}[config.eps_placement]
+    guard = config.eps_placement == "none" or config.eps == 0
+    flags = np.array([config.maximize, decay_mode, placement, guard], dtype=np.int64)
+    w = dtype.type(1 - config.beta1)
+    hyper = np.array(
+        [w, dtype.type(1) - w, config.beta2, config.eps, config.weight_decay, 1 - config.lr * config.weight_decay],
+        dtype=dtype,
+    )
+    return flags, hyper
+
+
+_LIKE = {dt: np.empty(0, dt) for dt in DTYPES}
+
+
+def step(
+    dtype: np.dtype,
+    addresses: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+    sizes: tuple[int, ...],
+    step_sizes: np.ndarray,
+    config,
+    threads: int | None = None,
+) -> None:
+    """Update, in place, every tensor whose p, g, m, u data addresses are given.
+
+    ``step_sizes[k] = -lr / (1 - b1**t_k)`` in float64 (each tensor has its own
+    step count).  All four arrays of a tensor must be dense, ``dtype``, and
+    ``sizes[k]`` elements long; the caller guarantees it.
+    """
+    if not sizes:
+        return
+    table = chunk_table(sizes)
+    flags, hyper = flags_and_hyper(config, dtype)
+    if threads is not None:
+        numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
+    p_addr, g_addr, m_addr, u_addr = addresses
+    steps = np.asarray(step_sizes, dtype=np.float64).astype(dtype)
+    _step_chunks(_LIKE[dtype], p_addr, g_addr, m_addr, u_addr, *table, steps, hyper, flags)
+
+
+def qualifies(*arrays) -> bool:
+    """Whether NumPy arrays (or tensors' NumPy views) can go through the kernel as they are."""
+    first = arrays[0]
+    return first.dtype in DTYPES and all(
+        a.dtype == first.dtype and a.shape == first.shape and a.flags.c_contiguous for a in arrays
+    )

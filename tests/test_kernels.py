@@ -1,0 +1,217 @@
+"""The fused numba kernel: against the reference after every step, its wiring, and its fallbacks."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from adamax import kernels, reference
+from adamax.numpy import Adamax as NumpyAdamax
+from tests.test_conformance import CONFIGS
+
+numba = pytest.importorskip("numba")
+from adamax.kernels import cpu  # noqa: E402
+
+# awkward sizes: empty, one, odd, a chunk boundary and a bit, and many tiny tensors mixed with large ones
+SIZES = [0, 1, 4097, cpu.CHUNK, cpu.CHUNK + 1, 3 * cpu.CHUNK - 7, *([1, 2, 3, 5] * 10), 200_001]
+
+
+def kernel_run(dtype, config, sizes, steps, seed=0):
+    """Drive ``cpu.step`` directly and check every array against the reference after every step."""
+    rng = np.random.default_rng(seed)
+    params = [rng.standard_normal(n).astype(dtype) for n in sizes]
+    ms, us = [np.zeros(n, dtype) for n in sizes], [np.zeros(n, dtype) for n in sizes]
+    expected = [(p.copy(), reference.init(p)) for p in params]
+    for t in range(1, steps + 1):
+        grads = [(rng.standard_normal(n) * 10 ** rng.uniform(-3, 2)).astype(dtype) for n in sizes]
+        for g in grads:
+            g[:1] = 0  # u stays 0 there: "none" and eps=0 must not divide 0 by 0
+        addresses = tuple(np.array([a.ctypes.data for a in col], dtype=np.int64) for col in (params, grads, ms, us))
+        step_sizes = np.full(len(sizes), -(config.lr / (1 - config.beta1**t)))
+        cpu.step(np.dtype(dtype), addresses, tuple(sizes), step_sizes, config, threads=2)
+        for k, g in enumerate(grads):
+            p_ref, s_ref = reference.update(expected[k][0], g, expected[k][1], config)
+            expected[k] = (p_ref, s_ref)
+            where = f"step {t}, tensor {k} of {sizes[k]} elements"
+            np.testing.assert_array_equal(params[k], p_ref, err_msg=f"param, {where}")
+            np.testing.assert_array_equal(ms[k], s_ref.exp_avg, err_msg=f"exp_avg, {where}")
+            np.testing.assert_array_equal(us[k], s_ref.exp_inf, err_msg=f"exp_inf, {where}")
+
+
+@pytest.mark.parametrize("config", CONFIGS.values(), ids=CONFIGS.keys())
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=lambda d: d.__name__)
+def test_kernel_matches_the_reference_after_every_step(config, dtype):
+    kernel_run(dtype, config, SIZES, steps=4)
+
+
+def test_kernel_with_eps_zero_and_lerp_large_weight():
+    from adamax.spec import AdamaxConfig
+
+    for config in (AdamaxConfig(eps=0.0), AdamaxConfig(betas=(0.2, 0.5), eps=0.0, weight_decay=0.3)):
+        kernel_run(np.float32, config, [1, 17, 5000], steps=5)
+
+
+def test_numpy_optimizer_uses_the_kernel_and_matches_the_reference():
+    rng = np.random.default_rng(1)
+    params = {"big": rng.standard_normal(70_000).astype(np.float32), "tiny": rng.standard_normal(3)}
+    strided_holder = rng.standard_normal(20)
+    params["strided"] = strided_holder[::2]  # not contiguous: takes the reference
+    opt = NumpyAdamax(params, lr=0.01, weight_decay=0.1)
+    grads = {k: np.ascontiguousarray(rng.standard_normal(v.shape).astype(v.dtype)) for k, v in params.items()}
+    assert opt._kernel_paths(grads) == ["big", "tiny"]
+    expected = {k: (v.copy(), reference.init(v)) for k, v in params.items()}
+    for _ in range(5):
+        grads = {k: rng.standard_normal(v.shape).astype(v.dtype) for k, v in params.items()}
+        opt.step(grads)
+        for k in params:
+            expected[k] = reference.update(expected[k][0], grads[k], expected[k][1], opt.config)
+            np.testing.assert_array_equal(params[k], expected[k][0], err_msg=k)
+            np.testing.assert_array_equal(opt.state[k].exp_inf, expected[k][1].exp_inf, err_msg=k)
+            assert opt.state[k].step == expected[k][1].step
+    np.testing.assert_array_equal(strided_holder[::2], params["strided"])
+
+
+def test_numpy_fused_true_refuses_what_the_kernel_cannot_take():
+    params = [np.ones(4, np.float32), np.ones(3, np.complex64)]
+    opt = NumpyAdamax(params, fused=True)
+    with pytest.raises(ValueError, match=r"fused=True cannot update '1'"):
+        opt.step([np.ones(4, np.float32), np.ones(3, np.complex64)])
+    assert not opt.state and np.all(params[0] == 1)
+
+
+torch = pytest.importorskip("torch")
+from adamax.torch import Adamax, _choose_backends  # noqa: E402
+
+
+def choose(params, **group_options):
+    group = {"fused": None, "foreach": None, "differentiable": False, "capturable": False, **group_options}
+    for p in params:
+        p.grad = torch.ones_like(p) if p.grad is None else p.grad
+    fused, _, backend = _choose_backends(group, params, {})
+    return [next(i for i, q in enumerate(params) if q is p) for p in fused], backend
+
+
+def test_automatic_choice():
+    dense, double = torch.zeros(8, requires_grad=True), torch.zeros(3, dtype=torch.float64, requires_grad=True)
+    strided = torch.zeros(4, 4)[:, ::2].requires_grad_()
+    half, complex_ = torch.zeros(4, dtype=torch.float16, requires_grad=True), torch.zeros(2, dtype=torch.complex64)
+    params = [dense, double, strided, half, complex_]
+    assert choose(params) == ([0, 1], "forloop")  # the kernel takes what it can; torch's default for the rest
+    assert choose(params, foreach=True) == ([], "foreach")  # an explicit choice wins
+    assert choose(params, foreach=False) == ([], "forloop")
+    assert choose(params, fused=False) == ([], "forloop")
+    assert choose(params, differentiable=True) == ([], "forloop")
+    assert choose([dense, double], fused=True) == ([0, 1], "forloop")
+    with pytest.raises(RuntimeError, match="fused=True cannot update param 2 of its group: a non-contiguous tensor"):
+        choose(params, fused=True)
+
+
+def test_a_non_contiguous_grad_falls_back():
+    p = torch.zeros(4, 4, requires_grad=True)
+    p.grad = torch.ones(4, 8)[:, ::2]
+    assert choose([p]) == ([], "forloop")
+
+
+def test_fused_true_refuses_before_changing_anything():
+    a, b = torch.ones(3, requires_grad=True), torch.ones(4, dtype=torch.float16, requires_grad=True)
+    opt = Adamax([a, b], fused=True)
+    a.grad, b.grad = torch.ones(3), torch.ones(4, dtype=torch.float16)
+    with pytest.raises(RuntimeError, match="float16"):
+        opt.step()
+    assert not opt.state and torch.equal(a, torch.ones(3))
+    with pytest.raises(RuntimeError, match="cannot be `True` together"):
+        Adamax([a], fused=True, foreach=True)
+    with pytest.raises(RuntimeError, match="does not support differentiable"):
+        Adamax([a], fused=True, differentiable=True)
+
+
+def test_fused_and_unfused_params_in_one_step_are_each_exact():
+    torch.manual_seed(0)
+    tensors = [
+        torch.randn(5000),
+        torch.randn(6, 6).t(),
+        torch.randn(3, dtype=torch.float64),
+        torch.randn(2, dtype=torch.complex64),
+    ]
+    ours = [t.clone().requires_grad_() for t in tensors]
+    theirs = [t.clone().requires_grad_() for t in tensors]
+    opt, oracle = Adamax(ours, lr=0.01, weight_decay=0.01), torch.optim.Adamax(theirs, lr=0.01, weight_decay=0.01)
+    for _ in range(6):
+        for a, b in zip(ours, theirs):
+            g = torch.randn_like(a)
+            a.grad, b.grad = g.clone(), g.clone()
+        opt.step()
+        oracle.step()
+        for a, b in zip(ours, theirs):
+            assert torch.equal(a, b)
+            assert torch.equal(opt.state[a]["exp_inf"], oracle.state[b]["exp_inf"])
+
+
+def test_without_numba_everything_falls_back(monkeypatch):
+    monkeypatch.setitem(sys.modules, "numba", None)  # import numba now fails
+    monkeypatch.delitem(sys.modules, "adamax.kernels.cpu")
+    monkeypatch.delattr(kernels, "cpu")
+    kernels.cpu_kernels.cache_clear()
+    try:
+        assert kernels.cpu_kernels() is None
+        p = torch.ones(5, requires_grad=True)
+        opt = Adamax([p], lr=0.1)
+        p.grad = torch.ones(5)
+        opt.step()
+        assert torch.allclose(p, torch.full((5,), 0.9))
+        with pytest.raises(RuntimeError, match="fused=True needs numba"):
+            Adamax([p], fused=True)
+        with pytest.raises(RuntimeError, match="fused=True needs numba"):
+            NumpyAdamax([np.ones(2)], fused=True)
+        arrays = [np.ones(3, np.float32)]
+        NumpyAdamax(arrays, lr=0.1).step([np.ones(3, np.float32)])
+        np.testing.assert_allclose(arrays[0], 0.9, rtol=1e-6)
+    finally:
+        kernels.cpu_kernels.cache_clear()
+        monkeypatch.undo()
+    assert kernels.cpu_kernels() is cpu
+
+
+def run_python(code: str) -> str:
+    result = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
+def test_no_per_step_allocation_proportional_to_n():
+    """Peak resident memory over 100 fused steps of a 10M-element tensor grows by far less than one copy (40 MB)."""
+    out = run_python(
+        """
+        import resource, numpy as np, torch
+        from adamax.torch import Adamax
+        from adamax.numpy import Adamax as NumpyAdamax
+
+        def peak_mb():
+            return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+        n = 10_000_000
+        p = torch.zeros(n, requires_grad=True)
+        p.grad = torch.full((n,), 0.5)
+        opt = Adamax([p], fused=True)
+        opt.step()
+        before = peak_mb()
+        for _ in range(100):
+            opt.step()
+        torch_growth = peak_mb() - before
+
+        arrays, grads = [np.zeros(n, np.float32)], [np.full(n, 0.5, np.float32)]
+        numpy_opt = NumpyAdamax(arrays, fused=True)
+        numpy_opt.step(grads)
+        before = peak_mb()
+        for _ in range(100):
+            numpy_opt.step(grads)
+        print(f"{torch_growth:.1f} {peak_mb() - before:.1f}")
+        """
+    )
+    torch_growth, numpy_growth = map(float, out.split())
+    print(f"peak RSS growth over 100 steps: torch {torch_growth} MB, numpy {numpy_growth} MB (one copy: 40 MB)")
+    assert torch_growth < 4 and numpy_growth < 4
