@@ -470,7 +470,7 @@ class Adamax(Optimizer):
 
     def _run_fused(self, group: dict, config: AdamaxConfig, params: list[Tensor]) -> None:
         kernels = cpu_kernels()
-        lr = _torch_optimizer._get_value(group["lr"])
+        lr = _torch_optimizer._to_scalar(group["lr"])  # a tensor lr: the step size is rounded as torch's forloop does
         for dtype, np_dtype in _KERNEL_DTYPES.items():
             ps = [p for p in params if p.dtype == dtype]
             if not ps:
@@ -479,7 +479,7 @@ class Adamax(Optimizer):
             steps = [s["step"] for s in states]
             torch._foreach_add_(steps, torch.tensor(1.0), alpha=1.0)
             counts = torch.stack(steps).tolist()
-            sizes_by_count = {t: step_size(lr, config.beta1, t) for t in set(counts)}  # torch's float64 form
+            sizes_by_count = {t: float(step_size(lr, config.beta1, t)) for t in set(counts)}
             step_sizes = np.array([sizes_by_count[t] for t in counts])
             tensors = (ps, [p.grad for p in ps], [s["exp_avg"] for s in states], [s["exp_inf"] for s in states])
             addresses = tuple(np.fromiter((t.data_ptr() for t in ts), np.int64, len(ps)) for ts in tensors)
