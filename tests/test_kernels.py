@@ -84,15 +84,16 @@ def test_numpy_fused_true_refuses_what_the_kernel_cannot_take():
 
 
 torch = pytest.importorskip("torch")
-from adamax.torch import Adamax, _choose_backends  # noqa: E402
+from adamax.torch import Adamax  # noqa: E402
 
 
-def choose(params, **group_options):
-    group = {"fused": None, "foreach": None, "differentiable": False, "capturable": False, **group_options}
+def choose(params, **options):
+    """(indices of the params the kernel steps, backend of the others) for one group."""
     for p in params:
         p.grad = torch.ones_like(p) if p.grad is None else p.grad
-    fused, _, backend = _choose_backends(group, params, {})
-    return [next(i for i, q in enumerate(params) if q is p) for p in fused], backend
+    opt = Adamax(params, **options)
+    plan = opt._plan(opt.param_groups[0])
+    return [next(i for i, q in enumerate(params) if q is p) for p in plan.fused], plan.backend
 
 
 def test_automatic_choice():

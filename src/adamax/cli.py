@@ -7,6 +7,7 @@ the fit beside the least-squares optimum, and plots the loss and the line.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import math
 import sys
 from collections.abc import Sequence
@@ -107,6 +108,34 @@ def demo(args: argparse.Namespace) -> None:
     print(f"wrote {args.out}")
 
 
+def _sizes(text: str) -> list[int]:
+    units = {"k": 10**3, "m": 10**6}
+    sizes = []
+    for item in text.split(","):
+        item = item.strip().lower()
+        scale = units.get(item[-1:], 1)
+        digits = item[:-1] if item[-1:] in units else item
+        try:
+            value = float(digits) * scale
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected sizes like 1M,10M,50M; got {text!r}") from None
+        if not (value >= 1 and value == int(value)):
+            raise argparse.ArgumentTypeError(f"expected positive whole sizes; got {item!r}")
+        sizes.append(int(value))
+    return sizes
+
+
+def bench(args: argparse.Namespace) -> None:
+    missing = [m for m in ("torch", "numba") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise CommandError(f"adamax bench needs {' and '.join(missing)}: pip install 'adamax[torch,fast,jax,plot]'")
+    if args.out is not None:
+        _pyplot()
+    from adamax import bench as benchmark
+
+    benchmark.main(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="adamax", description="The Adamax optimizer: demonstrate, compare, benchmark.")
     verbs = parser.add_subparsers(dest="verb", required=True, parser_class=_Parser)
@@ -119,6 +148,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=_png_path, default=Path("adamax-demo.png"), help="PNG to write")
     p.add_argument("--no-plot", action="store_true", help="print the fit only")
     p.set_defaults(run=demo)
+
+    p = verbs.add_parser("bench", help="step time of every implementation against the bandwidth limit")
+    p.add_argument(
+        "--sizes", type=_sizes, default=_sizes("1M,10M,50M"), help="single-tensor sizes (default 1M,10M,50M)"
+    )
+    p.add_argument("--no-model", dest="model", action="store_false", help="skip the ~200-tensor model-like case")
+    p.add_argument("--compile", action="store_true", help="also time torch.compile of the step (slow to compile)")
+    p.add_argument("--no-reference", action="store_true", help="skip the (slow) NumPy reference")
+    p.add_argument("--no-startup", dest="startup", action="store_false", help="skip the start-up timings")
+    p.add_argument("--repeats", type=_int_at_least(3, "an integer >= 3, a"), default=15, help="rounds (default 15)")
+    p.add_argument(
+        "--threads", type=_int_at_least(1, "positive"), default=None, help="torch threads (default: torch's)"
+    )
+    p.add_argument("--json", metavar="PATH", help="write the results as JSON")
+    p.add_argument("--out", type=_png_path, default=Path("adamax-bench.png"), help="bar chart PNG")
+    p.add_argument("--no-plot", dest="out", action="store_const", const=None, help="no chart")
+    p.set_defaults(run=bench)
     return parser
 
 

@@ -189,58 +189,63 @@ class _Plan(NamedTuple):
     group: dict
     config: AdamaxConfig
     fused: list[Tensor]  # params the fused kernel steps
+    fused_states: list[dict | None]  # their state (None: not created yet), looked up once
     rest: list[Tensor]  # params stepped with torch ops
     backend: str  # for ``rest``: "forloop" or "foreach"
 
 
+_ONE = torch.tensor(1.0)  # torch's fast form for incrementing CPU step counts
 _KERNEL_TYPES = (Tensor, torch.nn.Parameter)  # not subclasses (DTensor and friends): the kernel reads raw memory
 _KERNEL_DTYPES = {torch.float32: np.dtype(np.float32), torch.float64: np.dtype(np.float64)}
 
 
-def _kernel_can_take(p: Tensor, state: Mapping[str, Any]) -> str | None:
-    """Why the fused CPU kernel cannot update ``p`` in place as it is (None: it can)."""
-    tensors = [p, p.grad, *(state[k] for k in ("exp_avg", "exp_inf") if k in state)]
-    if any(type(t) not in _KERNEL_TYPES for t in tensors):
-        return "a tensor subclass"
-    if p.device.type != "cpu" or p.dtype not in _KERNEL_DTYPES:
+def _kernel_can_take(p: Tensor, g: Tensor, state: Mapping[str, Any] | None) -> str | None:
+    """Why the fused CPU kernel cannot update ``p`` in place as it is (None: it can).
+
+    Called for every param at every step, so it reads as little as it can.
+    """
+    if not p.is_cpu or p.dtype not in _KERNEL_DTYPES:
         return f"a {p.dtype} tensor on {p.device}, not float32 or float64 on the CPU"
-    if not all(t.is_contiguous() for t in tensors):
+    if type(p) not in _KERNEL_TYPES or type(g) not in _KERNEL_TYPES:
+        return "a tensor subclass"  # DTensor and friends: their memory is not the tensor's values
+    if not (p.is_contiguous() and g.is_contiguous()):
         return "a non-contiguous tensor"
+    if state and not (state["exp_avg"].is_contiguous() and state["exp_inf"].is_contiguous()):
+        return "non-contiguous state"
     return None
 
 
-def _choose_backends(group: Mapping[str, Any], params: list[Tensor], state: Mapping) -> tuple[list, list, str]:
-    """The one place that decides how a group is stepped: (fused params, other params, their backend).
+def _kernel_mode(group: Mapping[str, Any]) -> str:
+    """The one place that decides whether the fused kernel steps a group: "always", "where possible" or "never".
 
-    * An explicit choice wins.  ``fused=True`` puts every param through the
-      fused kernel and refuses a param it cannot take; ``fused=False``, or an
-      explicit ``foreach``, keeps the kernel out.
+    * An explicit choice wins: ``fused=True`` is "always" (a param the kernel
+      cannot take is refused, not silently stepped another way); ``fused=False``
+      or an explicit ``foreach`` is "never".
     * Otherwise (``fused=None`` and ``foreach=None``) the kernel takes every
       param it can, when numba is installed; the rest follow torch's own
       default (foreach where every tensor is on a device with foreach kernels,
-      i.e. not the CPU).
-    * Differentiable and capturable steps never use the kernel (it has no
-      autograd formula and keeps its step count on the host).
+      i.e. not the CPU).  Results are the same bits either way.
+    * Differentiable and capturable steps never use the kernel: it has no
+      autograd formula, and keeps its step count on the host.
     """
+    if group["fused"]:
+        if cpu_kernels() is None:
+            raise RuntimeError("fused=True needs numba: pip install 'adamax[fast]'")
+        return "always"
+    automatic = group["fused"] is None and group["foreach"] is None
+    if automatic and not group["differentiable"] and not group["capturable"] and cpu_kernels() is not None:
+        return "where possible"
+    return "never"
+
+
+def _torch_backend(group: Mapping[str, Any], params: list[Tensor]) -> str:
+    """How params the kernel does not take are stepped: torch's own rule, or the explicit ``foreach``."""
     if group["differentiable"] and group["foreach"]:
         raise RuntimeError("foreach=True does not support differentiable=True; pass foreach=False or None")
-    fused_flag, foreach = group["fused"], group["foreach"]
-    kernels = cpu_kernels()
-    if fused_flag:
-        if kernels is None:
-            raise RuntimeError("fused=True needs numba: pip install 'adamax[fast]'")
-        for i, p in enumerate(params):
-            reason = _kernel_can_take(p, state.get(p, {}))
-            if reason:
-                raise RuntimeError(f"fused=True cannot update param {i} of its group: {reason}")
-        return list(params), [], "forloop"
-    automatic = fused_flag is None and foreach is None and not group["differentiable"] and not group["capturable"]
-    fused = [p for p in params if _kernel_can_take(p, state.get(p, {})) is None] if automatic and kernels else []
-    taken = {id(p) for p in fused}
-    rest = [p for p in params if id(p) not in taken]
+    foreach = group["foreach"]
     if foreach is None:
-        _, foreach = _torch_optimizer._default_to_fused_or_foreach(rest, group["differentiable"], use_fused=False)
-    return fused, rest, "foreach" if foreach else "forloop"
+        _, foreach = _torch_optimizer._default_to_fused_or_foreach(params, group["differentiable"], use_fused=False)
+    return "foreach" if foreach else "forloop"
 
 
 def _check_capturable(params: list[Tensor], steps: list[Tensor], backend: str) -> None:
@@ -253,6 +258,24 @@ def _check_capturable(params: list[Tensor], steps: list[Tensor], backend: str) -
             raise AssertionError(
                 f"If capturable=True, params and state_steps must be on supported devices: {supported}."
             )
+
+
+def _check_live_state(p: Tensor, state: Mapping[str, Any], index: int) -> None:
+    """The per-step check of a param's state: fast when all is well, :func:`_check_state`'s message when not."""
+    m, u = state.get("exp_avg"), state.get("exp_inf")
+    if (
+        len(state) == 3
+        and type(state.get("step")) in _KERNEL_TYPES
+        and m is not None
+        and u is not None
+        and m.shape == p.shape
+        and u.shape == p.shape
+        and m.dtype == p.dtype
+        and u.dtype == p.dtype
+        and ((p.is_cpu and m.is_cpu and u.is_cpu) or (m.device == p.device and u.device == p.device))
+    ):
+        return
+    _check_state(p, state, f"state of param {index} of its group", loading=False)
 
 
 def _check_state(p: Tensor, state: Mapping[str, Any], where: str, *, loading: bool) -> None:
@@ -433,11 +456,15 @@ class Adamax(Optimizer):
             _check_state(id_map[key], entry, f"state of param {key!r}", loading=True)
 
     def _plan(self, group: dict) -> _Plan:
-        """Check one group's hyperparameters, gradients and state; write nothing."""
+        """Check one group's hyperparameters, gradients and state, and choose backends; write nothing."""
         config = _config_of(group)
-        params = [p for p in group["params"] if p.grad is not None]
-        for i, p in enumerate(params):
+        mode = _kernel_mode(group)
+        state = self.state
+        fused, fused_states, rest = [], [], []
+        for i, p in enumerate(group["params"]):
             g = p.grad
+            if g is None:
+                continue
             if g.is_sparse:
                 raise RuntimeError("Adamax does not support sparse gradients")
             if g.shape != p.shape or g.dtype != p.dtype or g.device != p.device:
@@ -445,15 +472,30 @@ class Adamax(Optimizer):
                     f"param {i} of its group has a gradient of shape {tuple(g.shape)}, {g.dtype} on {g.device}; "
                     f"expected shape {tuple(p.shape)}, {p.dtype} on {p.device}"
                 )
-            if self.state.get(p):
-                _check_state(p, self.state[p], f"state of param {i} of its group", loading=False)
-        fused, rest, backend = _choose_backends(group, params, self.state)
+            s = state.get(p)
+            if s:
+                _check_live_state(p, s, i)
+            if mode == "never":
+                rest.append(p)
+                continue
+            reason = _kernel_can_take(p, g, s)
+            if reason is None:
+                fused.append(p)
+                fused_states.append(s)
+            elif mode == "always":
+                raise RuntimeError(f"fused=True cannot update param {i} of its group: {reason}")
+            else:
+                rest.append(p)
+        backend = _torch_backend(group, rest) if rest else "forloop"
         if group["capturable"]:
-            steps = [self.state[p]["step"] if self.state.get(p) else p for p in rest]
+            steps = [state[p]["step"] if state.get(p) else p for p in rest]
             _check_capturable(rest, steps, backend)
-        return _Plan(group, config, fused, rest, backend)
+        return _Plan(group, config, fused, fused_states, rest, backend)
 
     def _init_state(self, p: Tensor, capturable: bool) -> dict[str, Tensor]:
+        state = self.state.get(p)
+        if state:
+            return state
         state = self.state[p]
         if not state:
             dtype = _torch_optimizer._get_scalar_dtype()
@@ -464,27 +506,32 @@ class Adamax(Optimizer):
 
     def _run(self, plan: _Plan) -> None:
         if plan.fused:
-            self._run_fused(plan.group, plan.config, plan.fused)
+            self._run_fused(plan.group, plan.config, plan.fused, plan.fused_states)
         if plan.rest:
             self._run_ops(plan.group, plan.config, plan.rest, plan.backend)
 
-    def _run_fused(self, group: dict, config: AdamaxConfig, params: list[Tensor]) -> None:
+    def _run_fused(self, group: dict, config: AdamaxConfig, params: list[Tensor], states: list[dict | None]) -> None:
         kernels = cpu_kernels()
         lr = _torch_optimizer._to_scalar(group["lr"])  # a tensor lr: the step size is rounded as torch's forloop does
+        threads = torch.get_num_threads()
         for dtype, np_dtype in _KERNEL_DTYPES.items():
-            ps = [p for p in params if p.dtype == dtype]
-            if not ps:
+            chosen = [(p, s or self._init_state(p, False)) for p, s in zip(params, states) if p.dtype is dtype]
+            if not chosen:
                 continue
-            states = [self._init_state(p, capturable=False) for p in ps]
-            steps = [s["step"] for s in states]
-            torch._foreach_add_(steps, torch.tensor(1.0), alpha=1.0)
-            counts = torch.stack(steps).tolist()
+            steps = [s["step"] for _, s in chosen]
+            torch._foreach_add_(steps, _ONE, alpha=1.0)
+            counts = [t.item() for t in steps]
             sizes_by_count = {t: float(step_size(lr, config.beta1, t)) for t in set(counts)}
             step_sizes = np.array([sizes_by_count[t] for t in counts])
-            tensors = (ps, [p.grad for p in ps], [s["exp_avg"] for s in states], [s["exp_inf"] for s in states])
-            addresses = tuple(np.fromiter((t.data_ptr() for t in ts), np.int64, len(ps)) for ts in tensors)
-            sizes = tuple(p.numel() for p in ps)
-            kernels.step(np_dtype, addresses, sizes, step_sizes, config, threads=torch.get_num_threads())
+            n = len(chosen)
+            addresses = (
+                np.fromiter((p.data_ptr() for p, _ in chosen), np.int64, n),
+                np.fromiter((p.grad.data_ptr() for p, _ in chosen), np.int64, n),
+                np.fromiter((s["exp_avg"].data_ptr() for _, s in chosen), np.int64, n),
+                np.fromiter((s["exp_inf"].data_ptr() for _, s in chosen), np.int64, n),
+            )
+            sizes = tuple(p.numel() for p, _ in chosen)
+            kernels.step(np_dtype, addresses, sizes, step_sizes, config, threads=threads)
 
     def _run_ops(self, group: dict, config: AdamaxConfig, params: list[Tensor], backend: str) -> None:
         capturable = group["capturable"]

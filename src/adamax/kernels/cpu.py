@@ -13,9 +13,10 @@ bit-identical to the reference and to ``torch.optim.Adamax(foreach=False)``.
 Only dense (contiguous) float32 and float64 arrays qualify; callers check
 with :func:`qualifies` and fall back otherwise.
 
-Threads: numba's ``workqueue`` layer, sized per call to the caller's thread
-count.  It needs no OpenMP runtime, so it cannot fight torch's OpenMP pool;
-the two pools never run at once (the kernel runs between torch ops).
+Threads: numba's OpenMP layer where it is available (``workqueue``
+otherwise), sized per call to the caller's thread count (torch's, for the
+torch adapter).  numba's and torch's OpenMP pools never run at once: the
+kernel runs between torch ops.
 """
 
 from __future__ import annotations
@@ -29,9 +30,11 @@ from llvmlite import ir
 from numba import njit, prange, types
 from numba.extending import intrinsic
 
-# Chosen before the first parallel kernel runs; an explicit NUMBA_THREADING_LAYER wins.
-if "NUMBA_THREADING_LAYER" not in os.environ:
-    numba.config.THREADING_LAYER = "workqueue"
+# Chosen before the first parallel kernel runs; an explicit NUMBA_THREADING_LAYER(_PRIORITY) wins.
+# OpenMP first: its parallel regions start in ~10 us where workqueue's take ~200 us, and interleaved
+# with torch's own OpenMP pool it costs less, not more (docs/design.md has the measurements).
+if not {"NUMBA_THREADING_LAYER", "NUMBA_THREADING_LAYER_PRIORITY"} & set(os.environ):
+    numba.config.THREADING_LAYER_PRIORITY = ["omp", "workqueue", "tbb"]
 
 CHUNK = 1 << 16  # elements per work item: large enough to amortise, small enough to balance 2+ threads
 DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -188,7 +191,7 @@ def step(
         return
     table = chunk_table(sizes)
     flags, hyper = flags_and_hyper(config, dtype)
-    if threads is not None:
+    if threads is not None and threads != numba.get_num_threads():
         numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
     p_addr, g_addr, m_addr, u_addr = addresses
     steps = np.asarray(step_sizes, dtype=np.float64).astype(dtype)

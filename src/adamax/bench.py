@@ -1,0 +1,340 @@
+"""``adamax bench``: step time of every Adamax implementation, against the memory-bandwidth limit.
+
+An in-place float32 Adamax step reads p, g, m, u and writes p, m, u: 28 bytes
+per element, and no implementation can move less.  The limit is measured in
+the same run with a parallel in-place ``a += s * b`` (12 bytes per element):
+its bandwidth, times 28 bytes per element, is the fastest possible step.
+
+The machines are shared and noisy, so every method is timed in the same
+round, one step each, round after round ("paired" runs), and the median per
+method is reported; ratios within one run are what to compare.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+BYTES_PER_ELEMENT = 28  # float32: read p, g, m, u; write p, m, u
+LIMIT_BYTES_PER_ELEMENT = 12  # a += s * b: read a, b; write a
+# A pause before each timed step, so that the previous method's thread pool (OpenMP, XLA's) has stopped
+# spinning: without it, torch's steps ran up to 3x slower right after a jitted JAX step.
+SETTLE_SECONDS = 0.03
+
+
+@dataclass
+class Case:
+    name: str
+    sizes: list[int]
+
+    @property
+    def numel(self) -> int:
+        return sum(self.sizes)
+
+
+def model_like_sizes(layers: int = 16, width: int = 224, vocab: int = 1600) -> list[int]:
+    """A transformer-shaped list of ~195 tensors totalling ~10M elements."""
+    sizes = [vocab * width]
+    for _ in range(layers):
+        d = width
+        sizes += [3 * d * d, 3 * d, d * d, d, 4 * d * d, 4 * d, 4 * d * d, d, d, d, d, d]
+    return [*sizes, width, width]
+
+
+@dataclass
+class Result:
+    method: str
+    median_ms: float
+    times_ms: list[float] = field(repr=False)
+    x_foreach: float | None = None
+    fraction_of_limit: float | None = None
+
+
+def _torch_stepper(sizes: list[int], **options) -> Callable[[], None]:
+    import torch
+
+    from adamax.torch import Adamax
+
+    gen = torch.Generator().manual_seed(0)
+    params = [torch.rand(n, generator=gen).requires_grad_() for n in sizes]
+    for p in params:
+        p.grad = torch.rand(p.shape, generator=gen)
+    cls = options.pop("cls", None) or Adamax
+    opt = cls(params, **options)
+    opt.step()
+    return opt.step
+
+
+def _compiled_stepper(sizes: list[int]) -> Callable[[], None]:
+    import torch
+
+    step = _torch_stepper(sizes, cls=torch.optim.Adamax, foreach=True)
+    compiled = torch.compile(step)
+    compiled()  # compile now, outside the timings
+    return compiled
+
+
+def _optax_stepper(sizes: list[int]) -> Callable[[], None]:
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    opt = optax.adamax(2e-3)
+    keys = jax.random.split(jax.random.PRNGKey(0), len(sizes))
+    params = [jax.random.uniform(k, (n,), jnp.float32) for k, n in zip(keys, sizes)]
+    grads = [jax.random.uniform(k, (n,), jnp.float32) for k, n in zip(keys[::-1], sizes)]
+    state = opt.init(params)
+
+    def step(params, state, grads):
+        updates, state = opt.update(grads, state, params)
+        return optax.apply_updates(params, updates), state
+
+    jitted = jax.jit(step, donate_argnums=(0, 1))
+    box = {"params": params, "state": state}
+
+    def run() -> None:
+        box["params"], box["state"] = jitted(box["params"], box["state"], grads)
+        jax.block_until_ready(box["params"])
+
+    run()
+    return run
+
+
+def _reference_stepper(sizes: list[int]) -> Callable[[], None]:
+    from adamax import reference
+
+    rng = np.random.default_rng(0)
+    params = [rng.random(n, dtype=np.float32) for n in sizes]
+    grads = [rng.random(n, dtype=np.float32) for n in sizes]
+    states = [reference.init(p) for p in params]
+
+    def run() -> None:
+        for i, g in enumerate(grads):
+            params[i], states[i] = reference.update(params[i], g, states[i])
+
+    return run
+
+
+def _kernel_stepper(sizes: list[int]) -> Callable[[], None]:
+    """The fused kernel alone, on fixed arrays: what the optimizers' per-parameter bookkeeping adds to."""
+    from adamax.kernels import cpu
+    from adamax.spec import AdamaxConfig
+
+    rng = np.random.default_rng(0)
+    arrays = [[rng.random(n, dtype=np.float32) for n in sizes] for _ in range(4)]
+    addresses = tuple(np.array([a.ctypes.data for a in column], dtype=np.int64) for column in arrays)
+    config, step_sizes, sizes_key = AdamaxConfig(), np.full(len(sizes), -2e-3), tuple(sizes)
+    threads = _torch_threads()
+
+    def run(keep_alive=arrays) -> None:  # the kernel writes through the arrays' addresses
+        cpu.step(np.dtype(np.float32), addresses, sizes_key, step_sizes, config, threads=threads)
+
+    run()
+    return run
+
+
+def _torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
+def _bandwidth_stepper(numel: int) -> Callable[[], None]:
+    from numba import njit, prange
+
+    @njit(parallel=True, cache=True)
+    def scaled_add(a, b, s):
+        for i in prange(a.shape[0]):
+            a[i] += s * b[i]
+
+    a, b = np.ones(numel, np.float32), np.full(numel, 1e-7, np.float32)
+    scale = np.float32(1e-3)
+    scaled_add(a, b, scale)
+    return lambda: scaled_add(a, b, scale)
+
+
+def _methods(include_compile: bool, include_reference: bool) -> dict[str, Callable[[list[int]], Callable[[], None]]]:
+    import torch
+
+    methods = {
+        "torch forloop": lambda s: _torch_stepper(s, cls=torch.optim.Adamax, foreach=False),
+        "torch foreach": lambda s: _torch_stepper(s, cls=torch.optim.Adamax, foreach=True),
+    }
+    if include_compile:
+        methods["torch.compile (foreach)"] = _compiled_stepper
+    if importlib.util.find_spec("optax") is not None:
+        methods["optax.adamax (jit, donated)"] = _optax_stepper
+    if include_reference:
+        methods["numpy reference"] = _reference_stepper
+    methods["adamax.torch fused"] = lambda s: _torch_stepper(s, fused=True)
+    methods["fused kernel alone"] = _kernel_stepper
+    return methods
+
+
+def run_case(
+    case: Case, repeats: int, include_compile: bool, include_reference: bool, advance: Callable[[], None]
+) -> tuple[float, list[Result]]:
+    """Time every method, interleaved round by round; returns (limit GB/s, results)."""
+    steppers = {"bandwidth limit": _bandwidth_stepper(case.numel)}
+    for name, make in _methods(include_compile, include_reference).items():
+        steppers[name] = make(case.sizes)
+    times: dict[str, list[float]] = {name: [] for name in steppers}
+    for r in range(repeats):
+        for name, step in steppers.items():
+            if name == "numpy reference" and r >= 3:  # seconds per step at this size; three rounds suffice
+                continue
+            time.sleep(SETTLE_SECONDS)
+            start = time.perf_counter()
+            step()
+            times[name].append(time.perf_counter() - start)
+        advance()
+    limit_seconds = float(np.median(times.pop("bandwidth limit")))
+    bandwidth = LIMIT_BYTES_PER_ELEMENT * case.numel / limit_seconds
+    fastest_possible = BYTES_PER_ELEMENT * case.numel / bandwidth
+    foreach = float(np.median(times["torch foreach"]))
+    results = []
+    for name, ts in times.items():
+        median = float(np.median(ts))
+        results.append(
+            Result(
+                name,
+                median * 1e3,
+                [t * 1e3 for t in ts],
+                x_foreach=foreach / median,
+                fraction_of_limit=fastest_possible / median,
+            )
+        )
+    return bandwidth / 1e9, results
+
+
+def startup_seconds() -> dict[str, float]:
+    """Import plus the first fused step: with an empty numba cache (first-ever compile), then from the cache."""
+    code = textwrap.dedent(
+        """
+        import time
+        start = time.perf_counter()
+        import torch
+        from adamax.torch import Adamax
+        p = torch.zeros(1000, requires_grad=True)
+        p.grad = torch.ones(1000)
+        opt = Adamax([p], fused=True)
+        torch_ready = time.perf_counter()
+        opt.step()
+        print(time.perf_counter() - torch_ready)
+        """
+    )
+    out = {}
+    with tempfile.TemporaryDirectory() as cache:
+        env = {**os.environ, "NUMBA_CACHE_DIR": cache}
+        for label in ("first-ever compile", "from numba's on-disk cache"):
+            done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+            out[label] = float(done.stdout.strip())
+    return out
+
+
+def environment(threads: int) -> dict[str, str | int]:
+    import torch
+
+    info: dict[str, str | int] = {
+        "cpu": platform.processor() or platform.machine(),
+        "cores": os.cpu_count() or 0,
+        "threads": threads,
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "torch": torch.__version__,
+        "torch cpu capability": torch.backends.cpu.get_cpu_capability(),
+    }
+    for module in ("numba", "jax", "optax"):
+        if importlib.util.find_spec(module) is not None:
+            info[module] = importlib.import_module(module).__version__
+    return info
+
+
+def report(cases: list[tuple[Case, float, list[Result]]], table: Callable) -> None:
+    for case, bandwidth, results in cases:
+        table(
+            f"{case.name}: {case.numel / 1e6:.1f}M float32 elements in {len(case.sizes)} tensors; "
+            f"limit {bandwidth:.1f} GB/s = {BYTES_PER_ELEMENT * case.numel / bandwidth / 1e6:.2f} ms per step",
+            ["method", "median ms", "x foreach", "fraction of limit"],
+            [[r.method, f"{r.median_ms:.2f}", f"{r.x_foreach:.2f}", f"{r.fraction_of_limit:.2f}"] for r in results],
+        )
+
+
+def plot(cases: list[tuple[Case, float, list[Result]]], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    methods = [r.method for r in cases[0][2]]
+    fig, ax = plt.subplots(figsize=(11, 4.8))
+    width = 0.8 / len(methods)
+    x = np.arange(len(cases))
+    for i, method in enumerate(methods):
+        values = [next((r.fraction_of_limit for r in results if r.method == method), 0.0) for _, _, results in cases]
+        ax.bar(x + (i - (len(methods) - 1) / 2) * width, values, width, label=method)
+    ax.axhline(1.0, color="black", lw=1, ls="--", label="bandwidth limit (same run)")
+    ax.set_xticks(x, [f"{c.name}\n{c.numel / 1e6:.0f}M in {len(c.sizes)}" for c, _, _ in cases])
+    ax.set_ylabel("fraction of the bandwidth limit")
+    ax.set_title("Adamax step, float32: 28 bytes per element against a measured limit")
+    ax.legend(fontsize=8, ncols=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(args) -> None:
+    import torch
+
+    from adamax import _console
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    threads = torch.get_num_threads()
+    cases = [Case(f"{n / 1e6:g}M", [n]) for n in args.sizes]
+    if args.model:
+        cases.append(Case("model-like", model_like_sizes()))
+    measured = []
+    with _console.progress(args.repeats * len(cases), "benchmark rounds") as advance:
+        for case in cases:
+            bandwidth, results = run_case(case, args.repeats, args.compile, not args.no_reference, advance)
+            measured.append((case, bandwidth, results))
+    report(measured, _console.table)
+    startup = startup_seconds() if args.startup else {}
+    for label, seconds in startup.items():
+        print(f"import + first fused step, {label}: {seconds:.2f} s")
+    if args.json:
+        payload = {
+            "environment": environment(threads),
+            "bytes_per_element": BYTES_PER_ELEMENT,
+            "repeats": args.repeats,
+            "cases": [
+                {
+                    "name": c.name,
+                    "numel": c.numel,
+                    "tensors": len(c.sizes),
+                    "limit_GBps": bw,
+                    "results": [asdict(r) for r in rs],
+                }
+                for c, bw, rs in measured
+            ],
+            "startup_seconds": startup,
+        }
+        with open(args.json, "w") as f:
+            json.dump(payload, f, indent=2)
+        print(f"wrote {args.json}")
+    if args.out:
+        plot(measured, str(args.out))
+        print(f"wrote {args.out}")
