@@ -690,11 +690,14 @@ class Adamax(Optimizer):
             return None
         grads = [p.grad for p in params]
         dtype = cached.dtype
-        for p, cached_p, g, shape, s, m, u, t in zip(
+        # Per param, the fewest reads that keep the kernel's raw-memory writes safe and its result right.
+        # (torch's .grad setter already refuses a gradient shaped unlike its param; numel catches the rest.)
+        for p, cached_p, g, shape, n, s, m, u, t in zip(
             params,
             cached.params,
             grads,
             cached.shapes,
+            cached.sizes,
             cached.states,
             cached.exp_avgs,
             cached.exp_infs,
@@ -705,11 +708,12 @@ class Adamax(Optimizer):
                 and type(g) in _KERNEL_TYPES
                 and g.layout is torch.strided
                 and g.dtype is dtype
-                and p.shape == shape
-                and g.shape == shape
                 and g.is_cpu
+                and g.numel() == n
                 and g.is_contiguous()
+                and p.dtype is dtype
                 and p.is_contiguous()
+                and p.shape == shape
                 and s["exp_avg"] is m
                 and s["exp_inf"] is u
                 and s["step"] is t
