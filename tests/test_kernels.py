@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import subprocess
 import sys
 import textwrap
@@ -216,3 +217,56 @@ def test_no_per_step_allocation_proportional_to_n():
     torch_growth, numpy_growth = map(float, out.split())
     print(f"peak RSS growth over 100 steps: torch {torch_growth} MB, numpy {numpy_growth} MB (one copy: 40 MB)")
     assert torch_growth < 4 and numpy_growth < 4
+
+
+def test_the_cached_fast_path_notices_every_change():
+    """After a whole-group kernel step, later steps reuse a cached plan; anything a user changes sends them back."""
+    torch.manual_seed(1)
+    ours = [torch.randn(300, requires_grad=True), torch.randn(7, 3, requires_grad=True)]
+    theirs = [p.detach().clone().requires_grad_() for p in ours]
+    opt, oracle = Adamax(ours, lr=0.01), torch.optim.Adamax(theirs, lr=0.01)
+
+    def step(grads=None):
+        grads = grads or [torch.randn_like(p) for p in ours]
+        for a, b, g in zip(ours, theirs, grads):
+            a.grad, b.grad = g.clone(), g.clone()
+        opt.step()
+        oracle.step()
+
+    def check():
+        for a, b in zip(ours, theirs):
+            assert torch.equal(a, b)
+            for key in ("step", "exp_avg", "exp_inf"):
+                assert torch.equal(opt.state[a][key], oracle.state[b][key]), key
+
+    step()
+    step()
+    assert opt._cached_plan(opt.param_groups[0], opt._fused_groups[id(opt.param_groups[0])]) is not None
+    check()
+    # a state tensor swapped for an equal copy: used, and the result still exact
+    opt.state[ours[0]]["exp_avg"] = opt.state[ours[0]]["exp_avg"].clone()
+    step()
+    check()
+    # a whole state entry replaced, with the wrong shape: refused before anything moves
+    saved = opt.state[ours[1]]
+    opt.state[ours[1]] = {**saved, "exp_inf": torch.zeros(2)}
+    before = [p.detach().clone() for p in ours]
+    ours[0].grad, ours[1].grad = torch.ones(300), torch.ones(7, 3)
+    with pytest.raises(ValueError):
+        opt.step()
+    assert all(torch.equal(p, q) for p, q in zip(ours, before))
+    opt.state[ours[1]] = saved
+    step()
+    check()
+    # a param without a gradient, then with one again; a checkpoint reloaded mid-run
+    ours[1].grad = theirs[1].grad = None
+    ours[0].grad = theirs[0].grad = torch.randn(300)
+    opt.step()
+    oracle.step()
+    check()
+    opt.load_state_dict(copy.deepcopy(oracle.state_dict()))  # torch aliases loaded tensors: copy
+    step()
+    step()
+    check()
+    # the step counts live in one buffer, and the checkpoint still loads into torch as it is
+    torch.optim.Adamax([p.detach().clone() for p in ours]).load_state_dict(opt.state_dict())
