@@ -52,3 +52,39 @@ def test_bad_arguments_get_one_line(args, message):
     assert "Traceback" not in result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], result.stderr
+
+
+def test_bench_writes_json_and_a_chart(tmp_path):
+    pytest.importorskip("torch")
+    pytest.importorskip("numba")
+    pytest.importorskip("matplotlib")
+    import json
+
+    out, chart = tmp_path / "bench.json", tmp_path / "bench.png"
+    args = ["bench", "--sizes", "20k", "--no-model", "--repeats", "3", "--no-startup"]
+    assert main([*args, "--json", str(out), "--out", str(chart)]) == 0
+    result = json.loads(out.read_text())
+    (case,) = result["cases"]
+    assert case["numel"] == 20_000 and case["limit_GBps"] > 0
+    methods = {r["method"]: r for r in case["results"]}
+    assert {"torch forloop", "torch foreach", "adamax.torch fused", "fused kernel alone"} <= set(methods)
+    assert methods["torch foreach"]["x_foreach"] == 1.0
+    assert all(
+        len(r["times_ms"]) >= 3 and r["median_ms"] > 0 for r in methods.values() if r["method"] != "numpy reference"
+    )
+    assert chart.read_bytes().startswith(PNG_SIGNATURE)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["bench", "--sizes", "ten"], "expected sizes like 1M,10M,50M"),
+        (["bench", "--sizes", "0"], "expected positive whole sizes"),
+        (["bench", "--repeats", "2"], "integer >= 3"),
+    ],
+)
+def test_bench_bad_arguments_get_one_line(args, message):
+    result = subprocess.run([sys.executable, "-m", "adamax", *args], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], result.stderr
