@@ -1,6 +1,7 @@
 """Fused step time under each numba threading layer, alone and interleaved with a torch foreach step.
 
-Run once per layer, e.g.:  for l in omp workqueue; do NUMBA_THREADING_LAYER=$l python benchmarks/threading_layers.py; done
+Run once per layer:
+    for l in omp workqueue; do NUMBA_THREADING_LAYER=$l python benchmarks/threading_layers.py; done
 """
 
 import time
@@ -29,7 +30,9 @@ for n in (1_000, 1_000_000, 10_000_000):
     ours.step()
     theirs.step()
     fused, foreach = median_ms(ours.step), median_ms(theirs.step)
-    both = median_ms(lambda: (theirs.step(), ours.step()))
-    rows.append(f"n={n:>10,}: fused {fused:7.3f} ms  foreach {foreach:7.3f} ms  both {both:7.3f} ms (sum {fused + foreach:.3f})")
+    both = median_ms(lambda ours=ours, theirs=theirs: (theirs.step(), ours.step()))
+    rows.append(
+        f"n={n:>10,}: fused {fused:7.3f} ms  foreach {foreach:7.3f} ms  both {both:7.3f} ms (sum {fused + foreach:.3f})"
+    )
 print(f"threading layer: {numba.threading_layer()}, threads: {torch.get_num_threads()}")
 print("\n".join(rows))
