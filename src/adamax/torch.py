@@ -48,7 +48,7 @@ from torch import Tensor
 from torch.optim.optimizer import Optimizer, _use_grad_for_differentiable
 
 from adamax._algorithm import adamax_update, step_size
-from adamax.kernels import cpu_kernels
+from adamax.kernels import cpu_kernels, gpu_kernels
 from adamax.spec import AdamaxConfig, EpsPlacement
 
 __all__ = ["Adamax", "AdamaxW"]
@@ -212,15 +212,31 @@ def _planned_params(plan: _Plan | _CachedPlan) -> list[Tensor]:
 _ONE = torch.tensor(1.0)  # torch's fast form for incrementing CPU step counts
 _KERNEL_TYPES = (Tensor, torch.nn.Parameter)  # not subclasses (DTensor and friends): the kernel reads raw memory
 _KERNEL_DTYPES = {torch.float32: np.dtype(np.float32), torch.float64: np.dtype(np.float64)}
+_TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
-def _kernel_can_take(p: Tensor, g: Tensor, state: Mapping[str, Any] | None) -> str | None:
-    """Why the fused CPU kernel cannot update ``p`` in place as it is (None: it can).
+# Which fused kernel serves each device type (tests route the CPU to Triton's interpreter through this).
+_KERNEL_FOR_DEVICE = {"cpu": "numba", "cuda": "triton"}
+_LOW_PRECISION = (torch.float16, torch.bfloat16)  # their state is float32 on the Triton path
+
+
+def _kernel_loader(name: str):
+    return cpu_kernels() if name == "numba" else gpu_kernels()
+
+
+def _kernel_can_take(p: Tensor, g: Tensor, state: Mapping[str, Any] | None, capturable: bool = False) -> str | None:
+    """Why no fused kernel can update ``p`` in place as it is (None: one can).
 
     Called for every param at every step, so it reads as little as it can.
     """
-    if not p.is_cpu or p.dtype not in _KERNEL_DTYPES:
-        return f"a {p.dtype} tensor on {p.device}, not float32 or float64 on the CPU"
+    kernel = _KERNEL_FOR_DEVICE.get(p.device.type)
+    if kernel is None or _kernel_loader(kernel) is None:
+        return f"no fused kernel for {p.device.type} tensors here (numba for the CPU, triton for CUDA)"
+    dtypes = _KERNEL_DTYPES if kernel == "numba" else _TRITON_DTYPES
+    if p.dtype not in dtypes:
+        return f"a {p.dtype} tensor; the {kernel} kernel takes {', '.join(map(str, dtypes))}"
+    if capturable and kernel == "numba":
+        return "capturable=True: the CPU kernel keeps step counts on the host"
     if type(p) not in _KERNEL_TYPES or type(g) not in _KERNEL_TYPES:
         return "a tensor subclass"  # DTensor and friends: their memory is not the tensor's values
     if not (p.is_contiguous() and g.is_contiguous()):
@@ -231,26 +247,23 @@ def _kernel_can_take(p: Tensor, g: Tensor, state: Mapping[str, Any] | None) -> s
 
 
 def _kernel_mode(group: Mapping[str, Any]) -> str:
-    """The one place that decides whether the fused kernel steps a group: "always", "where possible" or "never".
+    """The one place that decides whether fused kernels step a group: "always", "where possible" or "never".
 
-    * An explicit choice wins: ``fused=True`` is "always" (a param the kernel
-      cannot take is refused, not silently stepped another way); ``fused=False``
+    * An explicit choice wins: ``fused=True`` is "always" (a param no kernel
+      can take is refused, not silently stepped another way); ``fused=False``
       or an explicit ``foreach`` is "never".
-    * Otherwise (``fused=None`` and ``foreach=None``) the kernel takes every
-      param it can, when numba is installed; the rest follow torch's own
-      default (foreach where every tensor is on a device with foreach kernels,
-      i.e. not the CPU).  Results are the same bits either way.
-    * Differentiable and capturable steps never use the kernel: it has no
-      autograd formula, and keeps its step count on the host.
+    * Otherwise (``fused=None`` and ``foreach=None``) the kernels take every
+      param they can: numba's on the CPU, Triton's on CUDA, where installed.
+      The rest follow torch's own default (foreach where every tensor is on a
+      device with foreach kernels, i.e. not the CPU).  Results are the same
+      bits either way.
+    * Differentiable steps never use a kernel (no autograd formula); capturable
+      ones only the Triton kernel (its step counts can live on the device).
     """
     if group["fused"]:
-        if cpu_kernels() is None:
-            raise RuntimeError("fused=True needs numba: pip install 'adamax[fast]'")
         return "always"
     automatic = group["fused"] is None and group["foreach"] is None
-    if automatic and not group["differentiable"] and not group["capturable"] and cpu_kernels() is not None:
-        return "where possible"
-    return "never"
+    return "where possible" if automatic and not group["differentiable"] else "never"
 
 
 def _torch_backend(group: Mapping[str, Any], params: list[Tensor]) -> str:
@@ -285,8 +298,8 @@ def _check_live_state(p: Tensor, state: Mapping[str, Any], index: int) -> None:
         and u is not None
         and m.shape == p.shape
         and u.shape == p.shape
-        and m.dtype == p.dtype
-        and u.dtype == p.dtype
+        and m.dtype == u.dtype
+        and (m.dtype == p.dtype or (m.dtype == torch.float32 and p.dtype in _LOW_PRECISION))
         and ((p.is_cpu and m.is_cpu and u.is_cpu) or (m.device == p.device and u.device == p.device))
     ):
         return
@@ -408,8 +421,9 @@ class Adamax(Optimizer):
         differentiable: let autograd through the step (one tensor at a time).
         capturable: keep the step count on the device for graph capture; like
             torch, refused on the CPU.
-        fused: the fused CPU kernel (numba) for every param; ``None`` uses it where it can
-            (dense float32/float64 CPU tensors) unless ``foreach`` is set.
+        fused: a fused kernel for every param (numba on the CPU: float32/float64; Triton on
+            CUDA: float32/float16/bfloat16, with float32 state for the last two); ``None`` uses
+            them where they can, unless ``foreach`` is set.
         decoupled_weight_decay: ``p *= 1 - lr * wd`` instead of adding ``wd * p`` to the gradient.
         eps_placement: ``"max"`` (torch, optax), ``"denominator"`` (Keras, TF) or ``"none"`` (the paper).
         skip_nonfinite: skip, and count in ``skipped_steps``, any step whose gradients are not all finite.
@@ -438,10 +452,10 @@ class Adamax(Optimizer):
     ) -> None:
         if fused and foreach:
             raise RuntimeError("`fused` and `foreach` cannot be `True` together.")
-        if fused and (differentiable or capturable):
-            raise RuntimeError("fused=True does not support differentiable=True or capturable=True")
-        if fused and cpu_kernels() is None:
-            raise RuntimeError("fused=True needs numba: pip install 'adamax[fast]'")
+        if fused and differentiable:
+            raise RuntimeError("fused=True does not support differentiable=True")
+        if fused and cpu_kernels() is None and gpu_kernels() is None:
+            raise RuntimeError("fused=True needs numba (CPU) or triton (CUDA): pip install 'adamax[fast]'")
         defaults = {
             "lr": lr,
             "betas": betas,
@@ -561,7 +575,7 @@ class Adamax(Optimizer):
             if mode == "never":
                 rest.append(p)
                 continue
-            reason = _kernel_can_take(p, g, s)
+            reason = _kernel_can_take(p, g, s, group["capturable"])
             if reason is None:
                 fused.append(p)
                 fused_states.append(s)
@@ -575,7 +589,7 @@ class Adamax(Optimizer):
             _check_capturable(rest, steps, backend)
         return _Plan(group, config, fused, fused_states, rest, backend)
 
-    def _init_state(self, p: Tensor, capturable: bool) -> dict[str, Tensor]:
+    def _init_state(self, p: Tensor, capturable: bool, state_dtype: torch.dtype | None = None) -> dict[str, Tensor]:
         state = self.state.get(p)
         if state:
             return state
@@ -583,8 +597,8 @@ class Adamax(Optimizer):
         if not state:
             dtype = _torch_optimizer._get_scalar_dtype()
             state["step"] = torch.zeros((), dtype=dtype, device=p.device if capturable else None)
-            state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            state["exp_inf"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            state["exp_avg"] = torch.zeros_like(p, dtype=state_dtype, memory_format=torch.preserve_format)
+            state["exp_inf"] = torch.zeros_like(p, dtype=state_dtype, memory_format=torch.preserve_format)
         return state
 
     def _run(self, plan: _Plan) -> None:
@@ -594,6 +608,46 @@ class Adamax(Optimizer):
             self._run_ops(plan.group, plan.config, plan.rest, plan.backend)
 
     def _run_fused(self, group: dict, config: AdamaxConfig, params: list[Tensor], states: list[dict | None]) -> None:
+        on_triton = [_KERNEL_FOR_DEVICE[p.device.type] == "triton" for p in params]
+        if any(on_triton):
+            pairs = [(p, s) for p, s, t in zip(params, states, on_triton) if t]
+            self._run_triton(group, config, *map(list, zip(*pairs)))
+            params = [p for p, t in zip(params, on_triton) if not t]
+            states = [s for s, t in zip(states, on_triton) if not t]
+        if params:
+            self._run_numba(group, config, params, states)
+
+    def _run_triton(self, group: dict, config: AdamaxConfig, params: list[Tensor], states: list[dict | None]) -> None:
+        """One launch per (device, param dtype, state dtype); low-precision params keep float32 state."""
+        capturable = group["capturable"]
+        lr = _torch_optimizer._to_scalar(group["lr"])
+        states = [
+            s or self._init_state(p, capturable, torch.float32 if p.dtype in _LOW_PRECISION else None)
+            for p, s in zip(params, states)
+        ]
+        buckets: dict[tuple, list[tuple[Tensor, dict]]] = {}
+        for p, s in zip(params, states):
+            buckets.setdefault((p.device, p.dtype, s["exp_avg"].dtype), []).append((p, s))
+        for (device, _, _), chosen in buckets.items():
+            steps = [s["step"] for _, s in chosen]
+            torch._foreach_add_(steps, 1.0)
+            if capturable:  # counts stay on the device: bias correction there too, in float64
+                counts = torch.stack(steps).to(torch.float64)
+                step_sizes = -(lr / (1 - config.beta1**counts))
+            else:
+                counts = [t.item() for t in steps]
+                sizes_by_count = {t: float(step_size(lr, config.beta1, t)) for t in set(counts)}
+                step_sizes = torch.tensor([sizes_by_count[t] for t in counts], dtype=torch.float64)
+            gpu_kernels().step(
+                [p for p, _ in chosen],
+                [p.grad for p, _ in chosen],
+                [s["exp_avg"] for _, s in chosen],
+                [s["exp_inf"] for _, s in chosen],
+                step_sizes.to(device),
+                config,
+            )
+
+    def _run_numba(self, group: dict, config: AdamaxConfig, params: list[Tensor], states: list[dict | None]) -> None:
         kernels = cpu_kernels()
         lr = _torch_optimizer._to_scalar(group["lr"])  # a tensor lr: the step size is rounded as torch's forloop does
         threads = torch.get_num_threads()
@@ -731,7 +785,7 @@ class Adamax(Optimizer):
         if plan.rest or len(plan.fused) != len(params) or not params:
             return None
         dtype = params[0].dtype
-        if any(p.dtype is not dtype for p in params):
+        if any(p.dtype is not dtype or _KERNEL_FOR_DEVICE.get(p.device.type) != "numba" for p in params):
             return None
         states = tuple(self.state[p] for p in params)
         steps = torch.tensor([float(s["step"]) for s in states], dtype=torch.float32)

@@ -1,6 +1,7 @@
 """Fused kernels: the same math as :mod:`adamax.reference`, in one pass over memory.
 
-:func:`cpu_kernels` returns :mod:`adamax.kernels.cpu` (numba), or ``None`` where numba
+:func:`cpu_kernels` returns :mod:`adamax.kernels.cpu` (numba) and :func:`gpu_kernels`
+:mod:`adamax.kernels.gpu` (Triton), or ``None`` where numba or triton
 is not installed, so that callers fall back to their array-op paths.
 """
 
@@ -18,3 +19,13 @@ def cpu_kernels() -> ModuleType | None:
     except ImportError:
         return None
     return cpu
+
+
+@functools.cache
+def gpu_kernels() -> ModuleType | None:
+    """The Triton GPU kernels, or ``None`` when triton cannot be imported."""
+    try:
+        from adamax.kernels import gpu
+    except ImportError:
+        return None
+    return gpu

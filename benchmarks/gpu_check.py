@@ -1,0 +1,153 @@
+"""The prepared GPU check: correctness against torch.optim.Adamax on CUDA, step time, and the HBM limit.
+
+Run on a machine with one CUDA GPU (a few minutes); writes JSON:
+
+    python benchmarks/gpu_check.py --out gpu_check.json
+
+Everything is measured in this one run: the bandwidth limit (an in-place ``a += s * b`` Triton kernel,
+12 bytes per element, and ``copy_``, 8 bytes per element; the faster sets the limit), and the median
+CUDA-event time of a step for one 10M and one 100M-element float32 tensor and a ~195-tensor model-like
+list totalling 10M: ``adamax.torch.Adamax(fused=True)``, ``torch.optim.Adamax(foreach=True)``, and
+``torch.compile`` of the foreach step.  A fused step moves 28 bytes per element (read p, g, m, u;
+write p, m, u); each method's time is also given as the bandwidth that byte count implies.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+
+import torch
+import triton
+import triton.language as tl
+
+from adamax.bench import model_like_sizes
+from adamax.torch import Adamax
+
+
+@triton.jit
+def _scaled_add(a_ptr, b_ptr, n, scale, BLOCK: tl.constexpr):  # noqa: N803
+    offsets = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = offsets < n
+    a = tl.load(a_ptr + offsets, mask=mask)
+    tl.store(a_ptr + offsets, a + scale * tl.load(b_ptr + offsets, mask=mask), mask=mask)
+
+
+def cuda_median_ms(fn, rounds: int = 30, warmup: int = 5) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(rounds):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end))
+    return sorted(times)[len(times) // 2]
+
+
+def bandwidth_gbps(numel: int) -> dict[str, float]:
+    a, b = torch.rand(numel, device="cuda"), torch.rand(numel, device="cuda")
+    grid = (triton.cdiv(numel, 4096),)
+    add_ms = cuda_median_ms(lambda: _scaled_add[grid](a, b, numel, 1e-3, BLOCK=4096))
+    copy_ms = cuda_median_ms(lambda: a.copy_(b))
+    return {"scaled_add_GBps": 12 * numel / add_ms / 1e6, "copy_GBps": 8 * numel / copy_ms / 1e6}
+
+
+def make_params(sizes: list[int], dtype=torch.float32, seed: int = 0) -> list[torch.Tensor]:
+    gen = torch.Generator(device="cuda").manual_seed(seed)
+    params = [torch.rand(n, device="cuda", dtype=dtype, generator=gen).requires_grad_() for n in sizes]
+    for p in params:
+        p.grad = torch.rand(p.shape, device="cuda", dtype=dtype, generator=gen)
+    return params
+
+
+def correctness() -> dict[str, float]:
+    """Ours (fused) against torch.optim.Adamax (foreach=False) on CUDA, after 20 steps of fresh gradients."""
+    out = {}
+    for label, kwargs in {"default": {}, "weight_decay+maximize": {"weight_decay": 0.1, "maximize": True}}.items():
+        sizes = [4097, 1, 70_000, 3 * 1024 + 5]
+        ours, theirs = make_params(sizes), make_params(sizes)
+        opt_a = Adamax(ours, lr=1e-2, fused=True, **kwargs)
+        opt_b = torch.optim.Adamax(theirs, lr=1e-2, foreach=False, **kwargs)
+        gen = torch.Generator(device="cuda").manual_seed(1)
+        for _ in range(20):
+            for a, b in zip(ours, theirs):
+                g = torch.randn(a.shape, device="cuda", generator=gen)
+                a.grad, b.grad = g.clone(), g.clone()
+            opt_a.step()
+            opt_b.step()
+        worst = 0.0
+        for a, b in zip(ours, theirs):
+            for x, y in ((a, b), (opt_a.state[a]["exp_avg"], opt_b.state[b]["exp_avg"])):
+                ulp = torch.finfo(torch.float32).eps * y.abs().clamp_min(torch.finfo(torch.float32).tiny)
+                worst = max(worst, float(((x - y).abs() / ulp).max()))
+        out[f"max_ulps_vs_torch_{label}"] = worst
+        out[f"states_equal_exp_inf_{label}"] = all(
+            torch.equal(opt_a.state[a]["exp_inf"], opt_b.state[b]["exp_inf"]) for a, b in zip(ours, theirs)
+        )
+    bf16 = make_params([100_000], dtype=torch.bfloat16)
+    opt = Adamax(bf16, fused=True)
+    for _ in range(5):
+        opt.step()
+    out["bf16_state_dtype"] = str(opt.state[bf16[0]]["exp_inf"].dtype)
+    out["bf16_params_finite"] = bool(torch.isfinite(bf16[0]).all())
+    return out
+
+
+def timings(sizes: list[int], with_compile: bool) -> dict[str, dict[str, float]]:
+    numel = sum(sizes)
+    results: dict[str, dict[str, float]] = {}
+    ours = Adamax(make_params(sizes), fused=True)
+    foreach = torch.optim.Adamax(make_params(sizes), foreach=True)
+    methods = {"adamax fused (triton)": ours.step, "torch foreach": foreach.step}
+    if with_compile:
+        compiled_opt = torch.optim.Adamax(make_params(sizes), foreach=True)
+        compiled = torch.compile(compiled_opt.step)
+        start = time.perf_counter()
+        compiled()
+        torch.cuda.synchronize()
+        results["torch.compile cold start"] = {"seconds": time.perf_counter() - start}
+        methods["torch.compile (foreach)"] = compiled
+    for name, fn in methods.items():
+        ms = cuda_median_ms(fn)
+        results[name] = {"median_ms": ms, "implied_GBps_at_28_bytes": 28 * numel / ms / 1e6}
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", default="gpu_check.json")
+    parser.add_argument("--no-compile", dest="compile", action="store_false")
+    args = parser.parse_args()
+    report = {
+        "device": torch.cuda.get_device_name(),
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+        "python": platform.python_version(),
+        "correctness": correctness(),
+        "cases": {},
+    }
+    cases = {"10M": [10_000_000], "100M": [100_000_000], "model-like 10M": model_like_sizes()}
+    for name, sizes in cases.items():
+        limit = bandwidth_gbps(sum(sizes))
+        limit_gbps = max(limit.values())
+        case = {"numel": sum(sizes), "tensors": len(sizes), **limit, "timings": timings(sizes, args.compile)}
+        for values in case["timings"].values():
+            if "median_ms" in values:
+                values["fraction_of_limit"] = values["implied_GBps_at_28_bytes"] / limit_gbps
+        foreach_ms = case["timings"]["torch foreach"]["median_ms"]
+        case["x_foreach"] = foreach_ms / case["timings"]["adamax fused (triton)"]["median_ms"]
+        report["cases"][name] = case
+        print(name, json.dumps(case, indent=1))
+        torch.cuda.empty_cache()
+    with open(args.out, "w") as f:
+        json.dump(report, f, indent=2)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,186 @@
+"""The fused GPU kernel: one Triton launch updates every tensor of a step.
+
+Like :mod:`adamax.kernels.cpu`, it walks a chunk table (in the spirit of
+apex's ``multi_tensor_apply``): per tensor, the addresses of p, g, m, u and
+the element count; per program, one chunk of :data:`BLOCK` elements of one
+tensor.  Each element is read and written once.
+
+Params and grads may be float32, float16 or bfloat16; state is float32 (the
+default for low-precision params, see below) or the params' dtype.  The math
+is float32 and is cast on store.  The per-element arithmetic is
+:mod:`adamax.reference`'s, operation for operation: explicit FMAs where the
+reference has them, no other contraction (``enable_fp_fusion=False``), and a
+correctly rounded division, so float32 results are bit-identical to the
+reference and to ``torch.optim.Adamax(foreach=False)`` on the CPU.
+
+Why float32 state for bfloat16 params: bfloat16 has 8 significant bits, and
+``0.999`` rounds to ``1.0`` in it.  ``u <- max(b2 * u, |g|)`` then never
+decays: after one large gradient, ``u`` stays at that value forever and every
+later step is scaled down by it -- the infinity norm freezes.  (float16 keeps
+0.999 apart from 1, but its 11 bits round small decays away just the same.)
+
+Tested without a GPU under ``TRITON_INTERPRET=1`` on CPU tensors.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import torch
+import triton
+import triton.language as tl
+
+BLOCK = 1024  # elements per program
+PARAM_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+_TL = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}
+
+NO_DECAY, COUPLED, DECOUPLED = 0, 1, 2
+EPS_MAX, EPS_DENOMINATOR, EPS_NONE = 0, 1, 2
+
+
+@triton.jit
+def _store(ptr, x, mask, DTYPE: tl.constexpr):
+    """Store float32 ``x`` as ``DTYPE``, rounding to nearest even (spelt out for bfloat16, so that
+    Triton's interpreter, whose own bfloat16 cast truncates, gives the GPU's result)."""
+    if DTYPE == tl.bfloat16:
+        bits = x.to(tl.uint32, bitcast=True)
+        rounded = (bits + (((bits >> 16) & 1) + 0x7FFF)) >> 16
+        rounded = tl.where(x != x, (bits >> 16) | 0x40, rounded)  # NaN stays NaN (quiet)
+        tl.store(ptr, rounded.to(tl.uint16).to(tl.bfloat16, bitcast=True), mask=mask)
+    else:
+        tl.store(ptr, x.to(DTYPE), mask=mask)
+
+
+@triton.jit
+def _adamax_chunks(
+    chunk_tensor,
+    chunk_start,
+    p_addr,
+    g_addr,
+    m_addr,
+    u_addr,
+    numel,
+    step_sizes,
+    w,
+    one_minus_w,
+    b2,
+    eps,
+    wd,
+    decay,
+    MAXIMIZE: tl.constexpr,
+    DECAY: tl.constexpr,
+    PLACEMENT: tl.constexpr,
+    GUARD: tl.constexpr,
+    P_DTYPE: tl.constexpr,
+    S_DTYPE: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    # One element of one step: adamax.reference's rounding, operation for operation (float32).
+    pid = tl.program_id(0)
+    k = tl.load(chunk_tensor + pid)
+    offsets = tl.load(chunk_start + pid) + tl.arange(0, BLOCK)
+    mask = offsets < tl.load(numel + k)
+    p_ptr = tl.load(p_addr + k).to(tl.pointer_type(P_DTYPE))
+    g_ptr = tl.load(g_addr + k).to(tl.pointer_type(P_DTYPE))
+    m_ptr = tl.load(m_addr + k).to(tl.pointer_type(S_DTYPE))
+    u_ptr = tl.load(u_addr + k).to(tl.pointer_type(S_DTYPE))
+    p = tl.load(p_ptr + offsets, mask=mask).to(tl.float32)
+    g = tl.load(g_ptr + offsets, mask=mask).to(tl.float32)
+    m = tl.load(m_ptr + offsets, mask=mask).to(tl.float32)
+    u = tl.load(u_ptr + offsets, mask=mask).to(tl.float32)
+    step = tl.load(step_sizes + k)
+    if MAXIMIZE:
+        g = -g
+    if DECAY == 1:
+        g = tl.fma(p, wd, g)  # torch: grad.add(param, alpha=wd)
+    if DECAY == 2:
+        p = p * decay  # p * (1 - lr * wd)
+    if w < 0.5:  # torch's lerp(m, g, w), w = 1 - b1, in its two FMA forms
+        m = tl.fma(w, g - m, m)
+    else:
+        m = tl.fma(-(g - m), one_minus_w, g)
+    if PLACEMENT == 0:
+        u = tl.maximum(u * b2, tl.abs(g) + eps, propagate_nan=tl.PropagateNan.ALL)
+        d = u
+    else:
+        u = tl.maximum(u * b2, tl.abs(g), propagate_nan=tl.PropagateNan.ALL)
+        if PLACEMENT == 1:
+            d = u + eps
+        else:
+            d = u
+    change = tl.math.div_rn(step * m, d)
+    if GUARD:  # u == 0 only where every gradient so far was 0, so m == 0: no step
+        change = tl.where(d == 0, 0.0, change)
+    _store(p_ptr + offsets, p + change, mask, P_DTYPE)
+    _store(m_ptr + offsets, m, mask, S_DTYPE)
+    _store(u_ptr + offsets, u, mask, S_DTYPE)
+
+
+@functools.lru_cache(maxsize=64)
+def _chunk_table(sizes: tuple[int, ...], device: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    counts = [-(-n // BLOCK) for n in sizes]
+    tensor = np.repeat(np.arange(len(sizes), dtype=np.int64), counts)
+    start = np.concatenate([np.arange(c, dtype=np.int64) * BLOCK for c in counts]) if tensor.size else tensor
+    return (
+        torch.from_numpy(tensor).to(device),
+        torch.from_numpy(start).to(device),
+        torch.tensor(sizes, dtype=torch.int64, device=device),
+    )
+
+
+def _scalars(config) -> tuple[float, ...]:
+    """The hyperparameters rounded to float32, as torch casts its scalars for float32 tensors."""
+    w = np.float32(1 - config.beta1)
+    values = (w, np.float32(1) - w, config.beta2, config.eps, config.weight_decay, 1 - config.lr * config.weight_decay)
+    return tuple(float(np.float32(v)) for v in values)
+
+
+def step(
+    params: list[torch.Tensor],
+    grads: list[torch.Tensor],
+    exp_avgs: list[torch.Tensor],
+    exp_infs: list[torch.Tensor],
+    step_sizes: torch.Tensor,
+    config,
+) -> None:
+    """One launch: update every ``params[k]`` in place, with its own ``step_sizes[k] = -lr / (1 - b1**t_k)``.
+
+    All params share one dtype and device, all state another (float32, or the
+    params'); every tensor is contiguous.  The caller checks.
+    """
+    if not params:
+        return
+    device = params[0].device
+    sizes = tuple(p.numel() for p in params)
+    chunk_tensor, chunk_start, numel = _chunk_table(sizes, str(device))
+    if chunk_tensor.numel() == 0:
+        return
+
+    def addresses(tensors: list[torch.Tensor]) -> torch.Tensor:
+        return torch.tensor([t.data_ptr() for t in tensors], dtype=torch.int64, device=device)
+
+    if config.weight_decay == 0:
+        decay_mode = NO_DECAY
+    else:
+        decay_mode = DECOUPLED if config.decoupled_weight_decay else COUPLED
+    placement = {"max": EPS_MAX, "denominator": EPS_DENOMINATOR, "none": EPS_NONE}[config.eps_placement]
+    _adamax_chunks[(chunk_tensor.numel(),)](
+        chunk_tensor,
+        chunk_start,
+        addresses(params),
+        addresses(grads),
+        addresses(exp_avgs),
+        addresses(exp_infs),
+        numel,
+        step_sizes.to(device=device, dtype=torch.float32),
+        *_scalars(config),
+        MAXIMIZE=bool(config.maximize),
+        DECAY=decay_mode,
+        PLACEMENT=placement,
+        GUARD=config.eps_placement == "none" or config.eps == 0,
+        P_DTYPE=_TL[params[0].dtype],
+        S_DTYPE=_TL[exp_avgs[0].dtype],
+        BLOCK=BLOCK,
+        enable_fp_fusion=False,
+    )

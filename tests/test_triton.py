@@ -1,0 +1,169 @@
+"""The Triton kernel, run on CPU tensors by Triton's interpreter (``TRITON_INTERPRET=1``).
+
+The interpreter executes the kernel's operations with NumPy, FMAs and
+correctly rounded division included, so float32 results must be bit-identical
+to the reference.  A GPU run (``benchmarks/gpu_check.py``) checks the compiled
+kernel against ``torch.optim.Adamax`` on CUDA.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("triton")
+
+from adamax import reference  # noqa: E402
+from adamax.spec import AdamaxConfig  # noqa: E402
+from tests.test_conformance import CONFIGS  # noqa: E402
+
+
+def _interpreted_gpu_module():
+    """adamax.kernels.gpu with its kernel decorated under TRITON_INTERPRET=1 (read when triton.jit runs)."""
+    saved = os.environ.get("TRITON_INTERPRET")
+    os.environ["TRITON_INTERPRET"] = "1"
+    try:
+        module = importlib.import_module("adamax.kernels.gpu")
+        return importlib.reload(module)
+    finally:
+        if saved is None:
+            del os.environ["TRITON_INTERPRET"]
+        else:
+            os.environ["TRITON_INTERPRET"] = saved
+
+
+gpu = _interpreted_gpu_module()
+SIZES = [0, 1, 1500, 3, gpu.BLOCK, gpu.BLOCK + 1, 2 * gpu.BLOCK + 7, *([2, 5] * 6)]
+
+
+def step_sizes(config, t, n):
+    return torch.full((n,), -(config.lr / (1 - config.beta1**t)), dtype=torch.float64)
+
+
+@pytest.mark.parametrize("config", CONFIGS.values(), ids=CONFIGS.keys())
+def test_kernel_matches_the_reference_after_every_step(config):
+    rng = np.random.default_rng(0)
+    params = [torch.from_numpy(rng.standard_normal(n).astype(np.float32)) for n in SIZES]
+    ms, us = [torch.zeros(n) for n in SIZES], [torch.zeros(n) for n in SIZES]
+    expected = [(p.numpy().copy(), reference.init(p.numpy())) for p in params]
+    for t in range(1, 4):
+        grads = [
+            torch.from_numpy((rng.standard_normal(n) * 10 ** rng.uniform(-3, 2)).astype(np.float32)) for n in SIZES
+        ]
+        for g in grads:
+            g[:1] = 0  # u stays 0 there: "none" must not divide 0 by 0
+        gpu.step(params, grads, ms, us, step_sizes(config, t, len(SIZES)), config)  # one launch, all tensors
+        for k, g in enumerate(grads):
+            expected[k] = reference.update(expected[k][0], g.numpy(), expected[k][1], config)
+            where = f"step {t}, tensor {k} ({SIZES[k]} elements)"
+            np.testing.assert_array_equal(params[k].numpy(), expected[k][0], err_msg=f"param, {where}")
+            np.testing.assert_array_equal(ms[k].numpy(), expected[k][1].exp_avg, err_msg=f"exp_avg, {where}")
+            np.testing.assert_array_equal(us[k].numpy(), expected[k][1].exp_inf, err_msg=f"exp_inf, {where}")
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_low_precision_params_compute_in_float32_and_round_on_store(dtype):
+    """Expected: the float32 reference on the upcast param, with float32 state, then the param rounded."""
+    config = AdamaxConfig(lr=0.01, weight_decay=0.01)
+    rng = np.random.default_rng(1)
+    p = torch.from_numpy(rng.standard_normal(3000).astype(np.float32)).to(dtype)
+    m, u = torch.zeros(3000), torch.zeros(3000)  # float32 state
+    state = reference.init(p.float().numpy())
+    for t in range(1, 6):
+        g = torch.from_numpy(rng.standard_normal(3000).astype(np.float32)).to(dtype)
+        new_p, state = reference.update(p.float().numpy(), g.float().numpy(), state, config)
+        gpu.step([p], [g], [m], [u], step_sizes(config, t, 1), config)
+        assert torch.equal(p, torch.from_numpy(new_p).to(dtype))
+        np.testing.assert_array_equal(m.numpy(), state.exp_avg)
+        np.testing.assert_array_equal(u.numpy(), state.exp_inf)
+
+
+def test_bfloat16_state_freezes_the_infinity_norm():
+    """0.999 rounds to 1.0 in bfloat16, so u = max(b2 u, |g|) cannot decay there; in float32 it does."""
+    assert torch.tensor(0.999, dtype=torch.bfloat16).item() == 1.0
+    config = AdamaxConfig(lr=1e-3)
+    grads = [torch.full((4,), 100.0)] + [torch.full((4,), 0.01)] * 200  # one spike, then small gradients
+
+    def final_u(state_dtype):
+        p = torch.zeros(4, dtype=torch.bfloat16)
+        m, u = torch.zeros(4, dtype=state_dtype), torch.zeros(4, dtype=state_dtype)
+        for t, g in enumerate(grads, start=1):
+            gpu.step([p], [g.to(torch.bfloat16)], [m], [u], step_sizes(config, t, 1), config)
+        return u.float()
+
+    assert torch.all(final_u(torch.bfloat16) == 100.0)  # frozen at the spike
+    decayed = final_u(torch.float32)
+    # the float32 reference, on the CPU: 100 * 0.999**200
+    ref_p, state = np.zeros(4, np.float32), reference.init(np.zeros(4, np.float32))
+    for g in grads:
+        ref_p, state = reference.update(ref_p, g.numpy(), state, config)
+    np.testing.assert_array_equal(decayed.numpy(), state.exp_inf)
+    assert float(decayed[0]) == pytest.approx(100 * 0.999**200, rel=1e-4)
+    # torch's own Adamax keeps bfloat16 state for bfloat16 params, and freezes the same way
+    p = torch.zeros(4, dtype=torch.bfloat16, requires_grad=True)
+    opt = torch.optim.Adamax([p], lr=1e-3)
+    for g in grads:
+        p.grad = g.to(torch.bfloat16)
+        opt.step()
+    assert torch.all(opt.state[p]["exp_inf"] == 100.0)
+
+
+@pytest.fixture
+def cpu_as_triton(monkeypatch):
+    """Route CPU tensors to the (interpreted) Triton kernel, as CUDA tensors are routed on a GPU machine."""
+    import adamax.torch as adamax_torch
+
+    monkeypatch.setitem(adamax_torch._KERNEL_FOR_DEVICE, "cpu", "triton")
+    return adamax_torch
+
+
+@pytest.mark.parametrize("options", [dict(fused=True), dict()], ids=["fused=True", "automatic"])
+def test_the_optimizer_dispatches_to_triton_and_stays_exact(cpu_as_triton, options):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.Tanh(), torch.nn.Linear(16, 3))
+    oracle_model = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.Tanh(), torch.nn.Linear(16, 3))
+    oracle_model.load_state_dict(model.state_dict())
+    opt = cpu_as_triton.Adamax(model.parameters(), lr=0.01, weight_decay=0.1, **options)
+    oracle = torch.optim.Adamax(oracle_model.parameters(), lr=0.01, weight_decay=0.1, foreach=False)
+    for _ in range(5):
+        x, y = torch.randn(8, 6), torch.randn(8, 3)
+        for m, o in ((model, opt), (oracle_model, oracle)):
+            o.zero_grad()
+            torch.nn.functional.mse_loss(m(x), y).backward()
+            o.step()
+        for a, b in zip(model.parameters(), oracle_model.parameters()):
+            assert torch.equal(a, b)
+            assert torch.equal(opt.state[a]["exp_inf"], oracle.state[b]["exp_inf"])
+    assert len(opt._plan(opt.param_groups[0]).fused) == 4  # every param went through the Triton kernel
+    assert not opt._fused_groups.get(id(opt.param_groups[0]))  # the cached fast path is the CPU kernel's only
+
+
+def test_bfloat16_params_get_float32_state_on_the_triton_path(cpu_as_triton):
+    p = torch.randn(50).to(torch.bfloat16).requires_grad_()
+    opt = cpu_as_triton.Adamax([p], lr=0.01, fused=True)
+    for _ in range(3):
+        p.grad = torch.randn(50).to(torch.bfloat16)
+        opt.step()
+    assert opt.state[p]["exp_avg"].dtype == torch.float32 and opt.state[p]["exp_inf"].dtype == torch.float32
+    assert p.dtype == torch.bfloat16 and int(opt.state[p]["step"]) == 3
+    # the checkpoint loads into torch's Adamax, which casts state to the param's dtype
+    torch.optim.Adamax([p.detach().clone().requires_grad_()]).load_state_dict(opt.state_dict())
+
+
+def test_capturable_keeps_the_step_count_on_the_device(cpu_as_triton):
+    torch.manual_seed(2)
+    p = torch.randn(40, requires_grad=True)
+    opt = cpu_as_triton.Adamax([p], lr=0.01, fused=True, capturable=True)
+    ref_p, state = p.detach().numpy().copy(), reference.init(p.detach().numpy())
+    for _ in range(4):
+        g = torch.randn(40)
+        p.grad = g
+        opt.step()
+        ref_p, state = reference.update(ref_p, g.numpy(), state, AdamaxConfig(lr=0.01))
+    assert opt.state[p]["step"].device == p.device and int(opt.state[p]["step"]) == 4
+    # the bias correction is computed on the device (float64): within an ulp or two of the host's
+    np.testing.assert_allclose(p.detach().numpy(), ref_p, rtol=1e-6)
