@@ -13,8 +13,8 @@ test: $(VENV)/.installed-dev lint
 	$(BIN)/python -m pytest src tests
 
 lint: $(VENV)/.installed-dev
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks examples
+	$(BIN)/ruff format --check src tests benchmarks examples
 
 # One stamp per extra; `dev` includes `plot`, so it satisfies `demo` as well.
 $(VENV)/.installed-%: pyproject.toml

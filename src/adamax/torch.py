@@ -35,6 +35,7 @@ or for lists of tensors (foreach).
 
 from __future__ import annotations
 
+import functools
 import math
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
@@ -220,6 +221,21 @@ _KERNEL_FOR_DEVICE = {"cpu": "numba", "cuda": "triton"}
 _LOW_PRECISION = (torch.float16, torch.bfloat16)  # their state is float32 on the Triton path
 
 
+@functools.cache
+def _dtensor_type() -> type | None:
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # torch built without distributed
+        return None
+    return DTensor
+
+
+def _local(t: Tensor) -> Tensor:
+    """A DTensor's local shard, which the kernels update in place (the update is elementwise), or ``t``."""
+    dtensor = _dtensor_type()
+    return t.to_local() if dtensor is not None and isinstance(t, dtensor) else t
+
+
 def _kernel_loader(name: str):
     return cpu_kernels() if name == "numba" else gpu_kernels()
 
@@ -237,8 +253,15 @@ def _kernel_can_take(p: Tensor, g: Tensor, state: Mapping[str, Any] | None, capt
         return f"a {p.dtype} tensor; the {kernel} kernel takes {', '.join(map(str, dtypes))}"
     if capturable and kernel == "numba":
         return "capturable=True: the CPU kernel keeps step counts on the host"
+    dtensor = _dtensor_type()
+    if dtensor is not None and isinstance(p, dtensor):  # FSDP2 and friends: step the local shards
+        tensors = [p, g, *((state["exp_avg"], state["exp_inf"]) if state else ())]
+        if not all(isinstance(t, dtensor) and t.placements == p.placements for t in tensors):
+            return "a DTensor whose gradient or state is sharded differently"
+        p, g = p.to_local(), g.to_local()
+        state = {"exp_avg": state["exp_avg"].to_local(), "exp_inf": state["exp_inf"].to_local()} if state else None
     if type(p) not in _KERNEL_TYPES or type(g) not in _KERNEL_TYPES:
-        return "a tensor subclass"  # DTensor and friends: their memory is not the tensor's values
+        return "a tensor subclass"  # its memory need not be the tensor's values
     if not (p.is_contiguous() and g.is_contiguous()):
         return "a non-contiguous tensor"
     if state and not (state["exp_avg"].is_contiguous() and state["exp_inf"].is_contiguous()):
@@ -474,6 +497,7 @@ class Adamax(Optimizer):
             raise TypeError(f"Invalid skip_nonfinite: {skip_nonfinite!r} (expected True or False)")
         self.skip_nonfinite = skip_nonfinite
         self.skipped_steps = 0
+        self.last_step_paths: dict[str, int] = {}  # params per path in the last step: "numba", "triton", ...
         super().__init__(params, defaults)
         self.state = _TrackedState(dict, self.state)
 
@@ -501,6 +525,7 @@ class Adamax(Optimizer):
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.skip_nonfinite = state.pop("skip_nonfinite", False)
         self.skipped_steps = state.pop("skipped_steps", 0)
+        self.last_step_paths = {}
         super().__setstate__(state)
         self.state = _TrackedState(dict, self.state)
         self.__dict__.pop("_fused_groups", None)  # cached plans refer to the state just replaced
@@ -602,6 +627,11 @@ class Adamax(Optimizer):
         return state
 
     def _run(self, plan: _Plan) -> None:
+        paths = self.last_step_paths
+        for p in plan.fused:
+            paths[_KERNEL_FOR_DEVICE[p.device.type]] = paths.get(_KERNEL_FOR_DEVICE[p.device.type], 0) + 1
+        if plan.rest:
+            paths[plan.backend] = paths.get(plan.backend, 0) + len(plan.rest)
         if plan.fused:
             self._run_fused(plan.group, plan.config, plan.fused, plan.fused_states)
         if plan.rest:
@@ -639,10 +669,10 @@ class Adamax(Optimizer):
                 sizes_by_count = {t: float(step_size(lr, config.beta1, t)) for t in set(counts)}
                 step_sizes = torch.tensor([sizes_by_count[t] for t in counts], dtype=torch.float64)
             gpu_kernels().step(
-                [p for p, _ in chosen],
-                [p.grad for p, _ in chosen],
-                [s["exp_avg"] for _, s in chosen],
-                [s["exp_inf"] for _, s in chosen],
+                [_local(p) for p, _ in chosen],
+                [_local(p.grad) for p, _ in chosen],
+                [_local(s["exp_avg"]) for _, s in chosen],
+                [_local(s["exp_inf"]) for _, s in chosen],
                 step_sizes.to(device),
                 config,
             )
@@ -662,12 +692,12 @@ class Adamax(Optimizer):
             step_sizes = np.array([sizes_by_count[t] for t in counts])
             n = len(chosen)
             addresses = (
-                np.fromiter((p.data_ptr() for p, _ in chosen), np.int64, n),
-                np.fromiter((p.grad.data_ptr() for p, _ in chosen), np.int64, n),
-                np.fromiter((s["exp_avg"].data_ptr() for _, s in chosen), np.int64, n),
-                np.fromiter((s["exp_inf"].data_ptr() for _, s in chosen), np.int64, n),
+                np.fromiter((_local(p).data_ptr() for p, _ in chosen), np.int64, n),
+                np.fromiter((_local(p.grad).data_ptr() for p, _ in chosen), np.int64, n),
+                np.fromiter((_local(s["exp_avg"]).data_ptr() for _, s in chosen), np.int64, n),
+                np.fromiter((_local(s["exp_inf"]).data_ptr() for _, s in chosen), np.int64, n),
             )
-            sizes = tuple(p.numel() for p, _ in chosen)
+            sizes = tuple(_local(p).numel() for p, _ in chosen)
             kernels.step(np_dtype, addresses, sizes, step_sizes, config, threads=threads)
 
     def _run_ops(self, group: dict, config: AdamaxConfig, params: list[Tensor], backend: str) -> None:
@@ -716,6 +746,7 @@ class Adamax(Optimizer):
             with torch.enable_grad():
                 loss = closure()
         cache = self.__dict__.setdefault("_fused_groups", {})
+        self.last_step_paths = {}  # how many params each path stepped: "numba", "triton", "forloop", "foreach"
         plans = [self._cached_plan(group, cache.get(id(group))) or self._plan(group) for group in self.param_groups]
         if self.skip_nonfinite and not _all_finite([p.grad for plan in plans for p in _planned_params(plan)]):
             self.skipped_steps += 1
@@ -785,7 +816,10 @@ class Adamax(Optimizer):
         if plan.rest or len(plan.fused) != len(params) or not params:
             return None
         dtype = params[0].dtype
-        if any(p.dtype is not dtype or _KERNEL_FOR_DEVICE.get(p.device.type) != "numba" for p in params):
+        if any(
+            p.dtype is not dtype or type(p) not in _KERNEL_TYPES or _KERNEL_FOR_DEVICE.get(p.device.type) != "numba"
+            for p in params
+        ):
             return None
         states = tuple(self.state[p] for p in params)
         steps = torch.tensor([float(s["step"]) for s in states], dtype=torch.float32)
@@ -813,6 +847,7 @@ class Adamax(Optimizer):
 
     def _run_cached(self, plan: _CachedPlan) -> None:
         cached, config = plan.cached, plan.config
+        self.last_step_paths["numba"] = self.last_step_paths.get("numba", 0) + len(plan.params)
         cached.steps.add_(1)
         counts = cached.steps.tolist()
         lr = _torch_optimizer._to_scalar(plan.group["lr"])

@@ -1,0 +1,192 @@
+"""Worker processes for tests/test_distributed.py: one per rank, launched with RANK, WORLD_SIZE, MASTER_ADDR/PORT.
+
+    python -m tests.distributed_workers SCENARIO --out RESULT [options]
+
+Each writes its results with torch.save (rank 0, unless the scenario says otherwise).  The single-process
+references live here too, so both sides build the same model and data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from adamax.torch import Adamax
+
+WORLD = 2
+GLOBAL_BATCH = 16
+LR = 0.01
+
+
+def make_model(seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.Tanh(), torch.nn.Linear(32, 4))
+
+
+def batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(1000 + step)
+    return torch.randn(GLOBAL_BATCH, 8, generator=gen), torch.randn(GLOBAL_BATCH, 4, generator=gen)
+
+
+def shard(tensor: torch.Tensor, rank: int) -> torch.Tensor:
+    per_rank = GLOBAL_BATCH // WORLD
+    return tensor[rank * per_rank : (rank + 1) * per_rank]
+
+
+def loss_fn(model, x, y):
+    return torch.nn.functional.mse_loss(model(x), y)
+
+
+def reference_run(steps: int, **optimizer_options) -> list[torch.Tensor]:
+    """One process, the same global batches, gradients averaged over the two halves as DDP averages them.
+
+    Runs on one thread, as the workers do, so that matrix products round alike."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _reference_run(steps, **optimizer_options)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _reference_run(steps: int, **optimizer_options) -> list[torch.Tensor]:
+    model = make_model()
+    opt = Adamax(model.parameters(), lr=LR, **optimizer_options)
+    for step in range(steps):
+        x, y = batch(step)
+        halves = []
+        for rank in range(WORLD):
+            model.zero_grad()
+            loss_fn(model, shard(x, rank), shard(y, rank)).backward()
+            halves.append([p.grad.clone() for p in model.parameters()])
+        for p, *grads in zip(model.parameters(), *halves):
+            p.grad = grads[0] / WORLD + grads[1] / WORLD  # DDP divides each rank's gradient, then sums
+        opt.step()
+    return [p.detach().clone() for p in model.parameters()]
+
+
+def init() -> int:
+    dist.init_process_group("gloo")
+    return dist.get_rank()
+
+
+def ddp(args) -> None:
+    rank = init()
+    model = torch.nn.parallel.DistributedDataParallel(make_model())
+    options = {"fused": True} if args.backend == "fused" else {"foreach": True}
+    opt = Adamax(model.parameters(), lr=LR, **options)
+    for step in range(args.steps):
+        x, y = batch(step)
+        opt.zero_grad()
+        loss_fn(model, shard(x, rank), shard(y, rank)).backward()
+        opt.step()
+    if rank == 0:
+        torch.save({"params": [p.detach() for p in model.parameters()], "paths": opt.last_step_paths}, args.out)
+
+
+def zero(args) -> None:
+    from torch.distributed.optim import ZeroRedundancyOptimizer
+
+    rank = init()
+    model = torch.nn.parallel.DistributedDataParallel(make_model())
+    opt = ZeroRedundancyOptimizer(model.parameters(), optimizer_class=Adamax, lr=LR)
+    for step in range(args.steps):
+        x, y = batch(step)
+        opt.zero_grad()
+        loss_fn(model, shard(x, rank), shard(y, rank)).backward()
+        opt.step()
+    state_elements = sum(s[k].numel() for s in opt.optim.state.values() for k in ("exp_avg", "exp_inf"))
+    result = {
+        "rank": rank,
+        "state_elements": state_elements,
+        "param_elements": sum(p.numel() for p in model.parameters()),
+        "params": [p.detach() for p in model.parameters()],
+    }
+    torch.save(result, f"{args.out}.{rank}")
+
+
+def fsdp(args) -> None:
+    from torch.distributed.fsdp import fully_shard
+
+    rank = init()
+    model = make_model()
+    for layer in model:
+        if isinstance(layer, torch.nn.Linear):
+            fully_shard(layer)
+    fully_shard(model)
+    opt = Adamax(model.parameters(), lr=LR)
+    for step in range(args.steps):
+        x, y = batch(step)
+        opt.zero_grad()
+        loss_fn(model, shard(x, rank), shard(y, rank)).backward()
+        opt.step()
+    params = [p.full_tensor().detach() for p in model.parameters()]
+    kinds = sorted({type(p).__name__ for p in model.parameters()})
+    if rank == 0:
+        torch.save({"params": params, "paths": opt.last_step_paths, "param_types": kinds}, args.out)
+
+
+def train(args) -> None:
+    """DDP training with DCP checkpoints every ``--ckpt-every`` steps; resumable, and killable on cue."""
+    from adamax import distributed
+
+    rank = init()
+    model = torch.nn.parallel.DistributedDataParallel(make_model())
+    opt = Adamax(model.parameters(), lr=LR)
+    start = distributed.load_latest(args.ckpt_dir, model, opt) or 0 if args.resume else 0
+    for step in range(start, args.steps):
+        if rank == 1 and step == args.stall_at:
+            Path(args.ckpt_dir, "stalled").touch()
+            time.sleep(3600)  # the test kills us here, mid-training
+        x, y = batch(step)
+        opt.zero_grad()
+        loss_fn(model, shard(x, rank), shard(y, rank)).backward()
+        opt.step()
+        if (step + 1) % args.ckpt_every == 0:
+            if step + 1 == args.die_in_save_at:
+                _die_mid_save(args, step + 1, model, opt, rank)
+            distributed.save_checkpoint(args.ckpt_dir, step + 1, model, opt)
+    if rank == 0:
+        torch.save({"params": [p.detach() for p in model.parameters()], "start": start}, args.out)
+
+
+def _die_mid_save(args, step, model, opt, rank) -> None:
+    """Write this checkpoint's shards, then die before the 'latest' pointer moves: a save cut short."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    model_state, optim_state = get_state_dict(model, opt)
+    dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=f"{args.ckpt_dir}/step-{step:08d}")
+    dist.barrier()
+    Path(args.ckpt_dir, f"died-{rank}").touch()
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("scenario", choices=["ddp", "zero", "fsdp", "train"])
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--backend", default="fused")
+    parser.add_argument("--ckpt-dir")
+    parser.add_argument("--ckpt-every", type=int, default=4)
+    parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--stall-at", type=int, default=-1)
+    parser.add_argument("--die-in-save-at", type=int, default=-1)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    try:
+        {"ddp": ddp, "zero": zero, "fsdp": fsdp, "train": train}[args.scenario](args)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()

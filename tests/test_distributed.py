@@ -1,0 +1,165 @@
+"""Adamax on torch.distributed (gloo, 2 CPU processes) and on sharded JAX; each against one process.
+
+Run on their own with ``pytest -m distributed``.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+if not torch.distributed.is_available():
+    pytest.skip("torch.distributed is not available", allow_module_level=True)
+
+from tests import distributed_workers as workers  # noqa: E402
+
+pytestmark = pytest.mark.distributed
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(scenario: str, out: Path, *options: str, port: int | None = None) -> list[subprocess.Popen]:
+    port = port or free_port()
+    procs = []
+    for rank in range(workers.WORLD):
+        env = {
+            **os.environ,
+            "RANK": str(rank),
+            "WORLD_SIZE": str(workers.WORLD),
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+        }
+        cmd = [sys.executable, "-m", "tests.distributed_workers", scenario, "--out", str(out), *options]
+        procs.append(subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
+    return procs
+
+
+def wait(procs: list[subprocess.Popen], timeout: float = 90) -> None:
+    for proc in procs:
+        out, _ = proc.communicate(timeout=timeout)
+        assert proc.returncode == 0, out.decode()[-4000:]
+
+
+def run(scenario: str, out: Path, *options: str) -> None:
+    wait(launch(scenario, out, *options))
+
+
+def assert_bitwise(actual, expected):
+    assert len(actual) == len(expected)
+    for a, b in zip(actual, expected):
+        assert torch.equal(a, b), f"max |diff| {(a - b).abs().max().item()}"
+
+
+@pytest.mark.parametrize("backend", ["fused", "foreach"])
+def test_ddp_equals_one_process_on_the_same_global_batch(tmp_path, backend):
+    run("ddp", tmp_path / "ddp.pt", "--backend", backend)
+    result = torch.load(tmp_path / "ddp.pt")
+    assert_bitwise(result["params"], workers.reference_run(8))
+    assert result["paths"] == ({"numba": 4} if backend == "fused" else {"foreach": 4})
+
+
+def test_zero_shards_the_state_and_equals_the_unsharded_run(tmp_path, capsys):
+    run("zero", tmp_path / "zero.pt")
+    ranks = [torch.load(f"{tmp_path / 'zero.pt'}.{r}") for r in range(workers.WORLD)]
+    reference = workers.reference_run(8)
+    for result in ranks:
+        assert_bitwise(result["params"], reference)
+    total = 2 * ranks[0]["param_elements"]  # exp_avg and exp_inf for every param
+    held = [r["state_elements"] for r in ranks]
+    assert sum(held) == total
+    assert all(0.3 * total < h < 0.7 * total for h in held), held
+    with capsys.disabled():
+        print(f"\nZeRO: optimizer state elements per rank {held} of {total} unsharded ({[h / total for h in held]})")
+
+
+def test_fsdp2_steps_the_local_shards_with_the_fused_kernel(tmp_path):
+    run("fsdp", tmp_path / "fsdp.pt")
+    result = torch.load(tmp_path / "fsdp.pt")
+    assert result["param_types"] == ["DTensor"]
+    assert result["paths"] == {"numba": 4}, "the kernel must take the DTensors' local shards, not fall back"
+    for a, b in zip(result["params"], workers.reference_run(8)):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)  # FSDP reduces in its own order
+
+
+def test_dcp_resume_is_bit_identical(tmp_path):
+    run("train", tmp_path / "straight.pt", "--steps", "8", "--ckpt-dir", str(tmp_path / "a"))
+    run("train", tmp_path / "first.pt", "--steps", "4", "--ckpt-dir", str(tmp_path / "b"))
+    run("train", tmp_path / "resumed.pt", "--steps", "8", "--ckpt-dir", str(tmp_path / "b"), "--resume")
+    straight, resumed = torch.load(tmp_path / "straight.pt"), torch.load(tmp_path / "resumed.pt")
+    assert resumed["start"] == 4
+    assert_bitwise(resumed["params"], straight["params"])
+
+
+def test_a_killed_rank_restarts_from_the_last_checkpoint(tmp_path):
+    ckpt = tmp_path / "ckpt"
+    run("train", tmp_path / "straight.pt", "--steps", "12", "--ckpt-dir", str(tmp_path / "straight"))
+    procs = launch("train", tmp_path / "never.pt", "--steps", "12", "--ckpt-dir", str(ckpt), "--stall-at", "6")
+    deadline = time.monotonic() + 60
+    while not (ckpt / "stalled").exists():
+        assert time.monotonic() < deadline and all(p.poll() is None for p in procs), "the run ended early"
+        time.sleep(0.1)
+    os.kill(procs[1].pid, signal.SIGKILL)  # rank 1 dies mid-training
+    procs[0].kill()  # rank 0, blocked in the next all-reduce, is torn down as a launcher would
+    for p in procs:
+        p.wait(timeout=30)
+    run("train", tmp_path / "resumed.pt", "--steps", "12", "--ckpt-dir", str(ckpt), "--resume")
+    resumed = torch.load(tmp_path / "resumed.pt")
+    assert resumed["start"] == 4  # the last checkpoint before step 6
+    assert_bitwise(resumed["params"], torch.load(tmp_path / "straight.pt")["params"])
+
+
+def test_a_save_cut_short_never_replaces_the_good_checkpoint(tmp_path):
+    ckpt = tmp_path / "ckpt"
+    run("train", tmp_path / "straight.pt", "--steps", "12", "--ckpt-dir", str(tmp_path / "straight"))
+    procs = launch("train", tmp_path / "never.pt", "--steps", "12", "--ckpt-dir", str(ckpt), "--die-in-save-at", "8")
+    for p in procs:
+        p.wait(timeout=90)
+    assert {p.returncode for p in procs} == {-signal.SIGKILL}
+    assert (ckpt / "step-00000008").exists(), "the shards of the cut save were written"
+    assert (ckpt / "latest").read_text() == "step-00000004", "but 'latest' still names the last good one"
+    run("train", tmp_path / "resumed.pt", "--steps", "12", "--ckpt-dir", str(ckpt), "--resume")
+    resumed = torch.load(tmp_path / "resumed.pt")
+    assert resumed["start"] == 4
+    assert_bitwise(resumed["params"], torch.load(tmp_path / "straight.pt")["params"])
+
+
+def test_the_ddp_example_trains_checkpoints_and_resumes(tmp_path):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    example = [
+        str(ROOT / "examples" / "ddp_train.py"),
+        "--steps",
+        "6",
+        "--ckpt-dir",
+        str(tmp_path),
+        "--ckpt-every",
+        "3",
+    ]
+    first = subprocess.run([*cmd, *example], capture_output=True, text=True, timeout=120)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "step 6/6" in first.stdout and "checkpoint step-00000006" in first.stdout
+    again = subprocess.run(
+        [*cmd, *example[:2], "10", *example[3:], "--resume"], capture_output=True, text=True, timeout=120
+    )
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "resumed from step 6" in again.stdout and "step 10/10" in again.stdout
+
+
+def test_sharded_jax_keeps_sharding_and_equals_the_unsharded_run():
+    """The optax adapter with params sharded over 2 host devices (also in test_optax.py, kept with its peers)."""
+    pytest.importorskip("optax")
+    from tests.test_optax import test_state_keeps_the_sharding_of_params_over_two_devices
+
+    test_state_keeps_the_sharding_of_params_over_two_devices()
