@@ -6,35 +6,13 @@ Params and state (step, exp_avg, exp_inf) must be bit-identical to
 
 from __future__ import annotations
 
-import itertools
-
 import numpy as np
 import pytest
 
-from adamax.spec import EPS_PLACEMENTS, AdamaxConfig
-from tests.implementations import IMPLEMENTATIONS, ReferenceStepper
+from adamax.check import CONFIGS, IMPLEMENTATIONS, SHAPES, ReferenceStepper, random_array
 
 STEPS = 6
-SHAPES = {"0-d": (), "empty": (0,), "one": (1,), "4097": (4097,), "matrix": (3, 5)}
 LAYOUTS = ("contiguous", "strided", "transposed")
-WEIGHT_DECAY = {
-    "no-wd": {},
-    "coupled-wd": {"weight_decay": 0.1},
-    "decoupled-wd": {"weight_decay": 0.1, "decoupled_weight_decay": True},
-}
-CONFIGS = {
-    f"{eps}-{wd}{'-max' if maximize else ''}": AdamaxConfig(
-        lr=0.05, eps=1e-3, eps_placement=eps, maximize=maximize, **WEIGHT_DECAY[wd]
-    )
-    for eps, wd, maximize in itertools.product(EPS_PLACEMENTS, WEIGHT_DECAY, (False, True))
-}
-
-
-def random_array(rng: np.random.Generator, shape: tuple, dtype, scale: float = 1.0) -> np.ndarray:
-    x = rng.standard_normal(shape) * scale
-    if np.issubdtype(dtype, np.complexfloating):
-        x = x + 1j * rng.standard_normal(shape) * scale
-    return np.asarray(x).astype(dtype)
 
 
 def with_layout(x: np.ndarray, layout: str) -> np.ndarray:

@@ -8,9 +8,6 @@ kernel against ``torch.optim.Adamax`` on CUDA.
 
 from __future__ import annotations
 
-import importlib
-import os
-
 import numpy as np
 import pytest
 
@@ -18,25 +15,11 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("triton")
 
 from adamax import reference  # noqa: E402
+from adamax.check import interpreted_triton  # noqa: E402
 from adamax.spec import AdamaxConfig  # noqa: E402
 from tests.test_conformance import CONFIGS  # noqa: E402
 
-
-def _interpreted_gpu_module():
-    """adamax.kernels.gpu with its kernel decorated under TRITON_INTERPRET=1 (read when triton.jit runs)."""
-    saved = os.environ.get("TRITON_INTERPRET")
-    os.environ["TRITON_INTERPRET"] = "1"
-    try:
-        module = importlib.import_module("adamax.kernels.gpu")
-        return importlib.reload(module)
-    finally:
-        if saved is None:
-            del os.environ["TRITON_INTERPRET"]
-        else:
-            os.environ["TRITON_INTERPRET"] = saved
-
-
-gpu = _interpreted_gpu_module()
+gpu = interpreted_triton()  # the kernel, built by Triton's interpreter
 SIZES = [0, 1, 1500, 3, gpu.BLOCK, gpu.BLOCK + 1, 2 * gpu.BLOCK + 7, *([2, 5] * 6)]
 
 

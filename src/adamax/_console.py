@@ -44,7 +44,10 @@ def table(title: str, columns: Sequence[str], rows: Sequence[Sequence[str]]) -> 
             out.add_column(name, justify="right" if name != columns[0] else "left")
         for row in rows:
             out.add_row(*row)
-        rich.console.Console().print(out)
+        console = rich.console.Console()
+        if not console.is_terminal:
+            console.width = max(console.width, 160)  # logs and pipes: no truncated names
+        console.print(out)
         return
     widths = [max(len(str(c)) for c in col) for col in zip(columns, *rows)]
     print(title)

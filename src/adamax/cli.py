@@ -136,6 +136,121 @@ def bench(args: argparse.Namespace) -> None:
     benchmark.main(args)
 
 
+def _need(*modules: str, extra: str) -> None:
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    if missing:
+        raise CommandError(f"needs {' and '.join(missing)}: pip install 'adamax[{extra}]'")
+
+
+def lp(args: argparse.Namespace) -> None:
+    from adamax import lp as lp_adam
+
+    plt = None if args.no_plot else _pyplot()
+    rows = []
+    with _console.progress(len(lp_adam.POWERS), "Lp-Adam, p = 1 .. 8192") as advance:
+        for p in lp_adam.POWERS:
+            rows.extend(lp_adam.convergence_table(powers=[p], beta2=args.beta2))
+            advance()
+    _console.table(
+        f"Lp-Adam against Adamax on the documented gradient sequence (beta2={args.beta2})",
+        ["p", "max |v^(1/p) - u| / u", "max step difference / max step", "(1 - b2^p)^(1/p)"],
+        [[str(r.p), f"{r.norm_distance:.3e}", f"{r.step_distance:.3e}", f"{r.factor:.6f}"] for r in rows],
+    )
+    if plt is None:
+        return
+    methods = {
+        "SGD": ("sgd", 1.5e-3, 2),
+        "Adam (p = 2)": ("adam", args.lr, 2),
+        f"Lp-Adam (p = {args.p})": ("lp-adam", args.lr, args.p),
+        "Adamax (p = inf)": ("adamax", args.lr, 2),
+    }
+    with _console.progress(len(methods), "trajectories on Rosenbrock") as advance:
+        paths = {}
+        for label, (method, rate, p) in methods.items():
+            paths[label] = lp_adam.trajectory(method, (-1.5, 2.0), args.iterations, rate, p)
+            advance()
+    fig, (ax_dist, ax_path) = plt.subplots(1, 2, figsize=(12, 5))
+    powers = [r.p for r in rows]
+    ax_dist.loglog(powers, [r.norm_distance for r in rows], "o-", label="max |v^(1/p) - u| / u")
+    ax_dist.loglog(powers, [r.step_distance for r in rows], "s--", label="steps: max difference / max step")
+    ax_dist.loglog(powers, [1 - r.factor for r in rows], ":", color="gray", label="1 - (1 - b2^p)^(1/p)")
+    ax_dist.set(xlabel="p", ylabel="relative distance to Adamax", title="Lp-Adam converges to Adamax as p grows")
+    ax_dist.grid(True, which="both", alpha=0.3)
+    ax_dist.legend()
+    x, y = np.meshgrid(np.linspace(-2, 2, 300), np.linspace(-1, 3, 300))
+    ax_path.contour(x, y, np.log1p(lp_adam.rosenbrock(np.stack([x, y]))), levels=30, cmap="Greys", linewidths=0.6)
+    for label, path in paths.items():
+        ax_path.plot(path[:, 0], path[:, 1], lw=1.5, label=f"{label}: ends at ({path[-1, 0]:.3f}, {path[-1, 1]:.3f})")
+    ax_path.plot([1], [1], "k*", ms=12)
+    ax_path.set(xlabel="x", ylabel="y", title=f"Rosenbrock from (-1.5, 2), {args.iterations} iterations")
+    ax_path.legend(fontsize=8, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(args.out, dpi=110)
+    plt.close(fig)
+    print(f"wrote {args.out}")
+
+
+def compare(args: argparse.Namespace) -> None:
+    _need("torch", "sklearn", extra="torch,data")
+    plt = _pyplot()
+    from adamax import compare as comparison
+
+    with _console.progress(args.epochs * len(comparison.optimizers()), "training") as advance:
+        runs = comparison.train_all(args.epochs, args.seed, advance)
+    _console.table(
+        f"MLP on scikit-learn's digits, {args.epochs} epochs, seed {args.seed}",
+        ["optimizer", "train acc", "test acc", "train loss", "test loss", "s / epoch"],
+        [
+            [
+                r.name,
+                f"{r.train_acc[-1]:.4f}",
+                f"{r.test_acc[-1]:.4f}",
+                f"{r.train_loss[-1]:.6f}",
+                f"{r.test_loss[-1]:.6f}",
+                f"{r.seconds_per_epoch:.3f}",
+            ]
+            for r in runs
+        ],
+    )
+    ours, torchs = runs[0], runs[1]
+    same = ours.train_loss == torchs.train_loss and ours.test_acc == torchs.test_acc
+    print(f"adamax.torch.Adamax and torch.optim.Adamax curves identical, number for number: {'yes' if same else 'NO'}")
+    del plt
+    comparison.plot(runs, str(args.out))
+    print(f"wrote {args.out}")
+    if not same:
+        raise CommandError("adamax.torch.Adamax departed from torch.optim.Adamax")
+
+
+def check(args: argparse.Namespace) -> None:
+    from adamax import check as conformance
+
+    total = len(conformance.IMPLEMENTATIONS) * len(conformance.CONFIGS) * len(conformance.ALL_DTYPES)
+    with _console.progress(total, "backends x conventions x dtypes") as advance:
+        verdicts = conformance.check_all(advance)
+    rows = []
+    for v in verdicts:
+        if v.status in ("absent", "n/a") and not args.all:
+            continue
+        shown = "-" if v.max_ulps is None else f"{v.max_ulps:.0f}"
+        rows.append([v.backend, v.convention, v.dtype, shown, v.status, v.note[:60]])
+    _console.table(
+        "Every backend against adamax.reference, 4 steps on random problems",
+        ["backend", "convention", "dtype", "max ulps", "result", "note"],
+        rows,
+    )
+    absent = sorted({v.backend for v in verdicts if v.status == "absent"})
+    if absent:
+        print(f"absent (not installed): {', '.join(absent)}")
+    failed = [v for v in verdicts if v.status == "FAIL"]
+    passed = sum(v.status == "pass" for v in verdicts)
+    print(f"{passed} passed, {len(failed)} failed")
+    if failed:
+        raise CommandError(
+            f"{len(failed)} checks failed, first: {failed[0].backend} {failed[0].convention} {failed[0].dtype}"
+        )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="adamax", description="The Adamax optimizer: demonstrate, compare, benchmark.")
     verbs = parser.add_subparsers(dest="verb", required=True, parser_class=_Parser)
@@ -165,6 +280,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=_png_path, default=Path("adamax-bench.png"), help="bar chart PNG")
     p.add_argument("--no-plot", dest="out", action="store_const", const=None, help="no chart")
     p.set_defaults(run=bench)
+
+    p = verbs.add_parser("lp", help="the Lp-norm derivation in numbers: Lp-Adam converging to Adamax")
+    p.add_argument("--beta2", type=_positive_float, default=0.999, help="decay rate (default 0.999)")
+    p.add_argument("--p", type=_int_at_least(1, "positive"), default=64, help="the large p to draw (default 64)")
+    p.add_argument("--iterations", type=_int_at_least(1, "positive"), default=3000, help="trajectory length")
+    p.add_argument("--lr", type=_positive_float, default=0.05, help="learning rate of the adaptive methods")
+    p.add_argument("--out", type=_png_path, default=Path("adamax-lp.png"), help="PNG to write")
+    p.add_argument("--no-plot", action="store_true", help="print the table only")
+    p.set_defaults(run=lp)
+
+    p = verbs.add_parser("compare", help="optimizers on scikit-learn's digits, same model and seed")
+    p.add_argument("--epochs", type=_int_at_least(1, "positive"), default=20, help="epochs (default 20)")
+    p.add_argument("--seed", type=_int_at_least(0, "non-negative"), default=0, help="seed (default 0)")
+    p.add_argument("--out", type=_png_path, default=Path("adamax-compare.png"), help="PNG to write")
+    p.set_defaults(run=compare)
+
+    p = verbs.add_parser("check", help="every installed backend against the reference, in ulps")
+    p.add_argument("--all", action="store_true", help="also list absent backends and options not offered")
+    p.set_defaults(run=check)
     return parser
 
 

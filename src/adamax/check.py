@@ -1,0 +1,362 @@
+"""``adamax check``: every backend installed here against the reference, and the one table of backends.
+
+Every row is driven the same way -- a list of arrays (which the row owns from
+then on), a config, then steps with a list of gradients -- and exposes its
+params and per-array state after each step.  ``adamax check`` runs each row on
+random problems for every convention and dtype, and reports the largest
+difference from :mod:`adamax.reference` in ulps; the test suite
+(``tests/test_conformance.py``) holds the same rows to the same reference.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Callable
+from typing import NamedTuple, Protocol
+
+import numpy as np
+
+from adamax import numpy as adamax_numpy
+from adamax import reference
+from adamax.reference import AdamaxState
+from adamax.spec import AdamaxConfig
+
+
+class Stepper(Protocol):
+    def step(self, grads: list[np.ndarray]) -> None: ...
+    def params(self) -> list[np.ndarray]: ...
+    def states(self) -> list[AdamaxState]: ...
+
+
+class ReferenceStepper:
+    """The oracle: ``reference.update`` applied array by array."""
+
+    def __init__(self, params: list[np.ndarray], config: AdamaxConfig) -> None:
+        self._params = list(params)
+        self._states = [reference.init(p) for p in params]
+        self._config = config
+
+    def step(self, grads: list[np.ndarray]) -> None:
+        for i, g in enumerate(grads):
+            self._params[i], self._states[i] = reference.update(self._params[i], g, self._states[i], self._config)
+
+    def params(self) -> list[np.ndarray]:
+        return self._params
+
+    def states(self) -> list[AdamaxState]:
+        return self._states
+
+
+class NumpyStepper:
+    def __init__(self, params: list[np.ndarray], config: AdamaxConfig, fused: bool | None = None) -> None:
+        self._params = params  # updated in place, keeping the caller's memory layout
+        self._opt = adamax_numpy.Adamax(self._params, fused=fused, **config.to_dict())
+
+    def step(self, grads: list[np.ndarray]) -> None:
+        self._opt.step(grads)
+
+    def params(self) -> list[np.ndarray]:
+        return self._params
+
+    def states(self) -> list[AdamaxState]:
+        return [self._opt.state[str(i)] for i in range(len(self._params))]
+
+
+class TorchStepper:
+    """``adamax.torch.Adamax`` on tensors that share the arrays' memory (and so their layout)."""
+
+    def __init__(self, params: list[np.ndarray], config: AdamaxConfig, **backend: bool) -> None:
+        import torch
+
+        from adamax.torch import Adamax
+
+        self._torch = torch
+        self._tensors = [torch.from_numpy(p) for p in params]
+        self._opt = Adamax(self._tensors, **backend, **config.to_dict())
+
+    def step(self, grads: list[np.ndarray]) -> None:
+        for t, g in zip(self._tensors, grads):
+            t.grad = self._torch.from_numpy(g)
+        self._opt.step()
+
+    def params(self) -> list[np.ndarray]:
+        return [t.numpy() for t in self._tensors]
+
+    def states(self) -> list[AdamaxState]:
+        out = []
+        for t in self._tensors:
+            s = self._opt.state[t]
+            out.append(AdamaxState(int(s["step"]), s["exp_avg"].numpy(), s["exp_inf"].numpy()))
+        return out
+
+
+class OptaxStepper:
+    """``adamax.optax.adamax`` (or ``adamaxw`` for decoupled decay), one jitted update per step."""
+
+    def __init__(self, params: list[np.ndarray], config: AdamaxConfig) -> None:
+        import jax
+        import jax.numpy as jnp
+        import optax
+
+        from adamax.optax import adamax, adamaxw
+
+        b1, b2 = config.betas
+        kwargs = dict(b1=b1, b2=b2, eps=config.eps, eps_placement=config.eps_placement)
+        if config.weight_decay:
+            opt = adamaxw(config.lr, weight_decay=config.weight_decay, **kwargs)
+        else:
+            opt = adamax(config.lr, **kwargs)
+        self._dtypes = [p.dtype for p in params]
+        self._params = [jnp.asarray(p) for p in params]
+        self._state = opt.init(self._params)
+
+        @jax.jit
+        def step(params, state, grads):
+            updates, state = opt.update(grads, state, params)
+            return optax.apply_updates(params, updates), state
+
+        self._step = step
+
+    def step(self, grads: list[np.ndarray]) -> None:
+        self._params, self._state = self._step(self._params, self._state, [np.asarray(g) for g in grads])
+
+    def params(self) -> list[np.ndarray]:
+        return [np.asarray(p) for p in self._params]
+
+    def states(self) -> list[AdamaxState]:
+        inner = self._state[0]
+        step = int(inner.count)
+        return [AdamaxState(step, np.asarray(m), np.asarray(u)) for m, u in zip(inner.m, inner.u)]
+
+
+def _installed(*modules: str) -> bool:
+    return all(importlib.util.find_spec(m) is not None for m in modules)
+
+
+def _torch_installed() -> bool:
+    return _installed("torch")
+
+
+def _optax_unsupported(config: AdamaxConfig) -> str | None:
+    if config.maximize:
+        return "optax transforms descend; negate the gradients to ascend"
+    if config.weight_decay and not config.decoupled_weight_decay:
+        return "optax composes coupled decay from add_decayed_weights before the transform; not an option here"
+    return None
+
+
+def _foreach_complex_decay(config: AdamaxConfig, dtype: type) -> str | None:
+    if np.issubdtype(dtype, np.complexfloating) and config.weight_decay and not config.decoupled_weight_decay:
+        return "torch's foreach path fuses complex weight decay on real pairs; the reference follows its forloop"
+    return None
+
+
+class Implementation(NamedTuple):
+    name: str
+    make: Callable[[list[np.ndarray], AdamaxConfig], Stepper]
+    dtypes: tuple[type, ...]  # the dtypes it promises to match the reference on, bit for bit
+    available: bool = True
+    # why, for a config and dtype, it only matches to a few ulps instead of bit for bit (None: bit for bit)
+    inexact: Callable[[AdamaxConfig, type], str | None] = lambda config, dtype: None
+    # why it has no such option (None: it has)
+    unsupported: Callable[[AdamaxConfig], str | None] = lambda config: None
+
+
+def _c_contiguous(a: np.ndarray) -> np.ndarray:
+    return a if a.flags.c_contiguous else a.copy(order="C")  # (np.ascontiguousarray makes 0-d arrays 1-d)
+
+
+class KernelStepper:
+    """The numba kernel called directly on the arrays (C-contiguous float32/float64)."""
+
+    def __init__(self, params: list[np.ndarray], config: AdamaxConfig) -> None:
+        from adamax.kernels import cpu
+
+        self._cpu, self._config = cpu, config
+        self._params = [_c_contiguous(p) for p in params]
+        self._states = [reference.init(p) for p in self._params]
+
+    def step(self, grads: list[np.ndarray]) -> None:
+        grads = [_c_contiguous(g) for g in grads]
+        t = self._states[0].step + 1 if self._states else 1
+        columns = (self._params, grads, [s.exp_avg for s in self._states], [s.exp_inf for s in self._states])
+        addresses = tuple(np.array([a.ctypes.data for a in col], dtype=np.int64) for col in columns)
+        sizes = np.full(len(grads), -(self._config.lr / (1 - self._config.beta1**t)))
+        dtype = self._params[0].dtype if self._params else np.dtype(np.float32)
+        self._cpu.step(dtype, addresses, tuple(p.size for p in self._params), sizes, self._config)
+        self._states = [AdamaxState(t, s.exp_avg, s.exp_inf) for s in self._states]
+
+    def params(self) -> list[np.ndarray]:
+        return self._params
+
+    def states(self) -> list[AdamaxState]:
+        return self._states
+
+
+def interpreted_triton():
+    """:mod:`adamax.kernels.gpu` with its kernel built by Triton's interpreter, to run on CPU tensors.
+
+    ``TRITON_INTERPRET`` is read when ``triton.jit`` decorates, so the module is (re)loaded with it set.
+    """
+    import importlib
+    import os
+
+    saved = os.environ.get("TRITON_INTERPRET")
+    os.environ["TRITON_INTERPRET"] = "1"
+    try:
+        return importlib.reload(importlib.import_module("adamax.kernels.gpu"))
+    finally:
+        if saved is None:
+            del os.environ["TRITON_INTERPRET"]
+        else:
+            os.environ["TRITON_INTERPRET"] = saved
+
+
+class TritonStepper:
+    """The Triton kernel under its interpreter, on CPU tensors sharing the arrays' memory (float32)."""
+
+    def __init__(self, params: list[np.ndarray], config: AdamaxConfig) -> None:
+        import torch
+
+        self._torch, self._gpu, self._config = torch, interpreted_triton(), config
+        self._params = [_c_contiguous(p) for p in params]
+        self._states = [reference.init(p) for p in self._params]
+
+    def step(self, grads: list[np.ndarray]) -> None:
+        torch = self._torch
+        t = self._states[0].step + 1 if self._states else 1
+        as_tensors = lambda arrays: [torch.from_numpy(_c_contiguous(a)) for a in arrays]  # noqa: E731
+        sizes = torch.full((len(grads),), -(self._config.lr / (1 - self._config.beta1**t)), dtype=torch.float64)
+        self._gpu.step(
+            as_tensors(self._params),
+            as_tensors(grads),
+            as_tensors([s.exp_avg for s in self._states]),
+            as_tensors([s.exp_inf for s in self._states]),
+            sizes,
+            self._config,
+        )
+        self._states = [AdamaxState(t, s.exp_avg, s.exp_inf) for s in self._states]
+
+    def params(self) -> list[np.ndarray]:
+        return self._params
+
+    def states(self) -> list[AdamaxState]:
+        return self._states
+
+
+ALL_DTYPES = (np.float32, np.float64, np.complex64, np.complex128)
+IMPLEMENTATIONS = [
+    # automatic: the fused kernel for contiguous float32/float64 arrays (with numba), the reference otherwise
+    Implementation("numpy", NumpyStepper, ALL_DTYPES),
+    Implementation("numpy-unfused", lambda p, c: NumpyStepper(p, c, fused=False), ALL_DTYPES),
+    Implementation("torch-automatic", TorchStepper, ALL_DTYPES, available=_torch_installed()),
+    Implementation(
+        "torch-forloop", lambda p, c: TorchStepper(p, c, foreach=False), ALL_DTYPES, available=_torch_installed()
+    ),
+    Implementation(
+        "torch-foreach",
+        lambda p, c: TorchStepper(p, c, foreach=True),
+        ALL_DTYPES,
+        available=_torch_installed(),
+        inexact=_foreach_complex_decay,
+    ),
+    Implementation(
+        "optax",
+        OptaxStepper,
+        (np.float32, np.complex64),  # float64 needs jax_enable_x64 (test_optax.py runs it in a subprocess)
+        available=_installed("jax", "optax"),
+        inexact=lambda config, dtype: "optax's rounding order: (1 - b1) g + b1 m, m_hat / u, then -lr times that",
+        unsupported=_optax_unsupported,
+    ),
+    Implementation("numba kernel", KernelStepper, (np.float32, np.float64), available=_installed("numba")),
+    Implementation("triton (interpreter)", TritonStepper, (np.float32,), available=_installed("triton", "torch")),
+]
+
+WEIGHT_DECAY = {
+    "no-wd": {},
+    "coupled-wd": {"weight_decay": 0.1},
+    "decoupled-wd": {"weight_decay": 0.1, "decoupled_weight_decay": True},
+}
+CONFIGS = {
+    f"{eps}-{wd}{'-max' if maximize else ''}": AdamaxConfig(
+        lr=0.05, eps=1e-3, eps_placement=eps, maximize=maximize, **WEIGHT_DECAY[wd]
+    )
+    for eps in ("max", "denominator", "none")
+    for wd in WEIGHT_DECAY
+    for maximize in (False, True)
+}
+SHAPES = {"0-d": (), "empty": (0,), "one": (1,), "4097": (4097,), "matrix": (3, 5)}
+ALLOWED_ULPS_INEXACT = 64  # for rows with a documented rounding difference; all others must be exact
+
+
+def random_array(rng: np.random.Generator, shape: tuple, dtype, scale: float = 1.0) -> np.ndarray:
+    x = rng.standard_normal(shape) * scale
+    if np.issubdtype(dtype, np.complexfloating):
+        x = x + 1j * rng.standard_normal(shape) * scale
+    return np.asarray(x).astype(dtype)
+
+
+def ulps(actual: np.ndarray, expected: np.ndarray) -> float:
+    """The largest difference, in ulps of ``expected``'s largest magnitude (0 when equal; NaN against not: inf).
+
+    Measured against the array's scale rather than each element's: where an update cancels to nearly 0,
+    an element's own ulp is meaninglessly small.
+    """
+    a, e = np.asarray(actual), np.asarray(expected)
+    if np.iscomplexobj(e):
+        a, e = np.stack([a.real, a.imag], -1), np.stack([e.real, e.imag], -1)
+    if e.size == 0:
+        return 0.0
+    same = (a == e) | (np.isnan(a) & np.isnan(e))
+    if same.all():
+        return 0.0
+    if (np.isnan(a) != np.isnan(e)).any():
+        return float("inf")
+    unit = float(np.spacing(np.max(np.abs(e[~np.isnan(e)]), initial=0).astype(e.dtype)))
+    return float(np.max(np.abs(a.astype(np.float64) - e.astype(np.float64))[~same]) / unit)
+
+
+class Verdict(NamedTuple):
+    backend: str
+    convention: str
+    dtype: str
+    max_ulps: float | None  # None: absent or not offered
+    status: str  # "pass", "FAIL", "absent", "n/a"
+    note: str = ""
+
+
+def check_one(impl: Implementation, name: str, config: AdamaxConfig, dtype, steps: int = 4, seed: int = 0) -> Verdict:
+    dtype_name = np.dtype(dtype).name
+    if not impl.available:
+        return Verdict(impl.name, name, dtype_name, None, "absent", "not installed")
+    if dtype not in impl.dtypes or impl.unsupported(config):
+        return Verdict(impl.name, name, dtype_name, None, "n/a", impl.unsupported(config) or "dtype not offered")
+    rng = np.random.default_rng(seed)
+    initial = [random_array(rng, shape, dtype) for shape in SHAPES.values()]
+    under_test = impl.make([p.copy() for p in initial], config)
+    oracle = ReferenceStepper([p.copy() for p in initial], config)
+    worst = 0.0
+    for _ in range(steps):
+        grads = [random_array(rng, shape, dtype, 10.0 ** rng.uniform(-3, 2)) for shape in SHAPES.values()]
+        under_test.step([g.copy() for g in grads])
+        oracle.step(grads)
+        for p, s, p_ref, s_ref in zip(under_test.params(), under_test.states(), oracle.params(), oracle.states()):
+            worst = max(worst, ulps(p, p_ref), ulps(s.exp_avg, s_ref.exp_avg), ulps(s.exp_inf, s_ref.exp_inf))
+            if int(s.step) != s_ref.step:
+                worst = float("inf")
+    inexact = impl.inexact(config, dtype)
+    allowed = ALLOWED_ULPS_INEXACT if inexact else 0
+    return Verdict(impl.name, name, dtype_name, worst, "pass" if worst <= allowed else "FAIL", inexact or "")
+
+
+def check_all(advance: Callable[[], None] = lambda: None) -> list[Verdict]:
+    verdicts = []
+    for impl in IMPLEMENTATIONS:
+        for name, config in CONFIGS.items():
+            for dtype in ALL_DTYPES:
+                try:
+                    verdicts.append(check_one(impl, name, config, dtype))
+                except Exception as err:  # a crash is a failure to report, not to hide
+                    verdicts.append(Verdict(impl.name, name, np.dtype(dtype).name, None, "FAIL", repr(err)[:120]))
+                advance()
+    return verdicts
