@@ -88,3 +88,54 @@ def test_bench_bad_arguments_get_one_line(args, message):
     assert result.returncode == 2 and "Traceback" not in result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], result.stderr
+
+
+def test_lp_writes_a_png_and_prints_the_table(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    out = tmp_path / "lp.png"
+    assert main(["lp", "--iterations", "200", "--out", str(out)]) == 0
+    assert out.read_bytes().startswith(PNG_SIGNATURE)
+    printed = capsys.readouterr().out
+    assert "8192" in printed and "(1 - b2^p)^(1/p)" in printed
+
+
+def test_compare_shows_identical_curves(tmp_path, capsys):
+    for module in ("torch", "sklearn", "matplotlib"):
+        pytest.importorskip(module)
+    out = tmp_path / "compare.png"
+    assert main(["compare", "--epochs", "2", "--out", str(out)]) == 0
+    assert out.read_bytes().startswith(PNG_SIGNATURE)
+    printed = capsys.readouterr().out
+    assert "curves identical, number for number: yes" in printed
+    assert (
+        "torch.optim.Adam " in printed
+        or "torch.optim.Adam│" in printed.replace(" ", "")
+        or "torch.optim.Adam" in printed
+    )
+
+
+def test_check_passes_on_this_install(capsys):
+    assert main(["check", "--backends", "numpy,torch-forloop,numba kernel"]) == 0
+    assert "0 failed" in capsys.readouterr().out
+
+
+def test_check_fails_when_a_backend_is_broken(monkeypatch, capsys):
+    pytest.importorskip("torch")
+    import adamax.torch
+
+    def wrong_first_moment(self, m, g, beta1):  # b1 and 1 - b1 swapped
+        return m.lerp_(g, beta1)
+
+    monkeypatch.setattr(adamax.torch._TensorOps, "moment_", wrong_first_moment)
+    assert main(["check", "--backends", "torch-forloop"]) == 1
+    out = capsys.readouterr()
+    assert "FAIL" in out.out and "checks failed" in out.err
+
+
+def test_check_lists_missing_backends_as_absent(monkeypatch, capsys):
+    from adamax import check
+
+    rows = [impl._replace(available=False) if impl.name == "optax" else impl for impl in check.IMPLEMENTATIONS]
+    monkeypatch.setattr(check, "IMPLEMENTATIONS", rows)
+    assert main(["check", "--backends", "optax,numpy"]) == 0
+    assert "absent (not installed): optax" in capsys.readouterr().out

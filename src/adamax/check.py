@@ -349,9 +349,9 @@ def check_one(impl: Implementation, name: str, config: AdamaxConfig, dtype, step
     return Verdict(impl.name, name, dtype_name, worst, "pass" if worst <= allowed else "FAIL", inexact or "")
 
 
-def check_all(advance: Callable[[], None] = lambda: None) -> list[Verdict]:
+def check_all(advance: Callable[[], None] = lambda: None, implementations=None) -> list[Verdict]:
     verdicts = []
-    for impl in IMPLEMENTATIONS:
+    for impl in IMPLEMENTATIONS if implementations is None else implementations:
         for name, config in CONFIGS.items():
             for dtype in ALL_DTYPES:
                 try:

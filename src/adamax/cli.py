@@ -225,9 +225,14 @@ def compare(args: argparse.Namespace) -> None:
 def check(args: argparse.Namespace) -> None:
     from adamax import check as conformance
 
-    total = len(conformance.IMPLEMENTATIONS) * len(conformance.CONFIGS) * len(conformance.ALL_DTYPES)
+    known = [impl.name for impl in conformance.IMPLEMENTATIONS]
+    unknown = [name for name in args.backends or [] if name not in known]
+    if unknown:
+        raise CommandError(f"unknown backend {unknown[0]!r}; the backends are {', '.join(known)}")
+    chosen = [impl for impl in conformance.IMPLEMENTATIONS if not args.backends or impl.name in args.backends]
+    total = len(chosen) * len(conformance.CONFIGS) * len(conformance.ALL_DTYPES)
     with _console.progress(total, "backends x conventions x dtypes") as advance:
-        verdicts = conformance.check_all(advance)
+        verdicts = conformance.check_all(advance, chosen)
     rows = []
     for v in verdicts:
         if v.status in ("absent", "n/a") and not args.all:
@@ -298,6 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = verbs.add_parser("check", help="every installed backend against the reference, in ulps")
     p.add_argument("--all", action="store_true", help="also list absent backends and options not offered")
+    p.add_argument("--backends", type=lambda text: text.split(","), help="only these (comma-separated) backends")
     p.set_defaults(run=check)
     return parser
 

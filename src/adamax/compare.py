@@ -95,8 +95,14 @@ def plot(runs: list[Run], path: str) -> None:
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4.5))
     for i, run in enumerate(runs):
         epochs = np.arange(1, len(run.train_loss) + 1)
-        style = dict(color=f"C{i}", lw=3 if run.name == "torch.optim.Adamax" else 1.5, alpha=0.6 if i == 1 else 1.0)
-        dashed = "--" if run.name == "adamax.torch.Adamax" else "-"
+        ours = run.name == "adamax.torch.Adamax"
+        style = dict(
+            color=f"C{i}",
+            lw=3 if run.name == "torch.optim.Adamax" else 1.5,
+            alpha=0.6 if i == 1 else 1.0,
+            zorder=3 if ours else 2,
+        )
+        dashed = "--" if ours else "-"
         ax_loss.semilogy(epochs, run.train_loss, dashed, label=run.name, **style)
         ax_acc.plot(epochs, run.test_acc, dashed, label=run.name, **style)
     ax_loss.set(xlabel="epoch", ylabel="train loss (cross-entropy)", title="Training loss")
