@@ -21,6 +21,7 @@ docs: $(VENV)/.installed-dev
 	$(BIN)/adamax demo --out docs/img/demo.png
 	$(BIN)/adamax lp --out docs/img/lp.png
 	$(BIN)/adamax compare --out docs/img/compare.png
+	$(BIN)/adamax check --out docs/img/check.png
 
 # One stamp per extra; `dev` includes `plot`, so it satisfies `demo` as well.
 $(VENV)/.installed-%: pyproject.toml

@@ -114,9 +114,12 @@ def test_compare_shows_identical_curves(tmp_path, capsys):
     )
 
 
-def test_check_passes_on_this_install(capsys):
-    assert main(["check", "--backends", "numpy,torch-forloop,numba kernel"]) == 0
+def test_check_passes_on_this_install(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    out = tmp_path / "check.png"
+    assert main(["check", "--backends", "numpy,torch-forloop,torch-fused,numba kernel", "--out", str(out)]) == 0
     assert "0 failed" in capsys.readouterr().out
+    assert out.read_bytes().startswith(PNG_SIGNATURE)
 
 
 def test_check_fails_when_a_backend_is_broken(monkeypatch, capsys):
@@ -127,7 +130,7 @@ def test_check_fails_when_a_backend_is_broken(monkeypatch, capsys):
         return m.lerp_(g, beta1)
 
     monkeypatch.setattr(adamax.torch._TensorOps, "moment_", wrong_first_moment)
-    assert main(["check", "--backends", "torch-forloop"]) == 1
+    assert main(["check", "--backends", "torch-forloop", "--no-plot"]) == 1
     out = capsys.readouterr()
     assert "FAIL" in out.out and "checks failed" in out.err
 
@@ -137,5 +140,5 @@ def test_check_lists_missing_backends_as_absent(monkeypatch, capsys):
 
     rows = [impl._replace(available=False) if impl.name == "optax" else impl for impl in check.IMPLEMENTATIONS]
     monkeypatch.setattr(check, "IMPLEMENTATIONS", rows)
-    assert main(["check", "--backends", "optax,numpy"]) == 0
+    assert main(["check", "--backends", "optax,numpy", "--no-plot"]) == 0
     assert "absent (not installed): optax" in capsys.readouterr().out

@@ -71,12 +71,14 @@ class TorchStepper:
         from adamax.torch import Adamax
 
         self._torch = torch
+        if backend.get("fused"):  # fused=True refuses non-contiguous tensors; it is given contiguous copies
+            params = [_c_contiguous(p) for p in params]
         self._tensors = [torch.from_numpy(p) for p in params]
         self._opt = Adamax(self._tensors, **backend, **config.to_dict())
 
     def step(self, grads: list[np.ndarray]) -> None:
         for t, g in zip(self._tensors, grads):
-            t.grad = self._torch.from_numpy(g)
+            t.grad = self._torch.from_numpy(_c_contiguous(g) if t.is_contiguous() and g.ndim else g)
         self._opt.step()
 
     def params(self) -> list[np.ndarray]:
@@ -268,6 +270,12 @@ IMPLEMENTATIONS = [
         inexact=lambda config, dtype: "optax's rounding order: (1 - b1) g + b1 m, m_hat / u, then -lr times that",
         unsupported=_optax_unsupported,
     ),
+    Implementation(
+        "torch-fused",
+        lambda p, c: TorchStepper(p, c, fused=True),
+        (np.float32, np.float64),
+        available=_installed("torch", "numba"),
+    ),
     Implementation("numba kernel", KernelStepper, (np.float32, np.float64), available=_installed("numba")),
     Implementation("triton (interpreter)", TritonStepper, (np.float32,), available=_installed("triton", "torch")),
 ]
@@ -347,6 +355,36 @@ def check_one(impl: Implementation, name: str, config: AdamaxConfig, dtype, step
     inexact = impl.inexact(config, dtype)
     allowed = ALLOWED_ULPS_INEXACT if inexact else 0
     return Verdict(impl.name, name, dtype_name, worst, "pass" if worst <= allowed else "FAIL", inexact or "")
+
+
+def plot(verdicts: list[Verdict], path: str) -> None:
+    """A grid: backend x dtype, coloured by the worst result over the conventions, labelled with the max ulps."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    backends = list(dict.fromkeys(v.backend for v in verdicts))
+    dtypes = [np.dtype(d).name for d in ALL_DTYPES]
+    rank = {"FAIL": 3, "pass": 2, "n/a": 1, "absent": 0}
+    colours = {"FAIL": "#d62728", "pass": "#2ca02c", "n/a": "#dddddd", "absent": "#999999"}
+    fig, ax = plt.subplots(figsize=(8, 0.5 * len(backends) + 1.5))
+    for i, backend in enumerate(backends):
+        for j, dtype in enumerate(dtypes):
+            cell = [v for v in verdicts if v.backend == backend and v.dtype == dtype]
+            status = max((v.status for v in cell), key=rank.__getitem__, default="n/a")
+            measured = [v.max_ulps for v in cell if v.max_ulps is not None]
+            label = status if not measured else f"{max(measured):.0f} ulps"
+            ax.add_patch(plt.Rectangle((j, i), 1, 1, color=colours[status], ec="white"))
+            ax.text(j + 0.5, i + 0.5, label, ha="center", va="center", fontsize=9)
+    ax.set(xlim=(0, len(dtypes)), ylim=(0, len(backends)))
+    ax.set_xticks(np.arange(len(dtypes)) + 0.5, dtypes)
+    ax.set_yticks(np.arange(len(backends)) + 0.5, backends)
+    ax.invert_yaxis()
+    ax.set_title("Largest difference from adamax.reference over every convention (green: pass)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def check_all(advance: Callable[[], None] = lambda: None, implementations=None) -> list[Verdict]:

@@ -225,6 +225,7 @@ def compare(args: argparse.Namespace) -> None:
 def check(args: argparse.Namespace) -> None:
     from adamax import check as conformance
 
+    plt = None if args.no_plot else _pyplot()
     known = [impl.name for impl in conformance.IMPLEMENTATIONS]
     unknown = [name for name in args.backends or [] if name not in known]
     if unknown:
@@ -249,6 +250,9 @@ def check(args: argparse.Namespace) -> None:
         print(f"absent (not installed): {', '.join(absent)}")
     failed = [v for v in verdicts if v.status == "FAIL"]
     passed = sum(v.status == "pass" for v in verdicts)
+    if plt is not None:
+        conformance.plot(verdicts, str(args.out))
+        print(f"wrote {args.out}")
     print(f"{passed} passed, {len(failed)} failed")
     if failed:
         raise CommandError(
@@ -304,6 +308,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = verbs.add_parser("check", help="every installed backend against the reference, in ulps")
     p.add_argument("--all", action="store_true", help="also list absent backends and options not offered")
     p.add_argument("--backends", type=lambda text: text.split(","), help="only these (comma-separated) backends")
+    p.add_argument("--out", type=_png_path, default=Path("adamax-check.png"), help="PNG to write")
+    p.add_argument("--no-plot", action="store_true", help="print the table only")
     p.set_defaults(run=check)
     return parser
 
