@@ -192,7 +192,7 @@ def lp(args: argparse.Namespace) -> None:
 
 def compare(args: argparse.Namespace) -> None:
     _need("torch", "sklearn", extra="torch,data")
-    plt = _pyplot()
+    _pyplot()  # refuse now, not after training, if matplotlib is missing
     from adamax import compare as comparison
 
     with _console.progress(args.epochs * len(comparison.optimizers()), "training") as advance:
@@ -215,7 +215,6 @@ def compare(args: argparse.Namespace) -> None:
     ours, torchs = runs[0], runs[1]
     same = ours.train_loss == torchs.train_loss and ours.test_acc == torchs.test_acc
     print(f"adamax.torch.Adamax and torch.optim.Adamax curves identical, number for number: {'yes' if same else 'NO'}")
-    del plt
     comparison.plot(runs, str(args.out))
     print(f"wrote {args.out}")
     if not same:

@@ -127,13 +127,7 @@ class Adamax:
         if extra:
             raise ValueError(f"gradient for unknown param {', '.join(map(repr, extra))}")
         for path, param in self._leaves.items():
-            grad = flat[path]
-            if not isinstance(grad, np.ndarray):
-                raise TypeError(f"gradient for {path!r} must be a numpy array, got {type(grad).__name__}")
-            if grad.shape != param.shape:
-                raise ValueError(f"gradient for {path!r} has shape {grad.shape}, expected {param.shape}")
-            if grad.dtype != param.dtype:
-                raise TypeError(f"gradient for {path!r} has dtype {grad.dtype}, expected {param.dtype}")
+            reference.check_like_param(f"gradient for {path!r}", flat[path], param)
         return flat
 
     def _kernel_paths(self, grads: dict[str, np.ndarray]) -> list[str]:

@@ -81,16 +81,21 @@ def init(param: np.ndarray) -> AdamaxState:
     return AdamaxState(0, np.zeros(param.shape, param.dtype), np.zeros(param.shape, param.dtype))
 
 
+def check_like_param(what: str, arr: object, param: np.ndarray) -> None:
+    """Raise unless ``arr`` is an array of ``param``'s shape and dtype; ``what`` names it in the message."""
+    if not isinstance(arr, np.ndarray):
+        raise TypeError(f"{what} must be a numpy array, got {type(arr).__name__}")
+    if arr.shape != param.shape:
+        raise ValueError(f"{what} has shape {arr.shape}, expected the param's shape {param.shape}")
+    if arr.dtype != param.dtype:
+        raise TypeError(f"{what} has dtype {arr.dtype}, expected the param's dtype {param.dtype}")
+
+
 def check_update_args(param: np.ndarray, grad: np.ndarray, state: AdamaxState) -> None:
     """Raise if ``update`` would be given mismatched arrays.  Changes nothing."""
     check_dtype(param.dtype)
     for name, arr in (("grad", grad), ("exp_avg", state.exp_avg), ("exp_inf", state.exp_inf)):
-        if not isinstance(arr, np.ndarray):
-            raise TypeError(f"{name} must be a numpy array, got {type(arr).__name__}")
-        if arr.shape != param.shape:
-            raise ValueError(f"{name} has shape {arr.shape}, expected the param's shape {param.shape}")
-        if arr.dtype != param.dtype:
-            raise TypeError(f"{name} has dtype {arr.dtype}, expected the param's dtype {param.dtype}")
+        check_like_param(name, arr, param)
     step = state.step
     if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 0:
         raise ValueError(f"step must be a non-negative integer, got {step!r}")
