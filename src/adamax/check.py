@@ -108,7 +108,6 @@ class OptaxStepper:
             opt = adamaxw(config.lr, weight_decay=config.weight_decay, **kwargs)
         else:
             opt = adamax(config.lr, **kwargs)
-        self._dtypes = [p.dtype for p in params]
         self._params = [jnp.asarray(p) for p in params]
         self._state = opt.init(self._params)
 

@@ -32,7 +32,6 @@ import triton
 import triton.language as tl
 
 BLOCK = 1024  # elements per program
-PARAM_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _TL = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}
 
 NO_DECAY, COUPLED, DECOUPLED = 0, 1, 2
