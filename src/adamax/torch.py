@@ -282,11 +282,15 @@ def _kernel_mode(group: Mapping[str, Any]) -> str:
       bits either way.
     * Differentiable steps never use a kernel (no autograd formula); capturable
       ones only the Triton kernel (its step counts can live on the device).
+      Under ``torch.compile`` the automatic choice is torch's ops, which the
+      compiler can trace and fuse; an opaque kernel would break the graph.
     """
     if group["fused"]:
         return "always"
     automatic = group["fused"] is None and group["foreach"] is None
-    return "where possible" if automatic and not group["differentiable"] else "never"
+    if not automatic or group["differentiable"] or torch.compiler.is_compiling():
+        return "never"  # under torch.compile, torch's ops let the compiler fuse the step itself
+    return "where possible"
 
 
 def _torch_backend(group: Mapping[str, Any], params: list[Tensor]) -> str:
