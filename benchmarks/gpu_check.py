@@ -35,9 +35,19 @@ def _scaled_add(a_ptr, b_ptr, n, scale, BLOCK: tl.constexpr):  # noqa: N803
     tl.store(a_ptr + offsets, a + scale * tl.load(b_ptr + offsets, mask=mask), mask=mask)
 
 
+DEVICE = "cuda"
+
+
 def cuda_median_ms(fn, rounds: int = 30, warmup: int = 5) -> float:
     for _ in range(warmup):
         fn()
+    if DEVICE != "cuda":  # the CPU dry run (see --dry-run): wall-clock, meaningless as a figure
+        times = []
+        for _ in range(rounds):
+            start = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - start) * 1e3)
+        return sorted(times)[len(times) // 2]
     times = []
     for _ in range(rounds):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -50,7 +60,7 @@ def cuda_median_ms(fn, rounds: int = 30, warmup: int = 5) -> float:
 
 
 def bandwidth_gbps(numel: int) -> dict[str, float]:
-    a, b = torch.rand(numel, device="cuda"), torch.rand(numel, device="cuda")
+    a, b = torch.rand(numel, device=DEVICE), torch.rand(numel, device=DEVICE)
     grid = (triton.cdiv(numel, 4096),)
     add_ms = cuda_median_ms(lambda: _scaled_add[grid](a, b, numel, 1e-3, BLOCK=4096))
     copy_ms = cuda_median_ms(lambda: a.copy_(b))
@@ -58,10 +68,10 @@ def bandwidth_gbps(numel: int) -> dict[str, float]:
 
 
 def make_params(sizes: list[int], dtype=torch.float32, seed: int = 0) -> list[torch.Tensor]:
-    gen = torch.Generator(device="cuda").manual_seed(seed)
-    params = [torch.rand(n, device="cuda", dtype=dtype, generator=gen).requires_grad_() for n in sizes]
+    gen = torch.Generator(device=DEVICE).manual_seed(seed)
+    params = [torch.rand(n, device=DEVICE, dtype=dtype, generator=gen).requires_grad_() for n in sizes]
     for p in params:
-        p.grad = torch.rand(p.shape, device="cuda", dtype=dtype, generator=gen)
+        p.grad = torch.rand(p.shape, device=DEVICE, dtype=dtype, generator=gen)
     return params
 
 
@@ -73,10 +83,10 @@ def correctness() -> dict[str, float]:
         ours, theirs = make_params(sizes), make_params(sizes)
         opt_a = Adamax(ours, lr=1e-2, fused=True, **kwargs)
         opt_b = torch.optim.Adamax(theirs, lr=1e-2, foreach=False, **kwargs)
-        gen = torch.Generator(device="cuda").manual_seed(1)
+        gen = torch.Generator(device=DEVICE).manual_seed(1)
         for _ in range(20):
             for a, b in zip(ours, theirs):
-                g = torch.randn(a.shape, device="cuda", generator=gen)
+                g = torch.randn(a.shape, device=DEVICE, generator=gen)
                 a.grad, b.grad = g.clone(), g.clone()
             opt_a.step()
             opt_b.step()
@@ -109,7 +119,8 @@ def timings(sizes: list[int], with_compile: bool) -> dict[str, dict[str, float]]
         compiled = torch.compile(compiled_opt.step)
         start = time.perf_counter()
         compiled()
-        torch.cuda.synchronize()
+        if DEVICE == "cuda":
+            torch.cuda.synchronize()
         results["torch.compile cold start"] = {"seconds": time.perf_counter() - start}
         methods["torch.compile (foreach)"] = compiled
     for name, fn in methods.items():
@@ -122,9 +133,20 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", default="gpu_check.json")
     parser.add_argument("--no-compile", dest="compile", action="store_false")
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="check this script on the CPU: tiny sizes, Triton's interpreter (run with TRITON_INTERPRET=1)",
+    )
     args = parser.parse_args()
+    global DEVICE
+    if args.dry_run:
+        import adamax.torch
+
+        DEVICE = "cpu"
+        adamax.torch._KERNEL_FOR_DEVICE["cpu"] = "triton"  # as CUDA tensors are routed on a GPU
     report = {
-        "device": torch.cuda.get_device_name(),
+        "device": torch.cuda.get_device_name() if DEVICE == "cuda" else "cpu (dry run: no figure here means anything)",
         "torch": torch.__version__,
         "triton": triton.__version__,
         "python": platform.python_version(),
@@ -132,6 +154,8 @@ def main() -> None:
         "cases": {},
     }
     cases = {"10M": [10_000_000], "100M": [100_000_000], "model-like 10M": model_like_sizes()}
+    if args.dry_run:
+        cases = {"tiny": [3000], "tiny list": [100, 7, 2000]}
     for name, sizes in cases.items():
         limit = bandwidth_gbps(sum(sizes))
         limit_gbps = max(limit.values())
@@ -143,7 +167,8 @@ def main() -> None:
         case["x_foreach"] = foreach_ms / case["timings"]["adamax fused (triton)"]["median_ms"]
         report["cases"][name] = case
         print(name, json.dumps(case, indent=1))
-        torch.cuda.empty_cache()
+        if DEVICE == "cuda":
+            torch.cuda.empty_cache()
     with open(args.out, "w") as f:
         json.dump(report, f, indent=2)
     print(f"wrote {args.out}")

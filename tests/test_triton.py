@@ -8,6 +8,8 @@ kernel against ``torch.optim.Adamax`` on CUDA.
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -150,3 +152,26 @@ def test_capturable_keeps_the_step_count_on_the_device(cpu_as_triton):
     assert opt.state[p]["step"].device == p.device and int(opt.state[p]["step"]) == 4
     # the bias correction is computed on the device (float64): within an ulp or two of the host's
     np.testing.assert_allclose(p.detach().numpy(), ref_p, rtol=1e-6)
+
+
+def test_the_prepared_gpu_check_runs_dry_on_the_cpu(tmp_path):
+    """benchmarks/gpu_check.py is meant for a lent GPU; its --dry-run keeps its code honest without one."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    out = tmp_path / "gpu_check.json"
+    result = subprocess.run(
+        [sys.executable, str(root / "benchmarks" / "gpu_check.py"), "--dry-run", "--no-compile", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "TRITON_INTERPRET": "1"},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["correctness"]["max_ulps_vs_torch_default"] == 0.0  # on the CPU, torch rounds as we do
+    assert report["correctness"]["bf16_state_dtype"] == "torch.float32"
+    assert set(report["cases"]) == {"tiny", "tiny list"}
