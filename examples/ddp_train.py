@@ -62,6 +62,7 @@ def main() -> None:
             path = distributed.save_checkpoint(args.ckpt_dir, done, model, opt)
             if rank == 0:
                 print(f"checkpoint {path.name}", flush=True)
+    dist.barrier()  # every rank done before the group is torn down
     dist.destroy_process_group()
 
 

@@ -11,7 +11,9 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import sys
 import time
+import traceback
 from pathlib import Path
 
 import torch
@@ -183,9 +185,18 @@ def main() -> None:
     torch.set_num_threads(1)
     try:
         {"ddp": ddp, "zero": zero, "fsdp": fsdp, "train": train}[args.scenario](args)
-    finally:
         if dist.is_initialized():
+            dist.barrier()
             dist.destroy_process_group()
+    except BaseException:
+        traceback.print_exc()
+        sys.stderr.flush()
+        os._exit(1)
+    # Leave without running C++ static destructors: gloo's background threads occasionally abort
+    # ("terminate called without an active exception") when torn down at interpreter exit.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":
