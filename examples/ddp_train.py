@@ -12,6 +12,7 @@ so a run killed at any point resumes from the last good one.
 from __future__ import annotations
 
 import argparse
+import datetime
 
 import torch
 import torch.distributed as dist
@@ -37,7 +38,7 @@ def main() -> None:
     parser.add_argument("--resume", action="store_true", help="continue from the last complete checkpoint")
     args = parser.parse_args()
 
-    dist.init_process_group("gloo")
+    dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=120))
     rank, world = dist.get_rank(), dist.get_world_size()
     torch.manual_seed(0)
     model = torch.nn.parallel.DistributedDataParallel(

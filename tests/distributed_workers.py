@@ -9,6 +9,8 @@ references live here too, so both sides build the same model and data.
 from __future__ import annotations
 
 import argparse
+import datetime
+import faulthandler
 import os
 import signal
 import sys
@@ -74,7 +76,14 @@ def _reference_run(steps: int, **optimizer_options) -> list[torch.Tensor]:
 
 
 def init() -> int:
-    dist.init_process_group("gloo")
+    """Join the group through a file store (no port to race for), with a short timeout, not gloo's 30 min."""
+    dist.init_process_group(
+        "gloo",
+        init_method=f"file://{os.environ['ADAMAX_TEST_STORE']}",
+        rank=int(os.environ["RANK"]),
+        world_size=int(os.environ["WORLD_SIZE"]),
+        timeout=datetime.timedelta(seconds=60),
+    )
     return dist.get_rank()
 
 
@@ -183,6 +192,7 @@ def main() -> None:
     parser.add_argument("--die-in-save-at", type=int, default=-1)
     args = parser.parse_args()
     torch.set_num_threads(1)
+    faulthandler.dump_traceback_later(80, exit=True)  # a hang shows where it hung, in the test's output
     try:
         {"ddp": ddp, "zero": zero, "fsdp": fsdp, "train": train}[args.scenario](args)
         if dist.is_initialized():

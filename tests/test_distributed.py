@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,32 +24,27 @@ pytestmark = pytest.mark.distributed
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def launch(scenario: str, out: Path, *options: str, port: int | None = None) -> list[subprocess.Popen]:
-    port = port or free_port()
+def launch(scenario: str, out: Path, *options: str) -> list[subprocess.Popen]:
+    store = out.parent / f".store-{out.name}-{time.monotonic_ns()}"  # a fresh rendezvous file per launch
     procs = []
     for rank in range(workers.WORLD):
-        env = {
-            **os.environ,
-            "RANK": str(rank),
-            "WORLD_SIZE": str(workers.WORLD),
-            "MASTER_ADDR": "127.0.0.1",
-            "MASTER_PORT": str(port),
-        }
+        env = {**os.environ, "RANK": str(rank), "WORLD_SIZE": str(workers.WORLD), "ADAMAX_TEST_STORE": str(store)}
         cmd = [sys.executable, "-m", "tests.distributed_workers", scenario, "--out", str(out), *options]
         procs.append(subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
     return procs
 
 
 def wait(procs: list[subprocess.Popen], timeout: float = 90) -> None:
+    outputs = []
     for proc in procs:
-        out, _ = proc.communicate(timeout=timeout)
-        assert proc.returncode == 0, out.decode()[-4000:]
+        try:
+            out, _ = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            for p in procs:
+                p.kill()
+            out, _ = proc.communicate()
+        outputs.append(out.decode()[-3000:])
+    assert all(p.returncode == 0 for p in procs), "\n---\n".join(outputs)
 
 
 def run(scenario: str, out: Path, *options: str) -> None:
