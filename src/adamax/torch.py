@@ -206,6 +206,12 @@ class _CachedPlan(NamedTuple):
     grads: list[Tensor]
 
 
+def _host_step_sizes(lr: float | Tensor, beta1: float, counts: list[float]) -> list[float]:
+    """``-lr / (1 - beta1**t)`` per step count, as torch's forloop rounds it; each distinct count once."""
+    by_count = {t: float(step_size(lr, beta1, t)) for t in set(counts)}
+    return [by_count[t] for t in counts]
+
+
 def _planned_params(plan: _Plan | _CachedPlan) -> list[Tensor]:
     return plan.params if isinstance(plan, _CachedPlan) else [*plan.fused, *plan.rest]
 
@@ -670,8 +676,7 @@ class Adamax(Optimizer):
                 step_sizes = -(lr / (1 - config.beta1**counts))
             else:
                 counts = [t.item() for t in steps]
-                sizes_by_count = {t: float(step_size(lr, config.beta1, t)) for t in set(counts)}
-                step_sizes = torch.tensor([sizes_by_count[t] for t in counts], dtype=torch.float64)
+                step_sizes = torch.tensor(_host_step_sizes(lr, config.beta1, counts), dtype=torch.float64)
             gpu_kernels().step(
                 [_local(p) for p, _ in chosen],
                 [_local(p.grad) for p, _ in chosen],
@@ -692,8 +697,7 @@ class Adamax(Optimizer):
             steps = [s["step"] for _, s in chosen]
             torch._foreach_add_(steps, _ONE, alpha=1.0)
             counts = [t.item() for t in steps]
-            sizes_by_count = {t: float(step_size(lr, config.beta1, t)) for t in set(counts)}
-            step_sizes = np.array([sizes_by_count[t] for t in counts])
+            step_sizes = np.array(_host_step_sizes(lr, config.beta1, counts))
             n = len(chosen)
             addresses = (
                 np.fromiter((_local(p).data_ptr() for p, _ in chosen), np.int64, n),
@@ -855,7 +859,6 @@ class Adamax(Optimizer):
         cached.steps.add_(1)
         counts = cached.steps.tolist()
         lr = _torch_optimizer._to_scalar(plan.group["lr"])
-        sizes_by_count = {t: float(step_size(lr, config.beta1, t)) for t in set(counts)}
         n = len(counts)
         addresses = (
             np.fromiter((p.data_ptr() for p in plan.params), np.int64, n),
@@ -863,7 +866,7 @@ class Adamax(Optimizer):
             cached.m_addresses,
             cached.u_addresses,
         )
-        step_sizes = np.array([sizes_by_count[t] for t in counts])
+        step_sizes = np.array(_host_step_sizes(lr, config.beta1, counts))
         kernel_dtype = _KERNEL_DTYPES[cached.dtype]
         cpu_kernels().step(kernel_dtype, addresses, cached.sizes, step_sizes, config, threads=torch.get_num_threads())
 
