@@ -126,9 +126,7 @@ def _sizes(text: str) -> list[int]:
 
 
 def bench(args: argparse.Namespace) -> None:
-    missing = [m for m in ("torch", "numba") if importlib.util.find_spec(m) is None]
-    if missing:
-        raise CommandError(f"adamax bench needs {' and '.join(missing)}: pip install 'adamax[torch,fast,jax,plot]'")
+    _need("torch", "numba", extra="torch,fast,jax,plot")
     if args.out is not None:
         _pyplot()
     from adamax import bench as benchmark
