@@ -271,3 +271,31 @@ def test_the_cached_fast_path_notices_every_change():
     check()
     # the step counts live in one buffer, and the checkpoint still loads into torch as it is
     torch.optim.Adamax([p.detach().clone() for p in ours]).load_state_dict(opt.state_dict())
+
+
+@pytest.mark.parametrize("fused", [None, True], ids=["automatic", "fused"])
+def test_the_cached_fast_path_refuses_a_gradient_reshaped_behind_torchs_setter(fused):
+    """``p.grad.data = ...`` skips torch's shape check; the cached path must still refuse, as every other path."""
+    w = torch.nn.Parameter(torch.zeros(4, 3))
+    opt = Adamax([w], fused=fused)
+    w.grad = torch.ones(4, 3)
+    opt.step()
+    opt.step()  # from here on the cached plan serves the group
+    w.grad.data = torch.arange(12.0).reshape(3, 4)
+    before, state = w.detach().clone(), copy.deepcopy(opt.state[w])
+    with pytest.raises(RuntimeError, match=r"gradient of shape \(3, 4\).*expected shape \(4, 3\)"):
+        opt.step()
+    assert torch.equal(w, before)
+    assert all(torch.equal(opt.state[w][k], state[k]) for k in state)
+
+
+@pytest.mark.parametrize("key", ["step", "exp_avg", "exp_inf"])
+def test_the_cached_fast_path_names_a_deleted_state_entry(key):
+    w = torch.nn.Parameter(torch.zeros(5))
+    opt = Adamax([w])
+    for _ in range(2):
+        w.grad = torch.ones(5)
+        opt.step()
+    del opt.state[w][key]
+    with pytest.raises(ValueError, match=r"state of param 0 of its group: expected the keys"):
+        opt.step()

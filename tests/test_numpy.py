@@ -179,6 +179,8 @@ BAD_PARAMS = {
     "overlapping views": ((lambda a: [a[:3], a[2:]])(np.ones(5)), ValueError, "share memory"),
     "a list, not an array": ([[1.0, 2.0]], TypeError, "must be a numpy array"),
     "slash in a key": ({"a/b": np.ones(1)}, TypeError, "without '/'"),
+    "no params": ([], ValueError, "empty parameter list"),
+    "an empty dict": ({}, ValueError, "empty parameter list"),
 }
 
 
@@ -209,3 +211,12 @@ def test_steps_match_the_reference(values, steps):
         opt.step([g])
         ref, state = reference.update(ref, g, state, opt.config)
         np.testing.assert_array_equal(p, ref)
+
+
+@pytest.mark.parametrize("wrong", [[1.0, 2.0, 3.0], (1.0, 2.0, 3.0), {"x": np.ones(3)}], ids=["list", "tuple", "dict"])
+def test_a_container_given_as_a_gradient_is_named_as_such(wrong):
+    params = {"w": np.zeros(3), "b": np.zeros(1)}
+    opt = Adamax(params, lr=0.1)
+    with pytest.raises(TypeError, match=r"gradient for 'w' must be a numpy array, got a list, tuple or dict"):
+        opt.step({"w": wrong, "b": np.ones(1)})
+    assert not opt.state and not params["w"].any()

@@ -432,6 +432,9 @@ BAD_CHECKPOINTS = {
     "unknown param": lambda sd: (sd["state"].__setitem__(17, sd["state"][0]), sd)[1],
     "invalid lr": lambda sd: (sd["param_groups"][0].__setitem__("lr", -1.0), sd)[1],
     "unknown eps_placement": lambda sd: (sd["param_groups"][0].__setitem__("eps_placement", "after"), sd)[1],
+    "fractional step": lambda sd: _spoil_state(sd, 2, "step", torch.tensor(2.5)),
+    "fractional step as a number": lambda sd: _spoil_state(sd, 2, "step", 2.5),
+    "a string as fused": lambda sd: (sd["param_groups"][0].__setitem__("fused", "no"), sd)[1],
     "missing param": lambda sd: (sd["param_groups"][0]["params"].pop(), sd)[1],
     "extra group": lambda sd: (sd["param_groups"].append(dict(sd["param_groups"][0])), sd)[1],
 }
@@ -502,6 +505,63 @@ def test_a_refused_step_changes_nothing(spoil):
         opt.step()
     assert torch.equal(a, before_a)
     assert all(torch.equal(opt.state[a][k], before_state[k]) for k in before_state)
+
+
+def test_a_state_dict_with_an_empty_entry_loads_as_in_torch():
+    """Reading ``opt.state[p]`` before p has a gradient leaves an empty entry; torch saves and loads it."""
+    for make_saver in (torch.optim.Adamax, Adamax):
+        a, b = torch.zeros(2, requires_grad=True), torch.zeros(3, requires_grad=True)
+        saver = make_saver([a, b], lr=0.1)
+        a.grad = torch.ones(2)
+        saver.step()
+        saver.state[b]  # the read creates the empty entry
+        saved = saver.state_dict()
+        assert saved["state"][1] == {}
+        ours_a, ours_b = a.detach().clone().requires_grad_(), b.detach().clone().requires_grad_()
+        ours = Adamax([ours_a, ours_b], lr=0.1)
+        ours.load_state_dict(copy.deepcopy(saved))
+        theirs_a, theirs_b = a.detach().clone().requires_grad_(), b.detach().clone().requires_grad_()
+        theirs = torch.optim.Adamax([theirs_a, theirs_b], lr=0.1)
+        theirs.load_state_dict(copy.deepcopy(saved))
+        for x, y in ((ours_a, theirs_a), (ours_b, theirs_b)):
+            x.grad, y.grad = torch.full_like(x, -2.0), torch.full_like(y, -2.0)
+        ours.step()
+        theirs.step()
+        assert torch.equal(ours_a, theirs_a) and torch.equal(ours_b, theirs_b)
+        assert int(ours.state[ours_b]["step"]) == int(theirs.state[theirs_b]["step"]) == 1
+
+
+@pytest.mark.parametrize("flag", ["fused", "foreach", "differentiable", "capturable"])
+@pytest.mark.parametrize("value", ["no", 1, 0.0])
+def test_flags_must_be_bools(flag, value):
+    if flag in ("fused", "foreach") and value == 0.0:
+        value = "yes"
+    with pytest.raises(TypeError, match=f"Invalid {flag}: {value!r}"):
+        Adamax([torch.zeros(2, requires_grad=True)], **{flag: value})
+
+
+def test_a_string_fused_set_on_a_group_is_refused_before_anything_moves():
+    w = torch.zeros(3, requires_grad=True)
+    opt = Adamax([w], lr=0.1)
+    w.grad = torch.ones(3)
+    opt.step()
+    opt.param_groups[0]["fused"] = "no"
+    before = w.detach().clone()
+    with pytest.raises(TypeError, match="Invalid fused: 'no'"):
+        opt.step()
+    assert torch.equal(w, before)
+
+
+def test_a_param_listed_twice_in_a_group_is_refused():
+    w = torch.zeros(3, requires_grad=True)
+    with pytest.raises(ValueError, match="lists the same parameter more than once"):
+        Adamax([w, w])
+    opt = Adamax([torch.zeros(1, requires_grad=True)])
+    with pytest.raises(ValueError, match="more than once"):
+        opt.add_param_group({"params": (x for x in [w, w])})
+    assert len(opt.param_groups) == 1
+    opt.add_param_group({"params": (x for x in [w])})  # a generator is still read once, as torch reads it
+    assert opt.param_groups[1]["params"] == [w]
 
 
 @pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.bool])

@@ -100,6 +100,8 @@ class Adamax:
             eps_placement=eps_placement,
         )
         leaves = _flatten(params)
+        if not leaves:
+            raise ValueError("optimizer got an empty parameter list")
         for path, leaf in leaves:
             if not isinstance(leaf, np.ndarray):
                 raise TypeError(f"param {path!r} must be a numpy array, got {type(leaf).__name__}")
@@ -120,6 +122,9 @@ class Adamax:
 
     def _matching_grads(self, grads: Tree) -> dict[str, np.ndarray]:
         flat = dict(_flatten(grads))
+        for path in self._leaves:
+            if path not in flat and any(key.startswith(f"{path}/") for key in flat):
+                raise TypeError(f"gradient for {path!r} must be a numpy array, got a list, tuple or dict")
         missing = [p for p in self._leaves if p not in flat or flat[p] is None]
         if missing:
             raise ValueError(f"missing gradient for {', '.join(map(repr, missing))}")

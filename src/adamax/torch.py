@@ -66,8 +66,21 @@ _FLAG_DEFAULTS = {
 _STATE_KEYS = frozenset({"step", "exp_avg", "exp_inf"})
 
 
+def _check_flags(group: Mapping[str, Any]) -> None:
+    """torch's own flags must be what they say: ``fused="no"`` is not ``fused=True``."""
+    for key in ("foreach", "fused"):
+        value = group.get(key)
+        if value is not None and not isinstance(value, bool):
+            raise TypeError(f"Invalid {key}: {value!r} (expected True, False or None)")
+    for key in ("differentiable", "capturable"):
+        value = group.get(key, False)
+        if not isinstance(value, bool):
+            raise TypeError(f"Invalid {key}: {value!r} (expected True or False)")
+
+
 def _config_of(group: Mapping[str, Any]) -> AdamaxConfig:
-    """Validate a param group's hyperparameters (torch's messages) and bundle them."""
+    """Validate a param group's hyperparameters (torch's messages) and flags, and bundle them."""
+    _check_flags(group)
     lr = group["lr"]
     if isinstance(lr, Tensor):
         if lr.numel() != 1:
@@ -363,8 +376,12 @@ def _check_state(p: Tensor, state: Mapping[str, Any], where: str, *, loading: bo
         if step.numel() != 1 or step.is_complex():
             raise ValueError(f"{where}: 'step' must be a single real number, got a tensor of shape {tuple(step.shape)}")
         step = step.item()
-    if isinstance(step, bool) or not isinstance(step, (int, float)) or not (math.isfinite(step) and step >= 0):
-        raise ValueError(f"{where}: 'step' must be a finite number >= 0, got {step!r}")
+    if (
+        isinstance(step, bool)
+        or not isinstance(step, (int, float))
+        or not (math.isfinite(step) and step >= 0 and step == int(step))
+    ):
+        raise ValueError(f"{where}: 'step' must be a whole number >= 0, got {step!r}")
     for key in ("exp_avg", "exp_inf"):
         value = state[key]
         if not isinstance(value, Tensor):
@@ -512,7 +529,13 @@ class Adamax(Optimizer):
         self.state = _TrackedState(dict, self.state)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
-        """As torch's, and refuses integer params and invalid hyperparameters without adding anything."""
+        """As torch's, and refuses integer params, a param listed twice and invalid hyperparameters,
+        without adding anything."""
+        params = param_group.get("params") if isinstance(param_group, dict) else None
+        if isinstance(params, Iterable) and not isinstance(params, (Tensor, set)):
+            param_group["params"] = params = list(params)  # a generator is read once, here (as torch does)
+            if len({id(p) for p in params}) != len(params):  # torch only warns, then steps it twice
+                raise ValueError("a param group lists the same parameter more than once")
         super().add_param_group(param_group)
         group = self.param_groups[-1]
         try:
@@ -585,6 +608,8 @@ class Adamax(Optimizer):
         for key, entry in state_dict["state"].items():
             if key not in id_map:
                 raise ValueError(f"loaded state dict has state for param {key!r}, which no param group lists")
+            if isinstance(entry, Mapping) and not entry:
+                continue  # torch leaves one where ``opt.state[p]`` was read before p had a gradient
             _check_state(id_map[key], entry, f"state of param {key!r}", loading=True)
 
     def _plan(self, group: dict) -> _Plan:
@@ -784,13 +809,12 @@ class Adamax(Optimizer):
         grads = [p.grad for p in params]
         dtype = cached.dtype
         # Per param, the fewest reads that keep the kernel's raw-memory writes safe and its result right.
-        # (torch's .grad setter already refuses a gradient shaped unlike its param; numel catches the rest.)
-        for p, cached_p, g, shape, n, s, m, u, t in zip(
+        # The gradient's shape is compared, not only its size: ``p.grad.data = ...`` bypasses torch's setter.
+        for p, cached_p, g, shape, s, m, u, t in zip(
             params,
             cached.params,
             grads,
             cached.shapes,
-            cached.sizes,
             cached.states,
             cached.exp_avgs,
             cached.exp_infs,
@@ -802,14 +826,15 @@ class Adamax(Optimizer):
                 and g.layout is torch.strided
                 and g.dtype is dtype
                 and g.is_cpu
-                and g.numel() == n
+                and g.shape == shape
                 and g.is_contiguous()
                 and p.dtype is dtype
                 and p.is_contiguous()
                 and p.shape == shape
-                and s["exp_avg"] is m
-                and s["exp_inf"] is u
-                and s["step"] is t
+                and len(s) == 3
+                and s.get("exp_avg") is m
+                and s.get("exp_inf") is u
+                and s.get("step") is t
             ):
                 return None  # anything unusual: the full plan checks it, and explains a refusal
         if [m.data_ptr() for m in cached.exp_avgs] != cached.m_addresses.tolist():
