@@ -161,22 +161,21 @@ def train(args) -> None:
         opt.step()
         if (step + 1) % args.ckpt_every == 0:
             if step + 1 == args.die_in_save_at:
-                _die_mid_save(args, step + 1, model, opt, rank)
+                distributed._reached = _die_at("saved", rank, args.ckpt_dir)
             distributed.save_checkpoint(args.ckpt_dir, step + 1, model, opt)
     if rank == 0:
         torch.save({"params": [p.detach() for p in model.parameters()], "start": start}, args.out)
 
 
-def _die_mid_save(args, step, model, opt, rank) -> None:
-    """Write this checkpoint's shards, then die before the 'latest' pointer moves: a save cut short."""
-    import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import get_state_dict
+def _die_at(point: str, rank: int, ckpt_dir: str):
+    """A hook for ``adamax.distributed._reached``: SIGKILL this rank when a save reaches ``point``."""
 
-    model_state, optim_state = get_state_dict(model, opt)
-    dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=f"{args.ckpt_dir}/step-{step:08d}")
-    dist.barrier()
-    Path(args.ckpt_dir, f"died-{rank}").touch()
-    os.kill(os.getpid(), signal.SIGKILL)
+    def reached(name: str) -> None:
+        if name == point:
+            Path(ckpt_dir, f"died-{rank}").touch()
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return reached
 
 
 def main() -> None:

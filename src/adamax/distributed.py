@@ -1,13 +1,45 @@
-"""Checkpoints for distributed training with ``torch.distributed.checkpoint`` (DCP), safe against crashes.
+r"""Checkpoints for distributed training with ``torch.distributed.checkpoint`` (DCP): crash-safe and verified.
 
-:func:`save_checkpoint` writes a whole DCP checkpoint into its own directory
-(``step-00000008``), waits for every rank, and only then has rank 0 point
-``latest`` at it, by an atomic rename.  A save interrupted part-way (a killed
-rank, a full disk) leaves an orphan directory that ``latest`` never names, so
-:func:`load_latest` always finds the previous good checkpoint.
+:func:`save_checkpoint` writes a whole checkpoint into a fresh hidden
+directory, seals it with a manifest (the SHA-256 of every file), renames it
+into place (``step-00000008``; a re-save of a step gets ``step-00000008.1``,
+never the directory of an earlier save), and only then has rank 0 point
+``latest`` at it, by an atomic rename.  Older checkpoints beyond ``keep`` are
+deleted after ``latest`` has moved.  SIGKILL at any point of a save leaves
+``latest`` naming a complete checkpoint.
 
-Works with any model wrapper DCP understands (plain, DDP, FSDP2) and any
-optimizer, ``adamax.torch.Adamax`` included; also in a single process.
+:func:`load_latest` verifies that checkpoint before reading anything from it,
+loads it into copies, and changes the model and optimizer only once
+everything has loaded; any failure raises :class:`CheckpointError` and leaves
+both as they were.
+
+What is in a checkpoint, and why a hostile one cannot run code:
+
+* ``state.json``: the structure of the model's and the optimizer's state
+  dicts, with every non-tensor value (hyperparameters, group structure, and
+  numbers that are not tensors) as JSON.  Nothing non-tensor is pickled.
+* DCP's files: the tensors (``*.distcp``, read with torch's weights-only
+  unpickler) and DCP's index ``.metadata``, a pickle that this module reads
+  with an unpickler that builds only DCP's own metadata records, tensor
+  sizes, dtypes and layouts, and refuses every other global.  Items stored as
+  pickled bytes are refused; file names in the index must be files of the
+  manifest.
+* ``manifest.json``: the size and SHA-256 of every other file, checked on
+  every rank before anything is read, so that a corrupted, truncated,
+  swapped or foreign file is refused before a byte of it is unpickled.
+
+The trust boundary: a checkpoint from a source you do not trust cannot make
+:func:`load_latest` run code, read files outside the checkpoint, or change
+the model and optimizer unless it loads whole.  The manifest detects
+accidents, not forgeries: whoever can write the files can write a matching
+manifest, and so can hand you well-formed but wrong weights and
+hyperparameters (checked for validity, not for provenance), or a checkpoint
+whose declared sizes exhaust memory or disk.  Sign or checksum checkpoints
+out of band where provenance matters.
+
+Assumptions: every rank sees the checkpoint directory (a shared file system,
+as DCP itself needs for its ``.metadata``); loading holds a copy of the model
+and optimizer state besides the live one until it commits.
 
 >>> # inside a training loop, on every rank:
 >>> # step = load_latest("ckpt", model, opt) or 0
@@ -17,56 +49,506 @@ optimizer, ``adamax.torch.Adamax`` included; also in a single process.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
-from pathlib import Path
+import pickle
+import re
+import shutil
+import uuid
+import warnings
+from collections.abc import Mapping
+from pathlib import Path, PurePosixPath, PureWindowsPath
+from typing import Any
 
-import torch
+try:
+    import torch
+except ImportError as err:  # pragma: no cover - exercised in a venv without torch
+    raise ImportError("adamax.distributed needs torch: pip install 'adamax[torch]'") from err
+
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
-from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+from torch.distributed.checkpoint import metadata as dcp_metadata
+from torch.distributed.checkpoint.api import CheckpointException
+from torch.distributed.checkpoint.filesystem import FileSystemReader, _StorageInfo
+from torch.distributed.checkpoint.planner import LoadItemType
+from torch.distributed.checkpoint.state_dict import (
+    get_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
+
+__all__ = ["CheckpointError", "latest_checkpoint", "latest_step", "load_latest", "save_checkpoint"]
 
 LATEST = "latest"
+MANIFEST = "manifest.json"
+STATE = "state.json"
+FORMAT = 1
+KEEP = 3
+_NAME = re.compile(r"step-(\d{8,})(?:\.(\d+))?")
+_PARTIAL = ".partial-"
+_TENSOR = "__tensor__"  # state.json's marker for a value stored by DCP
+_TUPLE = "__tuple__"  # ... and for a tuple, which JSON would turn into a list
+
+
+class CheckpointError(Exception):
+    """A checkpoint could not be saved or loaded; nothing was changed.  (DCP's own errors derive from
+    ``BaseException``; this one can be caught with ``except Exception``.)"""
 
 
 def _rank() -> int:
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
 def _barrier() -> None:
-    if dist.is_available() and dist.is_initialized():
+    if _distributed():
         dist.barrier()
 
 
-def save_checkpoint(root: str | os.PathLike, step: int, model: torch.nn.Module, optimizer) -> Path:
-    """Save model and optimizer state after ``step`` steps; a collective call on every rank."""
-    root = Path(root)
-    path = root / f"step-{step:08d}"
-    model_state, optim_state = get_state_dict(model, optimizer)
-    dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=str(path))
-    _barrier()  # every rank's shard is on disk
-    if _rank() == 0:
-        pointer = root / f".{LATEST}.tmp"
-        pointer.write_text(path.name)
-        os.replace(pointer, root / LATEST)  # atomic: the old pointer or the new one, never half
-    _barrier()
-    return path
+def _agree(error: str | None) -> None:
+    """Raise :class:`CheckpointError` on every rank if any rank reports an error (a collective call)."""
+    errors = [error]
+    if _distributed():
+        errors = [None] * dist.get_world_size()
+        dist.all_gather_object(errors, error)
+    failed = [(rank, e) for rank, e in enumerate(errors) if e is not None]
+    if failed:
+        rank, message = failed[0]
+        raise CheckpointError(message if len(errors) == 1 else f"rank {rank}: {message}")
+
+
+def _broadcast(value: Any) -> Any:
+    if not _distributed():
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def _reached(point: str) -> None:
+    """A named point of a save; fault-injection tests replace this to kill the process there."""
+
+
+# --- the checkpoint's contents: tensors for DCP, everything else as JSON ---------------------------------------
+
+
+def _split(tree: Any, path: tuple[str, ...], tensors: dict[str, torch.Tensor]) -> Any:
+    """``tree`` as JSON, with tensors replaced by a marker and collected into ``tensors`` by path."""
+    if isinstance(tree, torch.Tensor):
+        tensors["/".join(path)] = tree
+        return {_TENSOR: True}
+    if isinstance(tree, Mapping):
+        out = {}
+        for key, value in tree.items():
+            if not isinstance(key, str) or "/" in key or key in (_TENSOR, _TUPLE):
+                raise TypeError(f"cannot checkpoint the key {key!r} at {'/'.join(path) or 'the root'}")
+            out[key] = _split(value, (*path, key), tensors)
+        return out
+    if isinstance(tree, (list, tuple)):
+        items = [_split(value, (*path, str(i)), tensors) for i, value in enumerate(tree)]
+        return {_TUPLE: items} if isinstance(tree, tuple) else items
+    if tree is None or isinstance(tree, (bool, int, str)) or type(tree) is float:
+        return tree
+    if isinstance(tree, float):  # float subclasses, such as numpy's float64
+        return float(tree)
+    raise TypeError(
+        f"cannot checkpoint {type(tree).__name__} at {'/'.join(path)}: only tensors, numbers, strings, "
+        "bools, None, lists, tuples and dicts are saved (nothing is pickled)"
+    )
+
+
+def _join(skeleton: Any, live: Any, path: tuple[str, ...], load: dict[str, torch.Tensor]) -> Any:
+    """The saved structure ``skeleton`` filled in: JSON values as they are, and for every tensor a fresh copy
+    of ``live``'s tensor at the same place (its dtype, device and sharding), collected into ``load`` for DCP."""
+    where = "/".join(path) or "the root"
+    if isinstance(skeleton, dict) and skeleton.keys() == {_TENSOR}:
+        if not isinstance(live, torch.Tensor):
+            raise CheckpointError(f"the checkpoint has a tensor at {where}, where this model and optimizer have none")
+        copy = live.detach().clone()
+        load["/".join(path)] = copy
+        return copy
+    if isinstance(skeleton, dict) and skeleton.keys() == {_TUPLE}:
+        items = skeleton[_TUPLE]
+        live_items = live if isinstance(live, (list, tuple)) and len(live) == len(items) else [None] * len(items)
+        return tuple(_join(s, v, (*path, str(i)), load) for i, (s, v) in enumerate(zip(items, live_items)))
+    if isinstance(skeleton, dict):
+        live_map = live if isinstance(live, Mapping) else {}
+        return {key: _join(value, live_map.get(key), (*path, key), load) for key, value in skeleton.items()}
+    if isinstance(skeleton, list):
+        live_items = live if isinstance(live, (list, tuple)) and len(live) == len(skeleton) else [None] * len(skeleton)
+        return [_join(s, v, (*path, str(i)), load) for i, (s, v) in enumerate(zip(skeleton, live_items))]
+    return skeleton
+
+
+def _read_state(directory: Path) -> dict:
+    try:
+        state = json.loads((directory / STATE).read_text())
+    except (OSError, ValueError) as err:
+        raise CheckpointError(f"{directory / STATE}: {err}") from None
+    if not (isinstance(state, dict) and state.get("format") == FORMAT and isinstance(state.get("tree"), dict)):
+        raise CheckpointError(f"{directory / STATE}: not a format-{FORMAT} adamax checkpoint")
+    tree = state["tree"]
+    if set(tree) != {"model", "optim"}:
+        raise CheckpointError(f"{directory / STATE}: expected the keys 'model' and 'optim'")
+    return state
+
+
+# --- the manifest ----------------------------------------------------------------------------------------------
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # not every platform opens directories
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` so that readers see the old file or the new one, never part of one."""
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def _write_manifest(directory: Path) -> None:
+    files = sorted(p.name for p in directory.iterdir() if p.is_file() and p.name != MANIFEST)
+    entries = {
+        name: {"bytes": (directory / name).stat().st_size, "sha256": _sha256(directory / name)} for name in files
+    }
+    _write_atomically(directory / MANIFEST, json.dumps({"format": FORMAT, "files": entries}, indent=1))
+
+
+def _verify(directory: Path) -> list[str]:
+    """Check every file of the checkpoint against its manifest; returns the file names.  Reads no pickle."""
+    if not directory.is_dir():
+        raise CheckpointError(f"{directory} does not exist")
+    try:
+        manifest = json.loads((directory / MANIFEST).read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{directory} has no {MANIFEST}: not a complete adamax checkpoint") from None
+    except (OSError, ValueError) as err:
+        raise CheckpointError(f"{directory / MANIFEST}: {err}") from None
+    files = manifest.get("files") if isinstance(manifest, dict) else None
+    if manifest.get("format") != FORMAT or not isinstance(files, dict) or STATE not in files:
+        raise CheckpointError(f"{directory / MANIFEST}: not a format-{FORMAT} manifest")
+    present = {p.name for p in directory.iterdir()} - {MANIFEST}
+    if present != set(files):
+        extra, missing = sorted(present - set(files)), sorted(set(files) - present)
+        raise CheckpointError(f"{directory}: files differ from its manifest (missing {missing}, unexpected {extra})")
+    for name, entry in files.items():
+        path = directory / name
+        if not (isinstance(entry, dict) and path.is_file()):
+            raise CheckpointError(f"{path}: not a file of the manifest")
+        size = path.stat().st_size
+        if size != entry.get("bytes"):
+            raise CheckpointError(f"{path}: {size} bytes, the manifest says {entry.get('bytes')}")
+        if _sha256(path) != entry.get("sha256"):
+            raise CheckpointError(f"{path}: its SHA-256 differs from the manifest's (corrupted or replaced)")
+    return sorted(files)
+
+
+# --- reading DCP's files without running code from them --------------------------------------------------------
+
+_METADATA_CLASSES = {
+    ("torch.distributed.checkpoint.metadata", name): getattr(dcp_metadata, name)
+    for name in (
+        "Metadata",
+        "TensorStorageMetadata",
+        "ChunkStorageMetadata",
+        "TensorProperties",
+        "MetadataIndex",
+        "StorageMeta",
+        "_MEM_FORMAT_ENCODING",
+    )
+}
+_METADATA_CLASSES |= {
+    ("torch.distributed.checkpoint.filesystem", "_StorageInfo"): _StorageInfo,
+    ("torch", "Size"): torch.Size,
+    ("pathlib", "PosixPath"): PurePosixPath,  # a path is kept as a name; nothing touches the file system
+    ("pathlib", "WindowsPath"): PureWindowsPath,
+    ("pathlib", "PurePosixPath"): PurePosixPath,
+    ("pathlib", "PureWindowsPath"): PureWindowsPath,
+}
+
+
+class _MetadataUnpickler(pickle.Unpickler):
+    """Builds DCP's metadata records and nothing else: any other global is refused before it is looked up."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        found = _METADATA_CLASSES.get((module, name))
+        if found is not None:
+            return found
+        if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
+            return getattr(torch, name)
+        if (module, name) == ("torch.serialization", "_get_layout"):
+            return _layout
+        raise pickle.UnpicklingError(f"refused to load {module}.{name} from a checkpoint's .metadata")
+
+
+def _layout(name: str) -> torch.layout:
+    layout = getattr(torch, str(name).removeprefix("torch."), None)
+    if not isinstance(layout, torch.layout):
+        raise pickle.UnpicklingError(f"unknown tensor layout {name!r}")
+    return layout
+
+
+class _VerifiedReader(FileSystemReader):
+    """DCP's file reader, restricted to tensors in files of the manifest, with a safe ``.metadata`` unpickler.
+
+    The index is read and checked when the reader is made, before DCP starts, so that a refusal is one
+    :class:`CheckpointError` on every rank rather than DCP's fallbacks and tracebacks.
+    """
+
+    def __init__(self, path: Path, files: list[str]) -> None:
+        super().__init__(path)
+        where = Path(path) / ".metadata"
+        try:
+            with open(where, "rb") as f:
+                metadata = _MetadataUnpickler(f).load()
+        except Exception as err:
+            raise CheckpointError(f"{where}: {err}") from None
+        if not isinstance(metadata, dcp_metadata.Metadata) or not isinstance(metadata.storage_data, dict):
+            raise CheckpointError(f"{where}: not DCP metadata")
+        for index, info in metadata.storage_data.items():
+            if not isinstance(info, _StorageInfo) or info.relative_path not in set(files):
+                raise CheckpointError(f"{where} points {getattr(index, 'fqn', index)} outside the checkpoint's files")
+        self._metadata = metadata
+
+    def read_metadata(self, *args: Any, **kwargs: Any) -> dcp_metadata.Metadata:
+        if kwargs.get("rank") is not None:
+            raise CheckpointError("per-rank DCP metadata is not supported")
+        metadata = self._metadata
+        if metadata.storage_meta is None:
+            metadata.storage_meta = dcp_metadata.StorageMeta()
+        metadata.storage_meta.load_id = self.load_id
+        return metadata
+
+    def read_data(self, plan, planner):
+        if any(item.type == LoadItemType.BYTE_IO for item in plan.items):
+            raise CheckpointError("the checkpoint stores pickled objects; only tensors are read")
+        return super().read_data(plan, planner)
+
+
+# --- names and the pointer -------------------------------------------------------------------------------------
+
+
+def _order(name: str) -> tuple[int, int] | None:
+    match = _NAME.fullmatch(name)
+    return None if match is None else (int(match[1]), int(match[2] or 0))
+
+
+def _read_pointer(root: Path) -> dict | None:
+    try:
+        text = (root / LATEST).read_text()
+    except FileNotFoundError:
+        return None
+    try:
+        pointer = json.loads(text)
+    except ValueError:  # the plain name that earlier versions wrote
+        pointer = {"checkpoint": text.strip(), "recent": [text.strip()]}
+    name = pointer.get("checkpoint") if isinstance(pointer, dict) else None
+    if not isinstance(name, str) or _order(name) is None:
+        raise CheckpointError(f"{root / LATEST} does not name a checkpoint: {text[:80]!r}")
+    recent = pointer.get("recent")
+    pointer["recent"] = [n for n in recent if isinstance(n, str) and _order(n)] if isinstance(recent, list) else []
+    return pointer
+
+
+def latest_checkpoint(root: str | os.PathLike) -> Path | None:
+    """The directory of the last complete checkpoint under ``root``, or None when there is none."""
+    pointer = _read_pointer(Path(root))
+    return None if pointer is None else Path(root) / pointer["checkpoint"]
 
 
 def latest_step(root: str | os.PathLike) -> int | None:
     """The step of the last complete checkpoint under ``root``, or None."""
-    pointer = Path(root) / LATEST
-    if not pointer.exists():
-        return None
-    return int(pointer.read_text().strip().removeprefix("step-"))
+    pointer = _read_pointer(Path(root))
+    return None if pointer is None else _order(pointer["checkpoint"])[0]
+
+
+def _fresh_name(root: Path, step: int) -> str:
+    """``step-00000008``, or ``step-00000008.N`` when that step was saved before: never an existing directory."""
+    taken = {_order(p.name) for p in root.iterdir()} if root.is_dir() else set()
+    n = 0
+    while (step, n) in taken:
+        n += 1
+    return f"step-{step:08d}" + (f".{n}" if n else "")
+
+
+def _prune(root: Path, keep: int | None, recent: list[str]) -> None:
+    """Delete interrupted saves, and complete checkpoints that ``latest``'s recent list no longer holds."""
+    for path in root.iterdir():
+        interrupted = path.name.startswith(_PARTIAL)
+        dropped = keep is not None and _order(path.name) is not None and path.name not in recent
+        if (interrupted or dropped) and path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+
+
+# --- saving and loading ----------------------------------------------------------------------------------------
+
+
+def save_checkpoint(
+    root: str | os.PathLike, step: int, model: torch.nn.Module, optimizer, *, keep: int | None = KEEP
+) -> Path:
+    """Save model and optimizer state after ``step`` steps; a collective call on every rank.
+
+    Returns the checkpoint's directory.  ``keep``: how many checkpoints to
+    keep, the newest first (``None``: all); older ones are deleted after
+    ``latest`` has moved to the new one.
+    """
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise ValueError(f"step must be an integer >= 0, got {step!r}")
+    if keep is not None and (isinstance(keep, bool) or not isinstance(keep, int) or keep < 1):
+        raise ValueError(f"keep must be an integer >= 1 or None, got {keep!r}")
+    root = Path(root)
+    model_state, optim_state = get_state_dict(model, optimizer)
+    tensors: dict[str, torch.Tensor] = {}
+    error = None
+    try:
+        tree = _split({"model": model_state, "optim": optim_state}, (), tensors)
+    except TypeError as err:
+        error = str(err)
+    name = None
+    if _rank() == 0 and error is None:
+        root.mkdir(parents=True, exist_ok=True)
+        name = _fresh_name(root, step)
+    _agree(error)
+    name = _broadcast(name)
+    partial = root / f"{_PARTIAL}{name}"
+    if _rank() == 0 and partial.exists():
+        shutil.rmtree(partial)  # left by a save killed before its rename
+    _barrier()
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*assuming the intent is to save in a single process")
+            dcp.save(tensors, checkpoint_id=str(partial))
+    except (Exception, CheckpointException) as err:
+        raise CheckpointError(f"saving {name}: {err}") from err
+    _barrier()  # every rank's files are written
+    _reached("saved")
+    error = None
+    if _rank() == 0:
+        try:
+            _write_atomically(partial / STATE, json.dumps({"format": FORMAT, "step": step, "tree": tree}))
+            _write_manifest(partial)
+            _reached("sealed")
+            os.rename(partial, root / name)  # a directory that did not exist: no earlier checkpoint is touched
+            _fsync_dir(root)
+            _reached("renamed")
+            previous = _read_pointer(root)
+            earlier = (previous or {}).get("recent", [])
+            recent = [name, *(n for n in earlier if n != name and (root / n).is_dir())]
+            recent = recent[:keep] if keep is not None else recent
+            pointer = {"checkpoint": name, "step": step, "recent": recent}
+            _write_atomically(root / LATEST, json.dumps(pointer))  # atomic: the old pointer or the new one
+            _reached("pointed")
+            _prune(root, keep, recent)
+        except (OSError, CheckpointError) as err:
+            error = f"saving {name}: {err}"
+    _agree(error)
+    return root / name
+
+
+class _Snapshot:
+    """What a failed load must put back: the model's values, and the optimizer's state and groups as objects."""
+
+    def __init__(self, model: torch.nn.Module, optimizer) -> None:
+        self.model = model
+        self.values = {k: v.detach().clone() for k, v in model.state_dict().items() if isinstance(v, torch.Tensor)}
+        self.optimizer = optimizer
+        self.attributes = dict(optimizer.__dict__)
+        self.state = optimizer.state
+        self.entries = {p: (entry, dict(entry)) for p, entry in optimizer.state.items()}
+        self.groups = [(group, dict(group)) for group in optimizer.param_groups]
+        self.grads = [(p, p.grad) for group in optimizer.param_groups for p in group["params"]]
+
+    def restore(self) -> None:
+        opt = self.optimizer
+        opt.__dict__.clear()
+        opt.__dict__.update(self.attributes)
+        opt.__dict__.pop("_fused_groups", None)  # a cache; rebuilt at the next step
+        for p in [p for p in self.state if p not in self.entries]:
+            del self.state[p]
+        for p, (entry, items) in self.entries.items():
+            entry.clear()
+            entry.update(items)
+            if self.state.get(p) is not entry:
+                self.state[p] = entry
+        for group, items in self.groups:
+            group.clear()
+            group.update(items)
+        for p, grad in self.grads:
+            p.grad = grad
+        with torch.no_grad():
+            for key, value in self.model.state_dict().items():
+                if key in self.values:
+                    value.copy_(self.values[key])
 
 
 def load_latest(root: str | os.PathLike, model: torch.nn.Module, optimizer) -> int | None:
-    """Load the last complete checkpoint into ``model`` and ``optimizer``; returns its step, or None."""
-    step = latest_step(root)
-    if step is None:
+    """Load the last complete checkpoint into ``model`` and ``optimizer``; returns its step, or None if there is none.
+
+    A collective call on every rank.  The checkpoint is verified against its
+    manifest first, then loaded into copies; the model and optimizer change
+    only when all of it has loaded.  Any failure raises
+    :class:`CheckpointError` and leaves them as they were.
+    """
+    root = Path(root)
+    error, pointer, state, reader = None, None, None, None
+    try:
+        pointer = _read_pointer(root)
+        if pointer is not None:
+            directory = root / pointer["checkpoint"]
+            files = _verify(directory)
+            state = _read_state(directory)
+            reader = _VerifiedReader(directory, files)
+    except CheckpointError as err:
+        error = str(err)
+    _agree(error)
+    if pointer is None:
         return None
-    model_state, optim_state = get_state_dict(model, optimizer)
-    state = {"model": model_state, "optim": optim_state}
-    dcp.load(state, checkpoint_id=str(Path(root) / f"step-{step:08d}"))
-    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
-    return step
+    directory = root / pointer["checkpoint"]
+    snapshot = _Snapshot(model, optimizer)
+    try:
+        live_model, live_optim = get_state_dict(model, optimizer)  # a fresh optimizer's state is created here
+        load: dict[str, torch.Tensor] = {}
+        tree = _join(state["tree"], {"model": live_model, "optim": live_optim}, (), load)
+        if set(tree["model"]) != set(live_model):
+            missing, unexpected = (
+                sorted(set(live_model) - set(tree["model"])),
+                sorted(set(tree["model"]) - set(live_model)),
+            )
+            raise CheckpointError(f"the model's keys differ (missing {missing}, unexpected {unexpected})")
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*assuming the intent is to load in a single process")
+            dcp.load(load, storage_reader=reader)
+        set_optimizer_state_dict(model, optimizer, tree["optim"])
+        set_model_state_dict(model, tree["model"])
+    except BaseException as err:
+        snapshot.restore()
+        if isinstance(err, CheckpointError):
+            raise
+        if isinstance(err, (Exception, CheckpointException)):
+            raise CheckpointError(f"loading {directory}: {err}") from err
+        raise
+    return _order(pointer["checkpoint"])[0]

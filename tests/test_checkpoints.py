@@ -1,0 +1,327 @@
+"""adamax.distributed's checkpoints in one process: verified before anything is read, loaded whole or not at all,
+never written over, and crash-safe at every point of a save.  (The 2-rank runs are in test_distributed.py.)"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+if not torch.distributed.is_available():
+    pytest.skip("torch.distributed is not available", allow_module_level=True)
+
+import torch.distributed.checkpoint as dcp  # noqa: E402
+
+from adamax import distributed  # noqa: E402
+from adamax.distributed import CheckpointError, latest_checkpoint, latest_step, load_latest, save_checkpoint  # noqa: E402
+from tests import checkpoint_worker as worker  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def trained(steps: int = 3, seed: int = 0):
+    model, opt = worker.make(seed)
+    for step in range(steps):
+        worker.train_step(model, opt, step)
+    return model, opt
+
+
+def snapshot(model, opt):
+    state = {id(p): {k: v.clone() for k, v in s.items()} for p, s in opt.state.items()}
+    groups = [{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups]
+    return [p.detach().clone() for p in model.parameters()], state, groups, [p.grad for p in model.parameters()]
+
+
+def assert_unchanged(model, opt, before):
+    params, state, groups, grads = before
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), params))
+    assert {id(p) for p in opt.state} == set(state)
+    for p, entry in opt.state.items():
+        assert entry.keys() == state[id(p)].keys()
+        assert all(torch.equal(entry[k], state[id(p)][k]) for k in entry)
+    assert [{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups] == groups
+    assert all(p.grad is g for p, g in zip(model.parameters(), grads))
+
+
+def assert_same(model_a, opt_a, model_b, opt_b):
+    for a, b in zip(model_a.parameters(), model_b.parameters()):
+        assert torch.equal(a, b)
+        for key in ("step", "exp_avg", "exp_inf"):
+            assert torch.equal(opt_a.state[a][key], opt_b.state[b][key]), key
+
+
+def test_a_checkpoint_round_trips_and_resumes_exactly(tmp_path):
+    model, opt = trained(3)
+    path = save_checkpoint(tmp_path, 3, model, opt)
+    assert path == latest_checkpoint(tmp_path) == tmp_path / "step-00000003" and latest_step(tmp_path) == 3
+    assert sorted(p.name for p in path.iterdir()) == [".metadata", "__0_0.distcp", "manifest.json", "state.json"]
+    fresh_model, fresh_opt = worker.make()
+    assert load_latest(tmp_path, fresh_model, fresh_opt) == 3
+    assert_same(model, opt, fresh_model, fresh_opt)
+    assert fresh_opt.param_groups[0]["betas"] == (0.9, 0.999)  # a tuple again, from JSON
+    for step in range(3, 6):
+        worker.train_step(model, opt, step)
+        worker.train_step(fresh_model, fresh_opt, step)
+    assert_same(model, opt, fresh_model, fresh_opt)
+
+
+def test_nothing_but_tensors_is_handed_to_dcp(tmp_path):
+    """The structure and every non-tensor value are JSON; the only pickle is DCP's own index."""
+    model, opt = trained(2)
+    path = save_checkpoint(tmp_path, 2, model, opt)
+    tree = json.loads((path / "state.json").read_text())["tree"]
+    assert tree["optim"]["param_groups"][0]["lr"] == 0.01
+    assert tree["optim"]["param_groups"][0]["betas"] == {"__tuple__": [0.9, 0.999]}
+    metadata = distributed._VerifiedReader(path, ["__0_0.distcp"]).read_metadata()
+    kinds = {type(m).__name__ for m in metadata.state_dict_metadata.values()}
+    assert kinds == {"TensorStorageMetadata"}
+
+
+def test_loading_from_an_empty_directory_returns_none(tmp_path):
+    model, opt = worker.make()
+    before = snapshot(model, opt)
+    assert load_latest(tmp_path / "nothing-here", model, opt) is None
+    assert_unchanged(model, opt, before)
+
+
+# --- hostile and damaged checkpoints -------------------------------------------------------------------------
+
+
+class _Payload:
+    """Unpickling this runs a command that creates the marker file."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def _forge_manifest(path: Path) -> None:
+    """What someone who can write the files can do: make the manifest match."""
+    (path / "manifest.json").unlink()
+    distributed._write_manifest(path)
+
+
+def _malicious_metadata(path: Path, marker: Path, forge: bool) -> None:
+    (path / ".metadata").write_bytes(pickle.dumps(_Payload(marker)))
+    if forge:
+        _forge_manifest(path)
+
+
+def _pickled_param_group_value(path: Path, marker: Path) -> None:
+    """A checkpoint as plain DCP writes it, with a param-group value that is a pickled payload."""
+    model, opt = trained(1)
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    model_state, optim_state = get_state_dict(model, opt)
+    optim_state["param_groups"][0]["lr"] = _Payload(marker)
+    for name in (".metadata", "__0_0.distcp"):
+        (path / name).unlink()
+    dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=str(path))
+    _forge_manifest(path)
+
+
+def _flip_a_bit(path: Path) -> None:
+    data = bytearray((path / "__0_0.distcp").read_bytes())
+    data[-200] ^= 0x10  # inside the last tensor's data
+    (path / "__0_0.distcp").write_bytes(bytes(data))
+
+
+def _truncate(path: Path) -> None:
+    data = (path / "__0_0.distcp").read_bytes()
+    (path / "__0_0.distcp").write_bytes(data[: len(data) // 2])
+
+
+def _swap_shard(path: Path, other: Path) -> None:
+    shutil.copy(other / "__0_0.distcp", path / "__0_0.distcp")
+
+
+def _state_json(path: Path, edit, forge: bool = True) -> None:
+    state = json.loads((path / "state.json").read_text())
+    edit(state["tree"])
+    (path / "state.json").write_text(json.dumps(state))
+    if forge:
+        _forge_manifest(path)
+
+
+def _metadata_outside(path: Path) -> None:
+    """A forged index that points a tensor at a file outside the checkpoint."""
+    reader = distributed._VerifiedReader(path, ["__0_0.distcp"])
+    metadata = reader.read_metadata()
+    for info in metadata.storage_data.values():
+        info.relative_path = "../outside.distcp"
+    shutil.copy(path / "__0_0.distcp", path.parent / "outside.distcp")
+    metadata.storage_meta = None
+    (path / ".metadata").write_bytes(pickle.dumps(metadata))
+    _forge_manifest(path)
+
+
+ATTACKS = {
+    "malicious .metadata": lambda path, other, marker: _malicious_metadata(path, marker, forge=False),
+    "malicious .metadata, forged manifest": lambda path, other, marker: _malicious_metadata(path, marker, forge=True),
+    "pickled param-group value, forged manifest": lambda path, other, marker: _pickled_param_group_value(path, marker),
+    "one flipped bit": lambda path, other, marker: _flip_a_bit(path),
+    "truncated shard": lambda path, other, marker: _truncate(path),
+    "swapped shard": lambda path, other, marker: _swap_shard(path, other),
+    "no manifest": lambda path, other, marker: (path / "manifest.json").unlink(),
+    "a file added": lambda path, other, marker: (path / "extra.bin").write_bytes(b"x"),
+    "edited state.json": lambda path, other, marker: _state_json(
+        path, lambda tree: tree["optim"]["param_groups"][0].__setitem__("lr", 0.5), forge=False
+    ),
+    "invalid lr, forged manifest": lambda path, other, marker: _state_json(
+        path, lambda tree: tree["optim"]["param_groups"][0].__setitem__("lr", -1.0)
+    ),
+    "a tensor the model lacks, forged manifest": lambda path, other, marker: _state_json(
+        path, lambda tree: tree["model"].__setitem__("9.weight", {"__tensor__": True})
+    ),
+    "index pointing outside, forged manifest": lambda path, other, marker: _metadata_outside(path),
+}
+
+
+REASONS = {  # why each is refused: the first line of defence that catches it
+    "malicious .metadata": "bytes, the manifest says",
+    "malicious .metadata, forged manifest": "refused to load posix.system",
+    "pickled param-group value, forged manifest": "refused to load .*BytesStorageMetadata",
+    "one flipped bit": "SHA-256 differs",
+    "truncated shard": "bytes, the manifest says",
+    "swapped shard": "SHA-256 differs",
+    "no manifest": "has no manifest.json",
+    "a file added": r"unexpected \['extra.bin'\]",
+    "edited state.json": "bytes, the manifest says",
+    "invalid lr, forged manifest": "Invalid learning rate: -1.0",
+    "a tensor the model lacks, forged manifest": "tensor at model/9.weight",
+    "index pointing outside, forged manifest": "outside the checkpoint's files",
+}
+
+
+@pytest.mark.parametrize("target", ["trained", "fresh"])
+@pytest.mark.parametrize("attack", ATTACKS, ids=ATTACKS.keys())
+def test_a_hostile_or_damaged_checkpoint_is_refused_and_changes_nothing(tmp_path, attack, target):
+    saved_model, saved_opt = trained(4, seed=1)
+    path = save_checkpoint(tmp_path / "ckpt", 4, saved_model, saved_opt)
+    other = save_checkpoint(tmp_path / "other", 4, *trained(4, seed=2))
+    marker = tmp_path / "code-ran"
+    ATTACKS[attack](path, other, marker)
+    model, opt = trained(2) if target == "trained" else worker.make()
+    before = snapshot(model, opt)
+    with pytest.raises(CheckpointError, match=REASONS[attack]) as caught:
+        load_latest(tmp_path / "ckpt", model, opt)
+    assert isinstance(caught.value, Exception)
+    assert not marker.exists(), "code stored in the checkpoint ran"
+    assert_unchanged(model, opt, before)
+    worker.train_step(model, opt, 9)  # and training goes on
+
+
+def test_a_refused_load_undoes_the_state_dcp_creates_on_a_fresh_optimizer(tmp_path):
+    path = save_checkpoint(tmp_path, 4, *trained(4))
+    _state_json(path, lambda tree: tree["optim"]["param_groups"][0].__setitem__("betas", [0.9, 1.5]))
+    model, opt = worker.make()
+    with pytest.raises(CheckpointError, match="Invalid beta parameter"):
+        load_latest(tmp_path, model, opt)
+    assert not opt.state and all(p.grad is None for p in model.parameters())
+
+
+def test_metadata_unpickler_refuses_what_dcp_metadata_never_holds():
+    for payload in (_Payload(Path("/nonexistent/marker")), {"x": torch.nn.Linear(1, 1)}, print):
+        with pytest.raises(pickle.UnpicklingError, match="refused to load"):
+            distributed._MetadataUnpickler(__import__("io").BytesIO(pickle.dumps(payload))).load()
+
+
+# --- never written over; retention ---------------------------------------------------------------------------
+
+
+def test_re_saving_a_step_writes_a_new_directory(tmp_path):
+    model, opt = trained(4)
+    first = save_checkpoint(tmp_path, 4, model, opt)
+    first_manifest = (first / "manifest.json").read_text()
+    worker.train_step(model, opt, 4)
+    second = save_checkpoint(tmp_path, 4, model, opt)
+    assert (first.name, second.name) == ("step-00000004", "step-00000004.1")
+    assert (first / "manifest.json").read_text() == first_manifest
+    assert latest_checkpoint(tmp_path) == second and latest_step(tmp_path) == 4
+    fresh_model, fresh_opt = worker.make()
+    load_latest(tmp_path, fresh_model, fresh_opt)
+    assert_same(model, opt, fresh_model, fresh_opt)
+
+
+def test_only_the_newest_checkpoints_are_kept(tmp_path):
+    model, opt = trained(1)
+    for step in (2, 4, 6, 6, 8):
+        save_checkpoint(tmp_path, step, model, opt, keep=2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest", "step-00000006.1", "step-00000008"]
+    save_checkpoint(tmp_path, 3, model, opt, keep=None)  # a restart from an earlier step: kept, and newest
+    assert latest_step(tmp_path) == 3
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("step")) == [
+        "step-00000003",
+        "step-00000006.1",
+        "step-00000008",
+    ]
+
+
+@pytest.mark.parametrize(("argument", "value"), [("step", -1), ("step", 2.0), ("keep", 0), ("keep", True)])
+def test_save_refuses_bad_arguments(tmp_path, argument, value):
+    model, opt = trained(1)
+    kwargs = {"step": 1, **{argument: value}}
+    with pytest.raises(ValueError, match=argument):
+        save_checkpoint(tmp_path, model=model, optimizer=opt, **kwargs)
+    assert not tmp_path.joinpath("latest").exists()
+
+
+def test_an_unsaveable_value_is_refused_before_anything_is_written(tmp_path):
+    model, opt = trained(1)
+    opt.param_groups[0]["note"] = object()
+    with pytest.raises(CheckpointError, match="cannot checkpoint object"):
+        save_checkpoint(tmp_path, 1, model, opt)
+    assert not any(tmp_path.iterdir())
+
+
+# --- SIGKILL at every point of a save ------------------------------------------------------------------------
+
+
+def run_worker(ckpt: Path, out: Path, *options: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "tests.checkpoint_worker", "--ckpt", str(ckpt), "--out", str(out), *options]
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def straight_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("straight") / "straight.pt"
+    done = run_worker(out.parent / "ckpt", out, "--steps", "10")
+    assert done.returncode == 0, done.stderr[-2000:]
+    return torch.load(out)
+
+
+KILLS = [
+    ("saved", "8"),  # shards written, not sealed
+    ("sealed", "8"),  # manifest written, not renamed into place
+    ("renamed", "8"),  # in place, 'latest' not moved
+    ("pointed", "8"),  # 'latest' moved, older ones not yet pruned
+    ("saved", "8r"),  # the same points in a re-save of the step 'latest' names
+    ("sealed", "8r"),
+    ("renamed", "8r"),
+    ("pointed", "8r"),
+]
+
+
+@pytest.mark.parametrize(("point", "when"), KILLS, ids=[f"{p}-at-{w}" for p, w in KILLS])
+def test_sigkill_anywhere_in_a_save_leaves_a_checkpoint_that_resumes_exactly(tmp_path, straight_run, point, when):
+    ckpt = tmp_path / "ckpt"
+    killed = run_worker(ckpt, tmp_path / "never.pt", "--steps", "10", "--kill-at", f"{point}@{when}")
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    expected_start = 8 if point == "pointed" or when == "8r" else 4
+    resumed = run_worker(ckpt, tmp_path / "resumed.pt", "--steps", "10", "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    result = torch.load(tmp_path / "resumed.pt")
+    assert result["start"] == expected_start
+    for a, b in zip(result["params"], straight_run["params"]):
+        assert torch.equal(a, b)
+    for a, b in zip(result["state"], straight_run["state"]):
+        assert all(torch.equal(a[k], b[k]) for k in a)
