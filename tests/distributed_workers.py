@@ -143,6 +143,41 @@ def fsdp(args) -> None:
         torch.save({"params": params, "paths": opt.last_step_paths, "param_types": kinds}, args.out)
 
 
+def fsdp_checkpoint(args) -> None:
+    """FSDP2: 4 steps, save, 4 more; then a fresh sharded model loads the checkpoint and takes the same 4."""
+    from torch.distributed.fsdp import fully_shard
+
+    from adamax import distributed
+
+    rank = init()
+
+    def sharded():
+        model = make_model()
+        for layer in model:
+            if isinstance(layer, torch.nn.Linear):
+                fully_shard(layer)
+        fully_shard(model)
+        return model, Adamax(model.parameters(), lr=LR)
+
+    def steps(model, opt, start):
+        for step in range(start, start + 4):
+            x, y = batch(step)
+            opt.zero_grad()
+            loss_fn(model, shard(x, rank), shard(y, rank)).backward()
+            opt.step()
+        return [p.full_tensor().detach() for p in model.parameters()]
+
+    model, opt = sharded()
+    steps(model, opt, 0)
+    distributed.save_checkpoint(args.ckpt_dir, 4, model, opt)
+    straight = steps(model, opt, 4)
+    model, opt = sharded()
+    start = distributed.load_latest(args.ckpt_dir, model, opt)
+    resumed = steps(model, opt, start)
+    if rank == 0:
+        torch.save({"straight": straight, "resumed": resumed, "start": start}, args.out)
+
+
 def train(args) -> None:
     """DDP training with DCP checkpoints every ``--ckpt-every`` steps; resumable, and killable on cue."""
     from adamax import distributed
@@ -180,7 +215,7 @@ def _die_at(point: str, rank: int, ckpt_dir: str):
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("scenario", choices=["ddp", "zero", "fsdp", "train"])
+    parser.add_argument("scenario", choices=["ddp", "zero", "fsdp", "fsdp-checkpoint", "train"])
     parser.add_argument("--out", required=True)
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--backend", default="fused")
@@ -193,7 +228,9 @@ def main() -> None:
     torch.set_num_threads(1)
     faulthandler.dump_traceback_later(80, exit=True)  # a hang shows where it hung, in the test's output
     try:
-        {"ddp": ddp, "zero": zero, "fsdp": fsdp, "train": train}[args.scenario](args)
+        {"ddp": ddp, "zero": zero, "fsdp": fsdp, "fsdp-checkpoint": fsdp_checkpoint, "train": train}[args.scenario](
+            args
+        )
         if dist.is_initialized():
             dist.barrier()
             dist.destroy_process_group()

@@ -89,6 +89,13 @@ def test_fsdp2_steps_the_local_shards_with_the_fused_kernel(tmp_path):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)  # FSDP reduces in its own order
 
 
+def test_fsdp2_checkpoints_resume_bit_identically(tmp_path):
+    run("fsdp-checkpoint", tmp_path / "fsdp.pt", "--ckpt-dir", str(tmp_path / "ckpt"))
+    result = torch.load(tmp_path / "fsdp.pt")
+    assert result["start"] == 4
+    assert_bitwise(result["resumed"], result["straight"])
+
+
 def test_dcp_resume_is_bit_identical(tmp_path):
     run("train", tmp_path / "straight.pt", "--steps", "8", "--ckpt-dir", str(tmp_path / "a"))
     run("train", tmp_path / "first.pt", "--steps", "4", "--ckpt-dir", str(tmp_path / "b"))
