@@ -299,3 +299,29 @@ def test_the_cached_fast_path_names_a_deleted_state_entry(key):
     del opt.state[w][key]
     with pytest.raises(ValueError, match=r"state of param 0 of its group: expected the keys"):
         opt.step()
+
+
+def test_sign_of_a_zero_moment_when_one_minus_beta1_rounds_to_one():
+    """The one documented difference from torch (docs/design.md): with ``1 - b1 == 1`` in the dtype and g = -0,
+    torch's vectorised lerp stores -0 in its vector body and +0 in its scalar tail (where the body ends depends on
+    the CPU's vector width); the reference and the kernel store +0 everywhere.  Values and params are equal."""
+    from adamax.spec import AdamaxConfig
+
+    n, betas = 100, (1e-8, 0.999)
+    ours, theirs = torch.zeros(n, requires_grad=True), torch.zeros(n, requires_grad=True)
+    opt, oracle = Adamax([ours], betas=betas, fused=True), torch.optim.Adamax([theirs], betas=betas)
+    ours.grad, theirs.grad = torch.full((n,), -0.0), torch.full((n,), -0.0)
+    opt.step()
+    oracle.step()
+    m, m_torch = opt.state[ours]["exp_avg"], oracle.state[theirs]["exp_avg"]
+    assert torch.equal(m, m_torch)  # as values: -0 == +0
+    assert torch.signbit(m_torch).any(), "torch no longer stores -0 here: the documented difference may be gone"
+    assert not torch.signbit(m).any()
+    _, state = reference.update(
+        np.zeros(n, np.float32),
+        np.full(n, -0.0, np.float32),
+        reference.init(np.zeros(n, np.float32)),
+        AdamaxConfig(betas=betas),
+    )
+    np.testing.assert_array_equal(np.signbit(state.exp_avg), np.signbit(m.numpy()))  # the kernel is the reference
+    assert torch.equal(ours, theirs) and torch.equal(torch.signbit(ours), torch.signbit(theirs))

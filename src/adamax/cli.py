@@ -7,7 +7,6 @@ the fit beside the least-squares optimum, and plots the loss and the line.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import math
 import sys
 from collections.abc import Sequence
@@ -15,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from adamax import _console, textbook
+from adamax import _console, _extras, textbook
 
 
 class CommandError(Exception):
@@ -135,9 +134,10 @@ def bench(args: argparse.Namespace) -> None:
 
 
 def _need(*modules: str, extra: str) -> None:
-    missing = [m for m in modules if importlib.util.find_spec(m) is None]
-    if missing:
-        raise CommandError(f"needs {' and '.join(missing)}: pip install 'adamax[{extra}]'")
+    try:
+        _extras.require(*modules, extra=extra, what="this verb")
+    except ModuleNotFoundError as err:
+        raise CommandError(str(err)) from None
 
 
 def lp(args: argparse.Namespace) -> None:

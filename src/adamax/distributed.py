@@ -61,18 +61,18 @@ from collections.abc import Mapping
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
-try:
-    import torch
-except ImportError as err:  # pragma: no cover - exercised in a venv without torch
-    raise ImportError("adamax.distributed needs torch: pip install 'adamax[torch]'") from err
+from adamax._extras import require
 
-import torch.distributed as dist
-import torch.distributed.checkpoint as dcp
-from torch.distributed.checkpoint import metadata as dcp_metadata
-from torch.distributed.checkpoint.api import CheckpointException
-from torch.distributed.checkpoint.filesystem import FileSystemReader, _StorageInfo
-from torch.distributed.checkpoint.planner import LoadItemType
-from torch.distributed.checkpoint.state_dict import (
+require("torch", extra="torch", what="adamax.distributed")
+
+import torch  # noqa: E402
+import torch.distributed as dist  # noqa: E402
+import torch.distributed.checkpoint as dcp  # noqa: E402
+from torch.distributed.checkpoint import metadata as dcp_metadata  # noqa: E402
+from torch.distributed.checkpoint.api import CheckpointException  # noqa: E402
+from torch.distributed.checkpoint.filesystem import FileSystemReader, _StorageInfo  # noqa: E402
+from torch.distributed.checkpoint.planner import LoadItemType  # noqa: E402
+from torch.distributed.checkpoint.state_dict import (  # noqa: E402
     get_state_dict,
     set_model_state_dict,
     set_optimizer_state_dict,

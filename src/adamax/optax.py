@@ -37,13 +37,18 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
 
-from adamax._algorithm import adamax_update
-from adamax.spec import AdamaxConfig, EpsPlacement
+from adamax._extras import require
+
+require("jax", "optax", extra="jax", what="adamax.optax")
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import optax  # noqa: E402
+
+from adamax._algorithm import adamax_update  # noqa: E402
+from adamax.spec import AdamaxConfig, EpsPlacement  # noqa: E402
 
 __all__ = ["ScaleByAdamaxState", "adamax", "adamaxw", "scale_by_adamax"]
 

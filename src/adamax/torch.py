@@ -43,14 +43,19 @@ from itertools import chain
 from typing import Any, NamedTuple
 
 import numpy as np
-import torch
-import torch.optim.optimizer as _torch_optimizer
-from torch import Tensor
-from torch.optim.optimizer import Optimizer, _use_grad_for_differentiable
 
-from adamax._algorithm import adamax_update, step_size
-from adamax.kernels import cpu_kernels, gpu_kernels
-from adamax.spec import AdamaxConfig, EpsPlacement
+from adamax._extras import require
+
+require("torch", extra="torch", what="adamax.torch")
+
+import torch  # noqa: E402
+import torch.optim.optimizer as _torch_optimizer  # noqa: E402
+from torch import Tensor  # noqa: E402
+from torch.optim.optimizer import Optimizer, _use_grad_for_differentiable  # noqa: E402
+
+from adamax._algorithm import adamax_update, step_size  # noqa: E402
+from adamax.kernels import cpu_kernels, gpu_kernels  # noqa: E402
+from adamax.spec import AdamaxConfig, EpsPlacement  # noqa: E402
 
 __all__ = ["Adamax", "AdamaxW"]
 
