@@ -175,3 +175,46 @@ def test_the_prepared_gpu_check_runs_dry_on_the_cpu(tmp_path):
     assert report["correctness"]["max_ulps_vs_torch_default"] == 0.0  # on the CPU, torch rounds as we do
     assert report["correctness"]["bf16_state_dtype"] == "torch.float32"
     assert set(report["cases"]) == {"tiny", "tiny list"}
+
+
+def test_the_interpreted_kernels_fma_rounds_once():
+    """Under the interpreter the kernel's FMAs are computed in software (triton 3.8's interpreter rounds the product
+    first).  Directed cases: a*b + c lies just above a float32 midpoint, so rounding the product first, or rounding the
+    sum to float64 first, lands on the midpoint and rounds to even, the wrong way."""
+    from fractions import Fraction
+
+    import triton
+    import triton.language as tl
+
+    from adamax._exact import fma
+    from adamax.check import _interpreting
+
+    with _interpreting():
+
+        @triton.jit
+        def fma_kernel(a_ptr, b_ptr, c_ptr, out_ptr, n, BLOCK: tl.constexpr):  # noqa: N803
+            i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+            mask = i < n
+            a, b, c = tl.load(a_ptr + i, mask=mask), tl.load(b_ptr + i, mask=mask), tl.load(c_ptr + i, mask=mask)
+            tl.store(out_ptr + i, gpu._fma(a, b, c, True), mask=mask)
+
+    one_up = np.float32(1) + np.float32(2.0**-23)
+    directed = [  # (a, b, c): a*b + c = 1 + 2^-24 + 2^-70, and its negation
+        (one_up, -(np.float32(1) - np.float32(2.0**-23)) * np.float32(2.0**-24), one_up),
+        (-one_up, -(np.float32(1) - np.float32(2.0**-23)) * np.float32(2.0**-24), -one_up),
+    ]
+    rng = np.random.default_rng(3)
+    n_random = 20_000
+    a = np.concatenate([[d[0] for d in directed], rng.standard_normal(n_random)]).astype(np.float32)
+    b = np.concatenate([[d[1] for d in directed], rng.standard_normal(n_random)]).astype(np.float32)
+    c = np.concatenate([[d[2] for d in directed], rng.standard_normal(n_random) * 1e-3]).astype(np.float32)
+    out = torch.empty(len(a))
+    with _interpreting():
+        fma_kernel[(triton.cdiv(len(a), 1024),)](*map(torch.from_numpy, (a, b, c)), out, len(a), BLOCK=1024)
+    for k in range(len(directed)):
+        exact = Fraction(float(a[k])) * Fraction(float(b[k])) + Fraction(float(c[k]))
+        assert out[k].item() == float(one_up if k == 0 else -one_up), exact  # the correctly rounded result
+        assert np.float32(a[k] * b[k] + c[k]) != out[k].item()  # product rounded first: the wrong way
+        assert np.float32(float(a[k]) * float(b[k]) + float(c[k])) != out[k].item()  # via float64: also wrong
+    np.testing.assert_array_equal(out.numpy(), fma(a, b, c))
+    assert (out.numpy() != a * b + c).sum() > 100, "the random cases must include sums the product's rounding changes"

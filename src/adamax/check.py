@@ -10,8 +10,12 @@ difference from :mod:`adamax.reference` in ulps; the test suite
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import importlib
 import importlib.util
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Iterator
 from typing import NamedTuple, Protocol
 
 import numpy as np
@@ -194,23 +198,37 @@ class KernelStepper:
         return self._states
 
 
-def interpreted_triton():
-    """:mod:`adamax.kernels.gpu` with its kernel built by Triton's interpreter, to run on CPU tensors.
-
-    ``TRITON_INTERPRET`` is read when ``triton.jit`` decorates, so the module is (re)loaded with it set.
-    """
-    import importlib
-    import os
-
+@contextlib.contextmanager
+def _interpreting() -> Iterator[None]:
+    """``TRITON_INTERPRET=1`` for the duration, then as it was."""
     saved = os.environ.get("TRITON_INTERPRET")
     os.environ["TRITON_INTERPRET"] = "1"
     try:
-        return importlib.reload(importlib.import_module("adamax.kernels.gpu"))
+        yield
     finally:
         if saved is None:
             del os.environ["TRITON_INTERPRET"]
         else:
             os.environ["TRITON_INTERPRET"] = saved
+
+
+def interpreted_triton():
+    """:mod:`adamax.kernels.gpu` with its kernel built by Triton's interpreter, to run on CPU tensors.
+
+    ``TRITON_INTERPRET`` is read when ``triton.jit`` decorates, so the module is (re)loaded with it set;
+    triton also reads it again, lazily, at the first launch, so the module's ``step`` runs with it set.
+    """
+    with _interpreting():
+        module = importlib.reload(importlib.import_module("adamax.kernels.gpu"))
+    step = module.step
+
+    @functools.wraps(step)
+    def interpreted_step(*args, **kwargs):
+        with _interpreting():
+            return step(*args, **kwargs)
+
+    module.step = interpreted_step
+    return module
 
 
 class TritonStepper:

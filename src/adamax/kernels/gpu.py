@@ -52,6 +52,29 @@ def _store(ptr, x, mask, DTYPE: tl.constexpr):
 
 
 @triton.jit
+def _fma(a, b, c, SOFT: tl.constexpr):
+    """``a * b + c`` in float32, rounded once.
+
+    On a GPU, ``tl.fma`` is the hardware instruction.  Under Triton's interpreter it is not always one
+    rounding (triton 3.8's interpreter rounds the product first), so there the sum is formed as the
+    reference forms it (:mod:`adamax._exact`): the product exact in float64, the sum rounded to odd in
+    float64, and one rounding to float32, which is then correct.
+    """
+    if SOFT:
+        product = tl.cast(a, tl.float64) * tl.cast(b, tl.float64)  # scalars arrive as Python floats here
+        c64 = tl.cast(c, tl.float64)
+        total = product + c64
+        c_part = total - product  # two-sum: total + error == product + c exactly
+        error = (product - (total - c_part)) + (c64 - c_part)
+        bits = total.to(tl.int64, bitcast=True)
+        away = (error > 0) == (total > 0)  # the exact sum lies further from 0 than ``total``
+        odd = tl.where((error != 0) & ((bits & 1) == 0), tl.where(away, bits + 1, bits - 1), bits)
+        return odd.to(tl.float64, bitcast=True).to(tl.float32)
+    else:
+        return tl.fma(a, b, c)
+
+
+@triton.jit
 def _adamax_chunks(
     chunk_tensor,
     chunk_start,
@@ -74,6 +97,7 @@ def _adamax_chunks(
     P_DTYPE: tl.constexpr,
     S_DTYPE: tl.constexpr,
     BLOCK: tl.constexpr,
+    SOFT_FMA: tl.constexpr,
 ):
     # One element of one step: adamax.reference's rounding, operation for operation (float32).
     pid = tl.program_id(0)
@@ -92,13 +116,13 @@ def _adamax_chunks(
     if MAXIMIZE:
         g = -g
     if DECAY == 1:
-        g = tl.fma(p, wd, g)  # torch: grad.add(param, alpha=wd)
+        g = _fma(p, wd, g, SOFT_FMA)  # torch: grad.add(param, alpha=wd)
     if DECAY == 2:
         p = p * decay  # p * (1 - lr * wd)
     if w < 0.5:  # torch's lerp(m, g, w), w = 1 - b1, in its two FMA forms
-        m = tl.fma(w, g - m, m)
+        m = _fma(w, g - m, m, SOFT_FMA)
     else:
-        m = tl.fma(-(g - m), one_minus_w, g)
+        m = _fma(-(g - m), one_minus_w, g, SOFT_FMA)
     if PLACEMENT == 0:
         u = tl.maximum(u * b2, tl.abs(g) + eps, propagate_nan=tl.PropagateNan.ALL)
         d = u
@@ -114,6 +138,11 @@ def _adamax_chunks(
     _store(p_ptr + offsets, p + change, mask, P_DTYPE)
     _store(m_ptr + offsets, m, mask, S_DTYPE)
     _store(u_ptr + offsets, u, mask, S_DTYPE)
+
+
+# Loaded with TRITON_INTERPRET=1 (see :func:`adamax.check.interpreted_triton`), the kernel runs on the CPU
+# under Triton's interpreter; its FMAs are then computed in software, exactly.
+INTERPRETED = type(_adamax_chunks).__name__ == "InterpretedFunction"
 
 
 @functools.lru_cache(maxsize=64)
@@ -181,5 +210,6 @@ def step(
         P_DTYPE=_TL[params[0].dtype],
         S_DTYPE=_TL[exp_avgs[0].dtype],
         BLOCK=BLOCK,
+        SOFT_FMA=INTERPRETED,
         enable_fp_fusion=False,
     )
