@@ -73,6 +73,25 @@ def test_bench_writes_json_and_a_chart(tmp_path):
         len(r["times_ms"]) >= 3 and r["median_ms"] > 0 for r in methods.values() if r["method"] != "numpy reference"
     )
     assert chart.read_bytes().startswith(PNG_SIGNATURE)
+    assert all(r["fraction_of_limit"] is None for r in methods.values()), "20k elements fit in cache: no DRAM limit"
+
+
+def test_bench_knows_which_sizes_the_dram_limit_bounds():
+    from adamax import bench
+
+    megabytes = 1 << 20
+    assert bench.fits_in_cache(1_000_000, 48 * megabytes)  # 16 MB of arrays in a 48 MB cache
+    assert not bench.fits_in_cache(10_000_000, 48 * megabytes)
+    assert bench.fits_in_cache(1_000_000, None)  # unknown cache: assumed 32 MiB
+
+
+def test_bench_gives_every_method_its_own_fixed_colour():
+    pytest.importorskip("torch")
+    from adamax import bench
+
+    methods = bench._methods(include_compile=True, include_reference=True)
+    assert set(methods) <= set(bench.COLOURS)
+    assert len(set(bench.COLOURS.values())) == len(bench.COLOURS)
 
 
 @pytest.mark.parametrize(
