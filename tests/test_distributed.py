@@ -139,6 +139,28 @@ def test_a_save_cut_short_never_replaces_the_good_checkpoint(tmp_path):
     assert_bitwise(resumed["params"], torch.load(tmp_path / "straight.pt")["params"])
 
 
+def test_the_ddp_example_learns():
+    """The example's held-out loss must fall visibly over its README run (one process here, same data)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("ddp_train", ROOT / "examples" / "ddp_train.py")
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(16, 64), torch.nn.Tanh(), torch.nn.Linear(64, 1))
+    opt = workers.Adamax(model.parameters(), lr=1e-2)
+    x_out, y_out = example.batch(-1, 1024)
+    held_out = []
+    for step in range(200):
+        x, y = example.batch(step, 64)
+        opt.zero_grad()
+        torch.nn.functional.mse_loss(model(x), y).backward()
+        opt.step()
+        with torch.no_grad():
+            held_out.append(torch.nn.functional.mse_loss(model(x_out), y_out).item())
+    assert held_out[-1] < 0.6 * held_out[19], held_out[19::20]
+
+
 def test_the_ddp_example_trains_checkpoints_and_resumes(tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
     example = [
@@ -150,8 +172,9 @@ def test_the_ddp_example_trains_checkpoints_and_resumes(tmp_path):
         "--ckpt-every",
         "3",
     ]
-    first = subprocess.run([*cmd, *example], capture_output=True, text=True, timeout=120)
+    first = subprocess.run([*cmd, *example, "--resume"], capture_output=True, text=True, timeout=120)
     assert first.returncode == 0, first.stderr[-3000:]
+    assert f"no checkpoint in {tmp_path}/: starting at step 0" in first.stdout
     assert "step 6/6" in first.stdout and "checkpoint step-00000006" in first.stdout
     again = subprocess.run(
         [*cmd, *example[:2], "10", *example[3:], "--resume"], capture_output=True, text=True, timeout=120
