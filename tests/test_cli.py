@@ -43,7 +43,8 @@ def test_demo_without_a_plot(tmp_path, capsys):
         (["demo", "--out", "/no/such/dir/plot.png"], "does not exist"),
         (["demo", "--out", "plot.jpg"], "ending in .png"),
         (["demo", "--bogus"], "unrecognized arguments"),
-        ([], "required"),
+        (["lp", "--beta2", "1.5"], "expected a decay rate in [0, 1), got '1.5'"),
+        (["lp", "--beta2", "-0.1"], "expected a decay rate in [0, 1)"),
     ],
 )
 def test_bad_arguments_get_one_line(args, message):
@@ -99,7 +100,7 @@ def test_bench_gives_every_method_its_own_fixed_colour():
     [
         (["bench", "--sizes", "ten"], "expected sizes like 1M,10M,50M"),
         (["bench", "--sizes", "0"], "expected positive whole sizes"),
-        (["bench", "--repeats", "2"], "integer >= 3"),
+        (["bench", "--repeats", "2"], "expected an integer >= 3, got '2'"),
     ],
 )
 def test_bench_bad_arguments_get_one_line(args, message):
@@ -161,3 +162,57 @@ def test_check_lists_missing_backends_as_absent(monkeypatch, capsys):
     monkeypatch.setattr(check, "IMPLEMENTATIONS", rows)
     assert main(["check", "--backends", "optax,numpy", "--no-plot"]) == 0
     assert "absent (not installed): optax" in capsys.readouterr().out
+
+
+def test_bare_adamax_prints_the_help():
+    result = subprocess.run([sys.executable, "-m", "adamax"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and not result.stderr
+    assert "usage: adamax" in result.stdout and "demo" in result.stdout and "check" in result.stdout
+
+
+@pytest.mark.parametrize("verb", ["demo", "lp", "compare", "check", "bench"])
+def test_help_shows_where_the_plot_goes(verb):
+    result = subprocess.run([sys.executable, "-m", "adamax", verb, "--help"], capture_output=True, text=True)
+    assert result.returncode == 0
+    assert f"(default adamax-{verb}.png)" in " ".join(result.stdout.split())
+
+
+def test_compare_without_a_plot(tmp_path, capsys):
+    pytest.importorskip("torch")
+    pytest.importorskip("sklearn")
+    out = tmp_path / "compare.png"
+    assert main(["compare", "--epochs", "1", "--no-plot", "--out", str(out)]) == 0
+    assert not out.exists() and "number for number: yes" in capsys.readouterr().out
+
+
+def test_check_progress_counts_the_checks_that_run(monkeypatch):
+    from adamax import _console, check
+
+    counted = {}
+
+    class Bar:
+        def __init__(self, total, description):
+            counted["total"], counted["advanced"] = total, 0
+
+        def __enter__(self):
+            return lambda: counted.__setitem__("advanced", counted["advanced"] + 1)
+
+        def __exit__(self, *exc):
+            return False
+
+    monkeypatch.setattr(_console, "progress", Bar)
+    assert main(["check", "--backends", "numpy,numba kernel", "--no-plot"]) == 0
+    runnable = [impl for impl in check.IMPLEMENTATIONS if impl.name in ("numpy", "numba kernel") and impl.available]
+    expected = sum(len(impl.dtypes) for impl in runnable) * len(check.CONFIGS)
+    assert counted == {"total": expected, "advanced": expected}
+
+
+def test_check_piped_into_head_stops_quietly():
+    result = subprocess.run(
+        f"{sys.executable} -m adamax check --backends numpy --all --no-plot | head -3",
+        shell=True,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert "Traceback" not in result.stderr and "BrokenPipe" not in result.stderr, result.stderr

@@ -2,7 +2,7 @@
 
 Layers (each imported on its own, so NumPy alone is enough for the core):
 
-* :mod:`adamax.textbook` - the seed's ``Adamax(data, theta, ...)`` on linear regression
+* :mod:`adamax.textbook` - the textbook's ``Adamax(data, theta, ...)`` on linear regression
 * :mod:`adamax.spec` - the validated hyperparameters and the conventions
 * :mod:`adamax.reference` - the exact NumPy reference, one array at a time
 * :mod:`adamax.numpy` - a stateful optimizer over lists and dicts of arrays

@@ -350,6 +350,11 @@ class Verdict(NamedTuple):
     note: str = ""
 
 
+def runs(impl: Implementation, config: AdamaxConfig, dtype) -> bool:
+    """Whether :func:`check_one` runs steps for this row, or only reports it absent or not offered."""
+    return impl.available and dtype in impl.dtypes and impl.unsupported(config) is None
+
+
 def check_one(impl: Implementation, name: str, config: AdamaxConfig, dtype, steps: int = 4, seed: int = 0) -> Verdict:
     dtype_name = np.dtype(dtype).name
     if not impl.available:
@@ -413,5 +418,6 @@ def check_all(advance: Callable[[], None] = lambda: None, implementations=None) 
                     verdicts.append(check_one(impl, name, config, dtype))
                 except Exception as err:  # a crash is a failure to report, not to hide
                     verdicts.append(Verdict(impl.name, name, np.dtype(dtype).name, None, "FAIL", repr(err)[:120]))
-                advance()
+                if runs(impl, config, dtype):
+                    advance()
     return verdicts

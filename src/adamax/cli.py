@@ -1,6 +1,6 @@
 """The ``adamax`` console script.
 
-``adamax demo`` runs the seed's Adamax on its line-fitting problem, prints
+``adamax demo`` runs the textbook's Adamax on its line-fitting problem, prints
 the fit beside the least-squares optimum, and plots the loss and the line.
 """
 
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,17 +27,30 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
-def _int_at_least(lowest: int, what: str):
+def _int_at_least(lowest: int):
+    what = {0: "a non-negative integer", 1: "a positive integer"}.get(lowest, f"an integer >= {lowest}")
+
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
             value = lowest - 1
         if value < lowest:
-            raise argparse.ArgumentTypeError(f"expected a {what} integer, got {text!r}")
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
         return value
 
     return parse
+
+
+def _decay_rate(text: str) -> float:
+    """A beta, validated as the library validates it: 0 <= beta < 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"expected a decay rate in [0, 1), got {text!r}")
+    return value
 
 
 def _positive_float(text: str) -> float:
@@ -100,7 +114,7 @@ def demo(args: argparse.Namespace) -> None:
     ax_loss.semilogy(np.arange(len(excess)), excess, color="C3")
     ax_loss.set(xlabel="iteration", ylabel="loss - least-squares loss", title="Convergence")
     ax_loss.grid(True, which="both", alpha=0.3)
-    fig.suptitle("The seed's Adamax on linear regression")
+    fig.suptitle("The textbook's Adamax on linear regression")
     fig.tight_layout()
     fig.savefig(args.out, dpi=110)
     plt.close(fig)
@@ -190,7 +204,8 @@ def lp(args: argparse.Namespace) -> None:
 
 def compare(args: argparse.Namespace) -> None:
     _need("torch", "sklearn", extra="torch,data")
-    _pyplot()  # refuse now, not after training, if matplotlib is missing
+    if not args.no_plot:
+        _pyplot()  # refuse now, not after training, if matplotlib is missing
     from adamax import compare as comparison
 
     with _console.progress(args.epochs * len(comparison.optimizers()), "training") as advance:
@@ -213,8 +228,9 @@ def compare(args: argparse.Namespace) -> None:
     ours, torchs = runs[0], runs[1]
     same = ours.train_loss == torchs.train_loss and ours.test_acc == torchs.test_acc
     print(f"adamax.torch.Adamax and torch.optim.Adamax curves identical, number for number: {'yes' if same else 'NO'}")
-    comparison.plot(runs, str(args.out))
-    print(f"wrote {args.out}")
+    if not args.no_plot:
+        comparison.plot(runs, str(args.out))
+        print(f"wrote {args.out}")
     if not same:
         raise CommandError("adamax.torch.Adamax departed from torch.optim.Adamax")
 
@@ -228,8 +244,13 @@ def check(args: argparse.Namespace) -> None:
     if unknown:
         raise CommandError(f"unknown backend {unknown[0]!r}; the backends are {', '.join(known)}")
     chosen = [impl for impl in conformance.IMPLEMENTATIONS if not args.backends or impl.name in args.backends]
-    total = len(chosen) * len(conformance.CONFIGS) * len(conformance.ALL_DTYPES)
-    with _console.progress(total, "backends x conventions x dtypes") as advance:
+    total = sum(
+        conformance.runs(impl, config, dtype)
+        for impl in chosen
+        for config in conformance.CONFIGS.values()
+        for dtype in conformance.ALL_DTYPES
+    )
+    with _console.progress(total, "checks (backend x convention x dtype)") as advance:
         verdicts = conformance.check_all(advance, chosen)
     rows = []
     for v in verdicts:
@@ -259,14 +280,12 @@ def check(args: argparse.Namespace) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="adamax", description="The Adamax optimizer: demonstrate, compare, benchmark.")
-    verbs = parser.add_subparsers(dest="verb", required=True, parser_class=_Parser)
-    p = verbs.add_parser("demo", help="the seed's Adamax fitting a line, with a plot")
-    p.add_argument(
-        "--iterations", type=_int_at_least(1, "positive"), default=1000, help="Adamax iterations (default 1000)"
-    )
+    verbs = parser.add_subparsers(dest="verb", required=True, parser_class=_Parser, metavar="VERB")
+    p = verbs.add_parser("demo", help="the textbook's Adamax fitting a line, with a plot")
+    p.add_argument("--iterations", type=_int_at_least(1), default=1000, help="Adamax iterations (default 1000)")
     p.add_argument("--lr", type=_positive_float, default=1e-2, help="learning rate (default 1e-2)")
-    p.add_argument("--seed", type=_int_at_least(0, "non-negative"), default=0, help="seed for the data (default 0)")
-    p.add_argument("--out", type=_png_path, default=Path("adamax-demo.png"), help="PNG to write")
+    p.add_argument("--seed", type=_int_at_least(0), default=0, help="seed for the data (default 0)")
+    p.add_argument("--out", type=_png_path, default=Path("adamax-demo.png"), help="PNG to write (default %(default)s)")
     p.add_argument("--no-plot", action="store_true", help="print the fit only")
     p.set_defaults(run=demo)
 
@@ -278,46 +297,56 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compile", action="store_true", help="also time torch.compile of the step (slow to compile)")
     p.add_argument("--no-reference", action="store_true", help="skip the (slow) NumPy reference")
     p.add_argument("--no-startup", dest="startup", action="store_false", help="skip the start-up timings")
-    p.add_argument("--repeats", type=_int_at_least(3, "an integer >= 3, a"), default=15, help="rounds (default 15)")
-    p.add_argument(
-        "--threads", type=_int_at_least(1, "positive"), default=None, help="torch threads (default: torch's)"
-    )
+    p.add_argument("--repeats", type=_int_at_least(3), default=15, help="rounds (default 15)")
+    p.add_argument("--threads", type=_int_at_least(1), default=None, help="torch threads (default: torch's)")
     p.add_argument("--json", metavar="PATH", help="write the results as JSON")
-    p.add_argument("--out", type=_png_path, default=Path("adamax-bench.png"), help="bar chart PNG")
+    p.add_argument("--out", type=_png_path, default=Path("adamax-bench.png"), help="chart PNG (default %(default)s)")
     p.add_argument("--no-plot", dest="out", action="store_const", const=None, help="no chart")
     p.set_defaults(run=bench)
 
     p = verbs.add_parser("lp", help="the Lp-norm derivation in numbers: Lp-Adam converging to Adamax")
-    p.add_argument("--beta2", type=_positive_float, default=0.999, help="decay rate (default 0.999)")
-    p.add_argument("--p", type=_int_at_least(1, "positive"), default=64, help="the large p to draw (default 64)")
-    p.add_argument("--iterations", type=_int_at_least(1, "positive"), default=3000, help="trajectory length")
+    p.add_argument("--beta2", type=_decay_rate, default=0.999, help="decay rate, in [0, 1) (default 0.999)")
+    p.add_argument("--p", type=_int_at_least(1), default=64, help="the large p to draw (default 64)")
+    p.add_argument("--iterations", type=_int_at_least(1), default=3000, help="trajectory length")
     p.add_argument("--lr", type=_positive_float, default=0.05, help="learning rate of the adaptive methods")
-    p.add_argument("--out", type=_png_path, default=Path("adamax-lp.png"), help="PNG to write")
+    p.add_argument("--out", type=_png_path, default=Path("adamax-lp.png"), help="PNG to write (default %(default)s)")
     p.add_argument("--no-plot", action="store_true", help="print the table only")
     p.set_defaults(run=lp)
 
     p = verbs.add_parser("compare", help="optimizers on scikit-learn's digits, same model and seed")
-    p.add_argument("--epochs", type=_int_at_least(1, "positive"), default=20, help="epochs (default 20)")
-    p.add_argument("--seed", type=_int_at_least(0, "non-negative"), default=0, help="seed (default 0)")
-    p.add_argument("--out", type=_png_path, default=Path("adamax-compare.png"), help="PNG to write")
+    p.add_argument("--epochs", type=_int_at_least(1), default=20, help="epochs (default 20)")
+    p.add_argument("--seed", type=_int_at_least(0), default=0, help="seed (default 0)")
+    p.add_argument(
+        "--out", type=_png_path, default=Path("adamax-compare.png"), help="PNG to write (default %(default)s)"
+    )
+    p.add_argument("--no-plot", action="store_true", help="print the table only")
     p.set_defaults(run=compare)
 
     p = verbs.add_parser("check", help="every installed backend against the reference, in ulps")
     p.add_argument("--all", action="store_true", help="also list absent backends and options not offered")
     p.add_argument("--backends", type=lambda text: text.split(","), help="only these (comma-separated) backends")
-    p.add_argument("--out", type=_png_path, default=Path("adamax-check.png"), help="PNG to write")
+    p.add_argument("--out", type=_png_path, default=Path("adamax-check.png"), help="PNG to write (default %(default)s)")
     p.add_argument("--no-plot", action="store_true", help="print the table only")
     p.set_defaults(run=check)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv:
+        parser.print_help()
+        return 0
+    args = parser.parse_args(argv)
     try:
         args.run(args)
+        sys.stdout.flush()
     except CommandError as err:
         print(f"adamax {args.verb}: error: {err}", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # the reader left (``adamax check | head``): stop quietly, as Unix tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     return 0
 
 

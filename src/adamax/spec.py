@@ -10,7 +10,7 @@ decay rates :math:`\beta_1, \beta_2`, and :math:`m_0 = u_0 = 0`, step
     p <- p * (1 - lr * wd)                decoupled weight decay instead (AdamW-style)
     m <- b1 * m + (1 - b1) * g            first moment
     u <- max(b2 * u, |g| + eps)           eps_placement="max"          (torch, optax)
-    u <- max(b2 * u, |g|)                 eps_placement="denominator"  (Keras, TF, the seed)
+    u <- max(b2 * u, |g|)                 eps_placement="denominator"  (Keras, TF, the textbook)
                                           eps_placement="none"         (the paper)
     p <- p - lr / (1 - b1**t) * m / u           "max" and "none"
     p <- p - lr / (1 - b1**t) * m / (u + eps)   "denominator"

@@ -1,4 +1,4 @@
-r"""The textbook system: Adamax fitting a line, as the seed section codes it.
+r"""The textbook system: Adamax fitting a line, as the textbook section codes it.
 
 The problem is linear regression, ``y = m * x + b``, with ``theta = [m, b]``
 and ``data`` an ``(N, 2)`` array of ``[x, y]`` rows.  The loss is the mean
@@ -6,7 +6,7 @@ squared error
 
 .. math:: L(\theta) = \frac{1}{N} \sum_i \bigl(y_i - (m x_i + b)\bigr)^2 ,
 
-and :func:`Adamax` runs the seed's loop line for line::
+and :func:`Adamax` runs the textbook's loop line for line::
 
     mt = beta1 * mt + (1 - beta1) * gradients
     vt = max(beta2 * vt, |gradients|)
@@ -15,7 +15,7 @@ and :func:`Adamax` runs the seed's loop line for line::
 
 This is the ``eps_placement="denominator"`` convention of :mod:`adamax.spec`.
 
-Where the seed is silent, these choices were made:
+Where the textbook is silent, these choices were made:
 
 * ``compute_gradients`` is the exact gradient of the loss above, vectorised:
   ``dL/dm = -2/N * sum(x * r)`` and ``dL/db = -2/N * sum(r)`` with
@@ -79,7 +79,7 @@ def least_squares(data: np.ndarray) -> np.ndarray:
     return solution
 
 
-def Adamax(  # noqa: N802 - the seed's name
+def Adamax(  # noqa: N802 - the textbook's name
     data: np.ndarray,
     theta: np.ndarray,
     lr: float = 1e-2,
@@ -90,7 +90,7 @@ def Adamax(  # noqa: N802 - the seed's name
     *,
     callback: Callable[[int, np.ndarray], None] | None = None,
 ) -> np.ndarray:
-    """The seed's Adamax, line for line.  Returns the fitted theta; ``theta`` is not modified."""
+    """The textbook's Adamax, line for line.  Returns the fitted theta; ``theta`` is not modified."""
     mt = np.zeros(theta.shape[0])
     vt = np.zeros(theta.shape[0])
     for t in range(num_iterations):
