@@ -396,7 +396,8 @@ def plot(verdicts: list[Verdict], path: str) -> None:
             cell = [v for v in verdicts if v.backend == backend and v.dtype == dtype]
             status = max((v.status for v in cell), key=rank.__getitem__, default="n/a")
             measured = [v.max_ulps for v in cell if v.max_ulps is not None]
-            label = status if not measured else f"{max(measured):.0f} ulps"
+            worst = max(measured, default=None)
+            label = status if worst is None else f"{worst:.0f} ulp" + ("" if worst == 1 else "s")
             ax.add_patch(plt.Rectangle((j, i), 1, 1, color=colours[status], ec="white"))
             ax.text(j + 0.5, i + 0.5, label, ha="center", va="center", fontsize=9)
     ax.set(xlim=(0, len(dtypes)), ylim=(0, len(backends)))

@@ -183,9 +183,14 @@ def lp(args: argparse.Namespace) -> None:
             advance()
     fig, (ax_dist, ax_path) = plt.subplots(1, 2, figsize=(12, 5))
     powers = [r.p for r in rows]
-    ax_dist.loglog(powers, [r.norm_distance for r in rows], "o-", label="max |v^(1/p) - u| / u")
+    ax_dist.loglog(
+        powers, [r.norm_distance for r in rows], "o-", mfc="none", ms=8, lw=3, alpha=0.5, label="max |v^(1/p) - u| / u"
+    )
     ax_dist.loglog(powers, [r.step_distance for r in rows], "s--", label="steps: max difference / max step")
-    ax_dist.loglog(powers, [1 - r.factor for r in rows], ":", color="gray", label="1 - (1 - b2^p)^(1/p)")
+    # drawn last and on top: where the distance is all factor, it runs along the first curve
+    ax_dist.loglog(
+        powers, [1 - r.factor for r in rows], ":", color="black", lw=2, zorder=5, label="1 - (1 - b2^p)^(1/p)"
+    )
     ax_dist.set(xlabel="p", ylabel="relative distance to Adamax", title="Lp-Adam converges to Adamax as p grows")
     ax_dist.grid(True, which="both", alpha=0.3)
     ax_dist.legend()

@@ -91,6 +91,7 @@ def plot(runs: list[Run], path: str) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4.5))
     for i, run in enumerate(runs):
@@ -109,7 +110,8 @@ def plot(runs: list[Run], path: str) -> None:
     ax_acc.set(xlabel="epoch", ylabel="test accuracy", title="Test accuracy (held-out 20%)")
     for ax in (ax_loss, ax_acc):
         ax.grid(True, alpha=0.3)
-    ax_acc.legend()
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # whole epochs only
+        ax.legend(fontsize=8)
     fig.suptitle("The same MLP on scikit-learn's digits; adamax.torch.Adamax is drawn over torch.optim.Adamax")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
