@@ -77,6 +77,15 @@ def test_bench_writes_json_and_a_chart(tmp_path):
     assert all(r["fraction_of_limit"] is None for r in methods.values()), "20k elements fit in cache: no DRAM limit"
 
 
+def test_bench_redraws_a_json_file_without_measuring(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    chart = tmp_path / "again.png"
+    assert main(["bench", "--from-json", "benchmarks/results/cpu.json", "--out", str(chart)]) == 0
+    assert chart.read_bytes().startswith(PNG_SIGNATURE)
+    printed = " ".join(capsys.readouterr().out.split())  # rich wraps long titles
+    assert "fits in cache (16 MB): no DRAM limit applies" in printed and "model-like" in printed
+
+
 def test_bench_knows_which_sizes_the_dram_limit_bounds():
     from adamax import bench
 

@@ -332,7 +332,7 @@ def plot(cases: list[tuple[Case, float, list[Result]]], path: str) -> None:
     import matplotlib.pyplot as plt
 
     methods = [r.method for r in cases[0][2]]
-    fig, ax = plt.subplots(figsize=(11, 4.8))
+    fig, ax = plt.subplots(figsize=(13, 4.8))
     width = 0.8 / len(methods)
     x = np.arange(len(cases))
     for i, method in enumerate(methods):
@@ -341,7 +341,7 @@ def plot(cases: list[tuple[Case, float, list[Result]]], path: str) -> None:
     labels = []
     for k, (case, _, results) in enumerate(cases):
         foreach = next(r for r in results if r.method == "torch foreach")
-        labels.append(f"{case.name}\n{case.numel / 1e6:g}M in {len(case.sizes)}")
+        labels.append(f"{case.name}\n{case.numel / 1e6:.3g}M elements in {len(case.sizes)}")
         if foreach.fraction_of_limit is None:
             labels[-1] += "\n(fits in cache)"
             continue
@@ -352,16 +352,38 @@ def plot(cases: list[tuple[Case, float, list[Result]]], path: str) -> None:
     ax.set_ylabel("speed-up over torch's foreach step")
     ax.set_title("Adamax step, float32: against torch's foreach step and the measured bandwidth limit")
     ax.grid(True, axis="y", which="both", alpha=0.3)
-    ax.legend(fontsize=8, ncols=2)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
-def main(args) -> None:
-    import torch
+def load(path: str) -> list[tuple[Case, float, list[Result]]]:
+    """The cases of a ``--json`` file written by an earlier run, as :func:`run_case` returned them."""
+    with open(path) as f:
+        payload = json.load(f)
+    cases = []
+    for c in payload["cases"]:
+        results = [Result(**r) for r in c["results"]]
+        if fits_in_cache(c["numel"], last_level_cache_bytes()):  # files from before cache-resident cases were marked
+            results = [Result(**{**asdict(r), "fraction_of_limit": None}) for r in results]
+        sizes = [c["numel"]] if c["tensors"] == 1 else model_like_sizes()
+        cases.append((Case(c["name"], sizes), c["limit_GBps"], results))
+    return cases
 
+
+def main(args) -> None:
     from adamax import _console
+
+    if args.from_json:
+        measured = load(args.from_json)
+        report(measured, _console.table)
+        if args.out:
+            plot(measured, str(args.out))
+            print(f"wrote {args.out}")
+        return
+
+    import torch
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -139,7 +139,8 @@ def _sizes(text: str) -> list[int]:
 
 
 def bench(args: argparse.Namespace) -> None:
-    _need("torch", "numba", extra="torch,fast,jax,plot")
+    if args.from_json is None:
+        _need("torch", "numba", extra="torch,fast,jax,plot")
     if args.out is not None:
         _pyplot()
     from adamax import bench as benchmark
@@ -305,6 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=_int_at_least(3), default=15, help="rounds (default 15)")
     p.add_argument("--threads", type=_int_at_least(1), default=None, help="torch threads (default: torch's)")
     p.add_argument("--json", metavar="PATH", help="write the results as JSON")
+    p.add_argument("--from-json", metavar="PATH", help="measure nothing: report and plot an earlier --json file")
     p.add_argument("--out", type=_png_path, default=Path("adamax-bench.png"), help="chart PNG (default %(default)s)")
     p.add_argument("--no-plot", dest="out", action="store_const", const=None, help="no chart")
     p.set_defaults(run=bench)
