@@ -84,6 +84,16 @@ def test_nothing_but_tensors_is_handed_to_dcp(tmp_path):
     assert kinds == {"TensorStorageMetadata"}
 
 
+def test_a_checkpoint_loads_into_an_optimizer_whose_params_already_have_gradients(tmp_path):
+    """With gradients present, DCP does not create a fresh optimizer's state; the loader still restores it all."""
+    model, opt = trained(3)
+    save_checkpoint(tmp_path, 3, model, opt)
+    fresh_model, fresh_opt = worker.make()
+    fresh_model(torch.ones(2, 6)).sum().backward()
+    assert load_latest(tmp_path, fresh_model, fresh_opt) == 3
+    assert_same(model, opt, fresh_model, fresh_opt)
+
+
 def test_loading_from_an_empty_directory_returns_none(tmp_path):
     model, opt = worker.make()
     before = snapshot(model, opt)

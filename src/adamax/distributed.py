@@ -161,26 +161,33 @@ def _split(tree: Any, path: tuple[str, ...], tensors: dict[str, torch.Tensor]) -
     )
 
 
-def _join(skeleton: Any, live: Any, path: tuple[str, ...], load: dict[str, torch.Tensor]) -> Any:
+def _join(skeleton: Any, live: Any, path: tuple[str, ...], load: dict[str, torch.Tensor], stored: Mapping) -> Any:
     """The saved structure ``skeleton`` filled in: JSON values as they are, and for every tensor a fresh copy
-    of ``live``'s tensor at the same place (its dtype, device and sharding), collected into ``load`` for DCP."""
-    where = "/".join(path) or "the root"
+    of ``live``'s tensor at the same place (its dtype, device and sharding), collected into ``load`` for DCP.
+
+    Optimizer state the live optimizer has not created yet (its params already had gradients, so DCP did not
+    initialise it) gets a plain tensor of the stored size and dtype; the optimizer's loader casts it.
+    """
+    key = "/".join(path)
     if isinstance(skeleton, dict) and skeleton.keys() == {_TENSOR}:
-        if not isinstance(live, torch.Tensor):
-            raise CheckpointError(f"the checkpoint has a tensor at {where}, where this model and optimizer have none")
-        copy = live.detach().clone()
-        load["/".join(path)] = copy
+        if isinstance(live, torch.Tensor):
+            copy = live.detach().clone()
+        elif path[:2] == ("optim", "state") and isinstance(stored.get(key), dcp_metadata.TensorStorageMetadata):
+            copy = torch.empty(stored[key].size, dtype=stored[key].properties.dtype)
+        else:
+            raise CheckpointError(f"the checkpoint has a tensor at {key}, where this model and optimizer have none")
+        load[key] = copy
         return copy
     if isinstance(skeleton, dict) and skeleton.keys() == {_TUPLE}:
         items = skeleton[_TUPLE]
         live_items = live if isinstance(live, (list, tuple)) and len(live) == len(items) else [None] * len(items)
-        return tuple(_join(s, v, (*path, str(i)), load) for i, (s, v) in enumerate(zip(items, live_items)))
+        return tuple(_join(s, v, (*path, str(i)), load, stored) for i, (s, v) in enumerate(zip(items, live_items)))
     if isinstance(skeleton, dict):
         live_map = live if isinstance(live, Mapping) else {}
-        return {key: _join(value, live_map.get(key), (*path, key), load) for key, value in skeleton.items()}
+        return {k: _join(value, live_map.get(k), (*path, k), load, stored) for k, value in skeleton.items()}
     if isinstance(skeleton, list):
         live_items = live if isinstance(live, (list, tuple)) and len(live) == len(skeleton) else [None] * len(skeleton)
-        return [_join(s, v, (*path, str(i)), load) for i, (s, v) in enumerate(zip(skeleton, live_items))]
+        return [_join(s, v, (*path, str(i)), load, stored) for i, (s, v) in enumerate(zip(skeleton, live_items))]
     return skeleton
 
 
@@ -333,6 +340,10 @@ class _VerifiedReader(FileSystemReader):
             if not isinstance(info, _StorageInfo) or info.relative_path not in set(files):
                 raise CheckpointError(f"{where} points {getattr(index, 'fqn', index)} outside the checkpoint's files")
         self._metadata = metadata
+
+    def stored(self) -> Mapping[str, Any]:
+        """What the index says each stored item is (size, dtype), by key."""
+        return self._metadata.state_dict_metadata
 
     def read_metadata(self, *args: Any, **kwargs: Any) -> dcp_metadata.Metadata:
         if kwargs.get("rank") is not None:
@@ -532,7 +543,8 @@ def load_latest(root: str | os.PathLike, model: torch.nn.Module, optimizer) -> i
     try:
         live_model, live_optim = get_state_dict(model, optimizer)  # a fresh optimizer's state is created here
         load: dict[str, torch.Tensor] = {}
-        tree = _join(state["tree"], {"model": live_model, "optim": live_optim}, (), load)
+        stored = reader.stored()
+        tree = _join(state["tree"], {"model": live_model, "optim": live_optim}, (), load, stored)
         if set(tree["model"]) != set(live_model):
             missing, unexpected = (
                 sorted(set(live_model) - set(tree["model"])),
