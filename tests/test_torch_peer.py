@@ -59,9 +59,21 @@ def _error(kwargs, error_type, regex, desc):
     )
 
 
+def _refuse_duplicates(error: ErrorOptimizerInput) -> ErrorOptimizerInput:
+    """torch warns about a param listed twice, then steps it twice; we refuse it (docs/design.md)."""
+    if not (issubclass(error.error_type, Warning) and "duplicate parameters" in str(error.error_regex)):
+        return error
+    return ErrorOptimizerInput(
+        error.optimizer_error_input, error_type=ValueError, error_regex="lists the same parameter more than once"
+    )
+
+
 def adamax_error_inputs(device, dtype):
+    torch_inputs = optim_error_inputs_func_adamax(device, dtype)
+    assert any("duplicate parameters" in str(e.error_regex) for e in torch_inputs), "torch's duplicate case moved"
     return [
-        *optim_error_inputs_func_adamax(device, dtype),
+        *map(_refuse_duplicates, torch_inputs),
+        _error({"fused": "no"}, TypeError, "Invalid fused: 'no'", "a string fused"),
         _error({"lr": -1.0}, ValueError, "^Invalid learning rate: -1.0$", "negative lr"),
         _error({"lr": math.inf}, ValueError, "Invalid learning rate: inf", "infinite lr, which torch accepts"),
         _error({"eps": -1e-8}, ValueError, "^Invalid epsilon value: -1e-08$", "negative eps"),
