@@ -1,0 +1,203 @@
+"""The cached plan of a group the fused kernel steps whole, and the state mapping that tells it when it is stale."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Mapping
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+import torch.optim.optimizer as _torch_optimizer
+from torch import Tensor
+
+from adamax.kernels import cpu_kernels
+from adamax.spec import AdamaxConfig
+from adamax.torch._fused import _host_step_sizes
+from adamax.torch._plan import _KERNEL_DTYPES, _KERNEL_FOR_DEVICE, _KERNEL_TYPES, _config_of, _Plan
+
+
+class _CachedPlan(NamedTuple):
+    """A step of a group that the kernel steps whole, from a :class:`_FusedGroup` still valid."""
+
+    group: dict
+    config: AdamaxConfig
+    cached: Any  # _FusedGroup
+    params: list[Tensor]
+    grads: list[Tensor]
+
+
+def _planned_params(plan: _Plan | _CachedPlan) -> list[Tensor]:
+    return plan.params if isinstance(plan, _CachedPlan) else [*plan.fused, *plan.rest]
+
+
+class _TrackedState(defaultdict):
+    """``Optimizer.state`` that counts replacements of its entries, so a cached plan knows when it is stale."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.version = 0
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        self.version += 1
+        super().__setitem__(key, value)
+
+    def __delitem__(self, key: Any) -> None:
+        self.version += 1
+        super().__delitem__(key)
+
+    def pop(self, *args: Any) -> Any:
+        self.version += 1
+        return super().pop(*args)
+
+    def popitem(self) -> Any:
+        self.version += 1
+        return super().popitem()
+
+    def clear(self) -> None:
+        self.version += 1
+        super().clear()
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        self.version += 1
+        super().update(*args, **kwargs)
+
+    def setdefault(self, key: Any, default: Any = None) -> Any:
+        self.version += 1
+        return super().setdefault(key, default)
+
+
+class _FusedGroup(NamedTuple):
+    """A group every param of which the kernel stepped last time, kept to skip re-deriving it.
+
+    Every step re-checks, cheaply, everything a user could have changed:
+    the group's flags, each gradient, each param's shape, and that state is
+    still the very tensors (and memory) cached here.  Step counts live in
+    ``steps``, one buffer: each state's ``"step"`` is a view of one element.
+    """
+
+    state: Any  # the optimizer's state mapping it was built from, and its version then
+    state_version: int
+    flags: tuple
+    params: tuple
+    dtype: torch.dtype
+    shapes: tuple
+    states: tuple  # the state dicts
+    exp_avgs: tuple
+    exp_infs: tuple
+    step_views: tuple
+    steps: Tensor  # float32 buffer
+    m_addresses: np.ndarray
+    u_addresses: np.ndarray
+    sizes: tuple
+
+
+def _group_flags(group: Mapping[str, Any]) -> tuple:
+    return (group["fused"], group["foreach"], group["differentiable"], group["capturable"])
+
+
+class _CachedSteps:
+    """Later steps of a group the kernel stepped whole: a cached plan, re-checked cheaply."""
+
+    def _cached_plan(self, group: dict, cached: _FusedGroup | None) -> _CachedPlan | None:
+        """The plan of a group the kernel stepped whole last time, if nothing relevant has changed since."""
+        state = self.state
+        if (
+            cached is None
+            or state is not cached.state
+            or state.version != cached.state_version
+            or _group_flags(group) != cached.flags
+            or torch.compiler.is_compiling()
+        ):
+            return None
+        params = group["params"]
+        if len(params) != len(cached.shapes):
+            return None
+        grads = [p.grad for p in params]
+        dtype = cached.dtype
+        # Per param, the fewest reads that keep the kernel's raw-memory writes safe and its result right.
+        # The gradient's shape is compared, not only its size: ``p.grad.data = ...`` bypasses torch's setter.
+        for p, cached_p, g, shape, s, m, u, t in zip(
+            params,
+            cached.params,
+            grads,
+            cached.shapes,
+            cached.states,
+            cached.exp_avgs,
+            cached.exp_infs,
+            cached.step_views,
+        ):
+            if not (
+                p is cached_p
+                and type(g) in _KERNEL_TYPES
+                and g.layout is torch.strided
+                and g.dtype is dtype
+                and g.is_cpu
+                and g.shape == shape
+                and g.is_contiguous()
+                and p.dtype is dtype
+                and p.is_contiguous()
+                and p.shape == shape
+                and len(s) == 3
+                and s.get("exp_avg") is m
+                and s.get("exp_inf") is u
+                and s.get("step") is t
+            ):
+                return None  # anything unusual: the full plan checks it, and explains a refusal
+        if [m.data_ptr() for m in cached.exp_avgs] != cached.m_addresses.tolist():
+            return None
+        if [u.data_ptr() for u in cached.exp_infs] != cached.u_addresses.tolist():
+            return None
+        return _CachedPlan(group, _config_of(group), cached, params, grads)
+
+    def _fused_group(self, plan: _Plan) -> _FusedGroup | None:
+        """After a full-plan step: cache the group if the kernel stepped all of it, in one dtype."""
+        params = plan.group["params"]
+        if plan.rest or len(plan.fused) != len(params) or not params:
+            return None
+        dtype = params[0].dtype
+        if any(
+            p.dtype is not dtype or type(p) not in _KERNEL_TYPES or _KERNEL_FOR_DEVICE.get(p.device.type) != "numba"
+            for p in params
+        ):
+            return None
+        states = tuple(self.state[p] for p in params)
+        steps = torch.tensor([float(s["step"]) for s in states], dtype=torch.float32)
+        if any(s["step"].dtype is not torch.float32 or s["step"].device.type != "cpu" for s in states):
+            return None
+        views = tuple(steps[i] for i in range(len(states)))
+        for s, view in zip(states, views):
+            s["step"] = view  # same value, now one element of ``steps``
+        return _FusedGroup(
+            state=self.state,
+            state_version=self.state.version,
+            flags=_group_flags(plan.group),
+            params=tuple(params),
+            dtype=dtype,
+            shapes=tuple(p.shape for p in params),
+            states=states,
+            exp_avgs=tuple(s["exp_avg"] for s in states),
+            exp_infs=tuple(s["exp_inf"] for s in states),
+            step_views=views,
+            steps=steps,
+            m_addresses=np.array([s["exp_avg"].data_ptr() for s in states], dtype=np.int64),
+            u_addresses=np.array([s["exp_inf"].data_ptr() for s in states], dtype=np.int64),
+            sizes=tuple(p.numel() for p in params),
+        )
+
+    def _run_cached(self, plan: _CachedPlan) -> None:
+        cached, config = plan.cached, plan.config
+        self.last_step_paths["numba"] = self.last_step_paths.get("numba", 0) + len(plan.params)
+        cached.steps.add_(1)
+        counts = cached.steps.tolist()
+        lr = _torch_optimizer._to_scalar(plan.group["lr"])
+        n = len(counts)
+        addresses = (
+            np.fromiter((p.data_ptr() for p in plan.params), np.int64, n),
+            np.fromiter((g.data_ptr() for g in plan.grads), np.int64, n),
+            cached.m_addresses,
+            cached.u_addresses,
+        )
+        step_sizes = np.array(_host_step_sizes(lr, config.beta1, counts))
+        kernel_dtype = _KERNEL_DTYPES[cached.dtype]
+        cpu_kernels().step(kernel_dtype, addresses, cached.sizes, step_sizes, config, threads=torch.get_num_threads())

@@ -1,0 +1,218 @@
+"""The optimizer's public face: ``Adamax`` and ``AdamaxW``, their options, state handling and ``step``."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+import torch.optim.optimizer as _torch_optimizer
+from torch import Tensor
+from torch.optim.optimizer import Optimizer, _use_grad_for_differentiable
+
+from adamax.kernels import cpu_kernels, gpu_kernels
+from adamax.spec import EpsPlacement
+from adamax.torch._cached import _CachedPlan, _CachedSteps, _planned_params, _TrackedState
+from adamax.torch._fused import _FusedSteps
+from adamax.torch._ops import _OpSteps
+from adamax.torch._plan import _FLAG_DEFAULTS, _KERNEL_FOR_DEVICE, _all_finite, _config_of, _Plan, _Planning
+
+
+class Adamax(_Planning, _CachedSteps, _FusedSteps, _OpSteps, Optimizer):
+    r"""Adamax (Kingma & Ba 2015, section 7.1), a drop-in for ``torch.optim.Adamax``.
+
+    Args:
+        params: iterable of parameters or of param-group dicts.
+        lr: learning rate, a float or a 1-element tensor (default 2e-3).
+        betas: decay rates of the first moment and of the infinity norm (default (0.9, 0.999)).
+        eps: see ``eps_placement`` (default 1e-8).
+        weight_decay: L2 penalty, or decoupled decay with ``decoupled_weight_decay`` (default 0).
+        foreach: step each group with torch's foreach ops; ``None`` picks as torch does.
+        maximize: ascend instead of descend.
+        differentiable: let autograd through the step (one tensor at a time).
+        capturable: keep the step count on the device for graph capture; like
+            torch, refused on the CPU.
+        fused: a fused kernel for every param (numba on the CPU: float32/float64; Triton on
+            CUDA: float32/float16/bfloat16, with float32 state for the last two); ``None`` uses
+            them where they can, unless ``foreach`` is set.
+        decoupled_weight_decay: ``p *= 1 - lr * wd`` instead of adding ``wd * p`` to the gradient.
+        eps_placement: ``"max"`` (torch, optax), ``"denominator"`` (Keras, TF) or ``"none"`` (the paper).
+        skip_nonfinite: skip, and count in ``skipped_steps``, any step whose gradients are not all finite.
+
+    Every step is, per parameter with a gradient (:mod:`adamax.spec`)::
+
+        m <- b1 m + (1 - b1) g,   u <- max(b2 u, |g| + eps),   p <- p - lr / (1 - b1^t) * m / u
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Tensor] | Iterable[dict[str, Any]],
+        lr: float | Tensor = 2e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        foreach: bool | None = None,
+        *,
+        maximize: bool = False,
+        differentiable: bool = False,
+        capturable: bool = False,
+        fused: bool | None = None,
+        decoupled_weight_decay: bool = False,
+        eps_placement: EpsPlacement = "max",
+        skip_nonfinite: bool = False,
+    ) -> None:
+        if fused and foreach:
+            raise RuntimeError("`fused` and `foreach` cannot be `True` together.")
+        if fused and differentiable:
+            raise RuntimeError("fused=True does not support differentiable=True")
+        if fused and cpu_kernels() is None and gpu_kernels() is None:
+            raise RuntimeError("fused=True needs numba (CPU) or triton (CUDA): pip install 'adamax[fast]'")
+        defaults = {
+            "lr": lr,
+            "betas": betas,
+            "eps": eps,
+            "weight_decay": weight_decay,
+            "foreach": foreach,
+            "maximize": maximize,
+            "differentiable": differentiable,
+            "capturable": capturable,
+            "fused": fused,
+            "decoupled_weight_decay": decoupled_weight_decay,
+            "eps_placement": eps_placement,
+        }
+        _config_of(defaults)  # refuse bad hyperparameters before anything is built
+        if not isinstance(skip_nonfinite, bool):
+            raise TypeError(f"Invalid skip_nonfinite: {skip_nonfinite!r} (expected True or False)")
+        self.skip_nonfinite = skip_nonfinite
+        self.skipped_steps = 0
+        self.last_step_paths: dict[str, int] = {}  # params per path in the last step: "numba", "triton", ...
+        super().__init__(params, defaults)
+        self.state = _TrackedState(dict, self.state)
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """As torch's, and refuses integer params, a param listed twice and invalid hyperparameters,
+        without adding anything."""
+        params = param_group.get("params") if isinstance(param_group, dict) else None
+        if isinstance(params, Iterable) and not isinstance(params, (Tensor, set)):
+            param_group["params"] = params = list(params)  # a generator is read once, here (as torch does)
+            if len({id(p) for p in params}) != len(params):  # torch only warns, then steps it twice
+                raise ValueError("a param group lists the same parameter more than once")
+        super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        try:
+            _config_of(group)
+            for p in group["params"]:
+                if not (p.is_floating_point() or p.is_complex()):
+                    raise TypeError(
+                        f"Adamax can only optimize floating-point or complex tensors, got a {p.dtype} param"
+                    )
+        except (TypeError, ValueError):
+            self.param_groups.pop()
+            raise
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        state["skip_nonfinite"] = self.skip_nonfinite
+        state["skipped_steps"] = self.skipped_steps
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.skip_nonfinite = state.pop("skip_nonfinite", False)
+        self.skipped_steps = state.pop("skipped_steps", 0)
+        self.last_step_paths = {}
+        super().__setstate__(state)
+        self.state = _TrackedState(dict, self.state)
+        self.__dict__.pop("_fused_groups", None)  # cached plans refer to the state just replaced
+        for group in self.param_groups:
+            for key, value in _FLAG_DEFAULTS.items():
+                group.setdefault(key, value)
+            for p in group["params"]:
+                p_state = self.state.get(p, {})
+                if p_state and not torch.is_tensor(p_state["step"]):  # checkpoints from before tensor steps
+                    p_state["step"] = torch.tensor(
+                        float(p_state["step"]),
+                        dtype=_torch_optimizer._get_scalar_dtype(),
+                        device=p.device if group["capturable"] else None,
+                    )
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """As torch's, but a checkpoint that does not fit the params is refused whole, changing nothing.
+
+        Checked before loading: the number of groups and of params per group,
+        every group's hyperparameters, and every state entry's keys, step,
+        shapes and dtypes.  State dicts of ``torch.optim.Adamax`` load as they are.
+        """
+        self._check_loadable(state_dict)
+        super().load_state_dict(state_dict)
+
+    def _init_state(self, p: Tensor, capturable: bool, state_dtype: torch.dtype | None = None) -> dict[str, Tensor]:
+        state = self.state.get(p)
+        if state:
+            return state
+        state = self.state[p]
+        if not state:
+            dtype = _torch_optimizer._get_scalar_dtype()
+            state["step"] = torch.zeros((), dtype=dtype, device=p.device if capturable else None)
+            state["exp_avg"] = torch.zeros_like(p, dtype=state_dtype, memory_format=torch.preserve_format)
+            state["exp_inf"] = torch.zeros_like(p, dtype=state_dtype, memory_format=torch.preserve_format)
+        return state
+
+    def _run(self, plan: _Plan) -> None:
+        paths = self.last_step_paths
+        for p in plan.fused:
+            paths[_KERNEL_FOR_DEVICE[p.device.type]] = paths.get(_KERNEL_FOR_DEVICE[p.device.type], 0) + 1
+        if plan.rest:
+            paths[plan.backend] = paths.get(plan.backend, 0) + len(plan.rest)
+        if plan.fused:
+            self._run_fused(plan.group, plan.config, plan.fused, plan.fused_states)
+        if plan.rest:
+            self._run_ops(plan.group, plan.config, plan.rest, plan.backend)
+
+    @_use_grad_for_differentiable
+    def step(self, closure=None):
+        """Perform one optimization step; all-or-nothing (see the class docstring).
+
+        Args:
+            closure: a callable that re-evaluates the model and returns the loss.
+        """
+        self._accelerator_graph_capture_health_check()
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        cache = self.__dict__.setdefault("_fused_groups", {})
+        self.last_step_paths = {}  # how many params each path stepped: "numba", "triton", "forloop", "foreach"
+        plans = [self._cached_plan(group, cache.get(id(group))) or self._plan(group) for group in self.param_groups]
+        if self.skip_nonfinite and not _all_finite([p.grad for plan in plans for p in _planned_params(plan)]):
+            self.skipped_steps += 1
+            return loss
+        for group, plan in zip(self.param_groups, plans):
+            if isinstance(plan, _CachedPlan):
+                self._run_cached(plan)
+            else:
+                self._run(plan)
+                cache[id(group)] = self._fused_group(plan)
+        return loss
+
+
+class AdamaxW(Adamax):
+    """Adamax with decoupled weight decay (``p *= 1 - lr * wd``), as AdamW is to Adam.
+
+    Defaults to ``weight_decay=1e-2``, as ``torch.optim.AdamW`` does.
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Tensor] | Iterable[dict[str, Any]],
+        lr: float | Tensor = 2e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 1e-2,
+        foreach: bool | None = None,
+        *,
+        decoupled_weight_decay: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(
+            params, lr, betas, eps, weight_decay, foreach, decoupled_weight_decay=decoupled_weight_decay, **kwargs
+        )

@@ -1,0 +1,302 @@
+"""The checks and the plan before a step or a load: hyperparameters, flags, gradients, state, and which backend
+steps each param.  Nothing here writes to a param or its state."""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Mapping
+from itertools import chain
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+import torch.optim.optimizer as _torch_optimizer
+from torch import Tensor
+
+from adamax.kernels import cpu_kernels, gpu_kernels
+from adamax.spec import AdamaxConfig
+
+_FLAG_DEFAULTS = {
+    "foreach": None,
+    "maximize": False,
+    "differentiable": False,
+    "capturable": False,
+    "fused": None,
+    "decoupled_weight_decay": False,
+    "eps_placement": "max",
+}
+_STATE_KEYS = frozenset({"step", "exp_avg", "exp_inf"})
+
+
+def _check_flags(group: Mapping[str, Any]) -> None:
+    """torch's own flags must be what they say: ``fused="no"`` is not ``fused=True``."""
+    for key in ("foreach", "fused"):
+        value = group.get(key)
+        if value is not None and not isinstance(value, bool):
+            raise TypeError(f"Invalid {key}: {value!r} (expected True, False or None)")
+    for key in ("differentiable", "capturable"):
+        value = group.get(key, False)
+        if not isinstance(value, bool):
+            raise TypeError(f"Invalid {key}: {value!r} (expected True or False)")
+
+
+def _config_of(group: Mapping[str, Any]) -> AdamaxConfig:
+    """Validate a param group's hyperparameters (torch's messages) and flags, and bundle them."""
+    _check_flags(group)
+    lr = group["lr"]
+    if isinstance(lr, Tensor):
+        if lr.numel() != 1:
+            raise ValueError("Tensor lr must be 1-element")
+        lr = lr.item()
+    return AdamaxConfig(
+        lr=lr,
+        betas=group["betas"],
+        eps=group["eps"],
+        weight_decay=group["weight_decay"],
+        decoupled_weight_decay=group.get("decoupled_weight_decay", False),
+        maximize=group.get("maximize", False),
+        eps_placement=group.get("eps_placement", "max"),
+    )
+
+
+class _Plan(NamedTuple):
+    """What one group's step will do, decided and checked before anything is written."""
+
+    group: dict
+    config: AdamaxConfig
+    fused: list[Tensor]  # params the fused kernel steps
+    fused_states: list[dict | None]  # their state (None: not created yet), looked up once
+    rest: list[Tensor]  # params stepped with torch ops
+    backend: str  # for ``rest``: "forloop" or "foreach"
+
+
+_KERNEL_TYPES = (Tensor, torch.nn.Parameter)  # not subclasses (DTensor and friends): the kernel reads raw memory
+_KERNEL_DTYPES = {torch.float32: np.dtype(np.float32), torch.float64: np.dtype(np.float64)}
+_TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+# Which fused kernel serves each device type (tests route the CPU to Triton's interpreter through this).
+_KERNEL_FOR_DEVICE = {"cpu": "numba", "cuda": "triton"}
+_LOW_PRECISION = (torch.float16, torch.bfloat16)  # their state is float32 on the Triton path
+
+
+@functools.cache
+def _dtensor_type() -> type | None:
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # torch built without distributed
+        return None
+    return DTensor
+
+
+def _kernel_loader(name: str):
+    return cpu_kernels() if name == "numba" else gpu_kernels()
+
+
+def _kernel_can_take(p: Tensor, g: Tensor, state: Mapping[str, Any] | None, capturable: bool = False) -> str | None:
+    """Why no fused kernel can update ``p`` in place as it is (None: one can).
+
+    Called for every param at every step, so it reads as little as it can.
+    """
+    kernel = _KERNEL_FOR_DEVICE.get(p.device.type)
+    if kernel is None or _kernel_loader(kernel) is None:
+        return f"no fused kernel for {p.device.type} tensors here (numba for the CPU, triton for CUDA)"
+    dtypes = _KERNEL_DTYPES if kernel == "numba" else _TRITON_DTYPES
+    if p.dtype not in dtypes:
+        return f"a {p.dtype} tensor; the {kernel} kernel takes {', '.join(map(str, dtypes))}"
+    if capturable and kernel == "numba":
+        return "capturable=True: the CPU kernel keeps step counts on the host"
+    dtensor = _dtensor_type()
+    if dtensor is not None and isinstance(p, dtensor):  # FSDP2 and friends: step the local shards
+        tensors = [p, g, *((state["exp_avg"], state["exp_inf"]) if state else ())]
+        if not all(isinstance(t, dtensor) and t.placements == p.placements for t in tensors):
+            return "a DTensor whose gradient or state is sharded differently"
+        p, g = p.to_local(), g.to_local()
+        state = {"exp_avg": state["exp_avg"].to_local(), "exp_inf": state["exp_inf"].to_local()} if state else None
+    if type(p) not in _KERNEL_TYPES or type(g) not in _KERNEL_TYPES:
+        return "a tensor subclass"  # its memory need not be the tensor's values
+    if not (p.is_contiguous() and g.is_contiguous()):
+        return "a non-contiguous tensor"
+    if state and not (state["exp_avg"].is_contiguous() and state["exp_inf"].is_contiguous()):
+        return "non-contiguous state"
+    return None
+
+
+def _kernel_mode(group: Mapping[str, Any]) -> str:
+    """The one place that decides whether fused kernels step a group: "always", "where possible" or "never".
+
+    * An explicit choice wins: ``fused=True`` is "always" (a param no kernel
+      can take is refused, not silently stepped another way); ``fused=False``
+      or an explicit ``foreach`` is "never".
+    * Otherwise (``fused=None`` and ``foreach=None``) the kernels take every
+      param they can: numba's on the CPU, Triton's on CUDA, where installed.
+      The rest follow torch's own default (foreach where every tensor is on a
+      device with foreach kernels, i.e. not the CPU).  Results are the same
+      bits either way.
+    * Differentiable steps never use a kernel (no autograd formula); capturable
+      ones only the Triton kernel (its step counts can live on the device).
+      Under ``torch.compile`` the automatic choice is torch's ops, which the
+      compiler can trace and fuse; an opaque kernel would break the graph.
+    """
+    if group["fused"]:
+        return "always"
+    automatic = group["fused"] is None and group["foreach"] is None
+    if not automatic or group["differentiable"] or torch.compiler.is_compiling():
+        return "never"  # under torch.compile, torch's ops let the compiler fuse the step itself
+    return "where possible"
+
+
+def _torch_backend(group: Mapping[str, Any], params: list[Tensor]) -> str:
+    """How params the kernel does not take are stepped: torch's own rule, or the explicit ``foreach``."""
+    if group["differentiable"] and group["foreach"]:
+        raise RuntimeError("foreach=True does not support differentiable=True; pass foreach=False or None")
+    foreach = group["foreach"]
+    if foreach is None:
+        _, foreach = _torch_optimizer._default_to_fused_or_foreach(params, group["differentiable"], use_fused=False)
+    return "foreach" if foreach else "forloop"
+
+
+def _check_capturable(params: list[Tensor], steps: list[Tensor], backend: str) -> None:
+    # torch refuses capturable steps off its graph-capture devices (the CPU among them), with this message.
+    if torch.compiler.is_compiling():
+        return
+    supported = _torch_optimizer._get_capturable_supported_devices(supports_xla=backend == "forloop")
+    for p, step in zip(params, steps):
+        if not (p.device.type == step.device.type and p.device.type in supported):
+            raise AssertionError(
+                f"If capturable=True, params and state_steps must be on supported devices: {supported}."
+            )
+
+
+def _check_live_state(p: Tensor, state: Mapping[str, Any], index: int) -> None:
+    """The per-step check of a param's state: fast when all is well, :func:`_check_state`'s message when not."""
+    m, u = state.get("exp_avg"), state.get("exp_inf")
+    if (
+        len(state) == 3
+        and type(state.get("step")) in _KERNEL_TYPES
+        and m is not None
+        and u is not None
+        and m.shape == p.shape
+        and u.shape == p.shape
+        and m.dtype == u.dtype
+        and (m.dtype == p.dtype or (m.dtype == torch.float32 and p.dtype in _LOW_PRECISION))
+        and ((p.is_cpu and m.is_cpu and u.is_cpu) or (m.device == p.device and u.device == p.device))
+    ):
+        return
+    _check_state(p, state, f"state of param {index} of its group", loading=False)
+
+
+def _check_state(p: Tensor, state: Mapping[str, Any], where: str, *, loading: bool) -> None:
+    """Raise unless ``state`` is a well-formed Adamax state for ``p``.
+
+    ``loading``: a checkpoint, whose step may be a number and whose tensors
+    ``load_state_dict`` will cast to the param's dtype and device.  Otherwise
+    live state, checked without reading any tensor's values.
+    """
+    if not isinstance(state, Mapping) or set(state) != _STATE_KEYS:
+        keys = sorted(state) if isinstance(state, Mapping) else type(state).__name__
+        raise ValueError(f"{where}: expected the keys {sorted(_STATE_KEYS)}, got {keys}")
+    if not loading:
+        if not isinstance(state["step"], Tensor) or state["step"].numel() != 1:
+            raise ValueError(f"{where}: 'step' must be a 1-element tensor")
+        for key in ("exp_avg", "exp_inf"):
+            value = state[key]
+            matches = isinstance(value, Tensor) and value.shape == p.shape and value.dtype == p.dtype
+            if not (matches and value.device == p.device):
+                raise ValueError(f"{where}: {key!r} does not match the param's shape, dtype and device")
+        return
+    step = state["step"]
+    if isinstance(step, Tensor):
+        if step.numel() != 1 or step.is_complex():
+            raise ValueError(f"{where}: 'step' must be a single real number, got a tensor of shape {tuple(step.shape)}")
+        step = step.item()
+    if (
+        isinstance(step, bool)
+        or not isinstance(step, (int, float))
+        or not (math.isfinite(step) and step >= 0 and step == int(step))
+    ):
+        raise ValueError(f"{where}: 'step' must be a whole number >= 0, got {step!r}")
+    for key in ("exp_avg", "exp_inf"):
+        value = state[key]
+        if not isinstance(value, Tensor):
+            raise TypeError(f"{where}: {key!r} must be a tensor, got {type(value).__name__}")
+        if value.shape != p.shape:
+            raise ValueError(f"{where}: {key!r} has shape {tuple(value.shape)}, the param {tuple(p.shape)}")
+        if value.is_complex() != p.is_complex() or not (value.is_floating_point() or value.is_complex()):
+            raise TypeError(f"{where}: {key!r} has dtype {value.dtype}, which cannot hold state for {p.dtype}")
+
+
+def _all_finite(tensors: list[Tensor]) -> bool:
+    if not tensors:
+        return True
+    return bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all())
+
+
+class _Planning:
+    """The optimizer's checks before anything is written: a loaded state dict, and each group's step."""
+
+    def _check_loadable(self, state_dict: Mapping[str, Any]) -> None:
+        if not isinstance(state_dict, Mapping) or not {"state", "param_groups"} <= set(state_dict):
+            raise ValueError("expected an optimizer state dict with 'state' and 'param_groups'")
+        saved_groups = state_dict["param_groups"]
+        if len(saved_groups) != len(self.param_groups):
+            raise ValueError("loaded state dict has a different number of parameter groups")
+        for i, (group, saved) in enumerate(zip(self.param_groups, saved_groups)):
+            if len(group["params"]) != len(saved["params"]):
+                raise ValueError(
+                    "loaded state dict contains a parameter group that doesn't match the size of optimizer's group"
+                )
+            try:
+                _config_of({**_FLAG_DEFAULTS, **saved})
+            except (TypeError, ValueError, KeyError) as err:
+                raise type(err)(f"param group {i} of the loaded state dict: {err}") from None
+        id_map = dict(
+            zip(
+                chain.from_iterable(g["params"] for g in saved_groups),
+                chain.from_iterable(g["params"] for g in self.param_groups),
+            )
+        )
+        for key, entry in state_dict["state"].items():
+            if key not in id_map:
+                raise ValueError(f"loaded state dict has state for param {key!r}, which no param group lists")
+            if isinstance(entry, Mapping) and not entry:
+                continue  # torch leaves one where ``opt.state[p]`` was read before p had a gradient
+            _check_state(id_map[key], entry, f"state of param {key!r}", loading=True)
+
+    def _plan(self, group: dict) -> _Plan:
+        """Check one group's hyperparameters, gradients and state, and choose backends; write nothing."""
+        config = _config_of(group)
+        mode = _kernel_mode(group)
+        state = self.state
+        fused, fused_states, rest = [], [], []
+        for i, p in enumerate(group["params"]):
+            g = p.grad
+            if g is None:
+                continue
+            if g.is_sparse:
+                raise RuntimeError("Adamax does not support sparse gradients")
+            if g.shape != p.shape or g.dtype != p.dtype or g.device != p.device:
+                raise RuntimeError(
+                    f"param {i} of its group has a gradient of shape {tuple(g.shape)}, {g.dtype} on {g.device}; "
+                    f"expected shape {tuple(p.shape)}, {p.dtype} on {p.device}"
+                )
+            s = state.get(p)
+            if s:
+                _check_live_state(p, s, i)
+            if mode == "never":
+                rest.append(p)
+                continue
+            reason = _kernel_can_take(p, g, s, group["capturable"])
+            if reason is None:
+                fused.append(p)
+                fused_states.append(s)
+            elif mode == "always":
+                raise RuntimeError(f"fused=True cannot update param {i} of its group: {reason}")
+            else:
+                rest.append(p)
+        backend = _torch_backend(group, rest) if rest else "forloop"
+        if group["capturable"]:
+            steps = [state[p]["step"] if state.get(p) else p for p in rest]
+            _check_capturable(rest, steps, backend)
+        return _Plan(group, config, fused, fused_states, rest, backend)
