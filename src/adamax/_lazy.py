@@ -159,14 +159,14 @@ def catch_up(clock: Clock, p: np.ndarray, m: np.ndarray, u: np.ndarray, last: np
 
 def _sum(clock: Clock, placement: str, u: np.ndarray, K: np.ndarray, last: np.ndarray, shape: tuple) -> np.ndarray:
     """``sum_{k=1..K} D(s+k, n) c_{s+k} a^k / d_k`` per element (see the module docstring)."""
-    n, W = clock.t, clock.W
+    W = clock.W
     slot = clock.slot(last)
     Kb = np.broadcast_to(K.reshape(shape), u.shape)
     if placement == "denominator":
         total = np.zeros(u.shape)
         for k in range(1, int(K.max(initial=0)) + 1):
             j = last + k
-            live = (K >= k).reshape(shape)
+            live = (k <= K).reshape(shape)
             D_jn = clock.D[clock.slot(j)].reshape(shape)
             c_j = clock.c[clock.slot(j)].reshape(shape)
             term = D_jn * c_j * clock.pow_a[k] / (clock.pow_b2[k] * u + clock.eps)
