@@ -48,6 +48,11 @@ import numpy as np
 from adamax._algorithm import step_size
 from adamax.spec import AdamaxConfig
 
+COUPLED_DECAY = (
+    "coupled weight decay moves every row every step, so it cannot be lazy: "
+    "pass decoupled_weight_decay=True (or weight_decay=0)"
+)
+
 
 def window(beta1: float, beta2: float, dtype=np.float64) -> int:
     """How many steps a row may lag: after ``W`` steps a catch-up term is below 2^-60 of the first."""
@@ -70,10 +75,7 @@ class Clock:
 
     def __init__(self, config: AdamaxConfig, dtype=np.float64, window_steps: int | None = None) -> None:
         if config.weight_decay and not config.decoupled_weight_decay:
-            raise ValueError(
-                "coupled weight decay moves every row every step, so it cannot be lazy: "
-                "pass decoupled_weight_decay=True (or weight_decay=0)"
-            )
+            raise ValueError(COUPLED_DECAY)
         self.dtype = np.dtype(dtype)
         cast = self.dtype.type
         self.config = config

@@ -21,11 +21,11 @@ were.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
-from adamax import reference
+from adamax import _lazy, reference
 from adamax._algorithm import step_size
 from adamax.kernels import cpu_kernels
 from adamax.reference import AdamaxState
@@ -35,8 +35,18 @@ Tree = Any  # an ndarray, or a list/tuple/dict of trees
 _STATE_KEYS = frozenset({"step", "exp_avg", "exp_inf"})
 
 
+class RowGradient(NamedTuple):
+    """The gradient of a lazily stepped table (see ``lazy``): ``values[i]`` is the gradient of row ``indices[i]``;
+    every other row's gradient is zero.  Repeated indices are summed."""
+
+    indices: np.ndarray  # 1-d integers
+    values: np.ndarray  # (len(indices), *table.shape[1:]), the table's dtype
+
+
 def _flatten(tree: Tree, prefix: str = "") -> list[tuple[str, Any]]:
     """``[(path, leaf), ...]`` in a fixed order; paths join keys with '/'."""
+    if isinstance(tree, RowGradient):
+        return [(prefix, tree)]
     if isinstance(tree, Mapping):
         out = []
         for key in tree:
@@ -55,7 +65,7 @@ def _flatten(tree: Tree, prefix: str = "") -> list[tuple[str, Any]]:
 
 
 class Adamax:
-    """Adamax over a list or (nested) dict of NumPy arrays.
+    r"""Adamax over a list or (nested) dict of NumPy arrays.
 
     Args:
         params: the arrays to optimize, updated in place.  Each must be a
@@ -67,6 +77,14 @@ class Adamax:
             (``False``), or for every C-contiguous float32/float64 array when
             numba is installed (``None``); other arrays take the reference.
             Results are bit-identical either way.
+        lazy: paths of tables (arrays of 1 or more dimensions, rows along
+            the first) stepped lazily: their gradients are
+            :class:`RowGradient`\ s, and a row no gradient touches is brought
+            up to date only when read (:meth:`rows`, :meth:`flush`,
+            :meth:`state_dict`), with the results of dense Adamax on zero
+            gradients there (:mod:`adamax._lazy`).  Until then the table's
+            untouched rows are stale.  Needs decoupled (or no) weight decay and
+            ``beta1 < beta2``.
 
     ``opt.config`` holds the hyperparameters; assign
     ``opt.config = opt.config.replace(lr=...)`` to schedule them.
@@ -84,6 +102,7 @@ class Adamax:
         maximize: bool = False,
         eps_placement: EpsPlacement = "max",
         fused: bool | None = None,
+        lazy: Sequence[str] = (),
     ) -> None:
         if fused is not None and not isinstance(fused, bool):
             raise TypeError(f"Invalid fused: {fused!r} (expected True, False or None)")
@@ -115,12 +134,23 @@ class Adamax:
         self.params = params
         self._leaves: dict[str, np.ndarray] = dict(leaves)
         self.state: dict[str, AdamaxState] = {}
+        if isinstance(lazy, str) or not all(isinstance(path, str) for path in lazy):
+            raise TypeError(f"lazy must be a list of param paths, got {lazy!r}")
+        unknown = [path for path in lazy if path not in self._leaves]
+        if unknown:
+            raise ValueError(f"lazy names unknown params {unknown}; the params are {list(self._leaves)}")
+        for path in lazy:
+            if self._leaves[path].ndim < 1:
+                raise ValueError(f"lazy param {path!r} must have rows (at least 1 dimension)")
+        if lazy:
+            _lazy.Clock(self.config, np.float64)  # refuses coupled decay and beta1 >= beta2 now, not at a step
+        self._lazy: dict[str, _LazyTable] = {path: _LazyTable.fresh(self._leaves[path], self.config) for path in lazy}
 
     def __repr__(self) -> str:
         fields = ", ".join(f"{k}={v!r}" for k, v in self.config.to_dict().items())
         return f"Adamax({len(self._leaves)} arrays, {fields})"
 
-    def _matching_grads(self, grads: Tree) -> dict[str, np.ndarray]:
+    def _matching_grads(self, grads: Tree) -> dict[str, Any]:
         flat = dict(_flatten(grads))
         for path in self._leaves:
             if path not in flat and any(key.startswith(f"{path}/") for key in flat):
@@ -132,7 +162,12 @@ class Adamax:
         if extra:
             raise ValueError(f"gradient for unknown param {', '.join(map(repr, extra))}")
         for path, param in self._leaves.items():
-            reference.check_like_param(f"gradient for {path!r}", flat[path], param)
+            if path in self._lazy:
+                flat[path] = _coalesced(path, flat[path], param)
+            elif isinstance(flat[path], RowGradient):
+                raise TypeError(f"a RowGradient for {path!r}, which is not lazy: name it in Adamax(..., lazy=[...])")
+            else:
+                reference.check_like_param(f"gradient for {path!r}", flat[path], param)
         return flat
 
     def _kernel_paths(self, grads: dict[str, np.ndarray]) -> list[str]:
@@ -142,6 +177,8 @@ class Adamax:
             return []
         chosen = []
         for path, param in self._leaves.items():
+            if path in self._lazy:
+                continue
             if kernels.qualifies(param, grads[path]):
                 chosen.append(path)
             elif self.fused:
@@ -157,8 +194,9 @@ class Adamax:
         fused = self._kernel_paths(flat)
         taken = set(fused)
         new = {}
+        lazy = {path: self._lazy_step(path, flat[path]) for path in self._lazy}
         for path, param in self._leaves.items():
-            if path not in taken:
+            if path not in taken and path not in self._lazy:
                 state = self.state[path] if path in self.state else reference.init(param)
                 new[path] = reference.update(param, flat[path], state, self.config)
         # Nothing above wrote anything; from here on nothing can fail.
@@ -167,6 +205,72 @@ class Adamax:
         for path, (value, state) in new.items():
             np.copyto(self._leaves[path], value)
             self.state[path] = state
+        for commit in lazy.values():
+            commit()
+
+    def _lazy_step(self, path: str, grad: RowGradient):
+        """Compute one lazy table's step (rows the gradient touches, and rows about to fall out of the window);
+        returns the function that writes it."""
+        table, param = self._lazy_table(path), self._leaves[path]
+        state = self._state_of(path)
+        t = int(state.step)
+        touched = grad.indices
+        stale = np.setdiff1d(table.clock.stale(table.last), touched, assume_unique=True)
+        caught = table.catch_up(param, state, stale)
+        rows = table.catch_up(param, state, touched)
+        p, s = reference.update(rows.p, grad.values, AdamaxState(t, rows.m, rows.u), self.config)
+        c, e = table.clock.step_scalars(self.config.lr, t + 1)
+
+        def commit() -> None:
+            for index, (q, m, u) in ((stale, caught), (touched, (p, s.exp_avg, s.exp_inf))):
+                param[index], state.exp_avg[index], state.exp_inf[index] = q, m, u
+            table.last[stale] = t
+            table.clock.advance(c, e)
+            table.last[touched] = t + 1
+            self.state[path] = AdamaxState(t + 1, state.exp_avg, state.exp_inf)
+
+        return commit
+
+    def _lazy_table(self, path: str) -> _LazyTable:
+        """The table's bookkeeping under the current config.  Its history holds for the betas, eps and placement
+        it was recorded with; when one of those changed, every row is first brought up to date under the old
+        ones (which changes no row's value, only where it is stored) and the history starts afresh."""
+        config, table = self.config, self._lazy[path]
+        if config.weight_decay and not config.decoupled_weight_decay:
+            raise ValueError(_lazy.COUPLED_DECAY)
+        old = table.clock.config
+        if (old.betas, old.eps, old.eps_placement) != (config.betas, config.eps, config.eps_placement):
+            _lazy.Clock(config, np.float64)  # refuses beta1 >= beta2 before anything changes
+            self._bring_up_to_date(path, np.arange(len(self._leaves[path])))
+            table = _LazyTable.fresh(self._leaves[path], config, int(self._state_of(path).step))
+            self._lazy[path] = table
+        table.clock.config = config  # the lr and decay of the steps to come
+        return table
+
+    def _state_of(self, path: str) -> AdamaxState:
+        return self.state[path] if path in self.state else reference.init(self._leaves[path])
+
+    def rows(self, path: str, indices) -> np.ndarray:
+        """Bring rows ``indices`` of lazy table ``path`` up to date (in place) and return a copy of them."""
+        if path not in self._lazy:
+            raise ValueError(f"{path!r} is not lazy; read it directly")
+        indices = np.unique(np.asarray(indices, dtype=np.int64))
+        self._bring_up_to_date(path, indices)
+        return self._leaves[path][indices].copy()
+
+    def flush(self) -> None:
+        """Bring every row of every lazy table up to date, in place."""
+        for path in self._lazy:
+            self._bring_up_to_date(path, np.arange(len(self._leaves[path])))
+
+    def _bring_up_to_date(self, path: str, indices: np.ndarray) -> None:
+        if path not in self.state:
+            return  # never stepped: nothing is stale
+        table, param, state = self._lazy[path], self._leaves[path], self.state[path]
+        indices = indices[table.last[indices] != table.clock.t]
+        if len(indices):
+            param[indices], state.exp_avg[indices], state.exp_inf[indices] = table.catch_up(param, state, indices)
+            table.last[indices] = table.clock.t
 
     def _step_fused(self, paths: list[str], grads: dict[str, np.ndarray]) -> None:
         kernels = cpu_kernels()
@@ -191,7 +295,9 @@ class Adamax:
                 self.state[path] = AdamaxState(t, states[path].exp_avg, states[path].exp_inf)
 
     def state_dict(self) -> dict[str, Any]:
-        """A snapshot: ``{"state": {path: {step, exp_avg, exp_inf}}, "hyperparams": {...}}``."""
+        """A snapshot: ``{"state": {path: {step, exp_avg, exp_inf}}, "hyperparams": {...}}``; lazy tables are
+        brought up to date first, so it is the state dense Adamax would have."""
+        self.flush()
         return {
             "state": {
                 path: {"step": int(s.step), "exp_avg": s.exp_avg.copy(), "exp_inf": s.exp_inf.copy()}
@@ -226,3 +332,46 @@ class Adamax:
             state[path] = AdamaxState(int(candidate.step), candidate.exp_avg.copy(), candidate.exp_inf.copy())
         self.config = config
         self.state = state
+        self._lazy = {
+            path: _LazyTable.fresh(self._leaves[path], config, int(state[path].step) if path in state else 0)
+            for path in self._lazy
+        }
+
+
+def _coalesced(path: str, grad: Any, param: np.ndarray) -> RowGradient:
+    """Check a lazy table's gradient and sum the values of repeated rows."""
+    if not isinstance(grad, RowGradient):
+        raise TypeError(f"gradient for lazy {path!r} must be a RowGradient(indices, values), got {type(grad).__name__}")
+    indices, values = grad
+    if not (isinstance(indices, np.ndarray) and indices.ndim == 1 and np.issubdtype(indices.dtype, np.integer)):
+        raise TypeError(f"RowGradient for {path!r}: indices must be a 1-d integer array")
+    if indices.size and (indices.min() < 0 or indices.max() >= len(param)):
+        raise IndexError(f"RowGradient for {path!r}: indices must lie in [0, {len(param)})")
+    reference.check_like_param(
+        f"RowGradient values for {path!r}", values, np.empty((len(indices), *param.shape[1:]), param.dtype)
+    )
+    unique, where = np.unique(indices, return_inverse=True)
+    if len(unique) == len(indices):
+        order = np.argsort(indices)
+        return RowGradient(indices[order], values[order])
+    summed = np.zeros((len(unique), *param.shape[1:]), param.dtype)
+    np.add.at(summed, where, values)
+    return RowGradient(unique, summed)
+
+
+class _LazyTable(NamedTuple):
+    """A lazy table's bookkeeping: its clock, and the step each row was last brought up to date at."""
+
+    clock: _lazy.Clock
+    last: np.ndarray  # int64 per row
+
+    @classmethod
+    def fresh(cls, param: np.ndarray, config: AdamaxConfig, step: int = 0) -> _LazyTable:
+        clock = _lazy.Clock(config, param.dtype if param.dtype in (np.float32, np.float64) else np.float64)
+        clock.t = step
+        return cls(clock, np.full(len(param), step, dtype=np.int64))
+
+    def catch_up(self, param: np.ndarray, state: AdamaxState, indices: np.ndarray) -> _lazy.Rows:
+        return _lazy.catch_up(
+            self.clock, param[indices], state.exp_avg[indices], state.exp_inf[indices], self.last[indices]
+        )
