@@ -28,7 +28,7 @@ class _CachedPlan(NamedTuple):
 
 
 def _planned_params(plan: _Plan | _CachedPlan) -> list[Tensor]:
-    return plan.params if isinstance(plan, _CachedPlan) else [*plan.fused, *plan.rest]
+    return plan.params if isinstance(plan, _CachedPlan) else [*plan.fused, *plan.rest, *plan.lazy]
 
 
 class _TrackedState(defaultdict):
@@ -153,7 +153,9 @@ class _CachedSteps:
     def _fused_group(self, plan: _Plan) -> _FusedGroup | None:
         """After a full-plan step: cache the group if the kernel stepped all of it, in one dtype."""
         params = plan.group["params"]
-        if plan.rest or len(plan.fused) != len(params) or not params:
+        if plan.rest or plan.lazy or len(plan.fused) != len(params) or not params:
+            return None
+        if any(p in self._lazy_tables() for p in params):  # a lazy table's dense steps go through _run
             return None
         dtype = params[0].dtype
         if any(

@@ -14,11 +14,12 @@ from adamax.kernels import cpu_kernels, gpu_kernels
 from adamax.spec import EpsPlacement
 from adamax.torch._cached import _CachedPlan, _CachedSteps, _planned_params, _TrackedState
 from adamax.torch._fused import _FusedSteps
+from adamax.torch._lazy import _LazyRows
 from adamax.torch._ops import _OpSteps
 from adamax.torch._plan import _FLAG_DEFAULTS, _KERNEL_FOR_DEVICE, _all_finite, _config_of, _Plan, _Planning
 
 
-class Adamax(_Planning, _CachedSteps, _FusedSteps, _OpSteps, Optimizer):
+class Adamax(_Planning, _CachedSteps, _FusedSteps, _OpSteps, _LazyRows, Optimizer):
     r"""Adamax (Kingma & Ba 2015, section 7.1), a drop-in for ``torch.optim.Adamax``.
 
     Args:
@@ -144,6 +145,12 @@ class Adamax(_Planning, _CachedSteps, _FusedSteps, _OpSteps, Optimizer):
         """
         self._check_loadable(state_dict)
         super().load_state_dict(state_dict)
+        self._reset_lazy_after_load()
+
+    def state_dict(self) -> dict[str, Any]:
+        """As torch's; lazy tables are brought up to date first, so it is the state dense Adamax would have."""
+        self.flush()
+        return super().state_dict()
 
     def _init_state(self, p: Tensor, capturable: bool, state_dtype: torch.dtype | None = None) -> dict[str, Tensor]:
         state = self.state.get(p)
@@ -158,6 +165,16 @@ class Adamax(_Planning, _CachedSteps, _FusedSteps, _OpSteps, Optimizer):
         return state
 
     def _run(self, plan: _Plan) -> None:
+        tables = self._lazy_tables()
+        dense_lazy = [p for p in (*plan.fused, *plan.rest) if p in tables]
+        for p in dense_lazy:  # a lazy table with a dense gradient: every row up to date first
+            self._dense_step_of_a_lazy_table(p)
+        self._run_dense(plan)
+        self._after_dense_step(dense_lazy)
+        if plan.lazy:
+            self._run_lazy(plan.group, plan.config, plan.lazy)
+
+    def _run_dense(self, plan: _Plan) -> None:
         paths = self.last_step_paths
         for p in plan.fused:
             paths[_KERNEL_FOR_DEVICE[p.device.type]] = paths.get(_KERNEL_FOR_DEVICE[p.device.type], 0) + 1

@@ -69,6 +69,7 @@ class _Plan(NamedTuple):
     fused_states: list[dict | None]  # their state (None: not created yet), looked up once
     rest: list[Tensor]  # params stepped with torch ops
     backend: str  # for ``rest``: "forloop" or "foreach"
+    lazy: tuple[Tensor, ...] | list[Tensor] = ()  # lazy tables with sparse gradients (lazy_embeddings)
 
 
 _KERNEL_TYPES = (Tensor, torch.nn.Parameter)  # not subclasses (DTensor and friends): the kernel reads raw memory
@@ -230,7 +231,7 @@ def _check_state(p: Tensor, state: Mapping[str, Any], where: str, *, loading: bo
 def _all_finite(tensors: list[Tensor]) -> bool:
     if not tensors:
         return True
-    return bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all())
+    return bool(torch.stack([torch.isfinite(t._values() if t.is_sparse else t).all() for t in tensors]).all())
 
 
 class _Planning:
@@ -269,13 +270,20 @@ class _Planning:
         config = _config_of(group)
         mode = _kernel_mode(group)
         state = self.state
-        fused, fused_states, rest = [], [], []
+        fused, fused_states, rest, lazy = [], [], [], []
         for i, p in enumerate(group["params"]):
             g = p.grad
             if g is None:
                 continue
             if g.is_sparse:
-                raise RuntimeError("Adamax does not support sparse gradients")
+                if p in self._lazy_tables():
+                    self._check_lazy_step(p, g, i)
+                    lazy.append(p)
+                    continue
+                raise RuntimeError(
+                    "Adamax does not support sparse gradients, except on the embeddings that "
+                    "adamax.torch.lazy_embeddings(model, opt) registers"
+                )
             if g.shape != p.shape or g.dtype != p.dtype or g.device != p.device:
                 raise RuntimeError(
                     f"param {i} of its group has a gradient of shape {tuple(g.shape)}, {g.dtype} on {g.device}; "
@@ -299,4 +307,4 @@ class _Planning:
         if group["capturable"]:
             steps = [state[p]["step"] if state.get(p) else p for p in rest]
             _check_capturable(rest, steps, backend)
-        return _Plan(group, config, fused, fused_states, rest, backend)
+        return _Plan(group, config, fused, fused_states, rest, backend, lazy)

@@ -1,0 +1,217 @@
+"""Lazy rows for sparse embeddings: ``lazy_embeddings(model, opt)``, the rows' catch-up, and ``opt.flush()``.
+
+A table registered here takes sparse gradients.  A step updates only the rows
+its gradient touches (and rows about to fall out of the catch-up window);
+every other row keeps the value of its last update, and is brought up to
+date, in closed form (:mod:`adamax._lazy`), when it is next read: by the
+embedding's forward pre-hook for the rows about to be looked up, by
+``opt.flush()`` for all of them, by ``opt.state_dict()`` and by the module's
+``state_dict()``.  The results are dense Adamax's on the same gradients
+(zeros in untouched rows), to about 1e-14 relative in float64.
+
+The rule for users: read a lazy table only through its module, or after
+``opt.flush()``.  Reading ``embedding.weight`` directly (weight tying,
+evaluation code that indexes it) sees rows as they were at their last
+update.  A write to the table from outside the optimizer is detected (its
+version counter) at the next step or catch-up, and refused.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from adamax import _lazy, reference
+from adamax.reference import AdamaxState
+from adamax.spec import AdamaxConfig
+
+_LAZY_DTYPES = (torch.float32, torch.float64)
+_MODULES = (torch.nn.Embedding, torch.nn.EmbeddingBag)
+
+
+class _Table(NamedTuple):
+    """A lazy table's bookkeeping: its clock and, per row, the step it was last brought up to date at."""
+
+    clock: _lazy.Clock
+    last: np.ndarray  # int64 per row
+    version: list  # [the table's version counter after the optimizer's last write]
+
+    @classmethod
+    def fresh(cls, p: Tensor, config: AdamaxConfig, step: int) -> _Table:
+        clock = _lazy.Clock(config, np.dtype(str(p.dtype).removeprefix("torch.")))
+        clock.t = step
+        return cls(clock, np.full(p.shape[0], step, dtype=np.int64), [p._version])
+
+
+def lazy_embeddings(model: torch.nn.Module, optimizer) -> list[torch.nn.Module]:
+    """Step every sparse ``nn.Embedding`` / ``nn.EmbeddingBag`` of ``model`` lazily; returns those modules.
+
+    Each module's weight must be a param of ``optimizer`` (an :class:`adamax.torch.Adamax`), in a group with
+    decoupled or no weight decay and ``beta1 < beta2``.  Each gets a forward pre-hook that brings the rows it is
+    about to look up to date, and a ``state_dict`` pre-hook that brings all of them up to date.
+    """
+    register = getattr(optimizer, "_register_lazy", None)
+    if register is None:
+        raise TypeError(f"lazy_embeddings needs an adamax.torch.Adamax, got {type(optimizer).__name__}")
+    modules = [m for m in model.modules() if isinstance(m, _MODULES) and m.sparse]
+    if not modules:
+        raise ValueError("the model has no nn.Embedding or nn.EmbeddingBag with sparse=True")
+    for module in modules:  # check every one before registering any
+        optimizer._check_lazy(module.weight)
+    for module in modules:
+        register(module.weight)
+        module.register_forward_pre_hook(_make_lookup_hook(optimizer))
+        module.register_state_dict_pre_hook(lambda module, prefix, keep_vars, opt=optimizer: opt.flush())
+    return modules
+
+
+def _make_lookup_hook(optimizer):
+    def bring_rows_up_to_date(module: torch.nn.Module, args: tuple) -> None:
+        indices = args[0] if args else None
+        if isinstance(indices, Tensor):
+            optimizer._bring_rows_up_to_date(module.weight, torch.unique(indices.detach()).cpu().numpy())
+
+    return bring_rows_up_to_date
+
+
+class _LazyRows:
+    """The optimizer's lazy tables: registration, the step of their touched rows, and bringing rows up to date."""
+
+    def _lazy_tables(self) -> dict:
+        return self.__dict__.setdefault("_lazy", {})
+
+    def _group_of(self, p: Tensor) -> dict:
+        for group in self.param_groups:
+            if any(q is p for q in group["params"]):
+                return group
+        raise ValueError("lazy_embeddings: a sparse embedding's weight is not a param of this optimizer")
+
+    def _check_lazy(self, p: Tensor) -> None:
+        from adamax.torch._plan import _config_of
+
+        config = _config_of(self._group_of(p))
+        if p.dtype not in _LAZY_DTYPES or p.device.type != "cpu":
+            raise TypeError(f"lazy tables are float32 or float64 CPU tensors, got {p.dtype} on {p.device}")
+        _lazy.Clock(config, np.float64)  # refuses coupled weight decay and beta1 >= beta2
+
+    def _register_lazy(self, p: Tensor) -> None:
+        tables = self._lazy_tables()
+        if p not in tables:
+            from adamax.torch._plan import _config_of
+
+            state = self.state.get(p)
+            step = int(state["step"]) if state else 0
+            tables[p] = _Table.fresh(p, _config_of(self._group_of(p)), step)
+
+    def _table(self, p: Tensor, config: AdamaxConfig) -> _Table:
+        """``p``'s bookkeeping under ``config``; when the betas, eps or placement changed, every row is brought up
+        to date under the old ones first (no row's value changes, only where it is stored)."""
+        tables = self._lazy_tables()
+        table = tables[p]
+        if table.version[0] != p._version:
+            raise RuntimeError(
+                "a lazily stepped embedding was written outside the optimizer; its rows' bookkeeping no longer "
+                "holds (call opt.flush() before writing to it, and write only between steps)"
+            )
+        old = table.clock.config
+        if (old.betas, old.eps, old.eps_placement) != (config.betas, config.eps, config.eps_placement):
+            self._bring_rows_up_to_date(p, np.arange(p.shape[0]))
+            table = tables[p] = _Table.fresh(p, config, table.clock.t)
+        table.clock.config = config
+        return table
+
+    def flush(self) -> None:
+        """Bring every row of every lazy table up to date (see :func:`adamax.torch.lazy_embeddings`)."""
+        for p in self._lazy_tables():
+            self._bring_rows_up_to_date(p, np.arange(p.shape[0]))
+
+    def _bring_rows_up_to_date(self, p: Tensor, rows: np.ndarray) -> None:
+        tables = self._lazy_tables()
+        state = self.state.get(p)
+        if p not in tables or not state:
+            return  # never stepped: nothing is stale
+        table = tables[p]
+        if table.version[0] != p._version:
+            raise RuntimeError("a lazily stepped embedding was written outside the optimizer (see flush())")
+        rows = rows[table.last[rows] != table.clock.t]
+        if not len(rows):
+            return
+        with torch.no_grad():
+            arrays = _arrays(p, state)
+            caught = _lazy.catch_up(table.clock, *(a[rows] for a in arrays), table.last[rows])
+            for a, value in zip(arrays, caught):
+                a[rows] = value
+        table.last[rows] = table.clock.t
+        table.version[0] = p._version
+
+    def _check_lazy_step(self, p: Tensor, g: Tensor, index: int) -> None:
+        """Before any write: a sparse gradient fits its lazy table."""
+        if g.layout is not torch.sparse_coo or g.sparse_dim() != 1 or g.shape != p.shape or g.dtype != p.dtype:
+            raise RuntimeError(
+                f"param {index} of its group is a lazy table of shape {tuple(p.shape)}, {p.dtype}: its gradient "
+                f"must be a sparse COO tensor of that shape and dtype with one sparse dimension"
+            )
+        state = self.state.get(p)
+        if state and (state["exp_avg"].dtype != p.dtype or state["exp_avg"].layout is not torch.strided):
+            raise ValueError(f"state of lazy param {index} of its group must be dense and of the param's dtype")
+        table = self._lazy_tables()[p]
+        if table.version[0] != p._version:
+            raise RuntimeError("a lazily stepped embedding was written outside the optimizer (see flush())")
+
+    def _run_lazy(self, group: dict, config: AdamaxConfig, params: list[Tensor]) -> None:
+        """One step of each lazy table: rows the gradient touches, brought up to date and updated as dense Adamax
+        updates them; rows about to fall out of the window, brought up to date; then the clock moves on."""
+        self.last_step_paths["lazy"] = self.last_step_paths.get("lazy", 0) + len(params)
+        for p in params:
+            state = self._init_state(p, False)
+            table = self._table(p, config)
+            grad = p.grad.coalesce()
+            touched = grad.indices()[0].numpy()
+            values = grad.values().numpy()
+            t = int(state["step"])
+            stale = np.setdiff1d(table.clock.stale(table.last), touched, assume_unique=True)
+            with torch.no_grad():
+                arrays = _arrays(p, state)
+                caught = _lazy.catch_up(table.clock, *(a[stale] for a in arrays), table.last[stale])
+                rows = _lazy.catch_up(table.clock, *(a[touched] for a in arrays), table.last[touched])
+                new_p, new_state = reference.update(rows.p, values, AdamaxState(t, rows.m, rows.u), config)
+                for a, value in zip(arrays, caught):
+                    a[stale] = value
+                for a, value in zip(arrays, (new_p, new_state.exp_avg, new_state.exp_inf)):
+                    a[touched] = value
+                state["step"] += 1
+            table.last[stale] = t
+            table.clock.advance(*table.clock.step_scalars(config.lr, t + 1))
+            table.last[touched] = t + 1
+            table.version[0] = p._version
+
+    def _dense_step_of_a_lazy_table(self, p: Tensor) -> None:
+        """A dense gradient on a lazy table (a tied weight, say) updates every row: all are brought up to date
+        first, and after the step the history starts afresh."""
+        self._bring_rows_up_to_date(p, np.arange(p.shape[0]))
+
+    def _after_dense_step(self, params: list[Tensor]) -> None:
+        from adamax.torch._plan import _config_of
+
+        tables = self._lazy_tables()
+        for p in params:
+            if p in tables:
+                tables[p] = _Table.fresh(p, _config_of(self._group_of(p)), int(self.state[p]["step"]))
+
+    def _reset_lazy_after_load(self) -> None:
+        """After a state dict is loaded every row is current: each table's history starts at its step count."""
+        from adamax.torch._plan import _config_of
+
+        tables = self._lazy_tables()
+        for p in tables:
+            state = self.state.get(p)
+            tables[p] = _Table.fresh(p, _config_of(self._group_of(p)), int(state["step"]) if state else 0)
+
+
+def _arrays(p: Tensor, state: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """NumPy views of a lazy table and its state (CPU, dense: the same memory)."""
+    return p.detach().numpy(), state["exp_avg"].numpy(), state["exp_inf"].numpy()

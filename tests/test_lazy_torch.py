@@ -1,0 +1,182 @@
+"""adamax.torch.lazy_embeddings: sparse embeddings stepped lazily, against dense adamax.torch.Adamax."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from adamax.torch import Adamax, lazy_embeddings  # noqa: E402
+
+VOCAB, DIM = 80, 4
+
+
+class Model(torch.nn.Module):
+    def __init__(self, sparse: bool, dtype: torch.dtype) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.words = torch.nn.Embedding(VOCAB, DIM, sparse=sparse)
+        self.bag = torch.nn.EmbeddingBag(VOCAB, DIM, mode="sum", sparse=sparse)
+        self.head = torch.nn.Sequential(torch.nn.Linear(4 * DIM, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
+        self.to(dtype)
+
+    def forward(self, words: torch.Tensor, bag: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.cat([self.words(words).flatten(1), self.bag(bag)], dim=1))
+
+
+def batch(rng: np.random.Generator, step: int, dtype: torch.dtype):
+    """Row 0 never looked up; row 1 every step; the rest skewed (some rows often, most rarely)."""
+    words = np.minimum(rng.zipf(1.6, size=(6, 3)), VOCAB - 1)
+    words[:, 0] = 1
+    bag = rng.integers(2, VOCAB, size=(6, 4)) if step % 7 else rng.integers(2, 6, size=(6, 4))
+    target = torch.from_numpy(rng.standard_normal((6, 1))).to(dtype)
+    return torch.from_numpy(words), torch.from_numpy(bag), target
+
+
+def scale_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.detach().double(), b.detach().double()
+    return float((a - b).abs().max() / b.abs().max().clamp_min(1e-300))
+
+
+def run(dtype=torch.float64, steps=120, seed=0, **options):
+    """Lazy and dense side by side; the worst scaled error at every read through the hooks, and at flushes."""
+    lazy_model, dense_model = Model(True, dtype), Model(False, dtype)
+    lazy = Adamax(lazy_model.parameters(), lr=2e-2, **options)
+    dense = Adamax(dense_model.parameters(), lr=2e-2, **options)
+    assert lazy_embeddings(lazy_model, lazy) == [lazy_model.words, lazy_model.bag]
+    schedules = [torch.optim.lr_scheduler.LambdaLR(o, lambda s: 1 / (1 + s / 30)) for o in (lazy, dense)]
+    rng = np.random.default_rng(seed)
+    worst = 0.0
+    for step in range(steps):
+        words, bag, target = batch(rng, step, dtype)
+        losses = []
+        for model, opt in ((lazy_model, lazy), (dense_model, dense)):
+            opt.zero_grad()
+            loss = torch.nn.functional.mse_loss(model(words, bag), target)  # the hooks run here
+            loss.backward()
+            losses.append(loss)
+        rows = torch.unique(words)
+        worst = max(worst, scale_error(lazy_model.words.weight[rows], dense_model.words.weight[rows]))
+        worst = max(worst, scale_error(losses[0].detach(), losses[1].detach()))
+        lazy.step()
+        dense.step()
+        for schedule in schedules:
+            schedule.step()
+        if step % 40 == 39:
+            lazy_sd, dense_sd = lazy.state_dict(), dense.state_dict()  # brings every row up to date
+            for a, b in zip(lazy_model.parameters(), dense_model.parameters()):
+                worst = max(worst, scale_error(a.detach(), b.detach()))
+            for key, entry in dense_sd["state"].items():
+                for name in ("exp_avg", "exp_inf"):
+                    worst = max(worst, scale_error(lazy_sd["state"][key][name], entry[name]))
+                assert int(lazy_sd["state"][key]["step"]) == int(entry["step"])
+    assert lazy.last_step_paths.get("lazy") == 2
+    return worst, lazy_model, lazy, dense_model, dense
+
+
+@pytest.mark.parametrize("placement", ["max", "denominator", "none"])
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"weight_decay": 0.05, "decoupled_weight_decay": True}, {"maximize": True}],
+    ids=["plain", "decoupled-decay", "maximize"],
+)
+def test_lazy_embeddings_equal_dense_adamax_in_float64(placement, options):
+    worst, *_ = run(eps_placement=placement, eps=1e-3 if placement != "max" else 1e-8, **options)
+    assert worst < 1e-12
+
+
+def test_lazy_embeddings_in_float32_stay_within_the_stated_bound():
+    worst, *_ = run(dtype=torch.float32, weight_decay=0.05, decoupled_weight_decay=True)
+    assert worst < 4e-6
+
+
+def test_state_dict_loads_into_torch_and_a_torch_checkpoint_resumes_lazily():
+    _, _, lazy, dense_model, dense = run(steps=30)
+    saved = lazy.state_dict()
+    theirs = torch.optim.Adamax(copy.deepcopy(dense_model).parameters(), lr=2e-2)
+    theirs.load_state_dict(copy.deepcopy(saved))  # torch takes it as it is
+    # and a torch checkpoint resumes in a lazy optimizer: continue both from dense's state
+    resumed_model = Model(True, torch.float64)
+    resumed_model.load_state_dict({k: v for k, v in dense_model.state_dict().items()})
+    resumed = Adamax(resumed_model.parameters(), lr=2e-2)
+    lazy_embeddings(resumed_model, resumed)
+    resumed.load_state_dict(copy.deepcopy(dense.state_dict()))
+    rng = np.random.default_rng(9)
+    for step in range(30):
+        words, bag, target = batch(rng, step, torch.float64)
+        for model, opt in ((resumed_model, resumed), (dense_model, dense)):
+            opt.zero_grad()
+            torch.nn.functional.mse_loss(model(words, bag), target).backward()
+            opt.step()
+    model_state = resumed_model.state_dict()  # the modules' own state_dict brings their rows up to date
+    for key, value in dense_model.state_dict().items():
+        assert scale_error(model_state[key], value) < 1e-12, key
+
+
+def test_a_param_that_sits_out_keeps_its_own_step_count():
+    lazy_model, dense_model = Model(True, torch.float64), Model(False, torch.float64)
+    lazy, dense = Adamax(lazy_model.parameters(), lr=0.05), Adamax(dense_model.parameters(), lr=0.05)
+    lazy_embeddings(lazy_model, lazy)
+    rng = np.random.default_rng(2)
+    for step in range(20):
+        words, bag, target = batch(rng, step, torch.float64)
+        for model, opt in ((lazy_model, lazy), (dense_model, dense)):
+            opt.zero_grad()
+            out = model.head(torch.cat([model.words(words).flatten(1), model.bag(bag)], dim=1))
+            if step % 3 == 0:  # the bag sits out: no gradient, no step
+                out = model.head(torch.cat([model.words(words).flatten(1), model.bag(bag).detach()], dim=1))
+            torch.nn.functional.mse_loss(out, target).backward()
+            opt.step()
+    assert int(lazy.state[lazy_model.bag.weight]["step"]) == 13
+    lazy.flush()
+    for a, b in zip(lazy_model.parameters(), dense_model.parameters()):
+        assert scale_error(a.detach(), b.detach()) < 1e-12
+
+
+def test_coupled_weight_decay_is_refused_before_anything_is_hooked():
+    model = Model(True, torch.float32)
+    opt = Adamax(model.parameters(), weight_decay=0.1)
+    with pytest.raises(ValueError, match="decoupled_weight_decay=True"):
+        lazy_embeddings(model, opt)
+    assert not model.words._forward_pre_hooks and not opt._lazy_tables()
+
+
+def test_a_sparse_gradient_on_an_unregistered_table_names_lazy_embeddings():
+    model = Model(True, torch.float32)
+    opt = Adamax(model.parameters())
+    model(torch.ones(2, 3, dtype=torch.long), torch.ones(2, 4, dtype=torch.long)).sum().backward()
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(RuntimeError, match=r"sparse gradients, except on .*adamax.torch.lazy_embeddings"):
+        opt.step()
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), before))
+
+
+def test_a_write_to_a_lazy_table_outside_the_optimizer_is_caught():
+    model = Model(True, torch.float32)
+    opt = Adamax(model.parameters())
+    lazy_embeddings(model, opt)
+    words, bag = torch.ones(2, 3, dtype=torch.long), torch.ones(2, 4, dtype=torch.long)
+    model(words, bag).sum().backward()
+    opt.step()
+    with torch.no_grad():
+        model.words.weight[5] = 0.0
+    with pytest.raises(RuntimeError, match="written outside the optimizer"):
+        model(words, bag)
+
+
+def test_skip_nonfinite_sees_a_nan_in_a_sparse_gradient():
+    model = Model(True, torch.float32)
+    opt = Adamax(model.parameters(), skip_nonfinite=True)
+    lazy_embeddings(model, opt)
+    words, bag = torch.ones(2, 3, dtype=torch.long), torch.ones(2, 4, dtype=torch.long)
+    model(words, bag).sum().backward()
+    rows, nan_rows = torch.tensor([[1]]), torch.full((1, DIM), math.nan)
+    model.words.weight.grad = torch.sparse_coo_tensor(rows, nan_rows, (VOCAB, DIM), check_invariants=True)
+    before = [p.detach().clone() for p in model.parameters()]
+    opt.step()
+    assert opt.skipped_steps == 1
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), before))
