@@ -239,3 +239,47 @@ def test_an_empty_gradient_still_counts_a_step():
     assert opt.state["t"].step == 4
     opt.flush()
     assert scale_error(params["t"], dense_params["t"]) < 1e-14
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("placement", ["max", "denominator", "none"])
+def test_the_lazy_rows_kernel_is_the_numpy_catch_up_bit_for_bit(dtype, placement):
+    """The numba kernel (catch-up and update in one pass) against adamax._lazy plus adamax.reference."""
+    pytest.importorskip("numba")
+    from adamax import reference
+    from adamax.kernels import lazy as kernel
+    from adamax.reference import AdamaxState
+
+    config = AdamaxConfig(
+        lr=0.01, eps_placement=placement, weight_decay=0.05, decoupled_weight_decay=True, **CASES["short window"]
+    )
+    rng = np.random.default_rng(0)
+    start = rng.standard_normal((50, 8)).astype(dtype)
+    sides = []
+    for _ in range(2):
+        sides.append(([start.copy(), np.zeros_like(start), np.zeros_like(start)], np.zeros(50, np.int64)))
+    clocks = [_lazy.Clock(config, dtype), _lazy.Clock(config, dtype)]
+    for t in range(300):
+        rows = np.unique(rng.integers(0, 50, size=5))
+        values = rng.standard_normal((len(rows), 8)).astype(dtype)
+        for (arrays, last), clock, use_kernel in zip(sides, clocks, (False, True)):
+            stale = np.setdiff1d(clock.stale(last), rows)
+            if use_kernel:
+                kernel.step_rows(clock, *arrays, last, stale)
+                size = reference.step_size(config.lr, config.beta1, t + 1)
+                kernel.step_rows(clock, *arrays, last, rows, values, step_size=size)
+            else:
+                caught = _lazy.catch_up(clock, *(a[stale] for a in arrays), last[stale])
+                for a, value in zip(arrays, caught):
+                    a[stale] = value
+                last[stale] = t
+                now = _lazy.catch_up(clock, *(a[rows] for a in arrays), last[rows])
+                p, state = reference.update(now.p, values, AdamaxState(t, now.m, now.u), config)
+                for a, value in zip(arrays, (p, state.exp_avg, state.exp_inf)):
+                    a[rows] = value
+                last[rows] = t + 1
+            clock.advance(*clock.step_scalars(config.lr, t + 1))
+    (numpy_arrays, numpy_last), (kernel_arrays, kernel_last) = sides
+    for a, b in zip(kernel_arrays, numpy_arrays):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(kernel_last, numpy_last)

@@ -29,3 +29,13 @@ def gpu_kernels() -> ModuleType | None:
     except ImportError:
         return None
     return gpu
+
+
+@functools.cache
+def lazy_kernels() -> ModuleType | None:
+    """The numba kernel for lazy rows, or ``None`` when numba cannot be imported."""
+    try:
+        from adamax.kernels import lazy
+    except ImportError:
+        return None
+    return lazy

@@ -26,6 +26,8 @@ import torch
 from torch import Tensor
 
 from adamax import _lazy, reference
+from adamax._algorithm import step_size
+from adamax.kernels import lazy_kernels
 from adamax.reference import AdamaxState
 from adamax.spec import AdamaxConfig
 
@@ -140,6 +142,11 @@ class _LazyRows:
         rows = rows[table.last[rows] != table.clock.t]
         if not len(rows):
             return
+        kernel = _kernel_for(p, state)
+        if kernel is not None:
+            kernel.step_rows(table.clock, *_arrays(p, state), table.last, rows)
+            table.version[0] = p._version
+            return
         with torch.no_grad():
             arrays = _arrays(p, state)
             caught = _lazy.catch_up(table.clock, *(a[rows] for a in arrays), table.last[rows])
@@ -174,6 +181,17 @@ class _LazyRows:
             values = grad.values().numpy()
             t = int(state["step"])
             stale = np.setdiff1d(table.clock.stale(table.last), touched, assume_unique=True)
+            kernel = _kernel_for(p, state)
+            if kernel is not None:  # one parallel pass: catch-up and update, row by row
+                arrays = _arrays(p, state)
+                kernel.step_rows(table.clock, *arrays, table.last, stale)
+                size = step_size(config.lr, config.beta1, t + 1)
+                kernel.step_rows(table.clock, *arrays, table.last, touched, values, step_size=size, config=config)
+                with torch.no_grad():
+                    state["step"] += 1
+                table.clock.advance(*table.clock.step_scalars(config.lr, t + 1))
+                table.version[0] = p._version
+                continue
             with torch.no_grad():
                 arrays = _arrays(p, state)
                 caught = _lazy.catch_up(table.clock, *(a[stale] for a in arrays), table.last[stale])
@@ -210,6 +228,16 @@ class _LazyRows:
         for p in tables:
             state = self.state.get(p)
             tables[p] = _Table.fresh(p, _config_of(self._group_of(p)), int(state["step"]) if state else 0)
+
+
+def _kernel_for(p: Tensor, state: Mapping[str, Any]):
+    """The lazy-rows numba kernel where it can take this table (2-d, contiguous), else None: NumPy then."""
+    kernel = lazy_kernels()
+    if kernel is None or p.dim() != 2 or (p.grad is not None and p.grad.dtype != p.dtype):
+        return None
+    if not (p.is_contiguous() and state["exp_avg"].is_contiguous() and state["exp_inf"].is_contiguous()):
+        return None
+    return kernel
 
 
 def _arrays(p: Tensor, state: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

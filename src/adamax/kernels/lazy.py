@@ -1,0 +1,105 @@
+"""The lazy-rows CPU kernel: bring a table's rows up to date and, in the same pass, apply this step's update.
+
+One parallel loop over rows (numba ``prange``); per element, the catch-up of
+:mod:`adamax._lazy` in float64 (closed form for "max" and "none", the exact
+term-by-term sum for "denominator"), rounded once to the table's dtype, then
+the dense kernel's element function (:func:`adamax.kernels.cpu._element`)
+with the row's gradient.  Rows are the table's first axis; a row's elements
+are contiguous.  The caller passes the :class:`adamax._lazy.Clock`'s arrays.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit, prange
+
+from adamax.kernels.cpu import EPS_MAX, EPS_NONE, _element, flags_and_hyper
+
+
+@njit(inline="always")
+def _catch_up(p, m, u, last, t, W, a_pow, b2_pow, A, B, D, c, eps, b2, log_b2, placement):
+    """One element, last brought up to date at step ``last``, brought to step ``t`` (float64 in and out)."""
+    K = t - last
+    if K == 0:
+        return p, m, u
+    slot = last % (W + 1)
+    d_sn = D[slot]
+    total = 0.0
+    if m != 0.0:
+        if placement == EPS_NONE:
+            if u > 0.0:
+                total = d_sn * A[slot, K] / u
+        elif placement == EPS_MAX:
+            kstar = K
+            if b2_pow[K] * u < eps:  # the switch to eps happens inside the gap
+                kstar = 0
+                if u >= eps and log_b2 < 0.0:
+                    x = math.log(u / eps) / -log_b2  # >= 0; the last k with b2^k u >= eps, up to rounding
+                    kstar = K if x >= K else int(x)
+                if kstar > 0 and b2_pow[kstar] * u < eps:
+                    kstar -= 1
+                if kstar < K and b2_pow[kstar + 1] * u >= eps:
+                    kstar += 1
+            if u > 0.0:
+                total = d_sn * A[slot, kstar] / u
+            if kstar < K:
+                slot2 = (last + kstar) % (W + 1)
+                total += a_pow[kstar] * D[slot2] / eps * B[slot2, K - kstar]
+        else:  # EPS_DENOMINATOR: no split; every term
+            for k in range(1, K + 1):
+                j = (last + k) % (W + 1)
+                total += D[j] * c[j] * a_pow[k] / (b2_pow[k] * u + eps)
+    new_u = b2_pow[K] * u
+    if placement == EPS_MAX and new_u < eps:
+        new_u = eps
+    return d_sn * p + m * total, a_pow[K] * m, new_u
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def _rows(
+    p, m, u, rows, values, last, t, update, W, a_pow, b2_pow, A, B, D, c, catch, step, hyper, flags
+):  # pragma: no cover - compiled
+    """Rows ``rows`` of the 2-d ``p, m, u``: up to date at step ``t``, then (``update``) this step with
+    ``values[i]`` as row ``rows[i]``'s gradient.  ``catch`` = [eps, b2, log(b2)] in float64."""
+    eps, b2, log_b2 = catch[0], catch[1], catch[2]
+    placement = flags[2]
+    w, one_minus_w, b2_t, eps_t, wd, decay = hyper[0], hyper[1], hyper[2], hyper[3], hyper[4], hyper[5]
+    maximize, decay_mode, guard = flags[0] != 0, flags[1], flags[3] != 0
+    for i in prange(rows.shape[0]):
+        r = rows[i]
+        s = last[r]
+        for e in range(p.shape[1]):
+            pe, me, ue = _catch_up(
+                np.float64(p[r, e]), np.float64(m[r, e]), np.float64(u[r, e]),
+                s, t, W, a_pow, b2_pow, A, B, D, c, eps, b2, log_b2, placement,
+            )  # fmt: skip
+            p[r, e], m[r, e], u[r, e] = pe, me, ue  # rounded once, to the table's dtype, on store
+            if update:
+                p[r, e], m[r, e], u[r, e] = _element(
+                    p[r, e], values[i, e], m[r, e], u[r, e], step, w, one_minus_w, b2_t, eps_t, wd, decay,
+                    maximize, decay_mode, placement, guard,
+                )  # fmt: skip
+        last[r] = t + 1 if update else t
+
+
+def step_rows(clock, p, m, u, last, rows, values=None, step_size=None, config=None) -> None:
+    """Bring ``rows`` of the 2-d arrays ``p, m, u`` to ``clock.t``, in place, and (given ``values``) apply the
+    step ``clock.t + 1`` to them with ``values`` as their gradients; ``last`` is updated.
+
+    ``rows`` must be unique.  ``config`` gives the update's hyperparameters (``clock.config`` by default) and
+    ``step_size`` its ``-lr / (1 - b1**t)``.
+    """
+    config = config or clock.config
+    dtype = p.dtype
+    flags, hyper = flags_and_hyper(config, dtype)
+    update = values is not None
+    if not update:
+        values = np.empty((0, p.shape[1]), dtype)
+    catch = np.array([clock.eps, clock.b2, math.log(clock.b2) if clock.b2 > 0 else -np.inf])
+    _rows(
+        p, m, u, np.ascontiguousarray(rows, dtype=np.int64), values, last, clock.t, update, clock.W,
+        clock.pow_a, clock.pow_b2, clock.A, clock.B, clock.D, clock.c, catch,
+        dtype.type(step_size if update else 0.0), hyper, flags,
+    )  # fmt: skip
