@@ -81,8 +81,13 @@ def run(dtype=torch.float64, steps=120, seed=0, **options):
 @pytest.mark.parametrize("placement", ["max", "denominator", "none"])
 @pytest.mark.parametrize(
     "options",
-    [{}, {"weight_decay": 0.05, "decoupled_weight_decay": True}, {"maximize": True}],
-    ids=["plain", "decoupled-decay", "maximize"],
+    [
+        {},
+        {"weight_decay": 0.05, "decoupled_weight_decay": True},
+        {"maximize": True},
+        {"betas": (0.5, 0.9), "weight_decay": 0.05, "decoupled_weight_decay": True},  # a 71-step window
+    ],
+    ids=["plain", "decoupled-decay", "maximize", "short-window"],
 )
 def test_lazy_embeddings_equal_dense_adamax_in_float64(placement, options):
     worst, *_ = run(eps_placement=placement, eps=1e-3 if placement != "max" else 1e-8, **options)

@@ -123,6 +123,15 @@ class Clock:
         """Indices of rows that must be brought up to date before the next ``margin`` steps drop their anchor."""
         return np.flatnonzero(self.t - np.asarray(last) > self.W - margin)
 
+    def due(self, last: np.ndarray) -> np.ndarray:
+        """The rows to bring up to date at this step so that none ever lags more than ``W`` steps, looking at
+        ``last`` only every ``H = W // 2`` steps: then every row ``W - H`` or more steps behind.  (Between
+        two such sweeps a row falls at most ``H`` further behind.)"""
+        period = max(1, self.W // 2)
+        if self.t % period:
+            return np.empty(0, dtype=np.int64)
+        return self.stale(last, margin=period)
+
 
 class Rows(NamedTuple):
     p: np.ndarray

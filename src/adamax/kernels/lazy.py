@@ -67,18 +67,40 @@ def _rows(
     placement = flags[2]
     w, one_minus_w, b2_t, eps_t, wd, decay = hyper[0], hyper[1], hyper[2], hyper[3], hyper[4], hyper[5]
     maximize, decay_mode, guard = flags[0] != 0, flags[1], flags[3] != 0
+    width = p.shape[1]
     for i in prange(rows.shape[0]):
         r = rows[i]
         s = last[r]
-        for e in range(p.shape[1]):
-            pe, me, ue = _catch_up(
-                np.float64(p[r, e]), np.float64(m[r, e]), np.float64(u[r, e]),
-                s, t, W, a_pow, b2_pow, A, B, D, c, eps, b2, log_b2, placement,
-            )  # fmt: skip
-            p[r, e], m[r, e], u[r, e] = pe, me, ue  # rounded once, to the table's dtype, on store
-            if update:
-                p[r, e], m[r, e], u[r, e] = _element(
-                    p[r, e], values[i, e], m[r, e], u[r, e], step, w, one_minus_w, b2_t, eps_t, wd, decay,
+        K = t - s
+        pr, mr, ur = p[r], m[r], u[r]
+        if K > 0:
+            slot = s % (W + 1)
+            d_sn, a_K, b2_K, A_K = D[slot], a_pow[K], b2_pow[K], A[slot, K]
+            simple = placement == EPS_NONE
+            if placement == EPS_MAX:  # the common case: no element of the row reaches eps within the gap
+                simple = True
+                for e in range(width):
+                    if b2_K * np.float64(ur[e]) < eps:
+                        simple = False
+            if simple:  # one closed form for the whole row, a loop LLVM can vectorise
+                for e in range(width):
+                    u64 = np.float64(ur[e])
+                    m64 = np.float64(mr[e])
+                    total = d_sn * A_K / u64 if u64 > 0.0 else 0.0
+                    pr[e] = d_sn * np.float64(pr[e]) + (m64 * total if m64 != 0.0 else 0.0)
+                    mr[e] = a_K * m64
+                    ur[e] = b2_K * u64
+            else:
+                for e in range(width):
+                    pr[e], mr[e], ur[e] = _catch_up(
+                        np.float64(pr[e]), np.float64(mr[e]), np.float64(ur[e]),
+                        s, t, W, a_pow, b2_pow, A, B, D, c, eps, b2, log_b2, placement,
+                    )  # fmt: skip
+        if update:
+            gr = values[i]
+            for e in range(width):
+                pr[e], mr[e], ur[e] = _element(
+                    pr[e], gr[e], mr[e], ur[e], step, w, one_minus_w, b2_t, eps_t, wd, decay,
                     maximize, decay_mode, placement, guard,
                 )  # fmt: skip
         last[r] = t + 1 if update else t

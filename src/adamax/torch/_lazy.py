@@ -180,7 +180,7 @@ class _LazyRows:
             touched = grad.indices()[0].numpy()
             values = grad.values().numpy()
             t = int(state["step"])
-            stale = np.setdiff1d(table.clock.stale(table.last), touched, assume_unique=True)
+            stale = np.setdiff1d(table.clock.due(table.last), touched, assume_unique=True)
             kernel = _kernel_for(p, state)
             if kernel is not None:  # one parallel pass: catch-up and update, row by row
                 arrays = _arrays(p, state)
