@@ -388,6 +388,17 @@ def main(args) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     threads = torch.get_num_threads()
+    if args.sparse:
+        from adamax import bench_sparse
+
+        with _console.progress(args.repeats, "benchmark rounds (sparse)") as advance:
+            result = bench_sparse.run(args.sparse_rows, 64, args.sparse_fraction, args.repeats, advance)
+        bench_sparse.report(result, _console.table)
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump({"environment": environment(threads), "sparse": result}, f, indent=2)
+            print(f"wrote {args.json}")
+        return
     cases = [Case(f"{n / 1e6:g}M", [n]) for n in args.sizes]
     if args.model:
         cases.append(Case("model-like", model_like_sizes()))

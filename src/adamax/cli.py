@@ -305,6 +305,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-startup", dest="startup", action="store_false", help="skip the start-up timings")
     p.add_argument("--repeats", type=_int_at_least(3), default=15, help="rounds (default 15)")
     p.add_argument("--threads", type=_int_at_least(1), default=None, help="torch threads (default: torch's)")
+    p.add_argument(
+        "--sparse", action="store_true", help="lazy steps of an embedding table (1M x 64, 1%% of rows a step) instead"
+    )
+    p.add_argument("--sparse-rows", type=_int_at_least(1), default=1_000_000, help=argparse.SUPPRESS)
+    p.add_argument("--sparse-fraction", type=float, default=0.01, help=argparse.SUPPRESS)
     p.add_argument("--json", metavar="PATH", help="write the results as JSON")
     p.add_argument("--from-json", metavar="PATH", help="measure nothing: report and plot an earlier --json file")
     p.add_argument("--out", type=_png_path, default=Path("adamax-bench.png"), help="chart PNG (default %(default)s)")

@@ -13,9 +13,38 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit, prange
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 from adamax.kernels.cpu import EPS_MAX, EPS_NONE, _element, flags_and_hyper
+
+
+@intrinsic
+def _prefetch(typingctx, array, row, column):
+    """Ask the CPU to start loading ``array[row, column]``'s cache line (LLVM's ``llvm.prefetch``, for writing)."""
+    if not (isinstance(array, types.Array) and array.ndim in (1, 2)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        array_type = signature.args[0]
+        data = context.make_array(array_type)(context, builder, args[0])
+        index = [context.cast(builder, a, t, types.intp) for a, t in zip(args[1:], signature.args[1:])]
+        index = index[: array_type.ndim]  # a 1-d array: the column is ignored
+        pointer = cgutils.get_item_pointer(context, builder, array_type, data, index, wraparound=False)
+        byte_pointer = builder.bitcast(pointer, ir.IntType(8).as_pointer())
+        i32 = ir.IntType(32)
+        fn = builder.module.declare_intrinsic(
+            "llvm.prefetch", [byte_pointer.type], ir.FunctionType(ir.VoidType(), [byte_pointer.type, i32, i32, i32])
+        )
+        builder.call(fn, [byte_pointer, ir.Constant(i32, 1), ir.Constant(i32, 3), ir.Constant(i32, 1)])
+        return context.get_dummy_value()
+
+    return types.void(array, row, column), codegen
+
+
+AHEAD = 8  # rows ahead to prefetch: random rows are bound by memory latency, not bandwidth
 
 
 @njit(inline="always")
@@ -68,7 +97,15 @@ def _rows(
     w, one_minus_w, b2_t, eps_t, wd, decay = hyper[0], hyper[1], hyper[2], hyper[3], hyper[4], hyper[5]
     maximize, decay_mode, guard = flags[0] != 0, flags[1], flags[3] != 0
     width = p.shape[1]
+    line = max(1, 64 // p.itemsize)  # elements per cache line
     for i in prange(rows.shape[0]):
+        if i + AHEAD < rows.shape[0]:  # start loading a later row while this one is computed
+            ahead = rows[i + AHEAD]
+            _prefetch(last, ahead, 0)
+            for column in range(0, width, line):
+                _prefetch(p, ahead, column)
+                _prefetch(m, ahead, column)
+                _prefetch(u, ahead, column)
         r = rows[i]
         s = last[r]
         K = t - s
