@@ -134,6 +134,87 @@ class OptaxStepper:
         return [AdamaxState(step, np.asarray(m), np.asarray(u)) for m, u in zip(inner.m, inner.u)]
 
 
+def _row_gradients(grads: list[np.ndarray], lazy: list[bool]):
+    """Each lazy array's gradient as the rows that are not all zero (the rows a sparse gradient would hold)."""
+    out = []
+    for g, is_lazy in zip(grads, lazy):
+        if is_lazy:
+            rows = np.flatnonzero(np.abs(g.reshape(len(g), -1)).sum(axis=1) != 0) if g.size else np.arange(0)
+            g = adamax_numpy.RowGradient(rows.astype(np.int64), np.ascontiguousarray(g[rows]))
+        out.append(g)
+    return out
+
+
+class LazyNumpyStepper(NumpyStepper):
+    """``adamax.numpy.Adamax`` with every array of one or more dimensions stepped lazily (rows: the first axis)."""
+
+    def __init__(self, params: list[np.ndarray], config: AdamaxConfig) -> None:
+        self._params = params
+        self._lazy = [p.ndim >= 1 for p in params]
+        lazy = [str(i) for i, is_lazy in enumerate(self._lazy) if is_lazy]
+        self._opt = adamax_numpy.Adamax(self._params, lazy=lazy, **config.to_dict())
+
+    def step(self, grads: list[np.ndarray]) -> None:
+        self._opt.step(_row_gradients(grads, self._lazy))
+
+    def params(self) -> list[np.ndarray]:
+        self._opt.flush()
+        return self._params
+
+    def states(self) -> list[AdamaxState]:
+        self._opt.flush()
+        return super().states()
+
+
+class LazyTorchStepper(TorchStepper):
+    """``adamax.torch.Adamax`` with every 2-d array an ``nn.Embedding(sparse=True)`` registered by
+    ``lazy_embeddings``, given sparse gradients of its non-zero rows; the rest as usual."""
+
+    def __init__(self, params: list[np.ndarray], config: AdamaxConfig) -> None:
+        import torch
+
+        from adamax.torch import Adamax, lazy_embeddings
+
+        self._torch = torch
+        tensors = [torch.from_numpy(p) for p in params]
+        self._lazy = [t.dim() == 2 for t in tensors]
+        tables = torch.nn.ModuleList(  # their weights share the arrays' memory
+            torch.nn.Embedding(*t.shape, sparse=True, _weight=t) for t, is_lazy in zip(tensors, self._lazy) if is_lazy
+        )
+        weights = iter(table.weight for table in tables)
+        self._tensors = [next(weights) if is_lazy else t for t, is_lazy in zip(tensors, self._lazy)]
+        self._opt = Adamax(self._tensors, **config.to_dict())
+        lazy_embeddings(tables, self._opt)
+
+    def step(self, grads: list[np.ndarray]) -> None:
+        torch = self._torch
+        for t, g, is_lazy in zip(self._tensors, _row_gradients(grads, self._lazy), self._lazy):
+            if is_lazy:
+                rows = torch.from_numpy(g.indices).unsqueeze(0)
+                t.grad = torch.sparse_coo_tensor(rows, torch.from_numpy(g.values), t.shape, check_invariants=True)
+            else:
+                t.grad = torch.from_numpy(_c_contiguous(g) if t.is_contiguous() and g.ndim else g)
+        self._opt.step()
+
+    def params(self) -> list[np.ndarray]:
+        self._opt.flush()
+        return [t.detach().numpy() for t in self._tensors]
+
+    def states(self) -> list[AdamaxState]:
+        self._opt.flush()
+        return super().states()
+
+
+def _lazy_unsupported(config: AdamaxConfig) -> str | None:
+    if config.weight_decay and not config.decoupled_weight_decay:
+        return "coupled weight decay moves every row every step: lazy tables take decoupled decay"
+    return None
+
+
+def _lazy_inexact(config: AdamaxConfig, dtype) -> str:
+    return "rows brought up to date in closed form (adamax._lazy), rounded once rather than at every step"
+
+
 def _installed(*modules: str) -> bool:
     return all(importlib.util.find_spec(m) is not None for m in modules)
 
@@ -296,6 +377,21 @@ IMPLEMENTATIONS = [
     ),
     Implementation("numba kernel", KernelStepper, (np.float32, np.float64), available=_installed("numba")),
     Implementation("triton (interpreter)", TritonStepper, (np.float32,), available=_installed("triton", "torch")),
+    Implementation(
+        "numpy-lazy",
+        LazyNumpyStepper,
+        (np.float32, np.float64),
+        inexact=_lazy_inexact,
+        unsupported=_lazy_unsupported,
+    ),
+    Implementation(
+        "torch-lazy",
+        LazyTorchStepper,
+        (np.float32, np.float64),
+        available=_torch_installed(),
+        inexact=_lazy_inexact,
+        unsupported=_lazy_unsupported,
+    ),
 ]
 
 WEIGHT_DECAY = {
@@ -311,7 +407,17 @@ CONFIGS = {
     for wd in WEIGHT_DECAY
     for maximize in (False, True)
 }
-SHAPES = {"0-d": (), "empty": (0,), "one": (1,), "4097": (4097,), "matrix": (3, 5)}
+SHAPES = {"0-d": (), "empty": (0,), "one": (1,), "4097": (4097,), "matrix": (3, 5), "rows": (40, 3)}
+SPARSE_ROWS = 0.7  # the fraction of "rows"' rows whose gradient is zero at a step, as in an embedding table
+
+
+def sparse_rows(rng: np.random.Generator, grad: np.ndarray, shape_name: str) -> np.ndarray:
+    """``grad``, with most of its rows zeroed when it is the "rows" case (every backend sees the same zeros)."""
+    if shape_name == "rows":
+        grad[rng.random(len(grad)) < SPARSE_ROWS] = 0
+    return grad
+
+
 ALLOWED_ULPS_INEXACT = 64  # for rows with a documented rounding difference; all others must be exact
 
 
@@ -368,7 +474,10 @@ def check_one(impl: Implementation, name: str, config: AdamaxConfig, dtype, step
     oracle = ReferenceStepper([p.copy() for p in initial], config)
     worst = 0.0
     for _ in range(steps):
-        grads = [random_array(rng, shape, dtype, 10.0 ** rng.uniform(-3, 2)) for shape in SHAPES.values()]
+        grads = [
+            sparse_rows(rng, random_array(rng, shape, dtype, 10.0 ** rng.uniform(-3, 2)), shape_name)
+            for shape_name, shape in SHAPES.items()
+        ]
         under_test.step([g.copy() for g in grads])
         oracle.step(grads)
         for p, s, p_ref, s_ref in zip(under_test.params(), under_test.states(), oracle.params(), oracle.states()):
