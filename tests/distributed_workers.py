@@ -101,6 +101,61 @@ def ddp(args) -> None:
         torch.save({"params": [p.detach() for p in model.parameters()], "paths": opt.last_step_paths}, args.out)
 
 
+class TokenModel(torch.nn.Module):
+    """A sparse (or dense) embedding of 2 tokens per sample and a linear head, in float64."""
+
+    def __init__(self, sparse: bool) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.embedding = torch.nn.Embedding(64, 8, sparse=sparse)
+        self.head = torch.nn.Linear(16, 4)
+        self.double()
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.head(self.embedding(tokens).flatten(1))
+
+
+def token_batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(2000 + step)
+    tokens = torch.randint(0, 24 if step % 5 else 64, (GLOBAL_BATCH, 2), generator=gen)  # some rows rarely
+    return tokens, torch.randn(GLOBAL_BATCH, 4, generator=gen, dtype=torch.float64)
+
+
+def lazy_reference_run(steps: int) -> list[torch.Tensor]:
+    """One process, dense embedding, each half's gradient divided by 2 and summed, as DDP does."""
+    model = TokenModel(sparse=False)
+    opt = Adamax(model.parameters(), lr=LR)
+    for step in range(steps):
+        tokens, y = token_batch(step)
+        halves = []
+        for rank in range(WORLD):
+            model.zero_grad()
+            loss_fn(model, shard(tokens, rank), shard(y, rank)).backward()
+            halves.append([p.grad.clone() for p in model.parameters()])
+        for p, *grads in zip(model.parameters(), *halves):
+            p.grad = grads[0] / WORLD + grads[1] / WORLD
+        opt.step()
+    return [p.detach().clone() for p in model.parameters()]
+
+
+def lazy_ddp(args) -> None:
+    """DDP with a sparse embedding (gloo all-reduces its sparse gradients), stepped lazily."""
+    from adamax.torch import lazy_embeddings
+
+    rank = init()
+    model = torch.nn.parallel.DistributedDataParallel(TokenModel(sparse=True))
+    opt = Adamax(model.parameters(), lr=LR)
+    lazy_embeddings(model, opt)
+    for step in range(args.steps):
+        tokens, y = token_batch(step)
+        opt.zero_grad()
+        loss_fn(model, shard(tokens, rank), shard(y, rank)).backward()
+        opt.step()
+    opt.flush()
+    if rank == 0:
+        torch.save({"params": [p.detach() for p in model.parameters()], "paths": opt.last_step_paths}, args.out)
+
+
 def zero(args) -> None:
     from torch.distributed.optim import ZeroRedundancyOptimizer
 
@@ -215,7 +270,7 @@ def _die_at(point: str, rank: int, ckpt_dir: str):
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("scenario", choices=["ddp", "zero", "fsdp", "fsdp-checkpoint", "train"])
+    parser.add_argument("scenario", choices=["ddp", "lazy-ddp", "zero", "fsdp", "fsdp-checkpoint", "train"])
     parser.add_argument("--out", required=True)
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--backend", default="fused")
@@ -228,9 +283,15 @@ def main() -> None:
     torch.set_num_threads(1)
     faulthandler.dump_traceback_later(80, exit=True)  # a hang shows where it hung, in the test's output
     try:
-        {"ddp": ddp, "zero": zero, "fsdp": fsdp, "fsdp-checkpoint": fsdp_checkpoint, "train": train}[args.scenario](
-            args
-        )
+        scenarios = {
+            "ddp": ddp,
+            "lazy-ddp": lazy_ddp,
+            "zero": zero,
+            "fsdp": fsdp,
+            "fsdp-checkpoint": fsdp_checkpoint,
+            "train": train,
+        }
+        scenarios[args.scenario](args)
         if dist.is_initialized():
             dist.barrier()
             dist.destroy_process_group()

@@ -66,6 +66,15 @@ def test_ddp_equals_one_process_on_the_same_global_batch(tmp_path, backend):
     assert result["paths"] == ({"numba": 4} if backend == "fused" else {"foreach": 4})
 
 
+def test_lazy_embeddings_under_ddp_equal_one_dense_process(tmp_path):
+    """gloo all-reduces the sparse embedding gradients; the lazy rows equal a dense single-process run."""
+    run("lazy-ddp", tmp_path / "lazy.pt", "--steps", "30")
+    result = torch.load(tmp_path / "lazy.pt")
+    assert result["paths"].get("lazy") == 1
+    for a, b in zip(result["params"], workers.lazy_reference_run(30)):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)  # the sums round in another order
+
+
 def test_zero_shards_the_state_and_equals_the_unsharded_run(tmp_path, capsys):
     run("zero", tmp_path / "zero.pt")
     ranks = [torch.load(f"{tmp_path / 'zero.pt'}.{r}") for r in range(workers.WORLD)]
