@@ -83,7 +83,7 @@ def test_lazy_rows_equal_dense_adamax_in_float64(case, placement, decoupled, max
 @pytest.mark.parametrize("placement", ["max", "denominator", "none"])
 def test_lazy_rows_in_float32_stay_within_the_stated_bound(case, placement):
     """The dense float32 run rounds at every zero-gradient step, the closed form once (in float64): measured
-    worst 1.5e-6 of the table's scale (about 12 float32 ulps) over 260 steps; the bound stated is 4e-6."""
+    worst 1.8e-6 of the table's scale (about 15 float32 ulps) over 260 steps; the bound stated is 4e-6."""
     assert run(placement, True, False, case, dtype=np.float32) < 4e-6
 
 
