@@ -185,3 +185,25 @@ def test_skip_nonfinite_sees_a_nan_in_a_sparse_gradient():
     opt.step()
     assert opt.skipped_steps == 1
     assert all(torch.equal(a, b) for a, b in zip(model.parameters(), before))
+
+
+def test_max_norm_renormalises_current_rows_and_stays_equal_to_dense():
+    """``max_norm`` rescales the looked-up rows in place during the forward; they were brought up to date first."""
+
+    def make(sparse):
+        torch.manual_seed(0)
+        return torch.nn.Embedding(30, 4, max_norm=1.0, sparse=sparse).double()
+
+    lazy_table, dense_table = make(True), make(False)
+    lazy, dense = Adamax(lazy_table.parameters(), lr=0.05), Adamax(dense_table.parameters(), lr=0.05)
+    assert lazy_embeddings(lazy_table, lazy) == lazy_embeddings(lazy_table, lazy) == [lazy_table]  # twice: once
+    assert len(lazy_table._forward_pre_hooks) == 1
+    rng = np.random.default_rng(4)
+    for _ in range(40):
+        tokens = torch.from_numpy(rng.integers(0, 30, size=6))
+        for table, opt in ((lazy_table, lazy), (dense_table, dense)):
+            opt.zero_grad()
+            table(tokens).pow(2).sum().backward()
+            opt.step()
+    lazy.flush()
+    assert scale_error(lazy_table.weight, dense_table.weight) < 1e-12

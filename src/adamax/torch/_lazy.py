@@ -64,11 +64,27 @@ def lazy_embeddings(model: torch.nn.Module, optimizer) -> list[torch.nn.Module]:
         raise ValueError("the model has no nn.Embedding or nn.EmbeddingBag with sparse=True")
     for module in modules:  # check every one before registering any
         optimizer._check_lazy(module.weight)
+    hooked = optimizer.__dict__.setdefault("_lazy_modules", set())
     for module in modules:
         register(module.weight)
+        if id(module) in hooked:  # a second call: already hooked
+            continue
+        hooked.add(id(module))
         module.register_forward_pre_hook(_make_lookup_hook(optimizer))
+        module.register_forward_hook(_make_renorm_hook(optimizer))
         module.register_state_dict_pre_hook(lambda module, prefix, keep_vars, opt=optimizer: opt.flush())
     return modules
+
+
+def _make_renorm_hook(optimizer):
+    """``max_norm`` makes the module rescale, in place, the rows it has just looked up, which the pre-hook had
+    brought up to date: a write the bookkeeping may accept."""
+
+    def accept_renorm(module: torch.nn.Module, args: tuple, output: Tensor) -> None:
+        if module.max_norm is not None:
+            optimizer._accept_write(module.weight)
+
+    return accept_renorm
 
 
 def _make_lookup_hook(optimizer):
@@ -125,6 +141,11 @@ class _LazyRows:
             table = tables[p] = _Table.fresh(p, config, table.clock.t)
         table.clock.config = config
         return table
+
+    def _accept_write(self, p: Tensor) -> None:
+        table = self._lazy_tables().get(p)
+        if table is not None:
+            table.version[0] = p._version
 
     def flush(self) -> None:
         """Bring every row of every lazy table up to date (see :func:`adamax.torch.lazy_embeddings`)."""
