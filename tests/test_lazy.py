@@ -109,6 +109,8 @@ def test_catch_up_refuses_rows_older_than_the_window():
     [
         (dict(weight_decay=0.1), "coupled weight decay moves every row every step.*decoupled_weight_decay=True"),
         (dict(betas=(0.99, 0.9)), "beta1 < beta2"),
+        (dict(betas=(0.9, 0.0)), "beta1 < beta2"),
+        (dict(betas=(0.9, 0.9)), "beta1 < beta2"),
         (dict(lazy=["nope"]), "unknown params"),
         (dict(lazy="table"), "list of param paths"),
     ],

@@ -57,13 +57,12 @@ COUPLED_DECAY = (
 def window(beta1: float, beta2: float, dtype=np.float64) -> int:
     """How many steps a row may lag: after ``W`` steps a catch-up term is below 2^-60 of the first."""
     dtype = np.dtype(dtype).type
-    a = float(dtype(1) - dtype(1 - beta1))
-    ratio = a / float(dtype(beta2))
-    if ratio <= 0:
-        return 1
-    if ratio >= 1:
+    a, b2 = float(dtype(1) - dtype(1 - beta1)), float(dtype(beta2))
+    if a >= b2:
         raise ValueError(f"lazy Adamax needs beta1 < beta2 (a catch-up sum must converge), got {beta1}, {beta2}")
-    return max(1, math.ceil(60 * math.log(2) / -math.log(ratio)))
+    if a == 0:
+        return 1
+    return max(1, math.ceil(60 * math.log(2) / -math.log(a / b2)))
 
 
 class Clock:
