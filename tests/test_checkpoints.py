@@ -276,6 +276,19 @@ def test_only_the_newest_checkpoints_are_kept(tmp_path):
     ]
 
 
+def test_a_damaged_pointer_is_refused_at_load_and_replaced_by_the_next_save(tmp_path):
+    model, opt = trained(2)
+    save_checkpoint(tmp_path, 2, model, opt)
+    (tmp_path / "latest").write_text("garbage")
+    with pytest.raises(CheckpointError, match="does not name a checkpoint"):
+        load_latest(tmp_path, *worker.make())
+    save_checkpoint(tmp_path, 3, model, opt)
+    assert latest_step(tmp_path) == 3
+    fresh_model, fresh_opt = worker.make()
+    assert load_latest(tmp_path, fresh_model, fresh_opt) == 3
+    assert_same(model, opt, fresh_model, fresh_opt)
+
+
 @pytest.mark.parametrize(("argument", "value"), [("step", -1), ("step", 2.0), ("keep", 0), ("keep", True)])
 def test_save_refuses_bad_arguments(tmp_path, argument, value):
     model, opt = trained(1)

@@ -466,7 +466,10 @@ def save_checkpoint(
             os.rename(partial, root / name)  # a directory that did not exist: no earlier checkpoint is touched
             _fsync_dir(root)
             _reached("renamed")
-            previous = _read_pointer(root)
+            try:
+                previous = _read_pointer(root)
+            except CheckpointError:  # an unreadable pointer is replaced, not a reason to fail the save
+                previous = None
             earlier = (previous or {}).get("recent", [])
             recent = [name, *(n for n in earlier if n != name and (root / n).is_dir())]
             recent = recent[:keep] if keep is not None else recent
