@@ -207,3 +207,23 @@ def test_max_norm_renormalises_current_rows_and_stays_equal_to_dense():
             opt.step()
     lazy.flush()
     assert scale_error(lazy_table.weight, dense_table.weight) < 1e-12
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [("weight_decay", 0.1, "decoupled_weight_decay=True"), ("betas", (0.9, 0.5), "beta1 < beta2")],
+)
+def test_a_group_changed_to_what_cannot_be_lazy_is_refused_before_anything_moves(key, value, message):
+    model = Model(True, torch.float32)
+    opt = Adamax(model.parameters(), lr=0.1)
+    lazy_embeddings(model, opt)
+    words, bag = torch.ones(2, 3, dtype=torch.long), torch.ones(2, 4, dtype=torch.long)
+    model(words, bag).sum().backward()
+    opt.step()
+    opt.param_groups[0][key] = value
+    opt.zero_grad()
+    model(words, bag).sum().backward()
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(ValueError, match=message):
+        opt.step()
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), before))

@@ -54,6 +54,13 @@ COUPLED_DECAY = (
 )
 
 
+def check_config(config: AdamaxConfig) -> None:
+    """Refuse what cannot be lazy: coupled weight decay, and ``beta1 >= beta2``."""
+    if config.weight_decay and not config.decoupled_weight_decay:
+        raise ValueError(COUPLED_DECAY)
+    window(config.beta1, config.beta2)
+
+
 def window(beta1: float, beta2: float, dtype=np.float64) -> int:
     """How many steps a row may lag: after ``W`` steps a catch-up term is below 2^-60 of the first."""
     dtype = np.dtype(dtype).type
@@ -73,8 +80,7 @@ class Clock:
     """
 
     def __init__(self, config: AdamaxConfig, dtype=np.float64, window_steps: int | None = None) -> None:
-        if config.weight_decay and not config.decoupled_weight_decay:
-            raise ValueError(COUPLED_DECAY)
+        check_config(config)
         self.dtype = np.dtype(dtype)
         cast = self.dtype.type
         self.config = config

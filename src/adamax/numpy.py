@@ -143,7 +143,7 @@ class Adamax:
             if self._leaves[path].ndim < 1:
                 raise ValueError(f"lazy param {path!r} must have rows (at least 1 dimension)")
         if lazy:
-            _lazy.Clock(self.config, np.float64)  # refuses coupled decay and beta1 >= beta2 now, not at a step
+            _lazy.check_config(self.config)  # refuses coupled decay and beta1 >= beta2 now, not at a step
         self._lazy: dict[str, _LazyTable] = {path: _LazyTable.fresh(self._leaves[path], self.config) for path in lazy}
 
     def __repr__(self) -> str:
@@ -236,11 +236,9 @@ class Adamax:
         it was recorded with; when one of those changed, every row is first brought up to date under the old
         ones (which changes no row's value, only where it is stored) and the history starts afresh."""
         config, table = self.config, self._lazy[path]
-        if config.weight_decay and not config.decoupled_weight_decay:
-            raise ValueError(_lazy.COUPLED_DECAY)
+        _lazy.check_config(config)
         old = table.clock.config
         if (old.betas, old.eps, old.eps_placement) != (config.betas, config.eps, config.eps_placement):
-            _lazy.Clock(config, np.float64)  # refuses beta1 >= beta2 before anything changes
             self._bring_up_to_date(path, np.arange(len(self._leaves[path])))
             table = _LazyTable.fresh(self._leaves[path], config, int(self._state_of(path).step))
             self._lazy[path] = table

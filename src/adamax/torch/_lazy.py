@@ -114,7 +114,7 @@ class _LazyRows:
         config = _config_of(self._group_of(p))
         if p.dtype not in _LAZY_DTYPES or p.device.type != "cpu":
             raise TypeError(f"lazy tables are float32 or float64 CPU tensors, got {p.dtype} on {p.device}")
-        _lazy.Clock(config, np.float64)  # refuses coupled weight decay and beta1 >= beta2
+        _lazy.check_config(config)  # refuses coupled weight decay and beta1 >= beta2
 
     def _register_lazy(self, p: Tensor) -> None:
         tables = self._lazy_tables()
@@ -176,8 +176,9 @@ class _LazyRows:
         table.last[rows] = table.clock.t
         table.version[0] = p._version
 
-    def _check_lazy_step(self, p: Tensor, g: Tensor, index: int) -> None:
-        """Before any write: a sparse gradient fits its lazy table."""
+    def _check_lazy_step(self, p: Tensor, g: Tensor, index: int, config: AdamaxConfig) -> None:
+        """Before any write: a sparse gradient fits its lazy table, and the group's hyperparameters can be lazy."""
+        _lazy.check_config(config)
         if g.layout is not torch.sparse_coo or g.sparse_dim() != 1 or g.shape != p.shape or g.dtype != p.dtype:
             raise RuntimeError(
                 f"param {index} of its group is a lazy table of shape {tuple(p.shape)}, {p.dtype}: its gradient "

@@ -277,7 +277,7 @@ class _Planning:
                 continue
             if g.is_sparse:
                 if p in self._lazy_tables():
-                    self._check_lazy_step(p, g, i)
+                    self._check_lazy_step(p, g, i, config)
                     lazy.append(p)
                     continue
                 raise RuntimeError(
