@@ -348,3 +348,38 @@ def test_sigkill_anywhere_in_a_save_leaves_a_checkpoint_that_resumes_exactly(tmp
         assert torch.equal(a, b)
     for a, b in zip(result["state"], straight_run["state"]):
         assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_refused_load_into_a_fresh_lazy_optimizer_leaves_its_tables_consistent(tmp_path):
+    """DCP's initialisation steps a fresh optimizer once; a refused load must undo that for lazy tables too."""
+    from adamax.torch import Adamax, lazy_embeddings
+
+    def make():
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Embedding(20, 3, sparse=True), torch.nn.Flatten(), torch.nn.Linear(6, 1))
+        opt = Adamax(model.parameters(), lr=0.05)
+        lazy_embeddings(model, opt)
+        return model, opt
+
+    def train(model, opt, steps):
+        for step in range(steps):
+            gen = torch.Generator().manual_seed(step)
+            opt.zero_grad()
+            model(torch.randint(0, 20, (4, 2), generator=gen)).pow(2).mean().backward()
+            opt.step()
+
+    saved_model, saved_opt = make()
+    train(saved_model, saved_opt, 3)
+    path = save_checkpoint(tmp_path, 3, saved_model, saved_opt)
+    _state_json(path, lambda tree: tree["optim"]["param_groups"][0].__setitem__("lr", -1.0))
+    model, opt = make()
+    with pytest.raises(CheckpointError):
+        load_latest(tmp_path, model, opt)
+    assert not opt.state
+    twin_model, twin_opt = make()
+    train(model, opt, 5)
+    train(twin_model, twin_opt, 5)
+    opt.flush()
+    twin_opt.flush()
+    for a, b in zip(model.parameters(), twin_model.parameters()):
+        assert torch.equal(a, b)

@@ -483,14 +483,22 @@ def save_checkpoint(
     return root / name
 
 
+def _tensors_of(model: torch.nn.Module):
+    """The model's params and buffers by name (not through ``state_dict()``, whose hooks may act)."""
+    yield from model.named_parameters(remove_duplicate=False)
+    yield from ((f"buffer:{k}", v) for k, v in model.named_buffers(remove_duplicate=False))
+
+
 class _Snapshot:
     """What a failed load must put back: the model's values, and the optimizer's state and groups as objects."""
 
     def __init__(self, model: torch.nn.Module, optimizer) -> None:
         self.model = model
-        self.values = {k: v.detach().clone() for k, v in model.state_dict().items() if isinstance(v, torch.Tensor)}
+        self.values = {k: v.detach().clone() for k, v in _tensors_of(model)}
         self.optimizer = optimizer
         self.attributes = dict(optimizer.__dict__)
+        # dicts the optimizer keeps besides its state (caches, lazy tables' bookkeeping), by content
+        self.contents = {k: dict(v) for k, v in self.attributes.items() if isinstance(v, dict) and k != "state"}
         self.state = optimizer.state
         self.entries = {p: (entry, dict(entry)) for p, entry in optimizer.state.items()}
         self.groups = [(group, dict(group)) for group in optimizer.param_groups]
@@ -500,6 +508,9 @@ class _Snapshot:
         opt = self.optimizer
         opt.__dict__.clear()
         opt.__dict__.update(self.attributes)
+        for key, items in self.contents.items():
+            opt.__dict__[key].clear()
+            opt.__dict__[key].update(items)
         opt.__dict__.pop("_fused_groups", None)  # a cache; rebuilt at the next step
         for p in [p for p in self.state if p not in self.entries]:
             del self.state[p]
@@ -514,9 +525,13 @@ class _Snapshot:
         for p, grad in self.grads:
             p.grad = grad
         with torch.no_grad():
-            for key, value in self.model.state_dict().items():
-                if key in self.values:
-                    value.copy_(self.values[key])
+            for key, value in _tensors_of(self.model):
+                value.copy_(self.values[key])
+        accept = getattr(opt, "_accept_write", None)  # lazy tables: values and bookkeeping are as they were
+        if accept is not None:
+            for group in opt.param_groups:
+                for p in group["params"]:
+                    accept(p)
 
 
 def load_latest(root: str | os.PathLike, model: torch.nn.Module, optimizer) -> int | None:

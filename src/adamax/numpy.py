@@ -224,9 +224,9 @@ class Adamax:
         def commit() -> None:
             for index, (q, m, u) in ((stale, caught), (touched, (p, s.exp_avg, s.exp_inf))):
                 param[index], state.exp_avg[index], state.exp_inf[index] = q, m, u
-            table.last[stale] = t
+            table.last[stale] = table.clock.t
             table.clock.advance(c, e)
-            table.last[touched] = t + 1
+            table.last[touched] = table.clock.t
             self.state[path] = AdamaxState(t + 1, state.exp_avg, state.exp_inf)
 
         return commit

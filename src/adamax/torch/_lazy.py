@@ -224,9 +224,9 @@ class _LazyRows:
                 for a, value in zip(arrays, (new_p, new_state.exp_avg, new_state.exp_inf)):
                     a[touched] = value
                 state["step"] += 1
-            table.last[stale] = t
+            table.last[stale] = table.clock.t  # the clock's count, which the param's step count equals
             table.clock.advance(*table.clock.step_scalars(config.lr, t + 1))
-            table.last[touched] = t + 1
+            table.last[touched] = table.clock.t
             table.version[0] = p._version
 
     def _dense_step_of_a_lazy_table(self, p: Tensor) -> None:
