@@ -198,7 +198,7 @@ class _LazyRows:
         for p in params:
             state = self._init_state(p, False)
             table = self._table(p, config)
-            grad = p.grad.coalesce()
+            grad = p.grad if p.grad.is_coalesced() else p.grad.coalesce()
             touched = grad.indices()[0].numpy()
             values = grad.values().numpy()
             t = int(state["step"])
@@ -206,7 +206,8 @@ class _LazyRows:
             kernel = _kernel_for(p, state)
             if kernel is not None:  # one parallel pass: catch-up and update, row by row
                 arrays = _arrays(p, state)
-                kernel.step_rows(table.clock, *arrays, table.last, stale)
+                if len(stale):  # only every W/2 steps
+                    kernel.step_rows(table.clock, *arrays, table.last, stale)
                 size = step_size(config.lr, config.beta1, t + 1)
                 kernel.step_rows(table.clock, *arrays, table.last, touched, values, step_size=size, config=config)
                 with torch.no_grad():
