@@ -110,6 +110,7 @@ def test_bench_gives_every_method_its_own_fixed_colour():
         (["bench", "--sizes", "ten"], "expected sizes like 1M,10M,50M"),
         (["bench", "--sizes", "0"], "expected positive whole sizes"),
         (["bench", "--repeats", "2"], "expected an integer >= 3, got '2'"),
+        (["bench", "--sparse", "--sparse-fraction", "0"], "expected a fraction in (0, 1]"),
     ],
 )
 def test_bench_bad_arguments_get_one_line(args, message):
@@ -225,3 +226,16 @@ def test_check_piped_into_head_stops_quietly():
         timeout=300,
     )
     assert "Traceback" not in result.stderr and "BrokenPipe" not in result.stderr, result.stderr
+
+
+def test_bench_sparse_runs_and_writes_json(tmp_path, capsys):
+    pytest.importorskip("numba")
+    import json
+
+    out = tmp_path / "sparse.json"
+    args = ["bench", "--sparse", "--sparse-rows", "20000", "--repeats", "3", "--no-plot", "--json", str(out)]
+    assert main(args) == 0
+    result = json.loads(out.read_text())["sparse"]
+    assert result["rows"] == 20000 and result["touched_rows"] > 100
+    assert {r["method"] for r in result["results"]} >= {"adamax.torch lazy (sparse gradient)", "training step, lazy"}
+    assert "faster than the fused dense step" in capsys.readouterr().out

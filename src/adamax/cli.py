@@ -53,6 +53,16 @@ def _decay_rate(text: str) -> float:
     return value
 
 
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a fraction in (0, 1], got {text!r}")
+    return value
+
+
 def _positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -309,7 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--sparse", action="store_true", help="lazy steps of an embedding table (1M x 64, 1%% of rows a step) instead"
     )
     p.add_argument("--sparse-rows", type=_int_at_least(1), default=1_000_000, help=argparse.SUPPRESS)
-    p.add_argument("--sparse-fraction", type=float, default=0.01, help=argparse.SUPPRESS)
+    p.add_argument("--sparse-fraction", type=_fraction, default=0.01, help=argparse.SUPPRESS)
     p.add_argument("--json", metavar="PATH", help="write the results as JSON")
     p.add_argument("--from-json", metavar="PATH", help="measure nothing: report and plot an earlier --json file")
     p.add_argument("--out", type=_png_path, default=Path("adamax-bench.png"), help="chart PNG (default %(default)s)")
