@@ -8,7 +8,10 @@ import importlib
 def require(*modules: str, extra: str, what: str) -> None:
     """Import ``modules`` or raise :class:`ModuleNotFoundError` naming the extra that brings them.
 
-    >>> require("numpy", extra="core", what="adamax.reference")
+    >>> require("no_such_package", extra="torch", what="adamax.example")
+    Traceback (most recent call last):
+    ...
+    ModuleNotFoundError: adamax.example needs no_such_package, which is not installed here: pip install 'adamax[torch]'
     """
     for name in modules:
         try:
