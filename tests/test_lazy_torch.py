@@ -227,3 +227,22 @@ def test_a_group_changed_to_what_cannot_be_lazy_is_refused_before_anything_moves
     with pytest.raises(ValueError, match=message):
         opt.step()
     assert all(torch.equal(a, b) for a, b in zip(model.parameters(), before))
+
+
+def test_a_tied_weight_read_before_the_lookup_is_caught_by_autograd():
+    """Rows brought up to date by the lookup's hook are an in-place change that autograd sees: a graph that used the
+    weight before (a tied output layer computed first) is refused at backward, not computed from stale rows."""
+    table = torch.nn.Embedding(10, 3, sparse=True)
+    opt = Adamax(table.parameters(), lr=0.1)
+    lazy_embeddings(table, opt)
+    table(torch.tensor([1, 2])).sum().backward()
+    opt.step()
+    opt.zero_grad()
+    head = table.weight.pow(2)  # reads every row, stale ones included, and keeps them for its backward
+    out = table(torch.tensor([3])).sum() + head.sum()  # the hook now brings row 3 up to date, in place
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        out.backward()
+    opt.flush()  # the rule: flush before reading the table directly
+    opt.zero_grad()
+    head = table.weight.pow(2)
+    (table(torch.tensor([3])).sum() + head.sum()).backward()  # every row current: nothing changes, no error

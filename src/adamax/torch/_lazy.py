@@ -12,8 +12,10 @@ embedding's forward pre-hook for the rows about to be looked up, by
 The rule for users: read a lazy table only through its module, or after
 ``opt.flush()``.  Reading ``embedding.weight`` directly (weight tying,
 evaluation code that indexes it) sees rows as they were at their last
-update.  A write to the table from outside the optimizer is detected (its
-version counter) at the next step or catch-up, and refused.
+update.  Bringing rows up to date bumps the table's version counter, so a
+graph that saved the weight before a lookup changed it fails at backward;
+a write to the table from outside the optimizer is detected (the same
+counter) at the next step or catch-up, and refused.
 """
 
 from __future__ import annotations
@@ -166,7 +168,7 @@ class _LazyRows:
         kernel = _kernel_for(p, state)
         if kernel is not None:
             kernel.step_rows(table.clock, *_arrays(p, state), table.last, rows)
-            table.version[0] = p._version
+            table.version[0] = _written(p)
             return
         with torch.no_grad():
             arrays = _arrays(p, state)
@@ -174,7 +176,7 @@ class _LazyRows:
             for a, value in zip(arrays, caught):
                 a[rows] = value
         table.last[rows] = table.clock.t
-        table.version[0] = p._version
+        table.version[0] = _written(p)
 
     def _check_lazy_step(self, p: Tensor, g: Tensor, index: int, config: AdamaxConfig) -> None:
         """Before any write: a sparse gradient fits its lazy table, and the group's hyperparameters can be lazy."""
@@ -213,7 +215,7 @@ class _LazyRows:
                 with torch.no_grad():
                     state["step"] += 1
                 table.clock.advance(*table.clock.step_scalars(config.lr, t + 1))
-                table.version[0] = p._version
+                table.version[0] = _written(p)
                 continue
             with torch.no_grad():
                 arrays = _arrays(p, state)
@@ -228,7 +230,7 @@ class _LazyRows:
             table.last[stale] = table.clock.t  # the clock's count, which the param's step count equals
             table.clock.advance(*table.clock.step_scalars(config.lr, t + 1))
             table.last[touched] = table.clock.t
-            table.version[0] = p._version
+            table.version[0] = _written(p)
 
     def _dense_step_of_a_lazy_table(self, p: Tensor) -> None:
         """A dense gradient on a lazy table (a tied weight, say) updates every row: all are brought up to date
@@ -251,6 +253,14 @@ class _LazyRows:
         for p in tables:
             state = self.state.get(p)
             tables[p] = _Table.fresh(p, _config_of(self._group_of(p)), int(state["step"]) if state else 0)
+
+
+def _written(p: Tensor) -> int:
+    """Mark ``p`` as changed in place (its rows were written through NumPy, which torch does not see), so that
+    autograd refuses a graph that read the old values (a tied weight used before the lookup that brought its
+    rows up to date); returns the new version for the bookkeeping."""
+    torch.autograd.graph.increment_version(p)
+    return p._version
 
 
 def _kernel_for(p: Tensor, state: Mapping[str, Any]):
