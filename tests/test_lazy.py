@@ -246,42 +246,31 @@ def test_an_empty_gradient_still_counts_a_step():
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("placement", ["max", "denominator", "none"])
 def test_the_lazy_rows_kernel_is_the_numpy_catch_up_bit_for_bit(dtype, placement):
-    """The numba kernel (catch-up and update in one pass) against adamax._lazy plus adamax.reference."""
+    """The numba kernel (catch-up and update in one pass) against adamax._lazy.Table's step (the catch-up plus
+    adamax.reference), which the NumPy optimizer and the torch adapter's NumPy path run."""
     pytest.importorskip("numba")
     from adamax import reference
     from adamax.kernels import lazy as kernel
-    from adamax.reference import AdamaxState
 
     config = AdamaxConfig(
         lr=0.01, eps_placement=placement, weight_decay=0.05, decoupled_weight_decay=True, **CASES["short window"]
     )
     rng = np.random.default_rng(0)
     start = rng.standard_normal((50, 8)).astype(dtype)
-    sides = []
-    for _ in range(2):
-        sides.append(([start.copy(), np.zeros_like(start), np.zeros_like(start)], np.zeros(50, np.int64)))
-    clocks = [_lazy.Clock(config, dtype), _lazy.Clock(config, dtype)]
+    sides = [([start.copy(), np.zeros_like(start), np.zeros_like(start)], _lazy.Table(50, config, dtype)) for _ in "ab"]
     for t in range(300):
         rows = np.unique(rng.integers(0, 50, size=5))
         values = rng.standard_normal((len(rows), 8)).astype(dtype)
-        for (arrays, last), clock, use_kernel in zip(sides, clocks, (False, True)):
-            stale = np.setdiff1d(clock.stale(last), rows)
+        for (arrays, table), use_kernel in zip(sides, (False, True)):
+            stale = np.setdiff1d(table.clock.stale(table.last), rows)
             if use_kernel:
-                kernel.step_rows(clock, *arrays, last, stale)
+                kernel.step_rows(table.clock, *arrays, table.last, stale)
                 size = reference.step_size(config.lr, config.beta1, t + 1)
-                kernel.step_rows(clock, *arrays, last, rows, values, step_size=size)
+                kernel.step_rows(table.clock, *arrays, table.last, rows, values, step_size=size)
+                table.clock.advance(*table.clock.step_scalars(config.lr, t + 1))
             else:
-                caught = _lazy.catch_up(clock, *(a[stale] for a in arrays), last[stale])
-                for a, value in zip(arrays, caught):
-                    a[stale] = value
-                last[stale] = t
-                now = _lazy.catch_up(clock, *(a[rows] for a in arrays), last[rows])
-                p, state = reference.update(now.p, values, AdamaxState(t, now.m, now.u), config)
-                for a, value in zip(arrays, (p, state.exp_avg, state.exp_inf)):
-                    a[rows] = value
-                last[rows] = t + 1
-            clock.advance(*clock.step_scalars(config.lr, t + 1))
-    (numpy_arrays, numpy_last), (kernel_arrays, kernel_last) = sides
+                table.step(*arrays, rows, values, config, t, stale)()
+    (numpy_arrays, numpy_table), (kernel_arrays, kernel_table) = sides
     for a, b in zip(kernel_arrays, numpy_arrays):
         np.testing.assert_array_equal(a, b)
-    np.testing.assert_array_equal(kernel_last, numpy_last)
+    np.testing.assert_array_equal(kernel_table.last, numpy_table.last)

@@ -41,11 +41,14 @@ relative (the dense run rounds at every step, the closed form once).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import NamedTuple
 
 import numpy as np
 
+from adamax import reference
 from adamax._algorithm import step_size
+from adamax.reference import AdamaxState
 from adamax.spec import AdamaxConfig
 
 COUPLED_DECAY = (
@@ -142,6 +145,65 @@ class Rows(NamedTuple):
     p: np.ndarray
     m: np.ndarray
     u: np.ndarray
+
+
+class Table:
+    """A lazy table's bookkeeping: its :class:`Clock`, and per row the step it was last brought up to date at,
+    both counted in the table's steps (equal to its param's step count).  The arrays (p, m, u: rows along the
+    first axis) stay with their owner and are passed in."""
+
+    def __init__(self, rows: int, config: AdamaxConfig, dtype, step: int = 0) -> None:
+        self.clock = Clock(config, dtype)
+        self.clock.t = step
+        self.last = np.full(rows, step, dtype=np.int64)
+
+    def recorded_with(self, config: AdamaxConfig) -> bool:
+        """Whether the history holds for ``config``: lr and decoupled decay are recorded per step; the betas,
+        eps and placement are the history's own."""
+        old = self.clock.config
+        return (old.betas, old.eps, old.eps_placement) == (config.betas, config.eps, config.eps_placement)
+
+    def behind(self, rows: np.ndarray) -> np.ndarray:
+        """Those of ``rows`` not up to date."""
+        return rows[self.last[rows] != self.clock.t]
+
+    def catch_up(self, p: np.ndarray, m: np.ndarray, u: np.ndarray, rows: np.ndarray) -> Rows:
+        return catch_up(self.clock, p[rows], m[rows], u[rows], self.last[rows])
+
+    def bring_up_to_date(self, p: np.ndarray, m: np.ndarray, u: np.ndarray, rows: np.ndarray) -> None:
+        """Rows ``rows`` up to date, in place."""
+        rows = self.behind(rows)
+        if len(rows):
+            p[rows], m[rows], u[rows] = self.catch_up(p, m, u, rows)
+            self.last[rows] = self.clock.t
+
+    def step(
+        self,
+        p: np.ndarray,
+        m: np.ndarray,
+        u: np.ndarray,
+        touched: np.ndarray,
+        values: np.ndarray,
+        config: AdamaxConfig,
+        step: int,
+        stale: np.ndarray,
+    ) -> Callable[[], None]:
+        """Compute the table's next step, its param's ``step + 1``: rows ``touched`` (unique) brought up to date and
+        updated with ``values`` as :mod:`adamax.reference` updates them, rows ``stale`` (not touched) brought up to
+        date.  Nothing is written here; returns the function that writes it and moves the clock on."""
+        caught = self.catch_up(p, m, u, stale)
+        rows = self.catch_up(p, m, u, touched)
+        new_p, state = reference.update(rows.p, values, AdamaxState(step, rows.m, rows.u), config)
+        scalars = self.clock.step_scalars(config.lr, step + 1)
+
+        def commit() -> None:
+            for index, new in ((stale, caught), (touched, (new_p, state.exp_avg, state.exp_inf))):
+                p[index], m[index], u[index] = new
+            self.last[stale] = self.clock.t
+            self.clock.advance(*scalars)
+            self.last[touched] = self.clock.t
+
+        return commit
 
 
 def catch_up(clock: Clock, p: np.ndarray, m: np.ndarray, u: np.ndarray, last: np.ndarray) -> Rows:

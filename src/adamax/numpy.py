@@ -144,7 +144,7 @@ class Adamax:
                 raise ValueError(f"lazy param {path!r} must have rows (at least 1 dimension)")
         if lazy:
             _lazy.check_config(self.config)  # refuses coupled decay and beta1 >= beta2 now, not at a step
-        self._lazy: dict[str, _LazyTable] = {path: _LazyTable.fresh(self._leaves[path], self.config) for path in lazy}
+        self._lazy: dict[str, _lazy.Table] = {path: _fresh_table(self._leaves[path], self.config) for path in lazy}
 
     def __repr__(self) -> str:
         fields = ", ".join(f"{k}={v!r}" for k, v in self.config.to_dict().items())
@@ -214,34 +214,24 @@ class Adamax:
         table, param = self._lazy_table(path), self._leaves[path]
         state = self._state_of(path)
         t = int(state.step)
-        touched = grad.indices
-        stale = np.setdiff1d(table.clock.stale(table.last), touched, assume_unique=True)
-        caught = table.catch_up(param, state, stale)
-        rows = table.catch_up(param, state, touched)
-        p, s = reference.update(rows.p, grad.values, AdamaxState(t, rows.m, rows.u), self.config)
-        c, e = table.clock.step_scalars(self.config.lr, t + 1)
+        stale = np.setdiff1d(table.clock.stale(table.last), grad.indices, assume_unique=True)
+        write = table.step(param, state.exp_avg, state.exp_inf, grad.indices, grad.values, self.config, t, stale)
 
         def commit() -> None:
-            for index, (q, m, u) in ((stale, caught), (touched, (p, s.exp_avg, s.exp_inf))):
-                param[index], state.exp_avg[index], state.exp_inf[index] = q, m, u
-            table.last[stale] = table.clock.t
-            table.clock.advance(c, e)
-            table.last[touched] = table.clock.t
+            write()
             self.state[path] = AdamaxState(t + 1, state.exp_avg, state.exp_inf)
 
         return commit
 
-    def _lazy_table(self, path: str) -> _LazyTable:
+    def _lazy_table(self, path: str) -> _lazy.Table:
         """The table's bookkeeping under the current config.  Its history holds for the betas, eps and placement
         it was recorded with; when one of those changed, every row is first brought up to date under the old
         ones (which changes no row's value, only where it is stored) and the history starts afresh."""
         config, table = self.config, self._lazy[path]
         _lazy.check_config(config)
-        old = table.clock.config
-        if (old.betas, old.eps, old.eps_placement) != (config.betas, config.eps, config.eps_placement):
+        if not table.recorded_with(config):
             self._bring_up_to_date(path, np.arange(len(self._leaves[path])))
-            table = _LazyTable.fresh(self._leaves[path], config, int(self._state_of(path).step))
-            self._lazy[path] = table
+            table = self._lazy[path] = _fresh_table(self._leaves[path], config, int(self._state_of(path).step))
         table.clock.config = config  # the lr and decay of the steps to come
         return table
 
@@ -264,11 +254,8 @@ class Adamax:
     def _bring_up_to_date(self, path: str, indices: np.ndarray) -> None:
         if path not in self.state:
             return  # never stepped: nothing is stale
-        table, param, state = self._lazy[path], self._leaves[path], self.state[path]
-        indices = indices[table.last[indices] != table.clock.t]
-        if len(indices):
-            param[indices], state.exp_avg[indices], state.exp_inf[indices] = table.catch_up(param, state, indices)
-            table.last[indices] = table.clock.t
+        state = self.state[path]
+        self._lazy[path].bring_up_to_date(self._leaves[path], state.exp_avg, state.exp_inf, indices)
 
     def _step_fused(self, paths: list[str], grads: dict[str, np.ndarray]) -> None:
         kernels = cpu_kernels()
@@ -331,7 +318,7 @@ class Adamax:
         self.config = config
         self.state = state
         self._lazy = {
-            path: _LazyTable.fresh(self._leaves[path], config, int(state[path].step) if path in state else 0)
+            path: _fresh_table(self._leaves[path], config, int(state[path].step) if path in state else 0)
             for path in self._lazy
         }
 
@@ -357,19 +344,6 @@ def _coalesced(path: str, grad: Any, param: np.ndarray) -> RowGradient:
     return RowGradient(unique, summed)
 
 
-class _LazyTable(NamedTuple):
-    """A lazy table's bookkeeping: its clock, and the step each row was last brought up to date at."""
-
-    clock: _lazy.Clock
-    last: np.ndarray  # int64 per row
-
-    @classmethod
-    def fresh(cls, param: np.ndarray, config: AdamaxConfig, step: int = 0) -> _LazyTable:
-        clock = _lazy.Clock(config, param.dtype if param.dtype in (np.float32, np.float64) else np.float64)
-        clock.t = step
-        return cls(clock, np.full(len(param), step, dtype=np.int64))
-
-    def catch_up(self, param: np.ndarray, state: AdamaxState, indices: np.ndarray) -> _lazy.Rows:
-        return _lazy.catch_up(
-            self.clock, param[indices], state.exp_avg[indices], state.exp_inf[indices], self.last[indices]
-        )
+def _fresh_table(param: np.ndarray, config: AdamaxConfig, step: int = 0) -> _lazy.Table:
+    """A lazy table's bookkeeping, starting at ``step`` with every row up to date."""
+    return _lazy.Table(len(param), config, param.dtype if param.dtype in (np.float32, np.float64) else np.float64, step)

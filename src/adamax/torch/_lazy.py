@@ -21,34 +21,36 @@ counter) at the next step or catch-up, and refused.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from adamax import _lazy, reference
+from adamax import _lazy
 from adamax._algorithm import step_size
 from adamax.kernels import lazy_kernels
-from adamax.reference import AdamaxState
 from adamax.spec import AdamaxConfig
+from adamax.torch._plan import _config_of
 
 _LAZY_DTYPES = (torch.float32, torch.float64)
 _MODULES = (torch.nn.Embedding, torch.nn.EmbeddingBag)
 
 
-class _Table(NamedTuple):
-    """A lazy table's bookkeeping: its clock and, per row, the step it was last brought up to date at."""
+class _Table(_lazy.Table):
+    """A lazy table's bookkeeping (:class:`adamax._lazy.Table`), and the table's version counter after the
+    optimizer's last write, by which a write from outside is noticed."""
 
-    clock: _lazy.Clock
-    last: np.ndarray  # int64 per row
-    version: list  # [the table's version counter after the optimizer's last write]
+    def __init__(self, p: Tensor, config: AdamaxConfig, step: int) -> None:
+        super().__init__(p.shape[0], config, np.dtype(str(p.dtype).removeprefix("torch.")), step)
+        self.version = p._version
 
-    @classmethod
-    def fresh(cls, p: Tensor, config: AdamaxConfig, step: int) -> _Table:
-        clock = _lazy.Clock(config, np.dtype(str(p.dtype).removeprefix("torch.")))
-        clock.t = step
-        return cls(clock, np.full(p.shape[0], step, dtype=np.int64), [p._version])
+    def check_unchanged(self, p: Tensor) -> None:
+        if self.version != p._version:
+            raise RuntimeError(
+                "a lazily stepped embedding was written outside the optimizer; its rows' bookkeeping no longer "
+                "holds (call opt.flush() before writing to it, and write only between steps)"
+            )
 
 
 def lazy_embeddings(model: torch.nn.Module, optimizer) -> list[torch.nn.Module]:
@@ -111,43 +113,36 @@ class _LazyRows:
         raise ValueError("lazy_embeddings: a sparse embedding's weight is not a param of this optimizer")
 
     def _check_lazy(self, p: Tensor) -> None:
-        from adamax.torch._plan import _config_of
-
         config = _config_of(self._group_of(p))
         if p.dtype not in _LAZY_DTYPES or p.device.type != "cpu":
             raise TypeError(f"lazy tables are float32 or float64 CPU tensors, got {p.dtype} on {p.device}")
         _lazy.check_config(config)  # refuses coupled weight decay and beta1 >= beta2
 
-    def _register_lazy(self, p: Tensor) -> None:
-        tables = self._lazy_tables()
-        if p not in tables:
-            from adamax.torch._plan import _config_of
+    def _fresh_table(self, p: Tensor) -> None:
+        """``p``'s bookkeeping anew, at its step count, every row up to date."""
+        state = self.state.get(p)
+        self._lazy_tables()[p] = _Table(p, _config_of(self._group_of(p)), int(state["step"]) if state else 0)
 
-            state = self.state.get(p)
-            step = int(state["step"]) if state else 0
-            tables[p] = _Table.fresh(p, _config_of(self._group_of(p)), step)
+    def _register_lazy(self, p: Tensor) -> None:
+        if p not in self._lazy_tables():
+            self._fresh_table(p)
 
     def _table(self, p: Tensor, config: AdamaxConfig) -> _Table:
         """``p``'s bookkeeping under ``config``; when the betas, eps or placement changed, every row is brought up
         to date under the old ones first (no row's value changes, only where it is stored)."""
         tables = self._lazy_tables()
         table = tables[p]
-        if table.version[0] != p._version:
-            raise RuntimeError(
-                "a lazily stepped embedding was written outside the optimizer; its rows' bookkeeping no longer "
-                "holds (call opt.flush() before writing to it, and write only between steps)"
-            )
-        old = table.clock.config
-        if (old.betas, old.eps, old.eps_placement) != (config.betas, config.eps, config.eps_placement):
+        table.check_unchanged(p)
+        if not table.recorded_with(config):
             self._bring_rows_up_to_date(p, np.arange(p.shape[0]))
-            table = tables[p] = _Table.fresh(p, config, table.clock.t)
+            table = tables[p] = _Table(p, config, table.clock.t)
         table.clock.config = config
         return table
 
     def _accept_write(self, p: Tensor) -> None:
         table = self._lazy_tables().get(p)
         if table is not None:
-            table.version[0] = p._version
+            table.version = p._version
 
     def flush(self) -> None:
         """Bring every row of every lazy table up to date (see :func:`adamax.torch.lazy_embeddings`)."""
@@ -160,23 +155,16 @@ class _LazyRows:
         if p not in tables or not state:
             return  # never stepped: nothing is stale
         table = tables[p]
-        if table.version[0] != p._version:
-            raise RuntimeError("a lazily stepped embedding was written outside the optimizer (see flush())")
-        rows = rows[table.last[rows] != table.clock.t]
+        table.check_unchanged(p)
+        rows = table.behind(rows)
         if not len(rows):
             return
         kernel = _kernel_for(p, state)
         if kernel is not None:
             kernel.step_rows(table.clock, *_arrays(p, state), table.last, rows)
-            table.version[0] = _written(p)
-            return
-        with torch.no_grad():
-            arrays = _arrays(p, state)
-            caught = _lazy.catch_up(table.clock, *(a[rows] for a in arrays), table.last[rows])
-            for a, value in zip(arrays, caught):
-                a[rows] = value
-        table.last[rows] = table.clock.t
-        table.version[0] = _written(p)
+        else:
+            table.bring_up_to_date(*_arrays(p, state), rows)
+        table.version = _written(p)
 
     def _check_lazy_step(self, p: Tensor, g: Tensor, index: int, config: AdamaxConfig) -> None:
         """Before any write: a sparse gradient fits its lazy table, and the group's hyperparameters can be lazy."""
@@ -189,9 +177,7 @@ class _LazyRows:
         state = self.state.get(p)
         if state and (state["exp_avg"].dtype != p.dtype or state["exp_avg"].layout is not torch.strided):
             raise ValueError(f"state of lazy param {index} of its group must be dense and of the param's dtype")
-        table = self._lazy_tables()[p]
-        if table.version[0] != p._version:
-            raise RuntimeError("a lazily stepped embedding was written outside the optimizer (see flush())")
+        self._lazy_tables()[p].check_unchanged(p)
 
     def _run_lazy(self, group: dict, config: AdamaxConfig, params: list[Tensor]) -> None:
         """One step of each lazy table: rows the gradient touches, brought up to date and updated as dense Adamax
@@ -205,32 +191,19 @@ class _LazyRows:
             values = grad.values().numpy()
             t = int(state["step"])
             stale = np.setdiff1d(table.clock.due(table.last), touched, assume_unique=True)
+            arrays = _arrays(p, state)
             kernel = _kernel_for(p, state)
             if kernel is not None:  # one parallel pass: catch-up and update, row by row
-                arrays = _arrays(p, state)
                 if len(stale):  # only every W/2 steps
                     kernel.step_rows(table.clock, *arrays, table.last, stale)
                 size = step_size(config.lr, config.beta1, t + 1)
                 kernel.step_rows(table.clock, *arrays, table.last, touched, values, step_size=size, config=config)
-                with torch.no_grad():
-                    state["step"] += 1
                 table.clock.advance(*table.clock.step_scalars(config.lr, t + 1))
-                table.version[0] = _written(p)
-                continue
+            else:
+                table.step(*arrays, touched, values, config, t, stale)()
             with torch.no_grad():
-                arrays = _arrays(p, state)
-                caught = _lazy.catch_up(table.clock, *(a[stale] for a in arrays), table.last[stale])
-                rows = _lazy.catch_up(table.clock, *(a[touched] for a in arrays), table.last[touched])
-                new_p, new_state = reference.update(rows.p, values, AdamaxState(t, rows.m, rows.u), config)
-                for a, value in zip(arrays, caught):
-                    a[stale] = value
-                for a, value in zip(arrays, (new_p, new_state.exp_avg, new_state.exp_inf)):
-                    a[touched] = value
                 state["step"] += 1
-            table.last[stale] = table.clock.t  # the clock's count, which the param's step count equals
-            table.clock.advance(*table.clock.step_scalars(config.lr, t + 1))
-            table.last[touched] = table.clock.t
-            table.version[0] = _written(p)
+            table.version = _written(p)
 
     def _dense_step_of_a_lazy_table(self, p: Tensor) -> None:
         """A dense gradient on a lazy table (a tied weight, say) updates every row: all are brought up to date
@@ -238,21 +211,14 @@ class _LazyRows:
         self._bring_rows_up_to_date(p, np.arange(p.shape[0]))
 
     def _after_dense_step(self, params: list[Tensor]) -> None:
-        from adamax.torch._plan import _config_of
-
-        tables = self._lazy_tables()
         for p in params:
-            if p in tables:
-                tables[p] = _Table.fresh(p, _config_of(self._group_of(p)), int(self.state[p]["step"]))
+            if p in self._lazy_tables():
+                self._fresh_table(p)
 
     def _reset_lazy_after_load(self) -> None:
         """After a state dict is loaded every row is current: each table's history starts at its step count."""
-        from adamax.torch._plan import _config_of
-
-        tables = self._lazy_tables()
-        for p in tables:
-            state = self.state.get(p)
-            tables[p] = _Table.fresh(p, _config_of(self._group_of(p)), int(state["step"]) if state else 0)
+        for p in list(self._lazy_tables()):
+            self._fresh_table(p)
 
 
 def _written(p: Tensor) -> int:
@@ -266,7 +232,7 @@ def _written(p: Tensor) -> int:
 def _kernel_for(p: Tensor, state: Mapping[str, Any]):
     """The lazy-rows numba kernel where it can take this table (2-d, contiguous), else None: NumPy then."""
     kernel = lazy_kernels()
-    if kernel is None or p.dim() != 2 or (p.grad is not None and p.grad.dtype != p.dtype):
+    if kernel is None or p.dim() != 2:
         return None
     if not (p.is_contiguous() and state["exp_avg"].is_contiguous() and state["exp_inf"].is_contiguous()):
         return None
