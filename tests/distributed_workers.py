@@ -59,11 +59,11 @@ def reference_run(steps: int, **optimizer_options) -> list[torch.Tensor]:
         torch.set_num_threads(threads)
 
 
-def _reference_run(steps: int, **optimizer_options) -> list[torch.Tensor]:
-    model = make_model()
+def _reference_run(steps: int, model=None, batch_of=batch, **optimizer_options) -> list[torch.Tensor]:
+    model = make_model() if model is None else model
     opt = Adamax(model.parameters(), lr=LR, **optimizer_options)
     for step in range(steps):
-        x, y = batch(step)
+        x, y = batch_of(step)
         halves = []
         for rank in range(WORLD):
             model.zero_grad()
@@ -123,19 +123,7 @@ def token_batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 def lazy_reference_run(steps: int) -> list[torch.Tensor]:
     """One process, dense embedding, each half's gradient divided by 2 and summed, as DDP does."""
-    model = TokenModel(sparse=False)
-    opt = Adamax(model.parameters(), lr=LR)
-    for step in range(steps):
-        tokens, y = token_batch(step)
-        halves = []
-        for rank in range(WORLD):
-            model.zero_grad()
-            loss_fn(model, shard(tokens, rank), shard(y, rank)).backward()
-            halves.append([p.grad.clone() for p in model.parameters()])
-        for p, *grads in zip(model.parameters(), *halves):
-            p.grad = grads[0] / WORLD + grads[1] / WORLD
-        opt.step()
-    return [p.detach().clone() for p in model.parameters()]
+    return _reference_run(steps, TokenModel(sparse=False), token_batch)
 
 
 def lazy_ddp(args) -> None:

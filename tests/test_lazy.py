@@ -180,6 +180,14 @@ def test_a_refused_lazy_step_changes_nothing(grads, error, message):
     np.testing.assert_array_equal(opt._lazy["table"].last, last)
 
 
+def step_both(lazy: Adamax, dense: Adamax, rows: np.ndarray, values: np.ndarray, shape: tuple) -> None:
+    """One step of a lazy table ("t") with rows ``rows``' gradients, and of its dense twin with those rows filled."""
+    grad = np.zeros(shape)
+    grad[rows] = values
+    lazy.step({"t": RowGradient(rows, values)})
+    dense.step({"t": grad})
+
+
 def test_a_checkpoint_of_a_lazy_table_is_dense_adamaxs_and_resumes():
     rng = np.random.default_rng(5)
     start = rng.standard_normal((20, 4))
@@ -187,12 +195,7 @@ def test_a_checkpoint_of_a_lazy_table_is_dense_adamaxs_and_resumes():
     lazy, dense = Adamax(lazy_params, lr=0.05, lazy=["t"]), Adamax(dense_params, lr=0.05)
 
     def step(k):
-        rows = rng.choice(20, size=3, replace=False)
-        values = rng.standard_normal((3, 4))
-        grad = np.zeros((20, 4))
-        grad[rows] = values
-        lazy.step({"t": RowGradient(rows, values)})
-        dense.step({"t": grad})
+        step_both(lazy, dense, rng.choice(20, size=3, replace=False), rng.standard_normal((3, 4)), (20, 4))
 
     for k in range(30):
         step(k)
@@ -218,12 +221,7 @@ def test_changing_the_betas_mid_run_brings_rows_up_to_date_under_the_old_ones():
         if k == 20:
             for opt in (lazy, dense):
                 opt.config = opt.config.replace(betas=(0.8, 0.99), eps_placement="none")
-        rows = rng.choice(10, size=2, replace=False)
-        values = rng.standard_normal((2, 2))
-        grad = np.zeros((10, 2))
-        grad[rows] = values
-        lazy.step({"t": RowGradient(rows, values)})
-        dense.step({"t": grad})
+        step_both(lazy, dense, rng.choice(10, size=2, replace=False), rng.standard_normal((2, 2)), (10, 2))
     lazy.flush()
     assert scale_error(lazy_params["t"], dense_params["t"]) < 1e-12
 
@@ -234,10 +232,7 @@ def test_an_empty_gradient_still_counts_a_step():
     dense_params = {"t": np.ones((3, 2))}
     dense = Adamax(dense_params, lr=0.1)
     for rows in ([0], [], [], [1]):
-        opt.step({"t": RowGradient(np.array(rows, dtype=np.int64), np.ones((len(rows), 2)))})
-        grad = np.zeros((3, 2))
-        grad[rows] = 1.0
-        dense.step({"t": grad})
+        step_both(opt, dense, np.array(rows, dtype=np.int64), np.ones((len(rows), 2)), (3, 2))
     assert opt.state["t"].step == 4
     opt.flush()
     assert scale_error(params["t"], dense_params["t"]) < 1e-14

@@ -41,8 +41,9 @@ def _draws(rows: int, touched: int, count: int, seed: int = 0) -> list[np.ndarra
     return [np.unique(rng.integers(0, rows, size=touched)) for _ in range(count)]
 
 
-def steppers(rows: int, dim: int, fraction: float, draws: int = 8) -> dict[str, Callable[[], None]]:
-    """The methods, each a closure that takes one step (cycling through the same ``draws`` row sets)."""
+def steppers(rows: int, dim: int, fraction: float, draws: int = 8) -> tuple[dict[str, Callable[[], None]], int]:
+    """The methods, each a closure that takes one step (cycling through the same ``draws`` row sets), and the
+    mean number of distinct rows a step touches."""
     import torch
 
     from adamax.torch import Adamax, lazy_embeddings
@@ -121,12 +122,12 @@ def steppers(rows: int, dim: int, fraction: float, draws: int = 8) -> dict[str, 
     }
     for step in methods.values():  # compile kernels, create state
         step()
-    return methods
+    return methods, int(np.mean([len(r) for r in touched]))
 
 
 def run(rows: int, dim: int, fraction: float, repeats: int, advance: Callable[[], None]) -> dict:
     """Every method, interleaved round by round; medians, ratios and the bandwidth figures."""
-    methods = steppers(rows, dim, fraction)
+    methods, touched = steppers(rows, dim, fraction)
     limit = _bandwidth_stepper(rows * dim)
     times: dict[str, list[float]] = {name: [] for name in [*methods, "bandwidth limit"]}
     for _ in range(repeats):
@@ -138,7 +139,6 @@ def run(rows: int, dim: int, fraction: float, repeats: int, advance: Callable[[]
         advance()
     medians = {name: float(np.median(ts)) for name, ts in times.items()}
     bandwidth = LIMIT_BYTES_PER_ELEMENT * rows * dim / medians.pop("bandwidth limit")
-    touched = int(np.mean([len(r) for r in _draws(rows, max(1, int(rows * fraction)), 8)]))
     lazy = medians["adamax.torch lazy (sparse gradient)"]
     return {
         "rows": rows,

@@ -42,25 +42,27 @@ def _int_at_least(lowest: int):
     return parse
 
 
-def _decay_rate(text: str) -> float:
-    """A beta, validated as the library validates it: 0 <= beta < 1."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not 0 <= value < 1:
-        raise argparse.ArgumentTypeError(f"expected a decay rate in [0, 1), got {text!r}")
-    return value
+def _float_in(low: float, high: float, *, closed_low: bool, closed_high: bool, what: str):
+    """A parser for a number in an interval (the ends included or not), named ``what`` in its message."""
+    interval = f"{'[' if closed_low else '('}{low:g}, {high:g}{']' if closed_high else ')'}"
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        above = value >= low if closed_low else value > low
+        below = value <= high if closed_high else value < high
+        if not (above and below):
+            raise argparse.ArgumentTypeError(f"expected {what} in {interval}, got {text!r}")
+        return value
+
+    return parse
 
 
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"expected a fraction in (0, 1], got {text!r}")
-    return value
+# beta, as the library validates it: 0 <= beta < 1
+_decay_rate = _float_in(0, 1, closed_low=True, closed_high=False, what="a decay rate")
+_fraction = _float_in(0, 1, closed_low=False, closed_high=True, what="a fraction")
 
 
 def _positive_float(text: str) -> float:
