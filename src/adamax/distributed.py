@@ -178,16 +178,15 @@ def _join(skeleton: Any, live: Any, path: tuple[str, ...], load: dict[str, torch
             raise CheckpointError(f"the checkpoint has a tensor at {key}, where this model and optimizer have none")
         load[key] = copy
         return copy
-    if isinstance(skeleton, dict) and skeleton.keys() == {_TUPLE}:
-        items = skeleton[_TUPLE]
-        live_items = live if isinstance(live, (list, tuple)) and len(live) == len(items) else [None] * len(items)
-        return tuple(_join(s, v, (*path, str(i)), load, stored) for i, (s, v) in enumerate(zip(items, live_items)))
-    if isinstance(skeleton, dict):
+    tagged_tuple = isinstance(skeleton, dict) and skeleton.keys() == {_TUPLE}
+    if isinstance(skeleton, dict) and not tagged_tuple:
         live_map = live if isinstance(live, Mapping) else {}
         return {k: _join(value, live_map.get(k), (*path, k), load, stored) for k, value in skeleton.items()}
-    if isinstance(skeleton, list):
-        live_items = live if isinstance(live, (list, tuple)) and len(live) == len(skeleton) else [None] * len(skeleton)
-        return [_join(s, v, (*path, str(i)), load, stored) for i, (s, v) in enumerate(zip(skeleton, live_items))]
+    if tagged_tuple or isinstance(skeleton, list):
+        items = skeleton[_TUPLE] if tagged_tuple else skeleton
+        live_items = live if isinstance(live, (list, tuple)) and len(live) == len(items) else [None] * len(items)
+        joined = [_join(s, v, (*path, str(i)), load, stored) for i, (s, v) in enumerate(zip(items, live_items))]
+        return tuple(joined) if tagged_tuple else joined
     return skeleton
 
 
