@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -256,16 +258,34 @@ def test_the_lazy_rows_kernel_is_the_numpy_catch_up_bit_for_bit(dtype, placement
     for t in range(300):
         rows = np.unique(rng.integers(0, 50, size=5))
         values = rng.standard_normal((len(rows), 8)).astype(dtype)
+        config = dataclasses.replace(config, lr=0.01 * (1 + t % 7) / 7)  # a schedule: the clock records each lr
         for (arrays, table), use_kernel in zip(sides, (False, True)):
             stale = np.setdiff1d(table.clock.stale(table.last), rows)
+            table.clock.config = config
             if use_kernel:
                 kernel.step_rows(table.clock, *arrays, table.last, stale)
                 size = reference.step_size(config.lr, config.beta1, t + 1)
                 kernel.step_rows(table.clock, *arrays, table.last, rows, values, step_size=size)
-                table.clock.advance(*table.clock.step_scalars(config.lr, t + 1))
+                kernel.advance(table.clock, *table.clock.step_scalars(config.lr, t + 1))
             else:
                 table.step(*arrays, rows, values, config, t, stale)()
     (numpy_arrays, numpy_table), (kernel_arrays, kernel_table) = sides
     for a, b in zip(kernel_arrays, numpy_arrays):
         np.testing.assert_array_equal(a, b)
     np.testing.assert_array_equal(kernel_table.last, numpy_table.last)
+    for name in ("A", "B", "D", "c", "e", "t"):  # the compiled clock is the NumPy clock, bit for bit
+        np.testing.assert_array_equal(getattr(kernel_table.clock, name), getattr(numpy_table.clock, name))
+
+
+def test_huge_page_arrays_are_zeros_of_the_asked_shape_and_dtype(monkeypatch):
+    from adamax import _memory
+
+    small = _memory.zeros((3, 4), np.float32)  # below the threshold: an ordinary array
+    assert small.shape == (3, 4) and small.dtype == np.float32 and not small.any()
+    monkeypatch.setattr(_memory, "MIN_BYTES", 0)
+    big = _memory.zeros((1000, 7), np.float64)
+    assert big.shape == (1000, 7) and big.dtype == np.float64 and big.flags.writeable and not big.any()
+    big[:] = 1.5
+    assert big.sum() == 1.5 * 7000
+    if _memory.available():
+        assert big.ctypes.data % _memory.HUGE_PAGE == 0

@@ -42,12 +42,12 @@ def scale_error(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).abs().max() / b.abs().max().clamp_min(1e-300))
 
 
-def run(dtype=torch.float64, steps=120, seed=0, **options):
+def run(dtype=torch.float64, steps=120, seed=0, huge_pages=True, **options):
     """Lazy and dense side by side; the worst scaled error at every read through the hooks, and at flushes."""
     lazy_model, dense_model = Model(True, dtype), Model(False, dtype)
     lazy = Adamax(lazy_model.parameters(), lr=2e-2, **options)
     dense = Adamax(dense_model.parameters(), lr=2e-2, **options)
-    assert lazy_embeddings(lazy_model, lazy) == [lazy_model.words, lazy_model.bag]
+    assert lazy_embeddings(lazy_model, lazy, huge_pages=huge_pages) == [lazy_model.words, lazy_model.bag]
     schedules = [torch.optim.lr_scheduler.LambdaLR(o, lambda s: 1 / (1 + s / 30)) for o in (lazy, dense)]
     rng = np.random.default_rng(seed)
     worst = 0.0
@@ -120,6 +120,31 @@ def test_state_dict_loads_into_torch_and_a_torch_checkpoint_resumes_lazily():
     model_state = resumed_model.state_dict()  # the modules' own state_dict brings their rows up to date
     for key, value in dense_model.state_dict().items():
         assert scale_error(model_state[key], value) < 1e-12, key
+
+
+def test_huge_pages_move_the_tables_not_their_values(monkeypatch):
+    from adamax import _memory
+
+    monkeypatch.setattr(_memory, "MIN_BYTES", 0)  # the test's small tables take the huge-page path
+    _, plain_model, plain, *_ = run(steps=50, huge_pages=False)
+    _, huge_model, huge, *_ = run(steps=50, huge_pages=True)
+    assert all(a is b for a, b in zip(huge_model.parameters(), huge.param_groups[0]["params"]))  # same objects
+    for a, b in zip(huge_model.parameters(), plain_model.parameters()):
+        assert torch.equal(a, b)
+    for a, b in zip(huge.state.values(), plain.state.values()):
+        assert all(torch.equal(a[key], b[key]) for key in ("step", "exp_avg", "exp_inf"))
+
+    def on_huge_pages(p):
+        state, table = huge.state[p], huge._lazy_tables()[p]
+        addresses = [t.data_ptr() for t in (p, state["exp_avg"], state["exp_inf"])] + [table.last.ctypes.data]
+        return all(address % _memory.HUGE_PAGE == 0 for address in addresses)
+
+    if not _memory.available():
+        pytest.skip("this OS does not take the huge-page hint; the values matched")
+    tables = [huge_model.words.weight, huge_model.bag.weight]
+    assert all(on_huge_pages(p) for p in tables)
+    huge.load_state_dict(copy.deepcopy(huge.state_dict()))  # new state tensors, on ordinary pages: they move
+    assert all(on_huge_pages(p) for p in tables)
 
 
 def test_a_param_that_sits_out_keeps_its_own_step_count():

@@ -2,7 +2,12 @@
 
 A ``rows x dim`` float32 table, a fraction of its rows touched per step (drawn
 at random, the same draws for every method).  Timed, interleaved round by
-round as in :mod:`adamax.bench`:
+round as in :mod:`adamax.bench`, except that each timed step follows an
+untimed one of the same method: what is timed is a step's cost in a
+training loop, not the wake-up of a CPU idle during the pause between
+methods (which, on the machine behind the README's figures, added about
+1 ms to a 2 ms step).  The timed step's rows are not the untimed one's, and
+the dense steps run between have evicted them from the caches.
 
 * the optimizer step alone: ``adamax.torch`` lazy (sparse gradient,
   :func:`adamax.torch.lazy_embeddings`), ``adamax.torch`` fused (the dense
@@ -133,6 +138,7 @@ def run(rows: int, dim: int, fraction: float, repeats: int, advance: Callable[[]
     for _ in range(repeats):
         for name, step in [*methods.items(), ("bandwidth limit", limit)]:
             time.sleep(SETTLE_SECONDS)
+            step()  # untimed: the step before, as in a training loop (CPU awake, code warm; other rows)
             start = time.perf_counter()
             step()
             times[name].append(time.perf_counter() - start)

@@ -143,6 +143,40 @@ def _rows(
         last[r] = t + 1 if update else t
 
 
+@njit(cache=True, nogil=True)
+def _advance(A, B, D, c_history, e_history, pow_r, pow_a, t, W, c, e):  # pragma: no cover - compiled
+    n = t + 1
+    slots = W + 1
+    for s in range(max(0, n - W), n):
+        slot = s % slots
+        k = n - s
+        D[slot] *= e
+        A[slot, k] = A[slot, k - 1] + c * pow_r[k] / D[slot]
+        B[slot, k] = B[slot, k - 1] + c * pow_a[k] / D[slot]
+    new = n % slots
+    A[new, :] = 0.0
+    B[new, :] = 0.0
+    D[new] = 1.0
+    c_history[new] = c
+    e_history[new] = e
+
+
+def advance(clock, c: float, e: float) -> None:
+    """:meth:`adamax._lazy.Clock.advance`, compiled: the same operations in the same order, so the same bits,
+    without NumPy's per-call overhead on arrays of ``W`` entries."""
+    _advance(clock.A, clock.B, clock.D, clock.c, clock.e, clock.pow_r, clock.pow_a, clock.t, clock.W, c, e)
+    clock.t += 1
+
+
+@njit(cache=True, nogil=True)
+def strictly_increasing(rows):  # pragma: no cover - compiled
+    """Whether ``rows`` (1-d) is strictly increasing: a sparse gradient's rows already coalesced."""
+    for i in range(1, rows.shape[0]):  # noqa: SIM110 (numba compiles a plain loop)
+        if rows[i] <= rows[i - 1]:
+            return False
+    return True
+
+
 def step_rows(clock, p, m, u, last, rows, values=None, step_size=None, config=None) -> None:
     """Bring ``rows`` of the 2-d arrays ``p, m, u`` to ``clock.t``, in place, and (given ``values``) apply the
     step ``clock.t + 1`` to them with ``values`` as their gradients; ``last`` is updated.

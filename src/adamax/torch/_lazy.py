@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from adamax import _lazy
+from adamax import _lazy, _memory
 from adamax._algorithm import step_size
 from adamax.kernels import lazy_kernels
 from adamax.spec import AdamaxConfig
@@ -38,12 +38,17 @@ _MODULES = (torch.nn.Embedding, torch.nn.EmbeddingBag)
 
 
 class _Table(_lazy.Table):
-    """A lazy table's bookkeeping (:class:`adamax._lazy.Table`), and the table's version counter after the
-    optimizer's last write, by which a write from outside is noticed."""
+    """A lazy table's bookkeeping (:class:`adamax._lazy.Table`), the table's version counter after the
+    optimizer's last write, by which a write from outside is noticed, and where its state is kept."""
 
-    def __init__(self, p: Tensor, config: AdamaxConfig, step: int) -> None:
+    def __init__(self, p: Tensor, config: AdamaxConfig, step: int, huge_pages: bool = False) -> None:
         super().__init__(p.shape[0], config, np.dtype(str(p.dtype).removeprefix("torch.")), step)
         self.version = p._version
+        self.huge_pages = huge_pages  # the table's state (and ``last``) is kept on memory advised for huge pages
+        if huge_pages:
+            last = _memory.zeros(self.last.shape, self.last.dtype)
+            last[:] = self.last
+            self.last = last
 
     def check_unchanged(self, p: Tensor) -> None:
         if self.version != p._version:
@@ -53,12 +58,17 @@ class _Table(_lazy.Table):
             )
 
 
-def lazy_embeddings(model: torch.nn.Module, optimizer) -> list[torch.nn.Module]:
+def lazy_embeddings(model: torch.nn.Module, optimizer, *, huge_pages: bool = True) -> list[torch.nn.Module]:
     """Step every sparse ``nn.Embedding`` / ``nn.EmbeddingBag`` of ``model`` lazily; returns those modules.
 
     Each module's weight must be a param of ``optimizer`` (an :class:`adamax.torch.Adamax`), in a group with
     decoupled or no weight decay and ``beta1 < beta2``.  Each gets a forward pre-hook that brings the rows it is
     about to look up to date, and a ``state_dict`` pre-hook that brings all of them up to date.
+
+    ``huge_pages`` (Linux, tables of 8 MiB or more): the weight's values are moved, once, into memory advised for
+    2 MiB pages (:mod:`adamax._memory`; the same ``Parameter`` object, its ``.data`` replaced), and its state is
+    kept there, which saves most of the page walks of a step over scattered rows.  A tensor that shared the
+    weight's old memory (a ``.numpy()`` view, say) no longer does; pass ``huge_pages=False`` to keep it.
     """
     register = getattr(optimizer, "_register_lazy", None)
     if register is None:
@@ -70,7 +80,7 @@ def lazy_embeddings(model: torch.nn.Module, optimizer) -> list[torch.nn.Module]:
         optimizer._check_lazy(module.weight)
     hooked = optimizer.__dict__.setdefault("_lazy_modules", set())
     for module in modules:
-        register(module.weight)
+        register(module.weight, huge_pages)
         if id(module) in hooked:  # a second call: already hooked
             continue
         hooked.add(id(module))
@@ -118,14 +128,25 @@ class _LazyRows:
             raise TypeError(f"lazy tables are float32 or float64 CPU tensors, got {p.dtype} on {p.device}")
         _lazy.check_config(config)  # refuses coupled weight decay and beta1 >= beta2
 
-    def _fresh_table(self, p: Tensor) -> None:
-        """``p``'s bookkeeping anew, at its step count, every row up to date."""
+    def _fresh_table(self, p: Tensor, huge_pages: bool | None = None) -> None:
+        """``p``'s bookkeeping anew, at its step count, every row up to date; its state moved to huge pages where
+        the table keeps them (``huge_pages``; by default as before)."""
         state = self.state.get(p)
-        self._lazy_tables()[p] = _Table(p, _config_of(self._group_of(p)), int(state["step"]) if state else 0)
+        tables = self._lazy_tables()
+        if huge_pages is None:
+            huge_pages = tables[p].huge_pages if p in tables else False
+        tables[p] = _Table(p, _config_of(self._group_of(p)), int(state["step"]) if state else 0, huge_pages)
+        if huge_pages and state:
+            for key in ("exp_avg", "exp_inf"):
+                state[key] = _on_huge_pages(state[key])
 
-    def _register_lazy(self, p: Tensor) -> None:
-        if p not in self._lazy_tables():
-            self._fresh_table(p)
+    def _register_lazy(self, p: Tensor, huge_pages: bool = False) -> None:
+        if p in self._lazy_tables():
+            return
+        if huge_pages:
+            with torch.no_grad():
+                p.data = _on_huge_pages(p.data)
+        self._fresh_table(p, huge_pages)
 
     def _table(self, p: Tensor, config: AdamaxConfig) -> _Table:
         """``p``'s bookkeeping under ``config``; when the betas, eps or placement changed, every row is brought up
@@ -135,7 +156,7 @@ class _LazyRows:
         table.check_unchanged(p)
         if not table.recorded_with(config):
             self._bring_rows_up_to_date(p, np.arange(p.shape[0]))
-            table = tables[p] = _Table(p, config, table.clock.t)
+            table = tables[p] = _Table(p, config, table.clock.t, table.huge_pages)
         table.clock.config = config
         return table
 
@@ -184,13 +205,17 @@ class _LazyRows:
         updates them; rows about to fall out of the window, brought up to date; then the clock moves on."""
         self.last_step_paths["lazy"] = self.last_step_paths.get("lazy", 0) + len(params)
         for p in params:
+            fresh = not self.state.get(p)
             state = self._init_state(p, False)
             table = self._table(p, config)
-            grad = p.grad if p.grad.is_coalesced() else p.grad.coalesce()
-            touched = grad.indices()[0].numpy()
-            values = grad.values().numpy()
+            if fresh and table.huge_pages:  # new state (zeros), made where the table keeps it
+                for key in ("exp_avg", "exp_inf"):
+                    state[key] = _on_huge_pages(state[key], copy=False)
+            touched, values = _coalesced(p.grad)
             t = int(state["step"])
-            stale = np.setdiff1d(table.clock.due(table.last), touched, assume_unique=True)
+            stale = table.clock.due(table.last)
+            if len(stale):
+                stale = np.setdiff1d(stale, touched, assume_unique=True)
             arrays = _arrays(p, state)
             kernel = _kernel_for(p, state)
             if kernel is not None:  # one parallel pass: catch-up and update, row by row
@@ -198,7 +223,7 @@ class _LazyRows:
                     kernel.step_rows(table.clock, *arrays, table.last, stale)
                 size = step_size(config.lr, config.beta1, t + 1)
                 kernel.step_rows(table.clock, *arrays, table.last, touched, values, step_size=size, config=config)
-                table.clock.advance(*table.clock.step_scalars(config.lr, t + 1))
+                kernel.advance(table.clock, *table.clock.step_scalars(config.lr, t + 1))
             else:
                 table.step(*arrays, touched, values, config, t, stale)()
             with torch.no_grad():
@@ -227,6 +252,34 @@ def _written(p: Tensor) -> int:
     rows up to date); returns the new version for the bookkeeping."""
     torch.autograd.graph.increment_version(p)
     return p._version
+
+
+def _coalesced(grad: Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """A sparse COO gradient's rows (unique, ascending) and their values, as NumPy arrays.  A gradient whose rows
+    are already unique and ascending (torch does not always mark one so) is taken as it is: no sort, no copy."""
+    rows = grad._indices()[0].numpy()
+    if not grad.is_coalesced() and not _increasing(rows):
+        grad = grad.coalesce()
+        rows = grad._indices()[0].numpy()
+    return rows, grad._values().numpy()
+
+
+def _increasing(rows: np.ndarray) -> bool:
+    kernel = lazy_kernels()
+    if kernel is not None:
+        return kernel.strictly_increasing(rows)
+    return len(rows) < 2 or bool((rows[1:] > rows[:-1]).all())
+
+
+def _on_huge_pages(t: Tensor, copy: bool = True) -> Tensor:
+    """A CPU tensor like ``t`` (its values, or zeros without ``copy``) on memory advised for huge pages; ``t``
+    itself where :mod:`adamax._memory` would give ordinary memory anyway."""
+    if t.device.type != "cpu" or t.nbytes < _memory.MIN_BYTES or not _memory.available():
+        return t
+    moved = torch.from_numpy(_memory.zeros(tuple(t.shape), np.dtype(str(t.dtype).removeprefix("torch."))))
+    if copy:
+        moved.copy_(t)
+    return moved
 
 
 def _kernel_for(p: Tensor, state: Mapping[str, Any]):
