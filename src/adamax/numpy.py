@@ -25,7 +25,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from adamax import _lazy, reference
+from adamax import _lazy, compact, reference
 from adamax._algorithm import step_size
 from adamax.kernels import cpu_kernels
 from adamax.reference import AdamaxState
@@ -85,6 +85,11 @@ class Adamax:
             gradients there (:mod:`adamax._lazy`).  Until then the table's
             untouched rows are stale.  Needs decoupled (or no) weight decay and
             ``beta1 < beta2``.
+        state_format: ``"full"`` (m and u in the param's dtype) or ``"compact"``
+            (:mod:`adamax.compact`: m in bfloat16, u as 16-bit codes under a
+            float32 scale per 256 elements, about 4 bytes per element; float32
+            and float16 params; not with ``lazy``).  :meth:`load_state_dict`
+            takes either format and converts it to this one.
 
     ``opt.config`` holds the hyperparameters; assign
     ``opt.config = opt.config.replace(lr=...)`` to schedule them.
@@ -103,7 +108,9 @@ class Adamax:
         eps_placement: EpsPlacement = "max",
         fused: bool | None = None,
         lazy: Sequence[str] = (),
+        state_format: str = "full",
     ) -> None:
+        self.state_format = compact.check_state_format(state_format)
         if fused is not None and not isinstance(fused, bool):
             raise TypeError(f"Invalid fused: {fused!r} (expected True, False or None)")
         if fused and cpu_kernels() is None:
@@ -131,9 +138,16 @@ class Adamax:
             for path_b, b in leaves[i + 1 :]:
                 if np.may_share_memory(a, b) and np.shares_memory(a, b):
                     raise ValueError(f"params {path_a!r} and {path_b!r} share memory")
+        if state_format == "compact":
+            for path, leaf in leaves:
+                if leaf.dtype not in _COMPACT_DTYPES:
+                    raise TypeError(f"compact state computes in float32: param {path!r} must be float32 or "
+                                    f"float16, got {leaf.dtype}")  # fmt: skip
+            if lazy:
+                raise ValueError("lazy tables keep full state: use state_format='full' with lazy")
         self.params = params
         self._leaves: dict[str, np.ndarray] = dict(leaves)
-        self.state: dict[str, AdamaxState] = {}
+        self.state: dict[str, AdamaxState | compact.CompactState] = {}
         if isinstance(lazy, str) or not all(isinstance(path, str) for path in lazy):
             raise TypeError(f"lazy must be a list of param paths, got {lazy!r}")
         unknown = [path for path in lazy if path not in self._leaves]
@@ -172,6 +186,10 @@ class Adamax:
 
     def _kernel_paths(self, grads: dict[str, np.ndarray]) -> list[str]:
         """The one place that decides which arrays the fused kernel updates (see ``fused``)."""
+        if self.state_format == "compact":
+            if self.fused:
+                raise ValueError("fused=True: the kernel does not yet take compact state")
+            return []
         kernels = cpu_kernels() if self.fused is not False else None
         if kernels is None:
             return []
@@ -197,8 +215,7 @@ class Adamax:
         lazy = {path: self._lazy_step(path, flat[path]) for path in self._lazy}
         for path, param in self._leaves.items():
             if path not in taken and path not in self._lazy:
-                state = self.state[path] if path in self.state else reference.init(param)
-                new[path] = reference.update(param, flat[path], state, self.config)
+                new[path] = self._update(param, flat[path], self.state.get(path))
         # Nothing above wrote anything; from here on nothing can fail.
         if fused:
             self._step_fused(fused, flat)
@@ -207,6 +224,12 @@ class Adamax:
             self.state[path] = state
         for commit in lazy.values():
             commit()
+
+    def _update(self, param: np.ndarray, grad: np.ndarray, state):
+        """One array's step by the reference of this optimizer's state format."""
+        if self.state_format == "compact":
+            return compact.update(param, grad, state if state is not None else compact.init(param), self.config)
+        return reference.update(param, grad, state if state is not None else reference.init(param), self.config)
 
     def _lazy_step(self, path: str, grad: RowGradient):
         """Compute one lazy table's step (rows the gradient touches, and rows about to fall out of the window);
@@ -285,7 +308,10 @@ class Adamax:
         self.flush()
         return {
             "state": {
-                path: {"step": int(s.step), "exp_avg": s.exp_avg.copy(), "exp_inf": s.exp_inf.copy()}
+                path: {
+                    key: (value.copy() if isinstance(value, np.ndarray) else int(value))
+                    for key, value in zip(s._fields, s)
+                }
                 for path, s in self.state.items()
             },
             "hyperparams": self.config.to_dict(),
@@ -306,21 +332,41 @@ class Adamax:
             raise ValueError(f"state does not match the params: missing {missing}, unknown {unknown}")
         state = {}
         for path, entry in saved.items():
-            if not isinstance(entry, Mapping) or set(entry) != _STATE_KEYS:
-                raise ValueError(f"state for {path!r} must have exactly the keys {sorted(_STATE_KEYS)}")
-            candidate = AdamaxState(entry["step"], entry["exp_avg"], entry["exp_inf"])
-            param = self._leaves[path]
-            try:
-                reference.check_update_args(param, param, candidate)
-            except (TypeError, ValueError) as err:
-                raise type(err)(f"state for {path!r}: {err}") from None
-            state[path] = AdamaxState(int(candidate.step), candidate.exp_avg.copy(), candidate.exp_inf.copy())
+            state[path] = self._loaded_entry(path, entry)
         self.config = config
         self.state = state
         self._lazy = {
             path: _fresh_table(self._leaves[path], config, int(state[path].step) if path in state else 0)
             for path in self._lazy
         }
+
+    def _loaded_entry(self, path: str, entry: Any):
+        """A saved state entry, checked against its param and converted to this optimizer's state format (full
+        -> compact rounds m to nearest and u up; compact -> full is exact).  Raises, naming the path."""
+        param = self._leaves[path]
+        keys = set(entry) if isinstance(entry, Mapping) else None
+        if keys == set(compact.KEYS):
+            compact.check_state(entry, param.shape, f"state for {path!r}")
+            loaded = compact.CompactState(*(np.array(entry[key]) if key != "step" else int(entry[key])
+                                            for key in compact.KEYS))  # fmt: skip
+            if self.state_format == "compact":
+                return loaded
+            step, m, u = compact.to_full(loaded)
+            return AdamaxState(step, m.astype(param.dtype), u.astype(param.dtype))
+        if keys != _STATE_KEYS:
+            formats = f"{sorted(_STATE_KEYS)} (full) or {sorted(compact.KEYS)} (compact)"
+            raise ValueError(f"state for {path!r} must have exactly the keys {formats}")
+        candidate = AdamaxState(entry["step"], entry["exp_avg"], entry["exp_inf"])
+        try:
+            reference.check_update_args(param, param, candidate)
+        except (TypeError, ValueError) as err:
+            raise type(err)(f"state for {path!r}: {err}") from None
+        if self.state_format == "compact":
+            return compact.from_full(int(candidate.step), candidate.exp_avg, candidate.exp_inf)
+        return AdamaxState(int(candidate.step), candidate.exp_avg.copy(), candidate.exp_inf.copy())
+
+
+_COMPACT_DTYPES = (np.dtype(np.float32), np.dtype(np.float16))
 
 
 def _coalesced(path: str, grad: Any, param: np.ndarray) -> RowGradient:

@@ -1,0 +1,340 @@
+r"""Compact Adamax state: about 4 bytes per parameter, and an infinity norm that never freezes.
+
+``state_format="compact"`` keeps, per parameter:
+
+* **m** in bfloat16, rounded *stochastically* from the step's float32 value:
+  with round-to-nearest, an update ``(1 - b1)(g - m)`` below half an ulp of
+  m would leave m where it is, step after step.  The random bits are a hash
+  of the element's flat index and the step count, so every backend rounds
+  alike and a run repeats bit for bit.
+* **u** as a 16-bit code ``q`` below a float32 scale ``S`` shared by a block
+  of ``BLOCK`` = 256 consecutive elements (row-major order):
+  ``u = S * T[q]``, with ``T[q] = float32(RHO**q)``, ``RHO = 0.999``, for
+  ``q < 65535`` and ``T[65535] = 0`` (the code of ``u = 0``).
+
+**Why this never freezes.**  In bfloat16, ``0.999`` rounds to ``1.0``, so
+bfloat16 state computes ``u <- max(u, |g|)`` and one large gradient damps
+every later step (:func:`freeze_demo` shows it).  Here the decay is applied
+to the block's float32 scale, ``S <- S * b2``, rounded as float32 state
+rounds ``u * b2``, and the codes, ratios within the block, do not change.
+The update ``u <- max(b2 u, x)`` (``x = |g| + eps``, or ``|g|``) then only
+lowers the code of an element whose ``x`` exceeds its decayed ``u``, to
+:func:`encode`'s code for ``x / S``, which rounds **up** (the largest code
+whose value is at least the input).  So the denominator is never smaller
+than float32 state's from the same state (up to float32 rounding of the
+products) and exceeds it by at most one code, ``1/RHO - 1`` (0.1%): a compact
+step is never larger, elementwise, than the float32 step, and at most 0.1%
+smaller.
+
+**Range.**  Codes span ``RHO**65534 = 2.8e-29`` below the scale, 28 decades
+for any ``b2``: with ``eps = 1e-8`` every ``u`` from ``eps`` up to the block's
+largest has a code while that largest is below ``3.5e20``.  When some ``x``
+exceeds the scale, the block is *re-based up* by a whole number ``k`` of
+codes: ``S <- S / T[k]`` (the least ``k`` that covers ``x``) and every code
+``q <- q + k``, so the block's values do not move (codes pushed past the
+floor, 28 decades down, stay at the floor, rounding up).  A gradient is
+never clamped to a smaller ``u``.  The largest ``u`` of a block stays near
+code 0, so the range below it stays whole.
+
+**Non-finite gradients.**  A NaN or infinite gradient makes its block's
+scale NaN or infinite, and so every ``u`` of the block (float32 state
+spoils only the element); the params of the block then go NaN, as the
+element would.  ``skip_nonfinite=True`` skips such steps whole.
+
+The step's arithmetic is float32, as :mod:`adamax.reference` computes it for
+float32 params, except where it touches the state: ``u`` as above, and ``m``
+stored rounded to bfloat16.  The step uses this step's float32 ``m`` (before
+its rounding) and the decoded ``u``.
+
+Bytes per element: 2 (m) + 2 (code) + 4/256 (scale) = 4.016, against 8 for
+float32 state; a fused step moves 20 bytes per float32 element instead of 28.
+
+This module is the definition (NumPy, vectorised); the fused kernels compute
+the same bits.  Checkpoints convert both ways with :func:`to_full` (exact)
+and :func:`from_full` (rounds m to nearest and u up).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from adamax._algorithm import step_size
+from adamax._exact import fma
+from adamax.spec import AdamaxConfig
+
+BLOCK = 256  # elements sharing one scale
+RHO = 0.999  # the ratio between neighbouring codes
+ZERO = 65535  # the code of u = 0
+FLOOR = 65534  # the smallest nonzero value's code
+STATE_FORMATS = ("full", "compact")
+KEYS = ("step", "exp_avg", "exp_inf_code", "exp_inf_scale")
+
+_F32 = np.float32
+
+
+class CompactState(NamedTuple):
+    """One array's compact state.  ``exp_avg`` holds m's bfloat16 bits (NumPy has no bfloat16 dtype)."""
+
+    step: int
+    exp_avg: np.ndarray  # uint16, the param's shape: bfloat16 bits of m
+    exp_inf_code: np.ndarray  # uint16, the param's shape: u's codes
+    exp_inf_scale: np.ndarray  # float32, (blocks(size),): each block's scale
+
+
+def check_state_format(state_format: Any) -> str:
+    if not isinstance(state_format, str) or state_format not in STATE_FORMATS:
+        raise ValueError(f"Invalid state_format: {state_format!r} (expected one of {', '.join(STATE_FORMATS)})")
+    return state_format
+
+
+def blocks(size: int) -> int:
+    """How many scales an array of ``size`` elements has."""
+    return -(-size // BLOCK)
+
+
+def _table() -> np.ndarray:
+    values = np.empty(ZERO + 1, dtype=_F32)
+    values[:ZERO] = np.float64(RHO) ** np.arange(ZERO, dtype=np.float64)
+    values[ZERO] = 0
+    values.setflags(write=False)
+    return values
+
+
+TABLE = _table()  # T: T[q] = float32(RHO**q), T[ZERO] = 0; 256 KiB, read-only
+_NEGATED = -TABLE  # increasing, for searchsorted
+_LOG_RHO = float(np.log(RHO))
+
+
+def encode(r: np.ndarray) -> np.ndarray:
+    """The largest code ``q`` with ``T[q] >= r``, for float32 ``r`` in ``[0, 1]``: ``r`` rounded *up* to a
+    representable value (``0`` -> ``ZERO``).  ``r > 1`` (never asked for) gives 0."""
+    r = np.asarray(r, dtype=_F32)
+    q = np.searchsorted(_NEGATED, -r, side="right") - 1
+    return np.maximum(q, 0).astype(np.uint16)
+
+
+def decode(codes: np.ndarray, scales: np.ndarray) -> np.ndarray:
+    """``u = scale * T[code]`` in float32; ``scales`` per element (broadcast to ``codes``)."""
+    return (np.asarray(scales, dtype=_F32) * TABLE[np.asarray(codes, dtype=np.int64)]).astype(_F32)
+
+
+def shift(scale: np.ndarray, peak: np.ndarray) -> np.ndarray:
+    """For finite ``0 < scale < peak`` (float32): the least ``k`` in ``[1, FLOOR]`` with
+    ``float32(scale / T[k]) >= peak``, or ``FLOOR`` if none (an estimate from logarithms, then corrected one
+    code at a time with the exact float32 comparisons)."""
+    scale, peak = np.asarray(scale, _F32), np.asarray(peak, _F32)
+    estimate = np.ceil(np.log(peak.astype(np.float64) / scale) / -_LOG_RHO)
+    k = np.clip(np.nan_to_num(estimate, nan=1.0), 1, FLOOR).astype(np.int64)
+    while True:
+        short = (k < FLOOR) & (scale / TABLE[k] < peak)
+        if not short.any():
+            break
+        k = np.where(short, k + 1, k)
+    while True:
+        spare = (k > 1) & (scale / TABLE[np.maximum(k - 1, 0)] >= peak)
+        if not spare.any():
+            break
+        k = np.where(spare, k - 1, k)
+    return k
+
+
+def init(param: np.ndarray) -> CompactState:
+    """The state before the first step: m = 0, u = 0 (every code ``ZERO``, every scale 0)."""
+    shape = np.shape(param)
+    return CompactState(
+        0, np.zeros(shape, np.uint16), np.full(shape, ZERO, np.uint16), np.zeros(blocks(np.size(param)), _F32)
+    )
+
+
+def _per_element(values: np.ndarray, size: int) -> np.ndarray:
+    """Block values repeated to their elements (flattened, ``size`` long)."""
+    return np.repeat(values, BLOCK)[:size]
+
+
+def _block_max(x: np.ndarray) -> np.ndarray:
+    """Each block's largest element (NaN if it holds one)."""
+    padded = np.zeros(blocks(x.size) * BLOCK, dtype=x.dtype)
+    padded[: x.size] = x
+    return np.max(padded.reshape(-1, BLOCK), axis=1)
+
+
+def rebase(codes: np.ndarray, scales: np.ndarray, peaks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Blocks whose ``peak`` exceeds their scale (or either is not finite), re-based so that the scale covers
+    the peak and no value moves; returns new ``codes`` (flat) and ``scales``.
+
+    A finite positive scale moves up by whole codes (:func:`shift`): ``S / T[k]``, codes ``+ k`` (at most the
+    floor; ``ZERO`` stays).  A zero scale (every ``u`` of the block 0) becomes the peak, its codes ``ZERO``.
+    A non-finite scale or peak becomes the peak (the block's ``u`` are then meaningless, as its params are)."""
+    up = ~(peaks <= scales)
+    if not up.any():
+        return codes, scales
+    finite = np.isfinite(scales) & np.isfinite(peaks) & (scales > 0)
+    whole = up & finite
+    k = np.zeros(scales.shape, np.int64)
+    if whole.any():
+        k[whole] = shift(scales[whole], peaks[whole])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        new_scales = np.where(whole, scales / TABLE[k], np.where(up, peaks, scales)).astype(_F32)
+    size = codes.size
+    as_int = codes.astype(np.int64)
+    moved = np.where(as_int == ZERO, ZERO, np.minimum(as_int + _per_element(k, size), FLOOR))
+    cleared = _per_element(up & (scales == 0), size)
+    codes = np.where(cleared, ZERO, moved).astype(np.uint16)
+    return codes, new_scales
+
+
+# ----- bfloat16 bits -----
+
+
+def bf16_to_f32(bits: np.ndarray) -> np.ndarray:
+    return (np.asarray(bits, dtype=np.uint16).astype(np.uint32) << 16).view(_F32)
+
+
+def f32_to_bf16_nearest(x: np.ndarray) -> np.ndarray:
+    """Round-to-nearest-even bfloat16 bits (NaN stays NaN)."""
+    bits = np.asarray(x, dtype=_F32).view(np.uint32)
+    rounded = (bits + np.uint32(0x7FFF) + ((bits >> 16) & np.uint32(1))) >> 16
+    return np.where(np.isnan(x), np.uint32(0x7FC0), rounded).astype(np.uint16)
+
+
+def random_bits(index: np.ndarray, step: int) -> np.ndarray:
+    """16 random bits per element from its flat index and the step count: a 32-bit integer hash (the
+    "lowbias32" mixer), the same in every backend."""
+    with np.errstate(over="ignore"):
+        x = np.asarray(index).astype(np.uint32) * np.uint32(0x9E3779B1) + np.uint32((step * 0x85EBCA77) & 0xFFFFFFFF)
+        x ^= x >> np.uint32(16)
+        x *= np.uint32(0x7FEB352D)
+        x ^= x >> np.uint32(15)
+        x *= np.uint32(0x846CA68B)
+        x ^= x >> np.uint32(16)
+    return x & np.uint32(0xFFFF)
+
+
+def f32_to_bf16_stochastic(x: np.ndarray, step: int) -> np.ndarray:
+    """bfloat16 bits of float32 ``x`` (flat), rounded up in magnitude with probability equal to the dropped
+    fraction: the 16 dropped bits plus 16 random ones carry into the kept bits or not.  NaN stays NaN."""
+    x = np.asarray(x, dtype=_F32)
+    bits = x.view(np.uint32)
+    with np.errstate(over="ignore"):
+        rounded = (bits + random_bits(np.arange(x.size), step)) >> np.uint32(16)
+    return np.where(np.isnan(x), np.uint32(0x7FC0), rounded).astype(np.uint16)
+
+
+# ----- the step -----
+
+
+def update(param: np.ndarray, grad: np.ndarray, state: CompactState, config: AdamaxConfig):
+    """One Adamax step with compact state; returns ``(new_param, new_state)`` and modifies nothing.
+
+    ``param`` is float16 or float32 (bfloat16 params, as float32 arrays of their values, take the torch and
+    kernel paths); the arithmetic is float32 and the new param is rounded back to the param's dtype.
+    """
+    f = _F32
+    t = int(state.step) + 1
+    size = np.size(param)
+    p = np.asarray(param, dtype=f).ravel().copy()
+    g = np.asarray(grad, dtype=f).ravel()
+    if config.maximize:
+        g = -g
+    if config.weight_decay and not config.decoupled_weight_decay:
+        g = fma(p, f(config.weight_decay), g)
+    elif config.weight_decay:
+        p = p * f(1 - config.lr * config.weight_decay)
+    m = bf16_to_f32(np.asarray(state.exp_avg).ravel())
+    w = f(1 - config.beta1)
+    m = fma(w, g - m, m) if w < 0.5 else fma(-(g - m), f(1) - w, g)
+    x = np.abs(g) + f(config.eps) if config.eps_placement == "max" else np.abs(g)
+    # u <- b2 u: the scales decay; the codes, ratios within a block, stay
+    scales = (np.asarray(state.exp_inf_scale, dtype=f) * f(config.beta2)).astype(f)
+    codes, scales = rebase(np.asarray(state.exp_inf_code, dtype=np.uint16).ravel(), scales, _block_max(x))
+    # u <- max(u, x): an element whose x exceeds its u takes x's code (rounded up)
+    scale_e = _per_element(scales, size)
+    u = decode(codes, scale_e)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r = np.where(x == 0, f(0), x / scale_e)
+    codes = np.where(x > u, np.minimum(codes, encode(r)), codes).astype(np.uint16)
+    u = decode(codes, scale_e)
+    denom = u + f(config.eps) if config.eps_placement == "denominator" else u
+    numer = f(step_size(config.lr, config.beta1, t)) * m
+    if config.eps_placement == "none" or config.eps == 0:  # u == 0 only where every gradient was 0: no step
+        p = p + np.divide(numer, denom, out=np.zeros_like(numer), where=denom != 0)
+    else:
+        p = p + numer / denom
+    shape = np.shape(param)
+    new_state = CompactState(t, f32_to_bf16_stochastic(m, t).reshape(shape), codes.reshape(shape), scales.copy())
+    return p.astype(np.asarray(param).dtype).reshape(shape), new_state
+
+
+# ----- conversions (checkpoints) -----
+
+
+def to_full(state: CompactState) -> tuple[int, np.ndarray, np.ndarray]:
+    """``(step, m, u)`` in float32: the compact state's values, exactly."""
+    codes = np.asarray(state.exp_inf_code)
+    scales = _per_element(np.asarray(state.exp_inf_scale, dtype=_F32), codes.size).reshape(codes.shape)
+    return int(state.step), bf16_to_f32(state.exp_avg).reshape(codes.shape), decode(codes, scales)
+
+
+def from_full(step: int, m: np.ndarray, u: np.ndarray) -> CompactState:
+    """Compact state holding float m and u: m rounded to the nearest bfloat16, u rounded up to a code below its
+    block's largest value (the block's scale)."""
+    m32 = np.asarray(m, dtype=_F32)
+    u32 = np.asarray(u, dtype=_F32).ravel()
+    scales = _block_max(u32).astype(_F32)
+    scale_e = _per_element(scales, u32.size)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r = np.where(u32 == 0, _F32(0), u32 / scale_e)
+    codes = encode(r).reshape(np.shape(u))
+    return CompactState(int(step), f32_to_bf16_nearest(m32).reshape(np.shape(m)), codes, scales)
+
+
+def check_state(state: Mapping[str, Any] | CompactState, shape: tuple[int, ...], what: str) -> None:
+    """Refuse a compact state entry that does not fit a param of ``shape``."""
+    entry = state._asdict() if isinstance(state, CompactState) else state
+    if set(entry) != set(KEYS):
+        raise ValueError(f"{what} must have exactly the keys {sorted(KEYS)}, got {sorted(entry)}")
+    step = entry["step"]
+    if isinstance(step, bool) or not float(np.asarray(step)).is_integer() or float(np.asarray(step)) < 0:
+        raise ValueError(f"{what}: step must be a whole number >= 0, got {step!r}")
+    size = int(np.prod(shape, dtype=np.int64))
+    for key, dtype, want in (
+        ("exp_avg", np.uint16, shape),
+        ("exp_inf_code", np.uint16, shape),
+        ("exp_inf_scale", np.float32, (blocks(size),)),
+    ):
+        value = np.asarray(entry[key])
+        if value.dtype != dtype or value.shape != tuple(want):
+            raise ValueError(f"{what}: {key} must be {np.dtype(dtype).name} of shape {tuple(want)}, got "
+                             f"{value.dtype} of shape {value.shape}")  # fmt: skip
+    if (np.asarray(entry["exp_inf_scale"]) < 0).any():
+        raise ValueError(f"{what}: exp_inf_scale must not be negative")
+
+
+# ----- the freeze, shown -----
+
+
+def freeze_demo(steps: int = 3000, spike: float = 100.0, grad: float = 0.01, beta2: float = 0.999) -> dict:
+    """u of one element after one spike gradient and ``steps - 1`` small ones, three ways: float32 state (the
+    reference), compact state, and naive bfloat16 state (u rounded to bfloat16 at every step, as torch's
+    Adamax keeps it for bfloat16 params).  Returns ``{"step", "float32", "compact", "bfloat16"}`` arrays."""
+    from adamax import reference
+
+    config = AdamaxConfig(lr=1e-3, betas=(0.9, beta2))
+    zero = np.zeros(1, _F32)
+    full, small = reference.init(zero), init(zero)
+    naive = _F32(0)
+    out = {"step": np.arange(1, steps + 1), "float32": [], "compact": [], "bfloat16": []}
+    for t in range(steps):
+        g = np.full(1, spike if t == 0 else grad, _F32)
+        _, full = reference.update(zero, g, full, config)
+        _, small = update(zero, g, small, config)
+        decayed = bf16_to_f32(f32_to_bf16_nearest(naive * _F32(beta2)))[()]
+        fresh = bf16_to_f32(f32_to_bf16_nearest(np.abs(g[0]) + _F32(config.eps)))[()]
+        naive = max(decayed, fresh)
+        out["float32"].append(full.exp_inf[0])
+        out["compact"].append(to_full(small)[2][0])
+        out["bfloat16"].append(naive)
+    return {key: np.asarray(value) for key, value in out.items()}
