@@ -26,9 +26,9 @@ products) and exceeds it by at most one code, ``1/RHO - 1`` (0.1%): a compact
 step is never larger, elementwise, than the float32 step, and at most 0.1%
 smaller.
 
-**Range.**  Codes span ``RHO**65534 = 2.8e-29`` below the scale, 28 decades
+**Range.**  Codes span ``RHO**65534 = 3.3e-29`` below the scale, 28 decades
 for any ``b2``: with ``eps = 1e-8`` every ``u`` from ``eps`` up to the block's
-largest has a code while that largest is below ``3.5e20``.  When some ``x``
+largest has a code while that largest is below ``3e20``.  When some ``x``
 exceeds the scale, the block is *re-based up* by a whole number ``k`` of
 codes: ``S <- S / T[k]`` (the least ``k`` that covers ``x``) and every code
 ``q <- q + k``, so the block's values do not move (codes pushed past the

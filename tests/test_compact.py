@@ -1,0 +1,277 @@
+"""adamax.compact: the compact state's codes, its step against float32 state, and the NumPy optimizer's mode."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from adamax import compact, reference
+from adamax.compact import FLOOR, RHO, TABLE, ZERO
+from adamax.numpy import Adamax
+from adamax.spec import AdamaxConfig
+
+F32 = np.float32
+ULP = 2.0**-23  # float32 relative spacing
+
+
+def brute_encode(r: float) -> int:
+    """The largest code whose value is at least r, by scanning the table."""
+    ok = np.flatnonzero(TABLE >= F32(r))
+    return int(ok[-1]) if len(ok) else 0
+
+
+def test_the_table_is_powers_of_rho_and_zero():
+    assert TABLE[0] == 1 and TABLE[ZERO] == 0
+    assert np.all(np.diff(TABLE[:ZERO].astype(np.float64)) < 0)  # strictly decreasing: every code distinct
+    assert TABLE[FLOOR] == pytest.approx(RHO**FLOOR, rel=1e-6)
+    assert TABLE[FLOOR] < 4e-29  # the range below a block's scale: 28 decades
+
+
+def test_encode_is_the_largest_code_at_or_above_its_input():
+    rng = np.random.default_rng(0)
+    rs = np.concatenate(
+        [
+            [0.0, 1.0, TABLE[1], TABLE[FLOOR], TABLE[FLOOR] / 2, np.nextafter(F32(1), F32(0))],
+            TABLE[rng.integers(0, ZERO, 200)],  # exact table values: their own code
+            np.nextafter(TABLE[rng.integers(1, ZERO, 200)], F32(2)),  # just above: one code up in value
+            10.0 ** rng.uniform(-30, 0, 400),
+        ]
+    ).astype(F32)
+    codes = compact.encode(rs)
+    assert [int(c) for c in codes] == [brute_encode(r) for r in rs]
+    values = TABLE[codes.astype(np.int64)]
+    assert np.all(values >= rs)  # rounded up, never down
+    positive = (rs > TABLE[FLOOR]) & (rs > 0)
+    assert np.all(values[positive] <= rs[positive] / F32(RHO) * (1 + ULP))  # by at most one code
+    assert compact.encode(F32(0)) == ZERO
+
+
+def test_a_shift_is_the_least_whole_number_of_codes_that_covers_the_peak():
+    rng = np.random.default_rng(1)
+    scales = (10.0 ** rng.uniform(-10, 5, 300)).astype(F32)
+    peaks = (scales * 10.0 ** rng.uniform(1e-4, 8, 300)).astype(F32)
+    ks = compact.shift(scales, peaks)
+    for s, x, k in zip(scales, peaks, ks):
+        assert s / TABLE[k] >= x
+        assert k == 1 or s / TABLE[k - 1] < x
+
+
+def test_rebasing_moves_no_value_down_and_none_up_by_more_than_rounding():
+    rng = np.random.default_rng(2)
+    codes = rng.integers(0, 5000, 3 * compact.BLOCK).astype(np.uint16)
+    codes[::7] = ZERO
+    scales = np.array([1.0, 0.0, 2.0], F32)
+    peaks = np.array([5.0, 3.0, 1.0], F32)  # up; up from zero; not up
+    before = compact.decode(codes, np.repeat(scales, compact.BLOCK))
+    new_codes, new_scales = compact.rebase(codes, scales, peaks)
+    after = compact.decode(new_codes, np.repeat(new_scales, compact.BLOCK))
+    assert np.all(new_scales >= np.maximum(scales, peaks))
+    assert new_scales[2] == 2.0 and np.array_equal(new_codes[512:], codes[512:])
+    assert np.all(after[:256] >= before[:256] * (1 - 4 * ULP))
+    assert np.all(after[:256] <= before[:256] * (1 + 4 * ULP))
+    assert np.all(new_codes[256:512] == ZERO)  # a zero scale: every u was 0 and stays 0
+
+
+@st.composite
+def states(draw):
+    """A compact state reached by a few steps of random gradients (spikes and zeros included), a param, the
+    next gradient and a config."""
+    size = draw(st.integers(1, 600))
+    seed = draw(st.integers(0, 2**32 - 1))
+    placement = draw(st.sampled_from(["max", "denominator", "none"]))
+    decay = draw(st.sampled_from([{}, {"weight_decay": 0.1}, {"weight_decay": 0.1, "decoupled_weight_decay": True}]))
+    config = AdamaxConfig(
+        lr=draw(st.sampled_from([1e-3, 0.1])),
+        betas=(draw(st.sampled_from([0.0, 0.9, 0.6])), draw(st.sampled_from([0.0, 0.5, 0.999, 0.99999]))),
+        eps=draw(st.sampled_from([1e-8, 1e-3, 0.0])) if placement != "max" else 1e-8,
+        eps_placement=placement,
+        maximize=draw(st.booleans()),
+        **decay,
+    )
+    rng = np.random.default_rng(seed)
+    p = rng.standard_normal(size).astype(F32)
+    state = compact.init(p)
+
+    def gradient():
+        g = rng.standard_normal(size) * 10.0 ** rng.uniform(-6, 3)
+        g[rng.random(size) < 0.2] = 0.0
+        return g.astype(F32)
+
+    for _ in range(draw(st.integers(0, 6))):
+        p, state = compact.update(p, gradient(), state, config)
+    return p, gradient(), state, config
+
+
+@settings(max_examples=120, deadline=None)
+@given(states())
+def test_a_compact_step_is_never_larger_than_the_float32_step_from_the_same_state(case):
+    """Elementwise: the compact denominator is at least float32 state's, from the same (decoded) state, up to
+    float32 rounding, and at most one code (0.1%) above it; so the step is no larger, and at most 0.1% smaller."""
+    p, g, state, config = case
+    step, m, u = compact.to_full(state)
+    full_p, full = reference.update(p, g, reference.AdamaxState(step, m, u), config)
+    new_p, new = compact.update(p, g, state, config)
+    u_full, u_compact = full.exp_inf.astype(np.float64), compact.to_full(new)[2].astype(np.float64)
+    slack = 4 * ULP
+    assert np.all(u_compact >= u_full * (1 - slack)), np.min(u_compact / np.where(u_full > 0, u_full, 1))
+    assert np.all(u_compact <= u_full / RHO * (1 + slack) + (u_full == 0) * 0)
+    assert np.array_equal(u_compact == 0, u_full == 0)
+    # the params: the compact step's size is the float32 step's, shrunk by the denominator's ratio (and the
+    # param rounded); compare the Adamax steps (after any decoupled decay), to one ulp of the param
+    base = p * F32(1 - config.lr * config.weight_decay) if config.decoupled_weight_decay else p
+    d_full = np.abs(full_p.astype(np.float64) - base)
+    d_compact = np.abs(new_p.astype(np.float64) - base)
+    scale = np.maximum(np.maximum(np.abs(base), np.abs(new_p)), d_full).astype(F32)
+    ulp = 2 * np.spacing(scale).astype(np.float64)  # the step's rounding and the sum's
+    bad = np.flatnonzero(d_compact > d_full + ulp)
+    assert not len(bad), (bad, d_compact[bad], d_full[bad], u_compact[bad], u_full[bad], p[bad], g[bad])
+    assert np.all(d_compact >= d_full * RHO * (1 - slack) - ulp)
+    assert new.step == state.step + 1
+
+
+def test_one_spike_does_not_freeze_compact_state_as_it_freezes_bfloat16_state():
+    shown = compact.freeze_demo(steps=3000, spike=100.0, grad=0.01)
+    expected = 100.0 * 0.999 ** (shown["step"] - 1)  # u after the spike: pure decay, the small gradients below it
+    assert np.allclose(shown["float32"][:2000], expected[:2000], rtol=1e-4)
+    assert np.all(np.abs(shown["compact"] / shown["float32"] - 1) <= 1e-3)  # within the encoding's 0.1%
+    assert shown["compact"][-1] < 5.0  # decayed twentyfold
+    assert np.all(shown["bfloat16"] == 100.0)  # frozen: 100 * 0.999 rounds back to 100 in bfloat16
+
+
+def test_stochastic_rounding_moves_m_where_rounding_to_nearest_sticks():
+    """m = 1, gradients 1.001 forever: (1 - b1)(g - m) = 1e-4 is below half a bfloat16 ulp of 1 (2^-8)."""
+    nearest = compact.bf16_to_f32(compact.f32_to_bf16_nearest(F32(1.0) + F32(0.1) * F32(0.001)))
+    assert nearest == 1.0  # stuck at 1 whatever the gradient
+    config = AdamaxConfig(lr=1e-3)
+    p = np.zeros(4096, F32)
+    state = compact.init(p)._replace(exp_avg=np.full(4096, 0x3F80, np.uint16))  # m = 1.0
+    for _ in range(200):
+        p, state = compact.update(p, np.full(4096, 1.001, F32), state, config)
+    m = compact.bf16_to_f32(state.exp_avg)
+    assert abs(float(m.mean()) - 1.001) < 2e-4  # unbiased on average, as float32 state (1.001) is
+
+
+def test_stochastic_rounding_is_unbiased_and_repeatable():
+    x = np.full(100_000, 1.0 + 2.0**-10, F32)  # a quarter of the way from one bfloat16 to the next
+    rounded = compact.bf16_to_f32(compact.f32_to_bf16_stochastic(x, step=3))
+    assert set(np.unique(rounded)) == {F32(1.0), F32(1.0 + 2.0**-7)}
+    assert abs(float(rounded.mean()) - float(x[0])) < 2e-5
+    assert np.array_equal(rounded, compact.bf16_to_f32(compact.f32_to_bf16_stochastic(x, step=3)))
+    assert not np.array_equal(rounded, compact.bf16_to_f32(compact.f32_to_bf16_stochastic(x, step=4)))
+    negative = compact.bf16_to_f32(compact.f32_to_bf16_stochastic(-x, step=3))
+    assert np.array_equal(negative, -rounded)  # magnitudes round alike
+    specials = np.array([np.nan, np.inf, -np.inf, 0.0, -0.0], F32)
+    back = compact.bf16_to_f32(compact.f32_to_bf16_stochastic(specials, step=1))
+    assert np.isnan(back[0]) and list(back[1:]) == [np.inf, -np.inf, 0.0, 0.0]
+
+
+def test_a_nan_gradient_spoils_its_block_not_the_next():
+    config = AdamaxConfig(lr=1e-2)
+    p = np.ones(2 * compact.BLOCK, F32)
+    g = np.ones_like(p)
+    g[3] = np.nan
+    new_p, _ = compact.update(p, g, compact.init(p), config)
+    assert np.isnan(new_p[: compact.BLOCK]).all()
+    assert np.isfinite(new_p[compact.BLOCK :]).all()
+
+
+def test_conversions_to_float32_state_are_exact_and_back_round_m_to_nearest_and_u_up():
+    rng = np.random.default_rng(5)
+    m = rng.standard_normal((7, 100)).astype(F32)
+    u = np.abs(rng.standard_normal((7, 100)) * 10.0 ** rng.uniform(-8, 3, (7, 100))).astype(F32)
+    u[0, :5] = 0
+    state = compact.from_full(12, m, u)
+    step, m2, u2 = compact.to_full(state)
+    assert step == 12 and m2.shape == m.shape and u2.shape == u.shape
+    assert np.all(np.abs(m2 - m) <= np.abs(m) * 2.0**-8)  # half a bfloat16 ulp
+    assert np.all(u2 >= u) and np.all(u2 <= u / F32(RHO) * (1 + 4 * ULP))
+    assert np.all(u2[0, :5] == 0)
+    again = compact.from_full(*compact.to_full(state))  # exact values convert to themselves, give or take a code
+    assert np.array_equal(again.exp_avg, state.exp_avg)
+    assert np.all(np.abs(again.exp_inf_code.astype(int) - state.exp_inf_code) <= 1)
+
+
+# ----- the NumPy optimizer -----
+
+
+def regression(state_format: str, steps: int = 1500, lr: float = 1e-2) -> tuple[float, Adamax]:
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((512, 300)).astype(F32)
+    y = (X @ rng.standard_normal(300) + 0.1 * rng.standard_normal(512)).astype(F32)
+    params = {"w": np.zeros(300, F32)}
+    opt = Adamax(params, lr=lr, state_format=state_format)
+    for _ in range(steps):
+        opt.step({"w": (2 * X.T @ (X @ params["w"] - y) / len(y)).astype(F32)})
+    return float(np.mean((X @ params["w"] - y) ** 2)), opt
+
+
+def test_the_numpy_optimizer_with_compact_state_trains_as_float32_state_does():
+    full, _ = regression("full")
+    small, opt = regression("compact")
+    assert small == pytest.approx(full, rel=0.01)
+    state = opt.state["w"]
+    assert isinstance(state, compact.CompactState) and state.exp_avg.dtype == np.uint16
+    assert state.exp_avg.nbytes + state.exp_inf_code.nbytes + state.exp_inf_scale.nbytes == 300 * 4 + 2 * 4
+
+
+def test_compact_checkpoints_round_trip_exactly_and_convert_both_ways():
+    _, opt = regression("compact", steps=50)
+    saved = opt.state_dict()
+    again = Adamax({"w": opt.params["w"].copy()}, state_format="compact")
+    again.load_state_dict(saved)
+    assert all(np.array_equal(a, b) for a, b in zip(again.state["w"], opt.state["w"]))
+    full = Adamax({"w": opt.params["w"].copy()}, state_format="full")
+    full.load_state_dict(saved)  # compact -> full: the values exactly
+    step, m, u = compact.to_full(opt.state["w"])
+    assert full.state["w"].step == step and np.array_equal(full.state["w"].exp_avg, m)
+    assert np.array_equal(full.state["w"].exp_inf, u)
+    back = Adamax({"w": opt.params["w"].copy()}, state_format="compact")
+    back.load_state_dict(full.state_dict())  # full -> compact: rounds (see the conversion test)
+    assert np.array_equal(back.state["w"].exp_avg, opt.state["w"].exp_avg)
+    # and the two continue alike
+    g = np.random.default_rng(3).standard_normal(300).astype(F32)
+    for o in (opt, again):
+        o.step({"w": g})
+    assert np.array_equal(opt.params["w"], again.params["w"])
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda e: e.update(exp_inf_scale=np.zeros(3, F32)), "exp_inf_scale must be float32 of shape"),
+        (lambda e: e.update(exp_avg=e["exp_avg"].astype(np.float32)), "exp_avg must be uint16"),
+        (lambda e: e.update(step=-1), "step must be a whole number"),
+        (lambda e: e.update(exp_inf_scale=-e["exp_inf_scale"] - 1), "must not be negative"),
+        (lambda e: e.pop("exp_inf_code"), "exactly the keys"),
+    ],
+)
+def test_a_bad_compact_checkpoint_is_refused_whole(change, message):
+    _, opt = regression("compact", steps=5)
+    saved = opt.state_dict()
+    change(saved["state"]["w"])
+    before = [np.copy(x) for x in opt.state["w"]]
+    with pytest.raises(ValueError, match=message):
+        opt.load_state_dict(saved)
+    assert all(np.array_equal(a, b) for a, b in zip(opt.state["w"], before))
+
+
+def test_what_compact_state_cannot_take_is_refused_at_construction():
+    with pytest.raises(ValueError, match="Invalid state_format"):
+        Adamax([np.zeros(3, F32)], state_format="bf16")
+    with pytest.raises(TypeError, match="must be float32 or float16"):
+        Adamax([np.zeros(3)], state_format="compact")
+    with pytest.raises(ValueError, match="lazy tables keep full state"):
+        Adamax({"t": np.zeros((3, 2), F32)}, state_format="compact", lazy=["t"])
+
+
+def test_float16_params_step_in_float32_and_round_once():
+    rng = np.random.default_rng(6)
+    p16 = rng.standard_normal(500).astype(np.float16)
+    g = rng.standard_normal(500).astype(np.float16)
+    new16, state16 = compact.update(p16, g, compact.init(p16), AdamaxConfig(lr=1e-2))
+    new32, state32 = compact.update(p16.astype(F32), g.astype(F32), compact.init(p16), AdamaxConfig(lr=1e-2))
+    assert new16.dtype == np.float16
+    assert np.array_equal(new16, new32.astype(np.float16))
+    assert all(np.array_equal(a, b) for a, b in zip(state16, state32))
