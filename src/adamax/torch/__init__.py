@@ -37,12 +37,13 @@ from adamax._extras import require
 
 require("torch", extra="torch", what="adamax.torch")
 
+from adamax.torch._compact import convert_state_dict  # noqa: E402
 from adamax.torch._lazy import lazy_embeddings  # noqa: E402
 from adamax.torch._ops import _TensorOps as _TensorOps  # noqa: E402  (tests replace its methods)
 from adamax.torch._optimizer import Adamax, AdamaxW  # noqa: E402
 from adamax.torch._plan import _KERNEL_FOR_DEVICE as _KERNEL_FOR_DEVICE  # noqa: E402  (tests: CPU to Triton)
 
-__all__ = ["Adamax", "AdamaxW", "lazy_embeddings"]
+__all__ = ["Adamax", "AdamaxW", "convert_state_dict", "lazy_embeddings"]
 
 for _cls in (Adamax, AdamaxW):
     _cls.__module__ = __name__  # one public home, for repr, docs and pickling

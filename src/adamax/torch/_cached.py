@@ -28,7 +28,7 @@ class _CachedPlan(NamedTuple):
 
 
 def _planned_params(plan: _Plan | _CachedPlan) -> list[Tensor]:
-    return plan.params if isinstance(plan, _CachedPlan) else [*plan.fused, *plan.rest, *plan.lazy]
+    return plan.params if isinstance(plan, _CachedPlan) else [*plan.fused, *plan.rest, *plan.lazy, *plan.compact]
 
 
 class _TrackedState(defaultdict):

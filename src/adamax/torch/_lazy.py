@@ -123,6 +123,8 @@ class _LazyRows:
         raise ValueError("lazy_embeddings: a sparse embedding's weight is not a param of this optimizer")
 
     def _check_lazy(self, p: Tensor) -> None:
+        if self.state_format != "full":
+            raise ValueError("lazy tables keep full state: use state_format='full' with lazy_embeddings")
         config = _config_of(self._group_of(p))
         if p.dtype not in _LAZY_DTYPES or p.device.type != "cpu":
             raise TypeError(f"lazy tables are float32 or float64 CPU tensors, got {p.dtype} on {p.device}")

@@ -10,16 +10,18 @@ import torch.optim.optimizer as _torch_optimizer
 from torch import Tensor
 from torch.optim.optimizer import Optimizer, _use_grad_for_differentiable
 
+from adamax import compact
 from adamax.kernels import cpu_kernels, gpu_kernels
 from adamax.spec import EpsPlacement
 from adamax.torch._cached import _CachedPlan, _CachedSteps, _planned_params, _TrackedState
+from adamax.torch._compact import _CompactSteps
 from adamax.torch._fused import _FusedSteps
 from adamax.torch._lazy import _LazyRows
 from adamax.torch._ops import _OpSteps
 from adamax.torch._plan import _FLAG_DEFAULTS, _KERNEL_FOR_DEVICE, _all_finite, _config_of, _Plan, _Planning
 
 
-class Adamax(_Planning, _CachedSteps, _FusedSteps, _OpSteps, _LazyRows, Optimizer):
+class Adamax(_Planning, _CachedSteps, _FusedSteps, _OpSteps, _LazyRows, _CompactSteps, Optimizer):
     r"""Adamax (Kingma & Ba 2015, section 7.1), a drop-in for ``torch.optim.Adamax``.
 
     Args:
@@ -39,6 +41,11 @@ class Adamax(_Planning, _CachedSteps, _FusedSteps, _OpSteps, _LazyRows, Optimize
         decoupled_weight_decay: ``p *= 1 - lr * wd`` instead of adding ``wd * p`` to the gradient.
         eps_placement: ``"max"`` (torch, optax), ``"denominator"`` (Keras, TF) or ``"none"`` (the paper).
         skip_nonfinite: skip, and count in ``skipped_steps``, any step whose gradients are not all finite.
+        state_format: ``"full"`` (torch's state: m and u in the param's dtype) or ``"compact"``
+            (:mod:`adamax.compact`: m in bfloat16, u as 16-bit codes under a float32 scale per 256
+            elements, about 4 bytes per element; float32/float16/bfloat16 CPU params).
+            :meth:`load_state_dict` takes either format (and ``torch.optim.Adamax``'s) and converts it;
+            :func:`adamax.torch.convert_state_dict` converts one for ``torch.optim.Adamax``.
 
     Every step is, per parameter with a gradient (:mod:`adamax.spec`)::
 
@@ -61,7 +68,11 @@ class Adamax(_Planning, _CachedSteps, _FusedSteps, _OpSteps, _LazyRows, Optimize
         decoupled_weight_decay: bool = False,
         eps_placement: EpsPlacement = "max",
         skip_nonfinite: bool = False,
+        state_format: str = "full",
     ) -> None:
+        compact.check_state_format(state_format)
+        if state_format == "compact" and (differentiable or capturable):
+            raise RuntimeError("compact state does not support differentiable=True or capturable=True")
         if fused and foreach:
             raise RuntimeError("`fused` and `foreach` cannot be `True` together.")
         if fused and differentiable:
@@ -85,6 +96,7 @@ class Adamax(_Planning, _CachedSteps, _FusedSteps, _OpSteps, _LazyRows, Optimize
         if not isinstance(skip_nonfinite, bool):
             raise TypeError(f"Invalid skip_nonfinite: {skip_nonfinite!r} (expected True or False)")
         self.skip_nonfinite = skip_nonfinite
+        self.state_format = state_format
         self.skipped_steps = 0
         self.last_step_paths: dict[str, int] = {}  # params per path in the last step: "numba", "triton", ...
         super().__init__(params, defaults)
@@ -115,11 +127,13 @@ class Adamax(_Planning, _CachedSteps, _FusedSteps, _OpSteps, _LazyRows, Optimize
         state = super().__getstate__()
         state["skip_nonfinite"] = self.skip_nonfinite
         state["skipped_steps"] = self.skipped_steps
+        state["state_format"] = self.state_format
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.skip_nonfinite = state.pop("skip_nonfinite", False)
         self.skipped_steps = state.pop("skipped_steps", 0)
+        self.state_format = state.pop("state_format", "full")
         self.last_step_paths = {}
         super().__setstate__(state)
         self.state = _TrackedState(dict, self.state)
@@ -141,10 +155,14 @@ class Adamax(_Planning, _CachedSteps, _FusedSteps, _OpSteps, _LazyRows, Optimize
 
         Checked before loading: the number of groups and of params per group,
         every group's hyperparameters, and every state entry's keys, step,
-        shapes and dtypes.  State dicts of ``torch.optim.Adamax`` load as they are.
+        shapes and dtypes.  State dicts of ``torch.optim.Adamax`` load as they are.  Entries in the other
+        state format are converted (see ``state_format``).
         """
         self._check_loadable(state_dict)
-        super().load_state_dict(state_dict)
+        for_torch, compact_entries = self._converted_for_load(state_dict)
+        super().load_state_dict(for_torch)
+        for p, entry in compact_entries.items():
+            self.state[p] = entry
         self._reset_lazy_after_load()
 
     def state_dict(self) -> dict[str, Any]:
@@ -171,6 +189,8 @@ class Adamax(_Planning, _CachedSteps, _FusedSteps, _OpSteps, _LazyRows, Optimize
             self._dense_step_of_a_lazy_table(p)
         self._run_dense(plan)
         self._after_dense_step(dense_lazy)
+        if plan.compact:
+            self._run_compact(plan.config, plan.compact)
         if plan.lazy:
             self._run_lazy(plan.group, plan.config, plan.lazy)
 

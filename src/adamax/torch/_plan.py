@@ -16,6 +16,8 @@ from torch import Tensor
 
 from adamax.kernels import cpu_kernels, gpu_kernels
 from adamax.spec import AdamaxConfig
+from adamax.torch._compact import COMPACT_KEYS
+from adamax.torch._compact import check_state as check_compact_state
 
 _FLAG_DEFAULTS = {
     "foreach": None,
@@ -70,6 +72,7 @@ class _Plan(NamedTuple):
     rest: list[Tensor]  # params stepped with torch ops
     backend: str  # for ``rest``: "forloop" or "foreach"
     lazy: tuple[Tensor, ...] | list[Tensor] = ()  # lazy tables with sparse gradients (lazy_embeddings)
+    compact: tuple[Tensor, ...] | list[Tensor] = ()  # params with compact state (state_format="compact")
 
 
 _KERNEL_TYPES = (Tensor, torch.nn.Parameter)  # not subclasses (DTensor and friends): the kernel reads raw memory
@@ -263,14 +266,18 @@ class _Planning:
                 raise ValueError(f"loaded state dict has state for param {key!r}, which no param group lists")
             if isinstance(entry, Mapping) and not entry:
                 continue  # torch leaves one where ``opt.state[p]`` was read before p had a gradient
-            _check_state(id_map[key], entry, f"state of param {key!r}", loading=True)
+            if isinstance(entry, Mapping) and set(entry) == COMPACT_KEYS:
+                check_compact_state(id_map[key], entry, f"state of param {key!r}", loading=True)
+            else:
+                _check_state(id_map[key], entry, f"state of param {key!r}", loading=True)
 
     def _plan(self, group: dict) -> _Plan:
         """Check one group's hyperparameters, gradients and state, and choose backends; write nothing."""
         config = _config_of(group)
         mode = _kernel_mode(group)
         state = self.state
-        fused, fused_states, rest, lazy = [], [], [], []
+        fused, fused_states, rest, lazy, compact = [], [], [], [], []
+        compact_state = self.state_format == "compact"
         for i, p in enumerate(group["params"]):
             g = p.grad
             if g is None:
@@ -289,6 +296,10 @@ class _Planning:
                     f"param {i} of its group has a gradient of shape {tuple(g.shape)}, {g.dtype} on {g.device}; "
                     f"expected shape {tuple(p.shape)}, {p.dtype} on {p.device}"
                 )
+            if compact_state:
+                self._check_compact_step(p, i, group)
+                compact.append(p)
+                continue
             s = state.get(p)
             if s:
                 _check_live_state(p, s, i)
@@ -307,4 +318,4 @@ class _Planning:
         if group["capturable"]:
             steps = [state[p]["step"] if state.get(p) else p for p in rest]
             _check_capturable(rest, steps, backend)
-        return _Plan(group, config, fused, fused_states, rest, backend, lazy)
+        return _Plan(group, config, fused, fused_states, rest, backend, lazy, compact)

@@ -1,0 +1,203 @@
+"""Compact state on the torch optimizer (``state_format="compact"``, :mod:`adamax.compact`): its entries, the
+checks of a step and a checkpoint, the step, and conversions of state dicts between the two formats.
+
+A compact entry is ``{"step", "exp_avg", "exp_inf_code", "exp_inf_scale"}``: ``exp_avg`` a bfloat16 tensor of
+the param's shape, ``exp_inf_code`` uint16 of the param's shape, ``exp_inf_scale`` float32 with one scale per
+256 elements of the param (row-major).  CPU params, float32, float16 or bfloat16; the arithmetic is float32 and
+a low-precision param is rounded to nearest when stored.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Mapping
+from itertools import chain
+from typing import Any
+
+import numpy as np
+import torch
+import torch.optim.optimizer as _torch_optimizer
+from torch import Tensor
+
+from adamax import compact
+from adamax.spec import AdamaxConfig
+
+COMPACT_KEYS = frozenset(compact.KEYS)
+FULL_KEYS = frozenset({"step", "exp_avg", "exp_inf"})
+_PARAM_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+_PLAIN = (Tensor, torch.nn.Parameter)
+
+
+def fresh_state(p: Tensor) -> dict[str, Tensor]:
+    """A param's compact state before its first step: m = 0, u = 0."""
+    return {
+        "step": torch.zeros((), dtype=_torch_optimizer._get_scalar_dtype()),
+        "exp_avg": torch.zeros(p.shape, dtype=torch.bfloat16, device=p.device),
+        "exp_inf_code": torch.full(p.shape, compact.ZERO, dtype=torch.uint16, device=p.device),
+        "exp_inf_scale": torch.zeros(compact.blocks(p.numel()), dtype=torch.float32, device=p.device),
+    }
+
+
+def check_param(p: Tensor, index: int) -> None:
+    """Refuse a param compact state cannot step here."""
+    if p.dtype not in _PARAM_DTYPES or p.device.type != "cpu" or type(p) not in _PLAIN:
+        raise TypeError(
+            f"param {index} of its group: compact state steps float32, float16 or bfloat16 CPU tensors, "
+            f"got a {type(p).__name__} of {p.dtype} on {p.device}"
+        )
+
+
+def check_state(p: Tensor, state: Mapping[str, Any], where: str, *, loading: bool) -> None:
+    """Raise unless ``state`` is a well-formed compact entry for ``p`` (a checkpoint's step may be a number)."""
+    if not isinstance(state, Mapping) or set(state) != COMPACT_KEYS:
+        keys = sorted(state) if isinstance(state, Mapping) else type(state).__name__
+        raise ValueError(f"{where}: expected the keys {sorted(COMPACT_KEYS)}, got {keys}")
+    step = state["step"]
+    if isinstance(step, Tensor):
+        if step.numel() != 1 or step.is_complex():
+            raise ValueError(f"{where}: 'step' must be a single real number")
+        step = step.item()
+    if isinstance(step, bool) or not isinstance(step, (int, float)) or not (math.isfinite(step) and step >= 0):
+        raise ValueError(f"{where}: 'step' must be a whole number >= 0, got {step!r}")
+    if step != int(step):
+        raise ValueError(f"{where}: 'step' must be a whole number >= 0, got {step!r}")
+    want = {
+        "exp_avg": (torch.bfloat16, tuple(p.shape)),
+        "exp_inf_code": (torch.uint16, tuple(p.shape)),
+        "exp_inf_scale": (torch.float32, (compact.blocks(p.numel()),)),
+    }
+    for key, (dtype, shape) in want.items():
+        value = state[key]
+        if not isinstance(value, Tensor):
+            raise TypeError(f"{where}: {key!r} must be a tensor, got {type(value).__name__}")
+        if value.dtype != dtype or tuple(value.shape) != shape:
+            raise ValueError(
+                f"{where}: {key!r} must be {dtype} of shape {shape}, got {value.dtype} of shape {tuple(value.shape)}"
+            )
+        if not loading and (value.device != p.device or not value.is_contiguous()):
+            raise ValueError(f"{where}: {key!r} must be contiguous, on the param's device")
+    if loading and bool((state["exp_inf_scale"] < 0).any()):
+        raise ValueError(f"{where}: 'exp_inf_scale' must not be negative")
+
+
+# ----- between tensors and the NumPy definition -----
+
+
+def _bits(t: Tensor) -> np.ndarray:
+    """A bfloat16 or uint16 CPU tensor's 16-bit patterns as a NumPy uint16 view (shared memory)."""
+    return t.view(torch.uint16).numpy() if t.dtype is torch.bfloat16 else t.numpy()
+
+
+def as_compact_state(state: Mapping[str, Any]) -> compact.CompactState:
+    """A compact entry as :class:`adamax.compact.CompactState` (NumPy views of CPU tensors)."""
+    return compact.CompactState(
+        int(float(state["step"])),
+        _bits(state["exp_avg"].cpu()),
+        _bits(state["exp_inf_code"].cpu()),
+        state["exp_inf_scale"].cpu().numpy(),
+    )
+
+
+def _entry_of(state: compact.CompactState, step: Any, device: torch.device) -> dict[str, Any]:
+    return {
+        "step": step,
+        "exp_avg": torch.from_numpy(np.ascontiguousarray(state.exp_avg)).view(torch.bfloat16).to(device),
+        "exp_inf_code": torch.from_numpy(np.ascontiguousarray(state.exp_inf_code)).to(device),
+        "exp_inf_scale": torch.from_numpy(np.ascontiguousarray(state.exp_inf_scale)).to(device),
+    }
+
+
+def _step_value(step: Any) -> Any:
+    return step.clone() if isinstance(step, Tensor) else step
+
+
+def to_compact_entry(entry: Mapping[str, Any]) -> dict[str, Any]:
+    """A full entry (``step, exp_avg, exp_inf``) as compact: m rounded to the nearest bfloat16, u up."""
+    m, u = entry["exp_avg"], entry["exp_inf"]
+    state = compact.from_full(0, m.detach().float().cpu().numpy(), u.detach().float().cpu().numpy())
+    return _entry_of(state, _step_value(entry["step"]), m.device)
+
+
+def to_full_entry(entry: Mapping[str, Any]) -> dict[str, Any]:
+    """A compact entry as full float32 state, exactly (a param of another dtype casts it when it loads)."""
+    _, m, u = compact.to_full(as_compact_state(entry))
+    device = entry["exp_avg"].device
+    return {"step": _step_value(entry["step"]), "exp_avg": torch.from_numpy(m).to(device),
+            "exp_inf": torch.from_numpy(u).to(device)}  # fmt: skip
+
+
+def convert_state_dict(state_dict: Mapping[str, Any], state_format: str) -> dict[str, Any]:
+    """``state_dict`` (of :class:`adamax.torch.Adamax` in either state format, or of ``torch.optim.Adamax``)
+    with every state entry in ``state_format``: ``"full"`` (loads into ``torch.optim.Adamax``; exact) or
+    ``"compact"`` (m rounded to the nearest bfloat16, u up to its code).  The input is not modified."""
+    compact.check_state_format(state_format)
+    if not isinstance(state_dict, Mapping) or not {"state", "param_groups"} <= set(state_dict):
+        raise ValueError("expected an optimizer state dict with 'state' and 'param_groups'")
+    out = {key: copy.deepcopy(value) for key, value in state_dict.items() if key != "state"}
+    out["state"] = {key: convert_entry(entry, state_format) for key, entry in state_dict["state"].items()}
+    return out
+
+
+def convert_entry(entry: Mapping[str, Any], state_format: str) -> dict[str, Any]:
+    keys = set(entry) if isinstance(entry, Mapping) else None
+    if not keys:
+        return dict(entry) if isinstance(entry, Mapping) else entry
+    if keys == COMPACT_KEYS:
+        return {k: _step_value(v) if k == "step" else v.clone() for k, v in entry.items()} if (
+            state_format == "compact"
+        ) else to_full_entry(entry)  # fmt: skip
+    if keys == FULL_KEYS:
+        if state_format == "full":
+            return {k: _step_value(v) if k == "step" else v.clone() for k, v in entry.items()}
+        return to_compact_entry(entry)
+    raise ValueError(f"a state entry with keys {sorted(keys)} is neither full {sorted(FULL_KEYS)} "
+                     f"nor compact {sorted(COMPACT_KEYS)} Adamax state")  # fmt: skip
+
+
+class _CompactSteps:
+    """The optimizer's compact-state step, and loading a checkpoint of either format into either."""
+
+    def _check_compact_step(self, p: Tensor, index: int, group: Mapping[str, Any]) -> None:
+        """Before any write: ``p`` (whose gradient is checked already) and its state can take a compact step."""
+        if group["differentiable"] or group["capturable"]:
+            raise RuntimeError("compact state does not support differentiable=True or capturable=True")
+        check_param(p, index)
+        state = self.state.get(p)
+        if state:
+            check_state(p, state, f"state of param {index} of its group", loading=False)
+
+    def _run_compact(self, config: AdamaxConfig, params: list[Tensor]) -> None:
+        """Compute every param's compact step (:func:`adamax.compact.update`), then write them all."""
+        self.last_step_paths["compact"] = self.last_step_paths.get("compact", 0) + len(params)
+        results = []
+        for p in params:
+            state = self.state.get(p) or fresh_state(p)
+            p32 = p.detach().float().numpy() if p.dtype is not torch.float32 else p.detach().numpy()
+            g32 = p.grad.detach().float().numpy()
+            results.append((p, state, *compact.update(p32, g32, as_compact_state(state), config)))
+        with torch.no_grad():  # nothing above wrote; from here nothing can fail
+            for p, state, new_p, new in results:
+                p.copy_(torch.from_numpy(new_p))
+                _bits(state["exp_avg"])[...] = new.exp_avg
+                _bits(state["exp_inf_code"])[...] = new.exp_inf_code
+                state["exp_inf_scale"].numpy()[...] = new.exp_inf_scale
+                state["step"] += 1
+                if not self.state.get(p):
+                    self.state[p] = state
+
+    def _converted_for_load(self, state_dict: Mapping[str, Any]) -> tuple[dict[str, Any], dict[Tensor, dict]]:
+        """A checked state dict, split for torch's loader: the dict to give it (entries in the full format, which
+        it casts to the params), and the compact entries to install after it (which it must not cast)."""
+        groups = [g["params"] for g in self.param_groups]
+        id_map = dict(zip(chain.from_iterable(g["params"] for g in state_dict["param_groups"]), chain(*groups)))
+        to_torch, compact_entries = {}, {}
+        for key, entry in state_dict["state"].items():
+            entry = convert_entry(entry, self.state_format)
+            if self.state_format == "compact" and entry:
+                p = id_map[key]
+                step = torch.tensor(float(entry["step"]), dtype=_torch_optimizer._get_scalar_dtype())
+                compact_entries[p] = {k: step if k == "step" else v.to(p.device) for k, v in entry.items()}
+            else:
+                to_torch[key] = entry
+        return {**state_dict, "state": to_torch}, compact_entries
