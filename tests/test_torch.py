@@ -612,3 +612,14 @@ def test_skip_nonfinite_keeps_one_nan_batch_from_poisoning_training():
     clean = Adamax(clean_model.parameters(), lr=0.01)
     train(clean_model, clean, [b for i, b in enumerate(batches(12)) if i != 5])
     assert_same_run(model, opt, clean_model, clean)
+
+
+def test_options_of_the_optimizer_survive_loading_a_checkpoint():
+    """torch's load_state_dict re-initialises the optimizer from state and groups alone; skip_nonfinite, the
+    skipped-step count and state_format are the optimizer's own and stay."""
+    model, opt, _ = nan_batch_run(skip=True)
+    opt.load_state_dict(opt.state_dict())
+    assert opt.skip_nonfinite is True and opt.skipped_steps == 1 and opt.state_format == "full"
+    compact = Adamax(make_model().parameters(), lr=0.01, state_format="compact")
+    compact.load_state_dict(compact.state_dict())
+    assert compact.state_format == "compact" and compact.skip_nonfinite is False

@@ -131,9 +131,10 @@ class Adamax(_Planning, _CachedSteps, _FusedSteps, _OpSteps, _LazyRows, _Compact
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.skip_nonfinite = state.pop("skip_nonfinite", False)
-        self.skipped_steps = state.pop("skipped_steps", 0)
-        self.state_format = state.pop("state_format", "full")
+        # torch's load_state_dict calls this with only state and groups: the options set here stay as they are
+        self.skip_nonfinite = state.pop("skip_nonfinite", getattr(self, "skip_nonfinite", False))
+        self.skipped_steps = state.pop("skipped_steps", getattr(self, "skipped_steps", 0))
+        self.state_format = state.pop("state_format", getattr(self, "state_format", "full"))
         self.last_step_paths = {}
         super().__setstate__(state)
         self.state = _TrackedState(dict, self.state)

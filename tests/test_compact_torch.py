@@ -1,0 +1,234 @@
+"""adamax.torch.Adamax(state_format="compact"): against the NumPy definition (adamax.compact) step by step, its
+checkpoints both ways (torch.optim.Adamax included), and what it refuses."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from adamax import compact  # noqa: E402
+from adamax.spec import AdamaxConfig  # noqa: E402
+from adamax.torch import Adamax, AdamaxW, convert_state_dict  # noqa: E402
+
+F32 = np.float32
+
+
+def model(dtype=torch.float32) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(12, 40), torch.nn.Tanh(), torch.nn.Linear(40, 3)).to(dtype)
+
+
+def batches(steps: int, dtype=torch.float32):
+    gen = torch.Generator().manual_seed(1)
+    for t in range(steps):
+        x = torch.randn(32, 12, generator=gen).to(dtype) * (30.0 if t == 5 else 1.0)  # a spike at step 5
+        yield x, torch.randn(32, 3, generator=gen).to(dtype)
+
+
+def round_to(values: np.ndarray, dtype: torch.dtype) -> np.ndarray:
+    """float32 values rounded to ``dtype`` (to nearest) and back, as storing a param rounds it."""
+    return torch.from_numpy(values).to(dtype).float().numpy()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"weight_decay": 0.05}, {"weight_decay": 0.05, "decoupled_weight_decay": True, "maximize": True},
+     {"eps_placement": "denominator", "eps": 1e-3}, {"eps_placement": "none", "betas": (0.5, 0.9)}],
+    ids=["plain", "coupled-decay", "decoupled-maximize", "denominator", "none"],
+)  # fmt: skip
+def test_every_step_is_the_numpy_definitions_bit_for_bit(dtype, options):
+    net = model(dtype)
+    opt = Adamax(net.parameters(), lr=1e-2, state_format="compact", **options)
+    config = AdamaxConfig(lr=1e-2, **options)
+    ref = {name: p.detach().float().numpy().copy() for name, p in net.named_parameters()}
+    states = {name: compact.init(p) for name, p in ref.items()}
+    for x, y in batches(25, dtype):
+        opt.zero_grad()
+        torch.nn.functional.mse_loss(net(x), y).backward()
+        grads = {name: p.grad.float().numpy() for name, p in net.named_parameters()}
+        opt.step()
+        for name, p in net.named_parameters():
+            new_p, states[name] = compact.update(ref[name], grads[name], states[name], config)
+            ref[name] = round_to(new_p, dtype)
+            assert np.array_equal(p.detach().float().numpy(), ref[name]), name
+            state = opt.state[p]
+            assert np.array_equal(state["exp_avg"].view(torch.uint16).numpy(), states[name].exp_avg)
+            assert np.array_equal(state["exp_inf_code"].numpy(), states[name].exp_inf_code)
+            assert np.array_equal(state["exp_inf_scale"].numpy(), states[name].exp_inf_scale)
+            assert int(state["step"]) == states[name].step
+    assert opt.last_step_paths == {"compact": 4}
+
+
+def train(state_format: str, steps: int = 300, dtype=torch.float32) -> float:
+    net = model(dtype)
+    opt = Adamax(net.parameters(), lr=3e-3, state_format=state_format)
+    gen = torch.Generator().manual_seed(2)
+    x = torch.randn(256, 12, generator=gen).to(dtype)
+    y = torch.sin(x[:, :3] * 2).to(dtype)
+    for _ in range(steps):
+        opt.zero_grad()
+        loss = torch.nn.functional.mse_loss(net(x), y)
+        loss.backward()
+        opt.step()
+    return float(torch.nn.functional.mse_loss(net(x).float(), y.float()))
+
+
+def test_compact_state_trains_within_one_percent_of_float32_state():
+    full, small = train("full"), train("compact")
+    assert small == pytest.approx(full, rel=0.01)
+
+
+def test_the_state_takes_about_four_bytes_per_param():
+    net = model()
+    opt = Adamax(net.parameters(), state_format="compact")
+    torch.nn.functional.mse_loss(net(torch.randn(4, 12)), torch.zeros(4, 3)).backward()
+    opt.step()
+    params = sum(p.numel() for p in net.parameters())
+    state_bytes = sum(t.nbytes for s in opt.state.values() for k, t in s.items() if k != "step")
+    assert 4 * params <= state_bytes <= 4 * params + 4 * sum(compact.blocks(p.numel()) for p in net.parameters())
+    assert state_bytes / params < 4.1
+
+
+def trained(state_format: str, steps: int = 20, cls=Adamax, **options):
+    net = model()
+    opt = cls(net.parameters(), lr=1e-2, state_format=state_format, **options)
+    for x, y in batches(steps):
+        opt.zero_grad()
+        torch.nn.functional.mse_loss(net(x), y).backward()
+        opt.step()
+    return net, opt
+
+
+def continue_both(pairs, steps: int = 10):
+    gen = torch.Generator().manual_seed(7)
+    for _ in range(steps):
+        x, y = torch.randn(32, 12, generator=gen), torch.randn(32, 3, generator=gen)
+        for net, opt in pairs:
+            opt.zero_grad()
+            torch.nn.functional.mse_loss(net(x), y).backward()
+            opt.step()
+
+
+def test_a_compact_checkpoint_round_trips_exactly_through_torch_save(tmp_path):
+    net, opt = trained("compact", cls=AdamaxW)
+    torch.save(opt.state_dict(), tmp_path / "opt.pt")
+    twin_net = copy.deepcopy(net)
+    twin = AdamaxW(twin_net.parameters(), lr=1e-2, state_format="compact")
+    twin.load_state_dict(torch.load(tmp_path / "opt.pt", weights_only=True))
+    for p, q in zip(net.parameters(), twin_net.parameters()):
+        for key in compact.KEYS:
+            assert torch.equal(opt.state[p][key], twin.state[q][key]), key
+    continue_both([(net, opt), (twin_net, twin)])
+    assert all(torch.equal(p, q) for p, q in zip(net.parameters(), twin_net.parameters()))
+
+
+def test_converted_to_full_it_loads_into_torch_and_a_torch_checkpoint_resumes_compact():
+    net, opt = trained("compact")
+    saved = opt.state_dict()
+    full = convert_state_dict(saved, "full")
+    assert saved["state"][0]["exp_avg"].dtype is torch.bfloat16  # the input is not modified
+    theirs = torch.optim.Adamax(copy.deepcopy(net).parameters(), lr=1e-2)
+    theirs.load_state_dict(full)
+    for p, q in zip(net.parameters(), theirs.param_groups[0]["params"]):
+        _, m, u = compact.to_full(
+            compact.CompactState(0, *(np.asarray(_numpy(opt.state[p][k])) for k in compact.KEYS[1:]))
+        )
+        assert np.array_equal(theirs.state[q]["exp_avg"].numpy(), m)
+        assert np.array_equal(theirs.state[q]["exp_inf"].numpy(), u)
+    # torch's checkpoint resumes in a compact optimizer, and the two continue within the encoding's bound
+    resumed_net = copy.deepcopy(net)
+    resumed = Adamax(resumed_net.parameters(), lr=1e-2, state_format="compact")
+    resumed.load_state_dict(theirs.state_dict())
+    torch_net = theirs.param_groups[0]["params"]
+    assert torch.equal(resumed.state[resumed_net[0].weight]["exp_avg"], opt.state[net[0].weight]["exp_avg"])
+    continue_both([(resumed_net, resumed)], steps=5)
+    assert all(torch.isfinite(p).all() for p in resumed_net.parameters())
+    assert len(torch_net) == 4
+
+
+def _numpy(t):
+    return t.view(torch.uint16).numpy() if t.dtype is torch.bfloat16 else t.numpy()
+
+
+def test_a_full_optimizer_loads_a_compact_checkpoint_as_its_exact_values():
+    net, opt = trained("compact")
+    full_net = copy.deepcopy(net)
+    full = Adamax(full_net.parameters(), lr=1e-2)
+    full.load_state_dict(opt.state_dict())
+    for p, q in zip(net.parameters(), full_net.parameters()):
+        assert full.state[q]["exp_avg"].dtype is torch.float32
+        assert torch.equal(full.state[q]["exp_avg"], opt.state[p]["exp_avg"].float())
+
+
+@pytest.mark.parametrize(
+    ("change", "error", "message"),
+    [
+        (lambda e: e.update(exp_inf_scale=torch.zeros(3)), ValueError, "'exp_inf_scale' must be torch.float32 of"),
+        (lambda e: e.update(exp_inf_code=e["exp_inf_code"].float()), ValueError, "'exp_inf_code' must be"),
+        (lambda e: e.update(step=torch.tensor(2.5)), ValueError, "whole number"),
+        (lambda e: e.update(exp_inf_scale=-e["exp_inf_scale"] - 1), ValueError, "must not be negative"),
+        (lambda e: e.update(exp_avg=[1, 2]), TypeError, "must be a tensor"),
+        (lambda e: e.pop("exp_inf_scale"), ValueError, "expected the keys"),
+    ],
+)
+def test_a_bad_compact_checkpoint_is_refused_whole(change, error, message):
+    net, opt = trained("compact", steps=3)
+    saved = copy.deepcopy(opt.state_dict())
+    change(saved["state"][2])  # the third param's entry: the first two are fine
+    before = copy.deepcopy(opt.state_dict())
+    for state_format in ("compact", "full"):
+        target = Adamax(copy.deepcopy(net).parameters(), lr=1e-2, state_format=state_format)
+        with pytest.raises(error, match=message):
+            target.load_state_dict(saved)
+        assert not target.state
+    with pytest.raises(error, match=message):
+        opt.load_state_dict(saved)
+    after = opt.state_dict()
+    for key, entry in before["state"].items():
+        assert all(torch.equal(entry[k], after["state"][key][k]) for k in compact.KEYS)
+
+
+def test_a_step_that_cannot_finish_writes_nothing():
+    net, opt = trained("compact", steps=2)
+    torch.nn.functional.mse_loss(net(torch.randn(4, 12)), torch.zeros(4, 3)).backward()
+    net[2].bias.grad.data = torch.zeros(5)  # the last param's gradient has the wrong shape (torch's setter bypassed)
+    before_params = [p.detach().clone() for p in net.parameters()]
+    before_state = copy.deepcopy(opt.state_dict())
+    with pytest.raises(RuntimeError, match="gradient of shape"):
+        opt.step()
+    assert all(torch.equal(p, q) for p, q in zip(net.parameters(), before_params))
+    after = opt.state_dict()
+    for key, entry in before_state["state"].items():
+        assert all(torch.equal(entry[k], after["state"][key][k]) for k in compact.KEYS)
+
+
+def test_what_compact_state_cannot_do_is_refused():
+    with pytest.raises(ValueError, match="Invalid state_format"):
+        Adamax(model().parameters(), state_format="bfloat16")
+    with pytest.raises(RuntimeError, match="does not support differentiable"):
+        Adamax(model().parameters(), state_format="compact", differentiable=True)
+    net = model(torch.float64)
+    opt = Adamax(net.parameters(), state_format="compact")
+    torch.nn.functional.mse_loss(net(torch.randn(4, 12).double()), torch.zeros(4, 3).double()).backward()
+    with pytest.raises(TypeError, match="float32, float16 or bfloat16 CPU tensors"):
+        opt.step()
+    from adamax.torch import lazy_embeddings
+
+    table = torch.nn.Embedding(10, 3, sparse=True)
+    with pytest.raises(ValueError, match="lazy tables keep full state"):
+        lazy_embeddings(table, Adamax(table.parameters(), state_format="compact"))
+
+
+def test_skip_nonfinite_skips_a_compact_step_whole():
+    net, opt = trained("compact", steps=2, skip_nonfinite=True)
+    torch.nn.functional.mse_loss(net(torch.randn(4, 12)), torch.zeros(4, 3)).backward()
+    net[0].weight.grad[0, 0] = float("nan")
+    before = [p.detach().clone() for p in net.parameters()]
+    opt.step()
+    assert opt.skipped_steps == 1
+    assert all(torch.equal(p, q) for p, q in zip(net.parameters(), before))
