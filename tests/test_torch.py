@@ -617,7 +617,7 @@ def test_skip_nonfinite_keeps_one_nan_batch_from_poisoning_training():
 def test_options_of_the_optimizer_survive_loading_a_checkpoint():
     """torch's load_state_dict re-initialises the optimizer from state and groups alone; skip_nonfinite, the
     skipped-step count and state_format are the optimizer's own and stay."""
-    model, opt, _ = nan_batch_run(skip=True)
+    _, opt, _ = nan_batch_run(skip=True)
     opt.load_state_dict(opt.state_dict())
     assert opt.skip_nonfinite is True and opt.skipped_steps == 1 and opt.state_format == "full"
     compact = Adamax(make_model().parameters(), lr=0.01, state_format="compact")
