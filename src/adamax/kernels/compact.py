@@ -41,6 +41,7 @@ from adamax.kernels.cpu import (
 F32, BF16, F16 = 0, 1, 2  # param kinds
 KINDS = {np.dtype(np.float32): F32, np.dtype(np.float16): F16}  # NumPy dtypes; bfloat16 comes from torch only
 BLOCKS_PER_CHUNK = 256  # 65,536 elements per work item
+SCAN = 16  # codes stepped through before a logarithm's estimate is taken
 ZERO, FLOOR = compact.ZERO, compact.FLOOR
 _LOG_RHO = math.log(compact.RHO)
 _MASK = np.uint64(0xFFFFFFFF)
@@ -141,8 +142,29 @@ def _encode(r, table):
 
 
 @njit(inline="always")
+def _raise(code, r, table):
+    """``min(code, encode(r))``: usually a few codes up from ``code`` (u decays about a code per step, and a new
+    largest gradient is near it), found by stepping; far jumps take :func:`_encode`."""
+    if table[code] >= r:
+        return code
+    c = code
+    for _ in range(SCAN):
+        c -= 1
+        if c < 0:
+            return 0
+        if table[c] >= r:
+            return c
+    return _encode(r, table)
+
+
+@njit(inline="always")
 def _shift(scale, peak, table):
-    """:func:`adamax.compact.shift` for one block."""
+    """:func:`adamax.compact.shift` for one block: by stepping for a near peak, else from an estimate."""
+    k = 1
+    while k <= SCAN and scale / table[k] < peak:
+        k += 1
+    if k <= SCAN:
+        return k
     estimate = math.ceil(math.log(np.float64(peak) / np.float64(scale)) / -_LOG_RHO)
     k = int(min(max(estimate, 1.0), float(FLOOR)))
     while k < FLOOR and scale / table[k] < peak:
@@ -164,19 +186,44 @@ def _gradient(g, p, maximize, decay_mode, wd):
     return g
 
 
+@njit
+def _int_bits(x):
+    return np.float32(x).view(np.int32)
+
+
+@njit
+def _float_of(bits):
+    return np.int32(bits).view(np.float32)
+
+
+@njit(inline="always")
+def _store(p, i, value, kind):
+    if kind == F32:
+        p[i] = value
+    elif kind == BF16:
+        p[i] = _f32_to_bf16(value)
+    else:
+        p[i] = _f32_to_f16(value)
+
+
 @njit(parallel=True, cache=True, nogil=True)
 def _step_blocks(
     like, kind, p_addr, g_addr, m_addr, q_addr, s_addr, sizes, chunk_tensor, chunk_start, chunk_stop,
     steps, counts, hyper, flags, table,
 ):  # fmt: skip  # pragma: no cover - compiled
     """``hyper`` in float32: [w, 1 - w, b2, eps, wd, 1 - lr*wd]; ``steps`` -lr/(1 - b1**t) in float32, ``counts``
-    each tensor's t (this step's count)."""
+    each tensor's t (this step's count).
+
+    Per block, three passes over its 256 elements (in L1 after the first): the gradients as the step uses them,
+    their ``x`` and the block's largest ``x`` (compared as integers, which LLVM vectorises: ``x >= 0``, and a NaN's
+    bits exceed every number's); then, after any re-base, each element's ``u`` (codes that must rise are found
+    one by one, the rare case); then the moment, the param and the stored moment.
+    """
     w, one_minus_w, b2, eps, wd, decay = hyper[0], hyper[1], hyper[2], hyper[3], hyper[4], hyper[5]
     maximize, decay_mode, placement, guard = flags[MAXIMIZE] != 0, flags[DECAY], flags[PLACEMENT], flags[GUARD] != 0
     block = compact.BLOCK
     m_like = np.empty(0, np.uint16)
     s_like = np.empty(0, np.float32)
-    zero = np.float32(0)
     for c in prange(chunk_tensor.shape[0]):
         k = chunk_tensor[c]
         p = _pointer(p_addr[k], like)
@@ -185,33 +232,52 @@ def _step_blocks(
         q = _pointer(q_addr[k], m_like)
         s = _pointer(s_addr[k], s_like)
         size, step, t = sizes[k], steps[k], counts[k]
+        grads = np.empty(block, np.float32)
+        xs = np.empty(block, np.float32)
+        us = np.empty(block, np.float32)
         for b in range(chunk_start[c], chunk_stop[c]):
             lo = b * block
-            hi = min(lo + block, size)
-            # the block's largest x = |g| + eps (or |g|), NaN-propagating
-            peak = zero
-            for i in range(lo, hi):
-                gi = _gradient(_load(g, i, kind), _load(p, i, kind), maximize, decay_mode, wd)
+            n = min(block, size - lo)
+            peak_bits = np.int32(0)
+            for j in range(n):
+                gi = _gradient(_load(g, lo + j, kind), _load(p, lo + j, kind), maximize, decay_mode, wd)
                 x = abs(gi) + eps if placement == EPS_MAX else abs(gi)
-                peak = _maximum(peak, x)
+                grads[j] = gi
+                xs[j] = x
+                peak_bits = max(peak_bits, _int_bits(x))
+            peak = _float_of(peak_bits)
             scale = s[b] * b2
             if not peak <= scale:  # re-base up (adamax.compact.rebase)
                 if scale == 0:
-                    for i in range(lo, hi):
-                        q[i] = ZERO
+                    for j in range(n):
+                        q[lo + j] = ZERO
                     scale = peak
                 elif math.isfinite(scale) and math.isfinite(peak) and scale > 0:
                     shift = _shift(scale, peak, table)
                     scale = scale / table[shift]
-                    for i in range(lo, hi):
-                        if q[i] != ZERO:
-                            q[i] = min(int(q[i]) + shift, FLOOR)
+                    for j in range(n):
+                        if q[lo + j] != ZERO:
+                            q[lo + j] = min(int(q[lo + j]) + shift, FLOOR)
                 else:
                     scale = peak
             s[b] = scale
-            for i in range(lo, hi):
+            rising = False
+            for j in range(n):
+                u = scale * table[q[lo + j]]
+                us[j] = u
+                rising |= xs[j] > u
+            if rising:  # an x above its u: that element's code rises to x's (rounded up)
+                for j in range(n):
+                    if xs[j] > us[j]:
+                        code = int(q[lo + j])
+                        fresh = _raise(code, xs[j] / scale, table)
+                        if fresh != code:
+                            q[lo + j] = fresh
+                            us[j] = scale * table[fresh]
+            for j in range(n):
+                i = lo + j
+                gi = grads[j]
                 pi = _load(p, i, kind)
-                gi = _gradient(_load(g, i, kind), pi, maximize, decay_mode, wd)
                 if decay_mode == DECOUPLED:
                     pi = pi * decay
                 mi = _bf16_to_f32(m[i])
@@ -219,24 +285,10 @@ def _step_blocks(
                     mi = _fma(w, gi - mi, mi)
                 else:
                     mi = _fma(-(gi - mi), one_minus_w, gi)
-                x = abs(gi) + eps if placement == EPS_MAX else abs(gi)
-                code = int(q[i])
-                u = scale * table[code]
-                if x > u:
-                    fresh = _encode(x / scale, table)
-                    if fresh < code:
-                        code = fresh
-                        q[i] = code
-                    u = scale * table[code]
-                d = u + eps if placement == EPS_DENOMINATOR else u
+                d = us[j] + eps if placement == EPS_DENOMINATOR else us[j]
                 if not (guard and d == 0):
                     pi = pi + (step * mi) / d
-                if kind == F32:
-                    p[i] = pi
-                elif kind == BF16:
-                    p[i] = _f32_to_bf16(pi)
-                else:
-                    p[i] = _f32_to_f16(pi)
+                _store(p, i, pi, kind)
                 m[i] = _stochastic_bf16(mi, i, t)
 
 
