@@ -275,3 +275,34 @@ def test_float16_params_step_in_float32_and_round_once():
     assert new16.dtype == np.float16
     assert np.array_equal(new16, new32.astype(np.float16))
     assert all(np.array_equal(a, b) for a, b in zip(state16, state32))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_the_kernel_steps_compact_state_as_the_definition_does(dtype):
+    pytest.importorskip("numba")
+    rng = np.random.default_rng(8)
+    shapes = [(300, 70), (5,), (1000,)]  # tensors of blocks and of part blocks
+    start = [rng.standard_normal(s).astype(dtype) for s in shapes]
+    sides = {}
+    for fused in (True, False):
+        params = [p.copy() for p in start]
+        sides[fused] = (params, Adamax(params, lr=1e-2, weight_decay=0.01, state_format="compact", fused=fused))
+    for t in range(40):
+        grads = [(rng.standard_normal(s) * (50.0 if t == 3 else 1.0)).astype(dtype) for s in shapes]
+        for params, opt in sides.values():
+            opt.step([g.copy() for g in grads])
+    (kernel_params, kernel), (numpy_params, reference_opt) = sides[True], sides[False]
+    for a, b in zip(kernel_params, numpy_params):
+        assert np.array_equal(a.view(np.uint16 if dtype == np.float16 else np.uint32),
+                              b.view(np.uint16 if dtype == np.float16 else np.uint32))  # fmt: skip
+    for a, b in zip(kernel.state.values(), reference_opt.state.values()):
+        assert a.step == b.step == 40
+        assert all(np.array_equal(x, y) for x, y in zip(a[1:], b[1:]))
+
+
+def test_fused_true_refuses_what_the_compact_kernel_cannot_take():
+    pytest.importorskip("numba")
+    param = np.zeros((4, 6), F32)[:, ::2]  # not contiguous
+    opt = Adamax([param], state_format="compact", fused=True)
+    with pytest.raises(ValueError, match="fused=True cannot update"):
+        opt.step([np.ones((4, 3), F32)])

@@ -41,9 +41,12 @@ def round_to(values: np.ndarray, dtype: torch.dtype) -> np.ndarray:
      {"eps_placement": "denominator", "eps": 1e-3}, {"eps_placement": "none", "betas": (0.5, 0.9)}],
     ids=["plain", "coupled-decay", "decoupled-maximize", "denominator", "none"],
 )  # fmt: skip
-def test_every_step_is_the_numpy_definitions_bit_for_bit(dtype, options):
+@pytest.mark.parametrize(("fused", "path"), [(None, "numba compact"), (False, "compact")], ids=["kernel", "numpy"])
+def test_every_step_is_the_numpy_definitions_bit_for_bit(dtype, options, fused, path):
+    if fused is None:
+        pytest.importorskip("numba")
     net = model(dtype)
-    opt = Adamax(net.parameters(), lr=1e-2, state_format="compact", **options)
+    opt = Adamax(net.parameters(), lr=1e-2, state_format="compact", fused=fused, **options)
     config = AdamaxConfig(lr=1e-2, **options)
     ref = {name: p.detach().float().numpy().copy() for name, p in net.named_parameters()}
     states = {name: compact.init(p) for name, p in ref.items()}
@@ -61,7 +64,7 @@ def test_every_step_is_the_numpy_definitions_bit_for_bit(dtype, options):
             assert np.array_equal(state["exp_inf_code"].numpy(), states[name].exp_inf_code)
             assert np.array_equal(state["exp_inf_scale"].numpy(), states[name].exp_inf_scale)
             assert int(state["step"]) == states[name].step
-    assert opt.last_step_paths == {"compact": 4}
+    assert opt.last_step_paths == {path: 4}
 
 
 def train(state_format: str, steps: int = 300, dtype=torch.float32) -> float:

@@ -27,7 +27,7 @@ import numpy as np
 
 from adamax import _lazy, compact, reference
 from adamax._algorithm import step_size
-from adamax.kernels import cpu_kernels
+from adamax.kernels import compact_kernels, cpu_kernels
 from adamax.reference import AdamaxState
 from adamax.spec import AdamaxConfig, EpsPlacement
 
@@ -187,9 +187,7 @@ class Adamax:
     def _kernel_paths(self, grads: dict[str, np.ndarray]) -> list[str]:
         """The one place that decides which arrays the fused kernel updates (see ``fused``)."""
         if self.state_format == "compact":
-            if self.fused:
-                raise ValueError("fused=True: the kernel does not yet take compact state")
-            return []
+            return self._compact_kernel_paths(grads)
         kernels = cpu_kernels() if self.fused is not False else None
         if kernels is None:
             return []
@@ -217,13 +215,47 @@ class Adamax:
             if path not in taken and path not in self._lazy:
                 new[path] = self._update(param, flat[path], self.state.get(path))
         # Nothing above wrote anything; from here on nothing can fail.
-        if fused:
+        if fused and self.state_format == "compact":
+            self._step_compact_fused(fused, flat)
+        elif fused:
             self._step_fused(fused, flat)
         for path, (value, state) in new.items():
             np.copyto(self._leaves[path], value)
             self.state[path] = state
         for commit in lazy.values():
             commit()
+
+    def _compact_kernel_paths(self, grads: dict[str, np.ndarray]) -> list[str]:
+        kernel = compact_kernels() if self.fused is not False else None
+        if kernel is None:
+            return []
+        chosen = []
+        for path, param in self._leaves.items():
+            grad = grads[path]
+            if param.flags.c_contiguous and grad.flags.c_contiguous and grad.dtype == param.dtype:
+                chosen.append(path)
+            elif self.fused:
+                raise ValueError(f"fused=True cannot update {path!r}: the kernel takes C-contiguous arrays with "
+                                 f"gradients alike")  # fmt: skip
+        return chosen
+
+    def _step_compact_fused(self, paths: list[str], grads: dict[str, np.ndarray]) -> None:
+        kernel = compact_kernels()
+        for dtype, kind in kernel.KINDS.items():
+            group = [path for path in paths if self._leaves[path].dtype == dtype]
+            if not group:
+                continue
+            states = [self.state[path] if path in self.state else compact.init(self._leaves[path]) for path in group]
+            counts = np.array([int(s.step) + 1 for s in states], dtype=np.int64)
+            columns = (
+                [self._leaves[path] for path in group], [grads[path] for path in group],
+                [s.exp_avg for s in states], [s.exp_inf_code for s in states], [s.exp_inf_scale for s in states],
+            )  # fmt: skip
+            addresses = tuple(np.array([a.ctypes.data for a in column], dtype=np.int64) for column in columns)
+            steps = np.array([step_size(self.config.lr, self.config.beta1, int(t)) for t in counts])
+            kernel.step(kind, addresses, tuple(self._leaves[path].size for path in group), steps, counts, self.config)
+            for path, state in zip(group, states):
+                self.state[path] = state._replace(step=int(state.step) + 1)
 
     def _update(self, param: np.ndarray, grad: np.ndarray, state):
         """One array's step by the reference of this optimizer's state format."""

@@ -39,3 +39,13 @@ def lazy_kernels() -> ModuleType | None:
     except ImportError:
         return None
     return lazy
+
+
+@functools.cache
+def compact_kernels() -> ModuleType | None:
+    """The numba kernel for compact state (and bfloat16/float16 params), or ``None`` without numba."""
+    try:
+        from adamax.kernels import compact
+    except ImportError:
+        return None
+    return compact

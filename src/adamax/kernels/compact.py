@@ -33,7 +33,6 @@ from adamax.kernels.cpu import (
     MAXIMIZE,
     PLACEMENT,
     _fma,
-    _maximum,
     _pointer,
     flags_and_hyper,
 )

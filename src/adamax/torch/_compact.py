@@ -21,6 +21,8 @@ import torch.optim.optimizer as _torch_optimizer
 from torch import Tensor
 
 from adamax import compact
+from adamax._algorithm import step_size
+from adamax.kernels import compact_kernels
 from adamax.spec import AdamaxConfig
 
 COMPACT_KEYS = frozenset(compact.KEYS)
@@ -155,6 +157,33 @@ def convert_entry(entry: Mapping[str, Any], state_format: str) -> dict[str, Any]
                      f"nor compact {sorted(COMPACT_KEYS)} Adamax state")  # fmt: skip
 
 
+def _kernel_can_take(p: Tensor) -> bool:
+    """Dense CPU tensors with dense gradients: the kernel reads and writes their memory."""
+    return p.is_contiguous() and p.grad.is_contiguous() and p.grad.dtype is p.dtype
+
+
+_KINDS = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
+
+
+def _kernel_step(kernel, config: AdamaxConfig, items: list[tuple[Tensor, dict[str, Tensor]]]) -> None:
+    """One kernel call per param dtype over ``(param, state)`` pairs, in place; each step count advances."""
+    for dtype, kind in _KINDS.items():
+        group = [(p, s) for p, s in items if p.dtype is dtype]
+        if not group:
+            continue
+        counts = np.array([int(s["step"]) + 1 for _, s in group], dtype=np.int64)
+        sizes = tuple(p.numel() for p, _ in group)
+        columns = (
+            [p for p, _ in group], [p.grad for p, _ in group], [s["exp_avg"] for _, s in group],
+            [s["exp_inf_code"] for _, s in group], [s["exp_inf_scale"] for _, s in group],
+        )  # fmt: skip
+        addresses = tuple(np.array([t.data_ptr() for t in column], dtype=np.int64) for column in columns)
+        steps = np.array([step_size(config.lr, config.beta1, int(t)) for t in counts])
+        kernel.step(kind, addresses, sizes, steps, counts, config, threads=torch.get_num_threads())
+        for _, s in group:
+            s["step"] += 1
+
+
 class _CompactSteps:
     """The optimizer's compact-state step, and loading a checkpoint of either format into either."""
 
@@ -163,20 +192,33 @@ class _CompactSteps:
         if group["differentiable"] or group["capturable"]:
             raise RuntimeError("compact state does not support differentiable=True or capturable=True")
         check_param(p, index)
+        if group["fused"] and not (compact_kernels() is not None and _kernel_can_take(p)):
+            raise RuntimeError(f"fused=True cannot update param {index} of its group: not a dense tensor with a "
+                               f"dense gradient, or numba missing")  # fmt: skip
         state = self.state.get(p)
         if state:
             check_state(p, state, f"state of param {index} of its group", loading=False)
 
     def _run_compact(self, config: AdamaxConfig, params: list[Tensor]) -> None:
-        """Compute every param's compact step (:func:`adamax.compact.update`), then write them all."""
-        self.last_step_paths["compact"] = self.last_step_paths.get("compact", 0) + len(params)
+        """Every param's compact step: the numba kernel for dense tensors, :func:`adamax.compact.update` (computed
+        for all of them first, then written) for the rest."""
+        kernel = compact_kernels()
+        fused = [p for p in params if kernel is not None and _kernel_can_take(p)] if self.fused_compact else []
+        rest = [p for p in params if not any(p is q for q in fused)]
+        paths = self.last_step_paths
+        if fused:
+            paths["numba compact"] = paths.get("numba compact", 0) + len(fused)
+        if rest:
+            paths["compact"] = paths.get("compact", 0) + len(rest)
         results = []
-        for p in params:
+        for p in rest:
             state = self.state.get(p) or fresh_state(p)
             p32 = p.detach().float().numpy() if p.dtype is not torch.float32 else p.detach().numpy()
             g32 = p.grad.detach().float().numpy()
             results.append((p, state, *compact.update(p32, g32, as_compact_state(state), config)))
         with torch.no_grad():  # nothing above wrote; from here nothing can fail
+            if fused:
+                _kernel_step(kernel, config, [(p, self._compact_state(p)) for p in fused])
             for p, state, new_p, new in results:
                 p.copy_(torch.from_numpy(new_p))
                 _bits(state["exp_avg"])[...] = new.exp_avg
@@ -185,6 +227,17 @@ class _CompactSteps:
                 state["step"] += 1
                 if not self.state.get(p):
                     self.state[p] = state
+
+    @property
+    def fused_compact(self) -> bool:
+        """Whether the kernel steps compact params it can take (``fused`` not ``False`` in the first group)."""
+        return self.param_groups[0]["fused"] is not False if self.param_groups else True
+
+    def _compact_state(self, p: Tensor) -> dict[str, Tensor]:
+        state = self.state.get(p)
+        if not state:
+            state = self.state[p] = fresh_state(p)
+        return state
 
     def _converted_for_load(self, state_dict: Mapping[str, Any]) -> tuple[dict[str, Any], dict[Tensor, dict]]:
         """A checked state dict, split for torch's loader: the dict to give it (entries in the full format, which
