@@ -289,7 +289,7 @@ def test_the_kernel_steps_compact_state_as_the_definition_does(dtype):
         sides[fused] = (params, Adamax(params, lr=1e-2, weight_decay=0.01, state_format="compact", fused=fused))
     for t in range(40):
         grads = [(rng.standard_normal(s) * (50.0 if t == 3 else 1.0)).astype(dtype) for s in shapes]
-        for params, opt in sides.values():
+        for _, opt in sides.values():
             opt.step([g.copy() for g in grads])
     (kernel_params, kernel), (numpy_params, reference_opt) = sides[True], sides[False]
     for a, b in zip(kernel_params, numpy_params):
