@@ -47,10 +47,11 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import optax  # noqa: E402
 
+from adamax import compact  # noqa: E402
 from adamax._algorithm import adamax_update  # noqa: E402
 from adamax.spec import AdamaxConfig, EpsPlacement  # noqa: E402
 
-__all__ = ["ScaleByAdamaxState", "adamax", "adamaxw", "scale_by_adamax"]
+__all__ = ["ScaleByAdamaxCompactState", "ScaleByAdamaxState", "adamax", "adamaxw", "convert_state", "scale_by_adamax"]
 
 
 class ScaleByAdamaxState(NamedTuple):
@@ -154,7 +155,12 @@ def _from_real_pairs(x: jax.Array, like: jax.Array) -> jax.Array:
 
 
 def scale_by_adamax(
-    b1: Any = 0.9, b2: Any = 0.999, eps: Any = 1e-8, *, eps_placement: EpsPlacement = "max"
+    b1: Any = 0.9,
+    b2: Any = 0.999,
+    eps: Any = 1e-8,
+    *,
+    eps_placement: EpsPlacement = "max",
+    state_format: str = "full",
 ) -> optax.GradientTransformation:
     """The Adamax direction ``m_hat / u`` (:mod:`adamax.spec`), with state ``(count, m, u)``.
 
@@ -163,8 +169,13 @@ def scale_by_adamax(
         b2: decay rate of the infinity norm.
         eps: see ``eps_placement``.
         eps_placement: ``"max"`` (optax, torch), ``"denominator"`` (Keras, TF) or ``"none"`` (the paper).
+        state_format: ``"full"`` (state like the params) or ``"compact"`` (:mod:`adamax.compact`: m in
+            bfloat16, u as 16-bit codes under a float32 scale per 256 elements; state
+            :class:`ScaleByAdamaxCompactState`; real float params).  :func:`convert_state` converts between them.
     """
     _validate(b1=b1, b2=b2, eps=eps, eps_placement=eps_placement)
+    if compact.check_state_format(state_format) == "compact":
+        return _scale_by_adamax_compact(b1, b2, eps, eps_placement)
     hyper = _Hyperparams(beta1=b1, beta2=b2, eps=eps, eps_placement=eps_placement)
 
     def init_fn(params: optax.Params) -> ScaleByAdamaxState:
@@ -199,14 +210,16 @@ def adamax(
     eps: Any = 1e-8,
     *,
     eps_placement: EpsPlacement = "max",
+    state_format: str = "full",
 ) -> optax.GradientTransformation:
     """Adamax: ``-learning_rate * m_hat / u``; a drop-in for ``optax.adamax``.
 
-    ``learning_rate`` is a float or an optax schedule.
+    ``learning_rate`` is a float or an optax schedule; ``state_format`` as in :func:`scale_by_adamax`.
     """
     _validate(learning_rate=learning_rate, b1=b1, b2=b2, eps=eps, eps_placement=eps_placement)
     return optax.chain(
-        scale_by_adamax(b1, b2, eps, eps_placement=eps_placement), optax.scale_by_learning_rate(learning_rate)
+        scale_by_adamax(b1, b2, eps, eps_placement=eps_placement, state_format=state_format),
+        optax.scale_by_learning_rate(learning_rate),
     )
 
 
@@ -219,6 +232,7 @@ def adamaxw(
     mask: Any = None,
     *,
     eps_placement: EpsPlacement = "max",
+    state_format: str = "full",
 ) -> optax.GradientTransformation:
     """Adamax with decoupled weight decay: ``-learning_rate * (m_hat / u + weight_decay * p)``.
 
@@ -228,7 +242,167 @@ def adamaxw(
         learning_rate=learning_rate, b1=b1, b2=b2, eps=eps, eps_placement=eps_placement, weight_decay=weight_decay
     )
     return optax.chain(
-        scale_by_adamax(b1, b2, eps, eps_placement=eps_placement),
+        scale_by_adamax(b1, b2, eps, eps_placement=eps_placement, state_format=state_format),
         optax.add_decayed_weights(weight_decay, mask),
         optax.scale_by_learning_rate(learning_rate),
     )
+
+
+# ----- compact state (adamax.compact) -----
+
+
+class ScaleByAdamaxCompactState(NamedTuple):
+    """State of :func:`scale_by_adamax` with ``state_format="compact"`` (:mod:`adamax.compact`)."""
+
+    count: jax.Array  # int32 scalar, as in ScaleByAdamaxState
+    m: optax.Updates  # first moment, bfloat16, shaped like the params
+    code: optax.Updates  # u's codes, uint16, shaped like the params
+    scale: optax.Updates  # float32 per leaf, one per 256 elements (row-major)
+
+
+_TABLE = jnp.asarray(compact.TABLE)
+_NEGATED = -_TABLE
+_F32 = jnp.float32
+
+
+def _blocks_of(x: jax.Array) -> jax.Array:
+    """A flat array padded with zeros to whole blocks, one block a row."""
+    flat = x.reshape(-1)
+    pad = compact.blocks(flat.size) * compact.BLOCK - flat.size
+    return jnp.pad(flat, (0, pad)).reshape(-1, compact.BLOCK)
+
+
+def _per_element(values: jax.Array, size: int) -> jax.Array:
+    return jnp.repeat(values, compact.BLOCK, total_repeat_length=values.size * compact.BLOCK)[:size]
+
+
+def _encode(r: jax.Array) -> jax.Array:
+    """:func:`adamax.compact.encode`: the largest code whose value is at least ``r``."""
+    return jnp.maximum(jnp.searchsorted(_NEGATED, -r, side="right") - 1, 0)
+
+
+def _shift(scale: jax.Array, peak: jax.Array) -> jax.Array:
+    """:func:`adamax.compact.shift` by bisection: the least ``k`` in ``[1, FLOOR]`` with
+    ``scale / T[k] >= peak`` (``FLOOR`` if none)."""
+    lo = jnp.ones(scale.shape, jnp.int32)
+    hi = jnp.full(scale.shape, compact.FLOOR, jnp.int32)
+    for _ in range(17):  # 2^17 > FLOOR
+        mid = (lo + hi) // 2
+        ok = scale / _TABLE[mid] >= peak
+        hi, lo = jnp.where(ok, mid, hi), jnp.where(ok, lo, mid + 1)
+    return lo
+
+
+def _random_bits(size: int, count: jax.Array) -> jax.Array:
+    """:func:`adamax.compact.random_bits` for elements ``0 .. size - 1`` at step ``count``."""
+    x = jnp.arange(size, dtype=jnp.uint32) * jnp.uint32(0x9E3779B1) + count.astype(jnp.uint32) * jnp.uint32(0x85EBCA77)
+    x = x ^ (x >> 16)
+    x = x * jnp.uint32(0x7FEB352D)
+    x = x ^ (x >> 15)
+    x = x * jnp.uint32(0x846CA68B)
+    x = x ^ (x >> 16)
+    return x & jnp.uint32(0xFFFF)
+
+
+def _stochastic_bf16(m: jax.Array, count: jax.Array) -> jax.Array:
+    bits = jax.lax.bitcast_convert_type(m.reshape(-1), jnp.uint32)
+    rounded = ((bits + _random_bits(m.size, count)) >> 16).astype(jnp.uint16)
+    rounded = jnp.where(jnp.isnan(m.reshape(-1)), jnp.uint16(0x7FC0), rounded)
+    return jax.lax.bitcast_convert_type(rounded, jnp.bfloat16).reshape(m.shape)
+
+
+def _compact_u(g: jax.Array, code: jax.Array, scale: jax.Array, b2: Any, eps: Any, eps_placement: str):
+    """The u half of :func:`adamax.compact.update` for one leaf: new codes and scales, and the decoded u."""
+    size = g.size
+    x = (jnp.abs(g) + eps if eps_placement == "max" else jnp.abs(g)).astype(_F32).reshape(-1)
+    peak = jnp.max(_blocks_of(x), axis=1)
+    scale = (scale * jnp.asarray(b2, _F32)).astype(_F32)
+    codes = code.reshape(-1).astype(jnp.int32)
+    # re-base up (adamax.compact.rebase)
+    up = ~(peak <= scale)
+    whole = up & jnp.isfinite(scale) & jnp.isfinite(peak) & (scale > 0)
+    k = jnp.where(whole, _shift(jnp.where(whole, scale, 1.0), jnp.where(whole, peak, 2.0)), 0)
+    new_scale = jnp.where(whole, scale / _TABLE[k], jnp.where(up, peak, scale)).astype(_F32)
+    moved = jnp.where(codes == compact.ZERO, compact.ZERO, jnp.minimum(codes + _per_element(k, size), compact.FLOOR))
+    codes = jnp.where(_per_element(up & (scale == 0), size), compact.ZERO, moved)
+    scale_e = _per_element(new_scale, size)
+    u = scale_e * _TABLE[codes]
+    r = jnp.where(x == 0, _F32(0), x / jnp.where(x == 0, _F32(1), scale_e))
+    codes = jnp.where(x > u, jnp.minimum(codes, _encode(r)), codes)
+    u = scale_e * _TABLE[codes]
+    return codes.astype(jnp.uint16).reshape(g.shape), new_scale, u.reshape(g.shape)
+
+
+def _scale_by_adamax_compact(b1: Any, b2: Any, eps: Any, eps_placement: str) -> optax.GradientTransformation:
+    def init_fn(params: optax.Params) -> ScaleByAdamaxCompactState:
+        for leaf in jax.tree.leaves(params):
+            if not jnp.issubdtype(leaf.dtype, jnp.floating):
+                raise TypeError(f"compact state is for real float params, got a {leaf.dtype} leaf")
+        return ScaleByAdamaxCompactState(
+            count=jnp.zeros([], jnp.int32),
+            m=jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.bfloat16), params),
+            code=jax.tree.map(lambda p: jnp.full(p.shape, compact.ZERO, jnp.uint16), params),
+            scale=jax.tree.map(lambda p: jnp.zeros(compact.blocks(p.size), _F32), params),
+        )
+
+    def update_fn(updates: optax.Updates, state: ScaleByAdamaxCompactState, params: optax.Params | None = None):
+        del params
+        count = optax.safe_increment(state.count)
+        treedef = jax.tree.structure(updates, is_leaf=lambda x: x is None)
+        flat = [treedef.flatten_up_to(tree) for tree in (updates, state.m, state.code, state.scale)]
+        out = [list(column) for column in flat]
+        for i, (g, m, code, scale) in enumerate(zip(*flat)):
+            if g is None:
+                continue
+            g32 = g.astype(_F32)
+            m32 = (1 - b1) * g32 + b1 * m.astype(_F32)  # optax.tree.update_moment's form
+            new_code, new_scale, u = _compact_u(g32, code, scale, b2, eps, eps_placement)
+            d = u + eps if eps_placement == "denominator" else u
+            m_hat = optax.tree.bias_correction(m32, b1, count)
+            if eps_placement == "none" or not (isinstance(eps, (int, float)) and eps > 0):
+                direction = jnp.where(d == 0, 0.0, m_hat / jnp.where(d == 0, 1.0, d))
+            else:
+                direction = m_hat / d
+            out[0][i] = direction.astype(g.dtype)
+            out[1][i], out[2][i], out[3][i] = _stochastic_bf16(m32, count), new_code, new_scale
+        unflatten = treedef.unflatten
+        return unflatten(out[0]), ScaleByAdamaxCompactState(count, *(unflatten(column) for column in out[1:]))
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
+def convert_state(state: Any, state_format: str) -> Any:
+    """Every :class:`ScaleByAdamaxState` or :class:`ScaleByAdamaxCompactState` inside ``state`` (an optax chain's
+    state, say) in ``state_format``: to ``"full"`` exactly (float32 m and u), to ``"compact"`` with m rounded to
+    the nearest bfloat16 and u up to its code (:func:`adamax.compact.from_full`)."""
+    compact.check_state_format(state_format)
+
+    def convert(node: Any) -> Any:
+        if isinstance(node, ScaleByAdamaxCompactState) and state_format == "full":
+            leaves = [jax.tree.leaves(tree) for tree in (node.m, node.code, node.scale)]
+            treedef = jax.tree.structure(node.m)
+            fulls = [
+                compact.to_full(compact.CompactState(0, np.asarray(m).view(np.uint16), np.asarray(q), np.asarray(s)))
+                for m, q, s in zip(*leaves)
+            ]
+            return ScaleByAdamaxState(
+                node.count,
+                treedef.unflatten([jnp.asarray(f[1]) for f in fulls]),
+                treedef.unflatten([jnp.asarray(f[2]) for f in fulls]),
+            )
+        if isinstance(node, ScaleByAdamaxState) and state_format == "compact":
+            treedef = jax.tree.structure(node.m)
+            states = [
+                compact.from_full(0, np.asarray(m, np.float32), np.asarray(u, np.float32))
+                for m, u in zip(jax.tree.leaves(node.m), jax.tree.leaves(node.u))
+            ]
+            return ScaleByAdamaxCompactState(
+                node.count,
+                treedef.unflatten([jnp.asarray(s.exp_avg.view(jnp.bfloat16)) for s in states]),
+                treedef.unflatten([jnp.asarray(s.exp_inf_code) for s in states]),
+                treedef.unflatten([jnp.asarray(s.exp_inf_scale) for s in states]),
+            )
+        return node
+
+    kinds = (ScaleByAdamaxState, ScaleByAdamaxCompactState)
+    return jax.tree.map(convert, state, is_leaf=lambda node: isinstance(node, kinds))

@@ -1,0 +1,120 @@
+"""adamax.optax with state_format="compact": u's codes as adamax.compact computes them, the direction within the
+state's rounding of the full state's, conversions, and training."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+jax = pytest.importorskip("jax")
+optax = pytest.importorskip("optax")
+import jax.numpy as jnp  # noqa: E402
+
+from adamax import compact  # noqa: E402
+from adamax.optax import (  # noqa: E402
+    ScaleByAdamaxCompactState,
+    ScaleByAdamaxState,
+    adamax,
+    adamaxw,
+    convert_state,
+    scale_by_adamax,
+)
+from adamax.spec import AdamaxConfig  # noqa: E402
+
+PARAMS = {"a": jnp.zeros((300, 7)), "b": jnp.zeros(5)}
+
+
+def gradients(rng, t):
+    return {
+        k: jnp.asarray((rng.standard_normal(v.shape) * (100 if t == 3 else 1) * (rng.random(v.shape) > 0.2)))
+        .astype(jnp.float32)
+        for k, v in PARAMS.items()
+    }
+
+
+@pytest.mark.parametrize(("placement", "eps"), [("max", 1e-8), ("denominator", 1e-3), ("none", 1e-8)])
+def test_codes_and_scales_are_the_definitions_and_the_direction_is_within_rounding(placement, eps):
+    tx, full = scale_by_adamax(eps=eps, eps_placement=placement, state_format="compact"), scale_by_adamax(
+        eps=eps, eps_placement=placement
+    )
+    state, full_state = tx.init(PARAMS), full.init(PARAMS)
+    assert isinstance(state, ScaleByAdamaxCompactState)
+    reference = {k: compact.init(np.zeros(v.shape, np.float32)) for k, v in PARAMS.items()}
+    config = AdamaxConfig(eps=eps, eps_placement=placement)
+    update = jax.jit(tx.update)
+    rng = np.random.default_rng(0)
+    for t in range(30):
+        g = gradients(rng, t)
+        direction, state = update(g, state)
+        full_direction, full_state = full.update(g, full_state)
+        for k in PARAMS:
+            _, reference[k] = compact.update(np.zeros(PARAMS[k].shape, np.float32), np.asarray(g[k]), reference[k], config)
+            assert np.array_equal(np.asarray(state.code[k]), reference[k].exp_inf_code)
+            assert np.array_equal(np.asarray(state.scale[k]), reference[k].exp_inf_scale)
+            # bfloat16 m (8 bits) and the coded u: within a few percent of the direction's scale
+            a, b = np.asarray(direction[k]), np.asarray(full_direction[k])
+            assert np.max(np.abs(a - b)) <= 0.03 * np.max(np.abs(b)) + 1e-30
+    assert int(state.count) == 30
+
+
+def test_convert_state_is_exact_to_full_and_rounds_up_to_compact():
+    tx = adamax(1e-2, state_format="compact")
+    state = tx.init(PARAMS)
+    rng = np.random.default_rng(1)
+    for t in range(10):
+        _, state = tx.update(gradients(rng, t), state)
+    full = convert_state(state, "full")
+    assert isinstance(full[0], ScaleByAdamaxState) and int(full[0].count) == 10
+    for k in PARAMS:
+        step, m, u = compact.to_full(compact.CompactState(
+            0, np.asarray(state[0].m[k]).view(np.uint16), np.asarray(state[0].code[k]), np.asarray(state[0].scale[k])))  # fmt: skip
+        assert np.array_equal(np.asarray(full[0].m[k]), m) and np.array_equal(np.asarray(full[0].u[k]), u)
+    back = convert_state(full, "compact")
+    assert isinstance(back[0], ScaleByAdamaxCompactState)
+    for k in PARAMS:
+        assert np.array_equal(np.asarray(back[0].m[k]), np.asarray(state[0].m[k]))
+        codes = np.asarray(back[0].code[k]).astype(int) - np.asarray(state[0].code[k])
+        assert np.all(np.abs(codes) <= 1)
+    # a full optax state converts and trains on
+    theirs = optax.adamax(1e-2)
+    their_state = theirs.init(PARAMS)
+    _, their_state = theirs.update(gradients(rng, 0), their_state)
+    ours = convert_state((ScaleByAdamaxState(*their_state[0]), their_state[1]), "compact")
+    _, ours = tx.update(gradients(rng, 1), ours)
+    assert int(ours[0].count) == 2
+
+
+def regression_loss(state_format: str, make=adamax) -> float:
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal((256, 30)), jnp.float32)
+    truth = rng.standard_normal((30, 1)) / np.sqrt(30)
+    y = jnp.asarray(np.sin(3 * np.asarray(x) @ truth) + 0.1 * rng.standard_normal((256, 1)), jnp.float32)
+    params = {"w1": jnp.asarray(rng.standard_normal((30, 8)) * 0.2, jnp.float32), "w2": jnp.zeros((8, 1))}
+
+    def loss(p):
+        return jnp.mean((jnp.tanh(x @ p["w1"]) @ p["w2"] - y) ** 2)
+
+    tx = make(3e-3, state_format=state_format)
+    state = tx.init(params)
+
+    @jax.jit
+    def step(params, state):
+        grads = jax.grad(loss)(params)
+        updates, state = tx.update(grads, state, params)
+        return optax.apply_updates(params, updates), state
+
+    for _ in range(400):
+        params, state = step(params, state)
+    return float(loss(params))
+
+
+@pytest.mark.parametrize("make", [adamax, adamaxw])
+def test_compact_state_trains_within_one_percent_of_full_state(make):
+    assert regression_loss("compact", make) == pytest.approx(regression_loss("full", make), rel=0.01)
+
+
+def test_what_compact_state_cannot_take_is_refused():
+    with pytest.raises(ValueError, match="Invalid state_format"):
+        scale_by_adamax(state_format="half")
+    with pytest.raises(TypeError, match="real float params"):
+        scale_by_adamax(state_format="compact").init({"n": jnp.zeros(3, jnp.int32)})
