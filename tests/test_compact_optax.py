@@ -26,16 +26,18 @@ PARAMS = {"a": jnp.zeros((300, 7)), "b": jnp.zeros(5)}
 
 def gradients(rng, t):
     return {
-        k: jnp.asarray((rng.standard_normal(v.shape) * (100 if t == 3 else 1) * (rng.random(v.shape) > 0.2)))
-        .astype(jnp.float32)
+        k: jnp.asarray(rng.standard_normal(v.shape) * (100 if t == 3 else 1) * (rng.random(v.shape) > 0.2)).astype(
+            jnp.float32
+        )
         for k, v in PARAMS.items()
     }
 
 
 @pytest.mark.parametrize(("placement", "eps"), [("max", 1e-8), ("denominator", 1e-3), ("none", 1e-8)])
 def test_codes_and_scales_are_the_definitions_and_the_direction_is_within_rounding(placement, eps):
-    tx, full = scale_by_adamax(eps=eps, eps_placement=placement, state_format="compact"), scale_by_adamax(
-        eps=eps, eps_placement=placement
+    tx, full = (
+        scale_by_adamax(eps=eps, eps_placement=placement, state_format="compact"),
+        scale_by_adamax(eps=eps, eps_placement=placement),
     )
     state, full_state = tx.init(PARAMS), full.init(PARAMS)
     assert isinstance(state, ScaleByAdamaxCompactState)
@@ -48,7 +50,8 @@ def test_codes_and_scales_are_the_definitions_and_the_direction_is_within_roundi
         direction, state = update(g, state)
         full_direction, full_state = full.update(g, full_state)
         for k in PARAMS:
-            _, reference[k] = compact.update(np.zeros(PARAMS[k].shape, np.float32), np.asarray(g[k]), reference[k], config)
+            zero = np.zeros(PARAMS[k].shape, np.float32)
+            _, reference[k] = compact.update(zero, np.asarray(g[k]), reference[k], config)
             assert np.array_equal(np.asarray(state.code[k]), reference[k].exp_inf_code)
             assert np.array_equal(np.asarray(state.scale[k]), reference[k].exp_inf_scale)
             # bfloat16 m (8 bits) and the coded u: within a few percent of the direction's scale
@@ -66,8 +69,10 @@ def test_convert_state_is_exact_to_full_and_rounds_up_to_compact():
     full = convert_state(state, "full")
     assert isinstance(full[0], ScaleByAdamaxState) and int(full[0].count) == 10
     for k in PARAMS:
-        step, m, u = compact.to_full(compact.CompactState(
-            0, np.asarray(state[0].m[k]).view(np.uint16), np.asarray(state[0].code[k]), np.asarray(state[0].scale[k])))  # fmt: skip
+        leaf = compact.CompactState(
+            0, np.asarray(state[0].m[k]).view(np.uint16), np.asarray(state[0].code[k]), np.asarray(state[0].scale[k])
+        )
+        _, m, u = compact.to_full(leaf)
         assert np.array_equal(np.asarray(full[0].m[k]), m) and np.array_equal(np.asarray(full[0].u[k]), u)
     back = convert_state(full, "compact")
     assert isinstance(back[0], ScaleByAdamaxCompactState)
