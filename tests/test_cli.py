@@ -45,6 +45,8 @@ def test_demo_without_a_plot(tmp_path, capsys):
         (["demo", "--bogus"], "unrecognized arguments"),
         (["lp", "--beta2", "1.5"], "expected a decay rate in [0, 1), got '1.5'"),
         (["lp", "--beta2", "-0.1"], "expected a decay rate in [0, 1)"),
+        (["freeze", "--spike", "-1"], "expected a gradient in (0, 1e+30]"),
+        (["freeze", "--steps", "1"], "expected an integer"),
     ],
 )
 def test_bad_arguments_get_one_line(args, message):
@@ -180,7 +182,7 @@ def test_bare_adamax_prints_the_help():
     assert "usage: adamax" in result.stdout and "demo" in result.stdout and "check" in result.stdout
 
 
-@pytest.mark.parametrize("verb", ["demo", "lp", "compare", "check", "bench"])
+@pytest.mark.parametrize("verb", ["demo", "lp", "compare", "check", "bench", "freeze"])
 def test_help_shows_where_the_plot_goes(verb):
     result = subprocess.run([sys.executable, "-m", "adamax", verb, "--help"], capture_output=True, text=True)
     assert result.returncode == 0
@@ -192,7 +194,20 @@ def test_compare_without_a_plot(tmp_path, capsys):
     pytest.importorskip("sklearn")
     out = tmp_path / "compare.png"
     assert main(["compare", "--epochs", "1", "--no-plot", "--out", str(out)]) == 0
-    assert not out.exists() and "number for number: yes" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert not out.exists() and "number for number: yes" in printed
+    assert "compact state: final train loss" in printed and "bfloat16 state: final train loss" in printed
+
+
+def test_freeze_shows_bfloat16_state_stuck_and_compact_state_decaying(tmp_path, capsys):
+    out = tmp_path / "freeze.png"
+    assert main(["freeze", "--steps", "500", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert out.exists() and "bfloat16 state stuck at 100" in printed
+    rows = [line.split("│") for line in printed.splitlines() if line.startswith("│ 500")]
+    float32, compact, bfloat16 = (float(cell) for cell in rows[0][2:5])
+    assert compact == pytest.approx(100 * 0.999**499, rel=1e-3) and float32 == pytest.approx(compact, rel=1e-3)
+    assert bfloat16 == 100
 
 
 def test_check_progress_counts_the_checks_that_run(monkeypatch):

@@ -235,3 +235,29 @@ def test_skip_nonfinite_skips_a_compact_step_whole():
     opt.step()
     assert opt.skipped_steps == 1
     assert all(torch.equal(p, q) for p, q in zip(net.parameters(), before))
+
+
+def test_on_digits_compact_state_trains_as_float32_state_and_bfloat16_state_falls_behind():
+    pytest.importorskip("sklearn")
+    from adamax import compare
+
+    names = ["adamax.torch.Adamax", "adamax.torch.Adamax, compact state", "torch.optim.Adamax, bfloat16 state"]
+    full, small, naive = (run.train_loss[-1] for run in compare.train_all(epochs=20, seed=0, only=names))
+    assert small == pytest.approx(full, rel=0.01)
+    assert naive > full * 1.05  # u frozen at its largest value: every step too small
+
+
+def test_on_a_character_language_model_compact_state_matches_float32_state():
+    from adamax import charlm
+    from adamax.compare import Bfloat16State
+
+    text = charlm.corpus(300_000)
+    size = {"hidden": 64, "layers": 1, "embedding": 32}
+    makers = {
+        "full": lambda ps: Adamax(ps, lr=3e-3),
+        "compact": lambda ps: Adamax(ps, lr=3e-3, state_format="compact"),
+        "bfloat16": lambda ps: Bfloat16State(ps, lr=3e-3),
+    }
+    loss = {name: charlm.train(name, make, steps=300, size=size, text=text).val_loss[-1] for name, make in makers.items()}
+    assert loss["compact"] == pytest.approx(loss["full"], rel=0.01)
+    assert loss["bfloat16"] > loss["full"] * 1.005

@@ -8,7 +8,7 @@ Every run starts from the same weights and sees the same batches, so curves diff
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -35,7 +35,32 @@ def optimizers() -> dict[str, Callable]:
         "torch.optim.Adam": lambda ps: torch.optim.Adam(ps, lr=1e-3),
         "SGD (momentum 0.9)": lambda ps: torch.optim.SGD(ps, lr=0.05, momentum=0.9),
         "adamax.torch.AdamaxW": lambda ps: AdamaxW(ps, lr=2e-3, weight_decay=1e-2),
+        "adamax.torch.Adamax, compact state": lambda ps: Adamax(ps, lr=2e-3, state_format="compact"),
+        "torch.optim.Adamax, bfloat16 state": lambda ps: Bfloat16State(ps, lr=2e-3),
     }
+
+
+def _bfloat16_state_class():
+    import torch
+
+    class Bfloat16State(torch.optim.Adamax):
+        """``torch.optim.Adamax`` whose state is stored in bfloat16 (rounded to nearest after every step), as it
+        is for bfloat16 params: the naive way to halve optimizer memory.  ``u * 0.999`` rounds back to ``u``
+        in bfloat16, so u never decays (:func:`adamax.compact.freeze_demo`)."""
+
+        @torch.no_grad()
+        def step(self, closure=None):
+            loss = super().step(closure)
+            for state in self.state.values():
+                for key in ("exp_avg", "exp_inf"):
+                    state[key].copy_(state[key].bfloat16())
+            return loss
+
+    return Bfloat16State
+
+
+def Bfloat16State(params, **kwargs):  # noqa: N802 (a class, built when torch is imported)
+    return _bfloat16_state_class()(params, **kwargs)
 
 
 def digits(seed: int):
@@ -51,12 +76,21 @@ def digits(seed: int):
     return as_tensors(train), as_tensors(test)
 
 
-def train_all(epochs: int, seed: int, advance: Callable[[], None] = lambda: None, batch_size: int = 64) -> list[Run]:
+def train_all(
+    epochs: int,
+    seed: int,
+    advance: Callable[[], None] = lambda: None,
+    batch_size: int = 64,
+    only: Sequence[str] | None = None,
+) -> list[Run]:
+    """Train the model once per optimizer (those named in ``only``, or all of :func:`optimizers`)."""
     import torch
 
     (x_train, y_train), (x_test, y_test) = digits(seed)
     runs = []
     for name, make in optimizers().items():
+        if only is not None and name not in only:
+            continue
         torch.manual_seed(seed)
         model = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 10))
         opt = make(model.parameters())
