@@ -258,6 +258,8 @@ def test_on_a_character_language_model_compact_state_matches_float32_state():
         "compact": lambda ps: Adamax(ps, lr=3e-3, state_format="compact"),
         "bfloat16": lambda ps: Bfloat16State(ps, lr=3e-3),
     }
-    loss = {name: charlm.train(name, make, steps=300, size=size, text=text).val_loss[-1] for name, make in makers.items()}
+    loss = {
+        name: charlm.train(name, make, steps=300, size=size, text=text).val_loss[-1] for name, make in makers.items()
+    }  # noqa: E501
     assert loss["compact"] == pytest.approx(loss["full"], rel=0.01)
     assert loss["bfloat16"] > loss["full"] * 1.005
