@@ -260,6 +260,6 @@ def test_on_a_character_language_model_compact_state_matches_float32_state():
     }
     loss = {
         name: charlm.train(name, make, steps=300, size=size, text=text).val_loss[-1] for name, make in makers.items()
-    }  # noqa: E501
+    }
     assert loss["compact"] == pytest.approx(loss["full"], rel=0.01)
     assert loss["bfloat16"] > loss["full"] * 1.005
