@@ -218,7 +218,7 @@ def test_what_compact_state_cannot_do_is_refused():
     net = model(torch.float64)
     opt = Adamax(net.parameters(), state_format="compact")
     torch.nn.functional.mse_loss(net(torch.randn(4, 12).double()), torch.zeros(4, 3).double()).backward()
-    with pytest.raises(TypeError, match="float32, float16 or bfloat16 CPU tensors"):
+    with pytest.raises(TypeError, match="float32, float16 or bfloat16 tensors"):
         opt.step()
     from adamax.torch import lazy_embeddings
 

@@ -218,3 +218,65 @@ def test_the_interpreted_kernels_fma_rounds_once():
         assert np.float32(float(a[k]) * float(b[k]) + float(c[k])) != out[k].item()  # via float64: also wrong
     np.testing.assert_array_equal(out.numpy(), fma(a, b, c))
     assert (out.numpy() != a * b + c).sum() > 100, "the random cases must include sums the product's rounding changes"
+
+
+COMPACT_OPTIONS = {
+    "plain": {},
+    "coupled-decay": {"weight_decay": 0.05},
+    "decoupled-maximize": {"weight_decay": 0.05, "decoupled_weight_decay": True, "maximize": True},
+    "denominator": {"eps_placement": "denominator", "eps": 1e-3},
+    "none": {"eps_placement": "none", "betas": (0.5, 0.9)},
+}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("options", COMPACT_OPTIONS.values(), ids=COMPACT_OPTIONS.keys())
+def test_the_compact_kernel_is_the_definition_bit_for_bit(dtype, options):
+    """Compact state (adamax.compact): one launch over tensors of whole and part blocks; a spike at step 3 re-bases
+    blocks up; params, m's bits, codes and scales equal adamax.compact.update's after every step."""
+    from adamax import compact
+
+    config = AdamaxConfig(lr=1e-2, **options)
+    rng = np.random.default_rng(2)
+    sizes = (700, 3, 256)
+    params = [torch.from_numpy(rng.standard_normal(n).astype(np.float32)).to(dtype) for n in sizes]
+    expected = [(p.float().numpy().copy(), compact.init(p.float().numpy())) for p in params]
+    ms = [torch.zeros(n, dtype=torch.uint16) for n in sizes]  # bfloat16 bits
+    codes = [torch.full((n,), compact.ZERO, dtype=torch.uint16) for n in sizes]
+    scales = [torch.zeros(compact.blocks(n)) for n in sizes]
+    for t in range(1, 6):
+        grads = [
+            torch.from_numpy((rng.standard_normal(n) * (100 if t == 3 else 1) * (rng.random(n) > 0.1)).astype(np.float32))
+            .to(dtype)
+            for n in sizes
+        ]
+        sizes_t = torch.tensor([-(config.lr / (1 - config.beta1**t))] * len(sizes), dtype=torch.float64)
+        gpu.compact_step(params, grads, ms, codes, scales, sizes_t, torch.tensor([t] * len(sizes)), config)
+        for k, g in enumerate(grads):
+            new, state = compact.update(expected[k][0], g.float().numpy(), expected[k][1], config)
+            expected[k] = (torch.from_numpy(new).to(dtype).float().numpy(), state)
+            where = f"step {t}, tensor {k}"
+            np.testing.assert_array_equal(params[k].float().numpy(), expected[k][0], err_msg=f"param, {where}")
+            np.testing.assert_array_equal(ms[k].numpy(), state.exp_avg, err_msg=f"m, {where}")
+            np.testing.assert_array_equal(codes[k].numpy(), state.exp_inf_code, err_msg=f"codes, {where}")
+            np.testing.assert_array_equal(scales[k].numpy(), state.exp_inf_scale, err_msg=f"scales, {where}")
+
+
+def test_the_optimizer_routes_compact_state_to_triton(cpu_as_triton):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 40), torch.nn.Tanh(), torch.nn.Linear(40, 3))
+    twin = torch.nn.Sequential(torch.nn.Linear(6, 40), torch.nn.Tanh(), torch.nn.Linear(40, 3))
+    twin.load_state_dict(model.state_dict())
+    opt = cpu_as_triton.Adamax(model.parameters(), lr=0.01, state_format="compact")
+    reference_opt = cpu_as_triton.Adamax(twin.parameters(), lr=0.01, state_format="compact", fused=False)
+    for _ in range(3):
+        x, y = torch.randn(8, 6), torch.randn(8, 3)
+        for m, o in ((model, opt), (twin, reference_opt)):
+            o.zero_grad()
+            torch.nn.functional.mse_loss(m(x), y).backward()
+            o.step()
+    assert opt.last_step_paths == {"triton compact": 4}
+    for a, b in zip(model.parameters(), twin.parameters()):
+        assert torch.equal(a, b)
+        for key in ("exp_avg", "exp_inf_code", "exp_inf_scale"):
+            assert torch.equal(opt.state[a][key], reference_opt.state[b][key])

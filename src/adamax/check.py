@@ -301,15 +301,18 @@ def interpreted_triton():
     """
     with _interpreting():
         module = importlib.reload(importlib.import_module("adamax.kernels.gpu"))
-    step = module.step
 
-    @functools.wraps(step)
-    def interpreted_step(*args, **kwargs):
-        # The interpreter evaluates with NumPy, which warns where a GPU is silent (0/0 in a masked-off lane).
-        with _interpreting(), np.errstate(divide="ignore", invalid="ignore"):
-            return step(*args, **kwargs)
+    def interpreted(launch):
+        @functools.wraps(launch)
+        def interpreted_launch(*args, **kwargs):
+            # The interpreter evaluates with NumPy, which warns where a GPU is silent (0/0 in a masked-off lane).
+            with _interpreting(), np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+                return launch(*args, **kwargs)
 
-    module.step = interpreted_step
+        return interpreted_launch
+
+    module.step = interpreted(module.step)
+    module.compact_step = interpreted(module.compact_step)
     return module
 
 

@@ -213,3 +213,196 @@ def step(
         SOFT_FMA=INTERPRETED,
         enable_fp_fusion=False,
     )
+
+
+# ----- compact state (adamax.compact) -----
+
+COMPACT_BLOCK = 256  # adamax.compact.BLOCK: one program per block of elements sharing a scale
+ZERO, FLOOR = 65535, 65534
+
+
+@triton.jit
+def _larger(a, b):
+    # (tl.max is a library function, which Triton's interpreter cannot run once triton was imported without it)
+    return tl.maximum(a, b)
+
+
+@triton.jit
+def _compact_blocks(
+    chunk_tensor,
+    chunk_block,
+    p_addr,
+    g_addr,
+    m_addr,
+    q_addr,
+    s_addr,
+    numel,
+    step_sizes,
+    counts,
+    table,
+    w,
+    one_minus_w,
+    b2,
+    eps,
+    wd,
+    decay,
+    MAXIMIZE: tl.constexpr,
+    DECAY: tl.constexpr,
+    PLACEMENT: tl.constexpr,
+    GUARD: tl.constexpr,
+    P_DTYPE: tl.constexpr,
+    SOFT_FMA: tl.constexpr,
+):
+    # One block of one tensor: :func:`adamax.compact.update`, operation for operation (float32).
+    pid = tl.program_id(0)
+    k = tl.load(chunk_tensor + pid)
+    b = tl.load(chunk_block + pid)
+    offsets = b * 256 + tl.arange(0, 256)
+    mask = offsets < tl.load(numel + k)
+    p_ptr = tl.load(p_addr + k).to(tl.pointer_type(P_DTYPE))
+    g_ptr = tl.load(g_addr + k).to(tl.pointer_type(P_DTYPE))
+    m_ptr = tl.load(m_addr + k).to(tl.pointer_type(tl.uint16))
+    q_ptr = tl.load(q_addr + k).to(tl.pointer_type(tl.uint16))
+    s_ptr = tl.load(s_addr + k).to(tl.pointer_type(tl.float32))
+    p = tl.load(p_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+    g = tl.load(g_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+    if MAXIMIZE:
+        g = -g
+    if DECAY == 1:
+        g = _fma(p, wd, g, SOFT_FMA)
+    if DECAY == 2:
+        p = p * decay
+    if PLACEMENT == 0:
+        x = tl.abs(g) + eps
+    else:
+        x = tl.abs(g)
+    x = tl.where(mask, x, 0.0)
+    # the block's largest x, compared as integers (x >= 0; a NaN's bits exceed every number's)
+    peak = tl.reduce(x.to(tl.int32, bitcast=True), 0, _larger).to(tl.float32, bitcast=True)
+    scale = tl.load(s_ptr + b) * b2
+    q = tl.load(q_ptr + offsets, mask=mask, other=65535).to(tl.int32)
+    if (peak > scale) | (peak != peak) | (scale != scale):  # re-base up (adamax.compact.rebase)
+        if scale == 0:
+            q = q * 0 + 65535
+            scale = peak
+        elif (scale > 0) & (scale < float("inf")) & (peak < float("inf")):
+            lo = 1
+            hi = 65534
+            for _ in range(17):  # the least k with scale / T[k] >= peak (65534 if none)
+                mid = (lo + hi) // 2
+                ok = tl.math.div_rn(scale, tl.load(table + mid)) >= peak
+                hi = tl.where(ok, mid, hi)
+                lo = tl.where(ok, lo, mid + 1)
+            scale = tl.math.div_rn(scale, tl.load(table + lo))
+            q = tl.where(q == 65535, 65535, tl.minimum(q + lo, 65534))
+        else:
+            scale = peak
+    tl.store(s_ptr + b, scale)
+    u = scale * tl.load(table + q, mask=mask, other=0.0)
+    need = (x > u) & mask
+    r = tl.math.div_rn(x, tl.where(need, scale, 1.0))
+    lo_v = q * 0
+    hi_v = lo_v + 65535
+    for _ in range(16):  # the largest c with T[c] >= r (T[0] = 1 >= r)
+        mid_v = (lo_v + hi_v + 1) // 2
+        ok_v = tl.load(table + mid_v, mask=need, other=0.0) >= r
+        lo_v = tl.where(ok_v, mid_v, lo_v)
+        hi_v = tl.where(ok_v, hi_v, mid_v - 1)
+    q = tl.where(need, tl.minimum(q, lo_v), q)
+    u = scale * tl.load(table + q, mask=mask, other=0.0)
+    m = (tl.load(m_ptr + offsets, mask=mask, other=0).to(tl.uint32) << 16).to(tl.float32, bitcast=True)
+    if w < 0.5:
+        m = _fma(w, g - m, m, SOFT_FMA)
+    else:
+        m = _fma(-(g - m), one_minus_w, g, SOFT_FMA)
+    if PLACEMENT == 1:
+        d = u + eps
+    else:
+        d = u
+    change = tl.math.div_rn(tl.load(step_sizes + k) * m, d)
+    if GUARD:
+        change = tl.where(d == 0, 0.0, change)
+    _store(p_ptr + offsets, p + change, mask, P_DTYPE)
+    # m, rounded stochastically (adamax.compact.random_bits: the lowbias32 mixer of index and count)
+    t = tl.load(counts + k).to(tl.uint32)
+    h = offsets.to(tl.uint32) * 0x9E3779B1 + t * 0x85EBCA77
+    h = h ^ (h >> 16)
+    h = h * 0x7FEB352D
+    h = h ^ (h >> 15)
+    h = h * 0x846CA68B
+    h = h ^ (h >> 16)
+    rounded = (m.to(tl.uint32, bitcast=True) + (h & 0xFFFF)) >> 16
+    rounded = tl.where(m != m, 0x7FC0, rounded)
+    tl.store(m_ptr + offsets, rounded.to(tl.uint16), mask=mask)
+    tl.store(q_ptr + offsets, q.to(tl.uint16), mask=mask)
+
+
+@functools.lru_cache(maxsize=64)
+def _block_table(sizes: tuple[int, ...], device: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    counts = [-(-n // COMPACT_BLOCK) for n in sizes]
+    tensor = np.repeat(np.arange(len(sizes), dtype=np.int64), counts)
+    block = np.concatenate([np.arange(c, dtype=np.int64) for c in counts]) if tensor.size else tensor
+    return (
+        torch.from_numpy(tensor).to(device),
+        torch.from_numpy(block).to(device),
+        torch.tensor(sizes, dtype=torch.int64, device=device),
+    )
+
+
+@functools.lru_cache(maxsize=8)
+def _code_table(device: str) -> torch.Tensor:
+    from adamax import compact
+
+    return torch.from_numpy(compact.TABLE.copy()).to(device)
+
+
+def compact_step(
+    params: list[torch.Tensor],
+    grads: list[torch.Tensor],
+    exp_avgs: list[torch.Tensor],
+    codes: list[torch.Tensor],
+    scales: list[torch.Tensor],
+    step_sizes: torch.Tensor,
+    counts: torch.Tensor,
+    config,
+) -> None:
+    """One launch over compact state (:mod:`adamax.compact`): ``exp_avgs`` bfloat16, ``codes`` uint16,
+    ``scales`` float32; ``step_sizes[k] = -lr / (1 - b1**t_k)`` and ``counts[k] = t_k`` (this step's).  Params of
+    one dtype (float32, float16, bfloat16) and device; every tensor contiguous.  The caller checks."""
+    if not params:
+        return
+    device = params[0].device
+    sizes = tuple(p.numel() for p in params)
+    chunk_tensor, chunk_block, numel = _block_table(sizes, str(device))
+    if chunk_tensor.numel() == 0:
+        return
+
+    def addresses(tensors: list[torch.Tensor]) -> torch.Tensor:
+        return torch.tensor([t.data_ptr() for t in tensors], dtype=torch.int64, device=device)
+
+    if config.weight_decay == 0:
+        decay_mode = NO_DECAY
+    else:
+        decay_mode = DECOUPLED if config.decoupled_weight_decay else COUPLED
+    placement = {"max": EPS_MAX, "denominator": EPS_DENOMINATOR, "none": EPS_NONE}[config.eps_placement]
+    _compact_blocks[(chunk_tensor.numel(),)](
+        chunk_tensor,
+        chunk_block,
+        addresses(params),
+        addresses(grads),
+        addresses(exp_avgs),
+        addresses(codes),
+        addresses(scales),
+        numel,
+        step_sizes.to(device=device, dtype=torch.float32),
+        counts.to(device=device, dtype=torch.int64),
+        _code_table(str(device)),
+        *_scalars(config),
+        MAXIMIZE=bool(config.maximize),
+        DECAY=decay_mode,
+        PLACEMENT=placement,
+        GUARD=config.eps_placement == "none" or config.eps == 0,
+        P_DTYPE=_TL[params[0].dtype],
+        SOFT_FMA=INTERPRETED,
+        enable_fp_fusion=False,
+    )

@@ -22,7 +22,7 @@ from torch import Tensor
 
 from adamax import compact
 from adamax._algorithm import step_size
-from adamax.kernels import compact_kernels
+from adamax.kernels import compact_kernels, gpu_kernels
 from adamax.spec import AdamaxConfig
 
 COMPACT_KEYS = frozenset(compact.KEYS)
@@ -42,12 +42,34 @@ def fresh_state(p: Tensor) -> dict[str, Tensor]:
 
 
 def check_param(p: Tensor, index: int) -> None:
-    """Refuse a param compact state cannot step here."""
-    if p.dtype not in _PARAM_DTYPES or p.device.type != "cpu" or type(p) not in _PLAIN:
+    """Refuse a param compact state cannot step."""
+    if p.dtype not in _PARAM_DTYPES or type(p) not in _PLAIN:
         raise TypeError(
-            f"param {index} of its group: compact state steps float32, float16 or bfloat16 CPU tensors, "
-            f"got a {type(p).__name__} of {p.dtype} on {p.device}"
+            f"param {index} of its group: compact state steps float32, float16 or bfloat16 tensors, "
+            f"got a {type(p).__name__} of {p.dtype}"
         )
+
+
+def route(p: Tensor, fused: bool | None, index: int) -> str:
+    """How a compact param is stepped: ``"triton"`` (CUDA), ``"numba"`` (the CPU kernel) or ``"numpy"``
+    (:func:`adamax.compact.update`, CPU); raises where none can."""
+    from adamax.torch._plan import _KERNEL_FOR_DEVICE  # (tests route the CPU to Triton through it)
+
+    kernel = _KERNEL_FOR_DEVICE.get(p.device.type)
+    dense = p.is_contiguous() and p.grad.is_contiguous() and p.grad.dtype is p.dtype
+    if kernel == "triton":
+        if gpu_kernels() is None or not dense:
+            raise RuntimeError(f"param {index} of its group: compact state on {p.device} needs triton and dense "
+                               f"tensors")  # fmt: skip
+        return "triton"
+    if p.device.type != "cpu":
+        raise TypeError(f"param {index} of its group: compact state steps CPU or CUDA tensors, got {p.device}")
+    if fused is not False and kernel == "numba" and compact_kernels() is not None and dense:
+        return "numba"
+    if fused:
+        raise RuntimeError(f"fused=True cannot update param {index} of its group: not a dense tensor with a dense "
+                           f"gradient, or numba missing")  # fmt: skip
+    return "numpy"
 
 
 def check_state(p: Tensor, state: Mapping[str, Any], where: str, *, loading: bool) -> None:
@@ -157,29 +179,30 @@ def convert_entry(entry: Mapping[str, Any], state_format: str) -> dict[str, Any]
                      f"nor compact {sorted(COMPACT_KEYS)} Adamax state")  # fmt: skip
 
 
-def _kernel_can_take(p: Tensor) -> bool:
-    """Dense CPU tensors with dense gradients: the kernel reads and writes their memory."""
-    return p.is_contiguous() and p.grad.is_contiguous() and p.grad.dtype is p.dtype
-
-
 _KINDS = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
 
 
-def _kernel_step(kernel, config: AdamaxConfig, items: list[tuple[Tensor, dict[str, Tensor]]]) -> None:
-    """One kernel call per param dtype over ``(param, state)`` pairs, in place; each step count advances."""
-    for dtype, kind in _KINDS.items():
-        group = [(p, s) for p, s in items if p.dtype is dtype]
-        if not group:
-            continue
-        counts = np.array([int(s["step"]) + 1 for _, s in group], dtype=np.int64)
-        sizes = tuple(p.numel() for p, _ in group)
-        columns = (
-            [p for p, _ in group], [p.grad for p, _ in group], [s["exp_avg"] for _, s in group],
-            [s["exp_inf_code"] for _, s in group], [s["exp_inf_scale"] for _, s in group],
-        )  # fmt: skip
-        addresses = tuple(np.array([t.data_ptr() for t in column], dtype=np.int64) for column in columns)
-        steps = np.array([step_size(config.lr, config.beta1, int(t)) for t in counts])
-        kernel.step(kind, addresses, sizes, steps, counts, config, threads=torch.get_num_threads())
+def _kernel_step(name: str, config: AdamaxConfig, items: list[tuple[Tensor, dict[str, Tensor]]]) -> None:
+    """One kernel call per (device, param dtype) over ``(param, state)`` pairs, in place; each count advances."""
+    buckets: dict[tuple, list[tuple[Tensor, dict[str, Tensor]]]] = {}
+    for p, s in items:
+        buckets.setdefault((p.device, p.dtype), []).append((p, s))
+    for (_, dtype), group in buckets.items():
+        counts = [int(s["step"]) + 1 for _, s in group]
+        steps = [step_size(config.lr, config.beta1, t) for t in counts]
+        params, grads = [p for p, _ in group], [p.grad for p, _ in group]
+        ms = [s["exp_avg"].view(torch.uint16) for _, s in group]
+        codes, scales = [s["exp_inf_code"] for _, s in group], [s["exp_inf_scale"] for _, s in group]
+        if name == "triton":
+            step_sizes, count_tensor = torch.tensor(steps, dtype=torch.float64), torch.tensor(counts)
+            gpu_kernels().compact_step(params, grads, ms, codes, scales, step_sizes, count_tensor, config)
+        else:
+            columns = (params, grads, ms, codes, scales)
+            addresses = tuple(np.array([t.data_ptr() for t in column], dtype=np.int64) for column in columns)
+            compact_kernels().step(
+                _KINDS[dtype], addresses, tuple(p.numel() for p in params), np.array(steps),
+                np.array(counts, dtype=np.int64), config, threads=torch.get_num_threads(),
+            )  # fmt: skip
         for _, s in group:
             s["step"] += 1
 
@@ -192,33 +215,31 @@ class _CompactSteps:
         if group["differentiable"] or group["capturable"]:
             raise RuntimeError("compact state does not support differentiable=True or capturable=True")
         check_param(p, index)
-        if group["fused"] and not (compact_kernels() is not None and _kernel_can_take(p)):
-            raise RuntimeError(f"fused=True cannot update param {index} of its group: not a dense tensor with a "
-                               f"dense gradient, or numba missing")  # fmt: skip
+        route(p, group["fused"], index)
         state = self.state.get(p)
         if state:
             check_state(p, state, f"state of param {index} of its group", loading=False)
 
-    def _run_compact(self, config: AdamaxConfig, params: list[Tensor]) -> None:
-        """Every param's compact step: the numba kernel for dense tensors, :func:`adamax.compact.update` (computed
-        for all of them first, then written) for the rest."""
-        kernel = compact_kernels()
-        fused = [p for p in params if kernel is not None and _kernel_can_take(p)] if self.fused_compact else []
-        rest = [p for p in params if not any(p is q for q in fused)]
+    def _run_compact(self, group: Mapping[str, Any], config: AdamaxConfig, params: list[Tensor]) -> None:
+        """Every param's compact step: a kernel for dense tensors (Triton on CUDA, numba on the CPU),
+        :func:`adamax.compact.update` for the rest (computed for all of them first, then written)."""
+        routes = {name: [] for name in ("triton", "numba", "numpy")}
+        for index, p in enumerate(params):
+            routes[route(p, group["fused"], index)].append(p)
         paths = self.last_step_paths
-        if fused:
-            paths["numba compact"] = paths.get("numba compact", 0) + len(fused)
-        if rest:
-            paths["compact"] = paths.get("compact", 0) + len(rest)
+        for name, key in (("triton", "triton compact"), ("numba", "numba compact"), ("numpy", "compact")):
+            if routes[name]:
+                paths[key] = paths.get(key, 0) + len(routes[name])
         results = []
-        for p in rest:
+        for p in routes["numpy"]:
             state = self.state.get(p) or fresh_state(p)
             p32 = p.detach().float().numpy() if p.dtype is not torch.float32 else p.detach().numpy()
             g32 = p.grad.detach().float().numpy()
             results.append((p, state, *compact.update(p32, g32, as_compact_state(state), config)))
         with torch.no_grad():  # nothing above wrote; from here nothing can fail
-            if fused:
-                _kernel_step(kernel, config, [(p, self._compact_state(p)) for p in fused])
+            for name in ("triton", "numba"):
+                if routes[name]:
+                    _kernel_step(name, config, [(p, self._compact_state(p)) for p in routes[name]])
             for p, state, new_p, new in results:
                 p.copy_(torch.from_numpy(new_p))
                 _bits(state["exp_avg"])[...] = new.exp_avg
@@ -227,11 +248,6 @@ class _CompactSteps:
                 state["step"] += 1
                 if not self.state.get(p):
                     self.state[p] = state
-
-    @property
-    def fused_compact(self) -> bool:
-        """Whether the kernel steps compact params it can take (``fused`` not ``False`` in the first group)."""
-        return self.param_groups[0]["fused"] is not False if self.param_groups else True
 
     def _compact_state(self, p: Tensor) -> dict[str, Tensor]:
         state = self.state.get(p)
