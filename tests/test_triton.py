@@ -245,11 +245,9 @@ def test_the_compact_kernel_is_the_definition_bit_for_bit(dtype, options):
     codes = [torch.full((n,), compact.ZERO, dtype=torch.uint16) for n in sizes]
     scales = [torch.zeros(compact.blocks(n)) for n in sizes]
     for t in range(1, 6):
-        grads = [
-            torch.from_numpy((rng.standard_normal(n) * (100 if t == 3 else 1) * (rng.random(n) > 0.1)).astype(np.float32))
-            .to(dtype)
-            for n in sizes
-        ]
+        scale = 100 if t == 3 else 1
+        values = [rng.standard_normal(n) * scale * (rng.random(n) > 0.1) for n in sizes]
+        grads = [torch.from_numpy(v.astype(np.float32)).to(dtype) for v in values]
         sizes_t = torch.tensor([-(config.lr / (1 - config.beta1**t))] * len(sizes), dtype=torch.float64)
         gpu.compact_step(params, grads, ms, codes, scales, sizes_t, torch.tensor([t] * len(sizes)), config)
         for k, g in enumerate(grads):
