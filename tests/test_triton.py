@@ -174,6 +174,9 @@ def test_the_prepared_gpu_check_runs_dry_on_the_cpu(tmp_path):
     report = json.loads(out.read_text())
     assert report["correctness"]["max_ulps_vs_torch_default"] == 0.0  # on the CPU, torch rounds as we do
     assert report["correctness"]["bf16_state_dtype"] == "torch.float32"
+    assert report["correctness"]["compact_bit_identical_to_definition_float32"] is True
+    assert report["correctness"]["compact_bit_identical_to_definition_bfloat16"] is True
+    assert report["correctness"]["compact_path_float32"] == {"triton compact": 3}
     assert set(report["cases"]) == {"tiny", "tiny list"}
 
 
