@@ -20,8 +20,8 @@ from typing import NamedTuple, Protocol
 
 import numpy as np
 
+from adamax import compact, reference
 from adamax import numpy as adamax_numpy
-from adamax import reference
 from adamax.reference import AdamaxState
 from adamax.spec import AdamaxConfig
 
@@ -51,6 +51,25 @@ class ReferenceStepper:
         return self._states
 
 
+class CompactReferenceStepper:
+    """The compact state's definition, ``adamax.compact.update`` array by array; states decoded to float32."""
+
+    def __init__(self, params: list[np.ndarray], config: AdamaxConfig) -> None:
+        self._params = list(params)
+        self._states = [compact.init(p) for p in params]
+        self._config = config
+
+    def step(self, grads: list[np.ndarray]) -> None:
+        for i, g in enumerate(grads):
+            self._params[i], self._states[i] = compact.update(self._params[i], g, self._states[i], self._config)
+
+    def params(self) -> list[np.ndarray]:
+        return self._params
+
+    def states(self) -> list[AdamaxState]:
+        return [AdamaxState(*compact.to_full(s)) for s in self._states]
+
+
 class NumpyStepper:
     def __init__(self, params: list[np.ndarray], config: AdamaxConfig, fused: bool | None = None) -> None:
         self._params = params  # updated in place, keeping the caller's memory layout
@@ -64,6 +83,17 @@ class NumpyStepper:
 
     def states(self) -> list[AdamaxState]:
         return [self._opt.state[str(i)] for i in range(len(self._params))]
+
+
+class CompactNumpyStepper(NumpyStepper):
+    """``adamax.numpy.Adamax(state_format="compact")`` (the numba kernel where it can); states decoded to float32."""
+
+    def __init__(self, params: list[np.ndarray], config: AdamaxConfig) -> None:
+        self._params = params
+        self._opt = adamax_numpy.Adamax(self._params, state_format="compact", **config.to_dict())
+
+    def states(self) -> list[AdamaxState]:
+        return [AdamaxState(*compact.to_full(self._opt.state[str(i)])) for i in range(len(self._params))]
 
 
 class TorchStepper:
@@ -92,7 +122,12 @@ class TorchStepper:
         out = []
         for t in self._tensors:
             s = self._opt.state[t]
-            out.append(AdamaxState(int(s["step"]), s["exp_avg"].numpy(), s["exp_inf"].numpy()))
+            if "exp_inf_code" in s:  # compact state, decoded
+                from adamax.torch._compact import as_compact_state
+
+                out.append(AdamaxState(*compact.to_full(as_compact_state(s))))
+            else:
+                out.append(AdamaxState(int(s["step"]), s["exp_avg"].numpy(), s["exp_inf"].numpy()))
         return out
 
 
@@ -246,6 +281,7 @@ class Implementation(NamedTuple):
     inexact: Callable[[AdamaxConfig, type], str | None] = lambda config, dtype: None
     # why it has no such option (None: it has)
     unsupported: Callable[[AdamaxConfig], str | None] = lambda config: None
+    allowed_ulps: float = 0  # for its inexact rows, where more than ALLOWED_ULPS_INEXACT (compact state: 2^18)
 
 
 def _c_contiguous(a: np.ndarray) -> np.ndarray:
@@ -388,6 +424,21 @@ IMPLEMENTATIONS = [
         unsupported=_lazy_unsupported,
     ),
     Implementation(
+        "numpy-compact",
+        CompactNumpyStepper,
+        (np.float32,),
+        inexact=lambda config, dtype: COMPACT_NOTE,
+        allowed_ulps=2.0**18,
+    ),
+    Implementation(
+        "torch-compact",
+        lambda p, c: TorchStepper(p, c, state_format="compact"),
+        (np.float32,),
+        available=_torch_installed(),
+        inexact=lambda config, dtype: COMPACT_NOTE,
+        allowed_ulps=2.0**18,
+    ),
+    Implementation(
         "torch-lazy",
         LazyTorchStepper,
         (np.float32, np.float64),
@@ -422,6 +473,10 @@ def sparse_rows(rng: np.random.Generator, grad: np.ndarray, shape_name: str) -> 
 
 
 ALLOWED_ULPS_INEXACT = 64  # for rows with a documented rounding difference; all others must be exact
+COMPACT_NOTE = (
+    "compact state (adamax.compact): m in bfloat16, rounded stochastically (up to one bfloat16 ulp, 2^16 float32 "
+    "ulps, a step), u up to a code (0.1%); the check's 4 steps allow 4 bfloat16 ulps of the array's scale"
+)
 
 
 def random_array(rng: np.random.Generator, shape: tuple, dtype, scale: float = 1.0) -> np.ndarray:
@@ -488,7 +543,7 @@ def check_one(impl: Implementation, name: str, config: AdamaxConfig, dtype, step
             if int(s.step) != s_ref.step:
                 worst = float("inf")
     inexact = impl.inexact(config, dtype)
-    allowed = ALLOWED_ULPS_INEXACT if inexact else 0
+    allowed = max(ALLOWED_ULPS_INEXACT, impl.allowed_ulps) if inexact else 0
     return Verdict(impl.name, name, dtype_name, worst, "pass" if worst <= allowed else "FAIL", inexact or "")
 
 
