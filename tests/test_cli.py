@@ -64,13 +64,14 @@ def test_bench_writes_json_and_a_chart(tmp_path):
     import json
 
     out, chart = tmp_path / "bench.json", tmp_path / "bench.png"
-    args = ["bench", "--sizes", "20k", "--no-model", "--repeats", "3", "--no-startup"]
+    args = ["bench", "--sizes", "20k", "--no-model", "--no-small", "--repeats", "3", "--no-startup"]
     assert main([*args, "--json", str(out), "--out", str(chart)]) == 0
     result = json.loads(out.read_text())
     (case,) = result["cases"]
     assert case["numel"] == 20_000 and case["limit_GBps"] > 0
     methods = {r["method"]: r for r in case["results"]}
-    assert {"torch forloop", "torch foreach", "adamax.torch fused", "fused kernel alone"} <= set(methods)
+    expected = {"torch forloop", "torch foreach", "adamax.torch fused", "fused kernel alone", "adamax.torch compact"}
+    assert expected <= set(methods)
     assert methods["torch foreach"]["x_foreach"] == 1.0
     assert all(
         len(r["times_ms"]) >= 3 and r["median_ms"] > 0 for r in methods.values() if r["method"] != "numpy reference"

@@ -344,6 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--sizes", type=_sizes, default=_sizes("1M,10M,50M"), help="single-tensor sizes (default 1M,10M,50M)"
     )
     p.add_argument("--no-model", dest="model", action="store_false", help="skip the ~200-tensor model-like case")
+    p.add_argument("--no-small", dest="small", action="store_false", help="skip the 1,000-small-tensors case")
     p.add_argument("--compile", action="store_true", help="also time torch.compile of the step (slow to compile)")
     p.add_argument("--no-reference", action="store_true", help="skip the (slow) NumPy reference")
     p.add_argument("--no-startup", dest="startup", action="store_false", help="skip the start-up timings")
