@@ -157,6 +157,24 @@ def _chunk_table(sizes: tuple[int, ...], device: str) -> tuple[torch.Tensor, tor
     )
 
 
+def _addresses(tensors: list[torch.Tensor], device) -> torch.Tensor:
+    return torch.tensor([t.data_ptr() for t in tensors], dtype=torch.int64, device=device)
+
+
+def _flags(config) -> dict[str, int | bool]:
+    """The kernels' compile-time flags for ``config``."""
+    if config.weight_decay == 0:
+        decay_mode = NO_DECAY
+    else:
+        decay_mode = DECOUPLED if config.decoupled_weight_decay else COUPLED
+    return {
+        "MAXIMIZE": bool(config.maximize),
+        "DECAY": decay_mode,
+        "PLACEMENT": {"max": EPS_MAX, "denominator": EPS_DENOMINATOR, "none": EPS_NONE}[config.eps_placement],
+        "GUARD": config.eps_placement == "none" or config.eps == 0,
+    }
+
+
 def _scalars(config) -> tuple[float, ...]:
     """The hyperparameters rounded to float32, as torch casts its scalars for float32 tensors."""
     w = np.float32(1 - config.beta1)
@@ -185,28 +203,17 @@ def step(
     if chunk_tensor.numel() == 0:
         return
 
-    def addresses(tensors: list[torch.Tensor]) -> torch.Tensor:
-        return torch.tensor([t.data_ptr() for t in tensors], dtype=torch.int64, device=device)
-
-    if config.weight_decay == 0:
-        decay_mode = NO_DECAY
-    else:
-        decay_mode = DECOUPLED if config.decoupled_weight_decay else COUPLED
-    placement = {"max": EPS_MAX, "denominator": EPS_DENOMINATOR, "none": EPS_NONE}[config.eps_placement]
     _adamax_chunks[(chunk_tensor.numel(),)](
         chunk_tensor,
         chunk_start,
-        addresses(params),
-        addresses(grads),
-        addresses(exp_avgs),
-        addresses(exp_infs),
+        _addresses(params, device),
+        _addresses(grads, device),
+        _addresses(exp_avgs, device),
+        _addresses(exp_infs, device),
         numel,
         step_sizes.to(device=device, dtype=torch.float32),
         *_scalars(config),
-        MAXIMIZE=bool(config.maximize),
-        DECAY=decay_mode,
-        PLACEMENT=placement,
-        GUARD=config.eps_placement == "none" or config.eps == 0,
+        **_flags(config),
         P_DTYPE=_TL[params[0].dtype],
         S_DTYPE=_TL[exp_avgs[0].dtype],
         BLOCK=BLOCK,
@@ -377,31 +384,20 @@ def compact_step(
     if chunk_tensor.numel() == 0:
         return
 
-    def addresses(tensors: list[torch.Tensor]) -> torch.Tensor:
-        return torch.tensor([t.data_ptr() for t in tensors], dtype=torch.int64, device=device)
-
-    if config.weight_decay == 0:
-        decay_mode = NO_DECAY
-    else:
-        decay_mode = DECOUPLED if config.decoupled_weight_decay else COUPLED
-    placement = {"max": EPS_MAX, "denominator": EPS_DENOMINATOR, "none": EPS_NONE}[config.eps_placement]
     _compact_blocks[(chunk_tensor.numel(),)](
         chunk_tensor,
         chunk_block,
-        addresses(params),
-        addresses(grads),
-        addresses(exp_avgs),
-        addresses(codes),
-        addresses(scales),
+        _addresses(params, device),
+        _addresses(grads, device),
+        _addresses(exp_avgs, device),
+        _addresses(codes, device),
+        _addresses(scales, device),
         numel,
         step_sizes.to(device=device, dtype=torch.float32),
         counts.to(device=device, dtype=torch.int64),
         _code_table(str(device)),
         *_scalars(config),
-        MAXIMIZE=bool(config.maximize),
-        DECAY=decay_mode,
-        PLACEMENT=placement,
-        GUARD=config.eps_placement == "none" or config.eps == 0,
+        **_flags(config),
         P_DTYPE=_TL[params[0].dtype],
         SOFT_FMA=INTERPRETED,
         enable_fp_fusion=False,
