@@ -22,6 +22,7 @@ docs: $(VENV)/.installed-dev
 	$(BIN)/adamax lp --out docs/img/lp.png
 	$(BIN)/adamax compare --out docs/img/compare.png
 	$(BIN)/adamax check --out docs/img/check.png
+	$(BIN)/adamax freeze --out docs/img/freeze.png
 	$(BIN)/adamax bench --from-json benchmarks/results/cpu.json --out docs/img/bench-cpu.png
 
 # One stamp per extra; `dev` includes `plot`, so it satisfies `demo` as well.
