@@ -164,19 +164,16 @@ def convert_state_dict(state_dict: Mapping[str, Any], state_format: str) -> dict
 
 
 def convert_entry(entry: Mapping[str, Any], state_format: str) -> dict[str, Any]:
+    """One state entry in ``state_format`` (a copy; an empty entry stays empty)."""
     keys = set(entry) if isinstance(entry, Mapping) else None
     if not keys:
         return dict(entry) if isinstance(entry, Mapping) else entry
-    if keys == COMPACT_KEYS:
-        return {k: _step_value(v) if k == "step" else v.clone() for k, v in entry.items()} if (
-            state_format == "compact"
-        ) else to_full_entry(entry)  # fmt: skip
-    if keys == FULL_KEYS:
-        if state_format == "full":
-            return {k: _step_value(v) if k == "step" else v.clone() for k, v in entry.items()}
-        return to_compact_entry(entry)
-    raise ValueError(f"a state entry with keys {sorted(keys)} is neither full {sorted(FULL_KEYS)} "
+    if keys not in (COMPACT_KEYS, FULL_KEYS):
+        raise ValueError(f"a state entry with keys {sorted(keys)} is neither full {sorted(FULL_KEYS)} "
                      f"nor compact {sorted(COMPACT_KEYS)} Adamax state")  # fmt: skip
+    if (keys == COMPACT_KEYS) == (state_format == "compact"):  # already in that format
+        return {k: _step_value(v) if k == "step" else v.clone() for k, v in entry.items()}
+    return to_full_entry(entry) if state_format == "full" else to_compact_entry(entry)
 
 
 _KINDS = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
