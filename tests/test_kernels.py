@@ -325,3 +325,75 @@ def test_sign_of_a_zero_moment_when_one_minus_beta1_rounds_to_one():
     )
     np.testing.assert_array_equal(np.signbit(state.exp_avg), np.signbit(m.numpy()))  # the kernel is the reference
     assert torch.equal(ours, theirs) and torch.equal(torch.signbit(ours), torch.signbit(theirs))
+
+
+def test_16_bit_conversions_are_numpys_and_torchs():
+    """float16 <-> float32 by bits against NumPy (every float16; float32 values around every float16, the
+    overflow edge and subnormals), bfloat16 rounding against torch."""
+    from numba import njit
+
+    from adamax.kernels import cpu
+
+    @njit
+    def widen(bits, out):
+        for i in range(bits.shape[0]):
+            out[i] = cpu._f16_to_f32(bits[i])
+
+    @njit
+    def narrow(x, out, kind):
+        for i in range(x.shape[0]):
+            out[i] = cpu._f32_to_f16(x[i]) if kind == 2 else cpu._f32_to_bf16(x[i])
+
+    every = np.arange(65536, dtype=np.uint16)
+    wide = np.empty(65536, np.float32)
+    widen(every, wide)
+    expected = every.view(np.float16).astype(np.float32)
+    assert np.array_equal(wide, expected, equal_nan=True)
+    finite = expected[np.isfinite(expected)]
+    rng = np.random.default_rng(0)
+    x = np.concatenate([
+        finite, np.nextafter(finite, np.float32(np.inf)), np.nextafter(finite, np.float32(-np.inf)),
+        (rng.standard_normal(100_000) * 10.0 ** rng.uniform(-9, 6, 100_000)).astype(np.float32),
+        np.array([65519.99, 65520, -65520, 2.0**-25, 3 * 2.0**-26, np.inf, -np.inf], np.float32),
+    ]).astype(np.float32)  # fmt: skip
+    half = np.empty(len(x), np.uint16)
+    narrow(x, half, 2)
+    with np.errstate(over="ignore"):
+        assert np.array_equal(half, x.astype(np.float16).view(np.uint16))
+    brain = np.empty(len(x), np.uint16)
+    narrow(x, brain, 1)
+    torch = pytest.importorskip("torch")
+    assert np.array_equal(brain, torch.from_numpy(x).to(torch.bfloat16).view(torch.uint16).numpy())
+
+
+@pytest.mark.parametrize("kind", ["bfloat16", "float16"])
+@pytest.mark.parametrize("config", list(CONFIGS.values())[::3], ids=list(CONFIGS)[::3])
+def test_16_bit_params_step_in_float32_and_round_on_store(kind, config):
+    """bfloat16/float16 params with float32 state: the float32 reference on the widened param, then the param
+    rounded to nearest, bit for bit, over steps."""
+    torch = pytest.importorskip("torch")
+    from adamax.kernels import cpu
+
+    dtype = getattr(torch, kind)
+    code = cpu.BF16 if kind == "bfloat16" else cpu.F16
+    rng = np.random.default_rng(3)
+    sizes = (3000, 1, 70_000)
+    params = [torch.from_numpy(rng.standard_normal(n).astype(np.float32)).to(dtype) for n in sizes]
+    ms, us = [np.zeros(n, np.float32) for n in sizes], [np.zeros(n, np.float32) for n in sizes]
+    expected = [(p.float().numpy().copy(), reference.init(p.float().numpy())) for p in params]
+    for t in range(1, 5):
+        grads = [torch.from_numpy((rng.standard_normal(n) * 10 ** rng.uniform(-3, 2)).astype(np.float32)).to(dtype)
+                 for n in sizes]  # fmt: skip
+        columns = (
+            [p.view(torch.uint16).numpy() for p in params],
+            [g.view(torch.uint16).numpy() for g in grads],
+            ms,
+            us,
+        )
+        addresses = tuple(np.array([a.ctypes.data for a in column], np.int64) for column in columns)
+        cpu.step16(code, addresses, sizes, np.full(3, -(config.lr / (1 - config.beta1**t))), config)
+        for k, g in enumerate(grads):
+            new, state = reference.update(expected[k][0], g.float().numpy(), expected[k][1], config)
+            expected[k] = (torch.from_numpy(new).to(dtype).float().numpy(), state)
+            assert np.array_equal(params[k].float().numpy(), expected[k][0], equal_nan=True), (t, k)
+            assert np.array_equal(ms[k], state.exp_avg) and np.array_equal(us[k], state.exp_inf), (t, k)

@@ -24,85 +24,31 @@ from numba import njit, prange
 
 from adamax import compact
 from adamax.kernels.cpu import (
+    BF16,
     COUPLED,
     DECAY,
     DECOUPLED,
     EPS_DENOMINATOR,
     EPS_MAX,
+    F16,
+    F32,
     GUARD,
     MAXIMIZE,
     PLACEMENT,
+    _bf16_to_f32,
     _fma,
+    _load,
     _pointer,
+    _store,
     flags_and_hyper,
 )
 
-F32, BF16, F16 = 0, 1, 2  # param kinds
 KINDS = {np.dtype(np.float32): F32, np.dtype(np.float16): F16}  # NumPy dtypes; bfloat16 comes from torch only
 BLOCKS_PER_CHUNK = 256  # 65,536 elements per work item
 SCAN = 16  # codes stepped through before a logarithm's estimate is taken
 ZERO, FLOOR = compact.ZERO, compact.FLOOR
 _LOG_RHO = math.log(compact.RHO)
 _MASK = np.uint64(0xFFFFFFFF)
-
-
-# ----- 16-bit floats, by their bits -----
-
-
-@njit(inline="always")
-def _bf16_to_f32(bits):
-    return np.uint32(np.uint32(bits) << np.uint32(16)).view(np.float32)
-
-
-@njit(inline="always")
-def _f32_to_bf16(x):
-    """Round to nearest even (NaN -> 0x7FC0), as torch and :func:`adamax.compact.f32_to_bf16_nearest`."""
-    if x != x:
-        return np.uint16(0x7FC0)
-    bits = np.uint32(np.float32(x).view(np.uint32))
-    return np.uint16((bits + np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16))
-
-
-@njit(inline="always")
-def _f16_to_f32(bits):
-    h = np.uint32(bits)
-    sign = (h & np.uint32(0x8000)) << np.uint32(16)
-    exponent = (h >> np.uint32(10)) & np.uint32(0x1F)
-    mantissa = h & np.uint32(0x3FF)
-    if exponent == 0:  # zero or subnormal: mantissa * 2^-24, exact in float32
-        value = np.float32(mantissa) * np.float32(2.0**-24)
-        return -value if sign else value
-    if exponent == 31:
-        return np.uint32(sign | np.uint32(0x7F800000) | (mantissa << np.uint32(13))).view(np.float32)
-    return np.uint32(sign | ((exponent + np.uint32(112)) << np.uint32(23)) | (mantissa << np.uint32(13))).view(
-        np.float32
-    )
-
-
-@njit(inline="always")
-def _f32_to_f16(x):
-    """Round to nearest even, as NumPy's and torch's conversions."""
-    bits = np.uint32(np.float32(x).view(np.uint32))
-    sign = np.uint32((bits >> np.uint32(16)) & np.uint32(0x8000))
-    a = bits & np.uint32(0x7FFFFFFF)
-    if a > np.uint32(0x7F800000):  # NaN
-        return np.uint16(sign | np.uint32(0x7E00))
-    if a >= np.uint32(0x477FF000):  # 65520 and up round to infinity
-        return np.uint16(sign | np.uint32(0x7C00))
-    if a < np.uint32(0x38800000):  # below 2^-14: a subnormal half, k * 2^-24, k rounded to even
-        k = np.rint(np.float32(abs(np.float32(x))) * np.float32(2.0**24))
-        return np.uint16(sign | np.uint32(k))
-    a = a - np.uint32(0x38000000)  # exponent bias 127 -> 15
-    return np.uint16(sign | ((a + np.uint32(0x0FFF) + ((a >> np.uint32(13)) & np.uint32(1))) >> np.uint32(13)))
-
-
-@njit(inline="always")
-def _load(p, i, kind):
-    if kind == F32:
-        return p[i]
-    if kind == BF16:
-        return _bf16_to_f32(p[i])
-    return _f16_to_f32(p[i])
 
 
 # ----- the codes -----
@@ -193,16 +139,6 @@ def _int_bits(x):
 @njit
 def _float_of(bits):
     return np.int32(bits).view(np.float32)
-
-
-@njit(inline="always")
-def _store(p, i, value, kind):
-    if kind == F32:
-        p[i] = value
-    elif kind == BF16:
-        p[i] = _f32_to_bf16(value)
-    else:
-        p[i] = _f32_to_f16(value)
 
 
 @njit(parallel=True, cache=True, nogil=True)

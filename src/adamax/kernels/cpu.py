@@ -111,6 +111,78 @@ def _element(p, g, m, u, step, w, one_minus_w, b2, eps, wd, decay, maximize, dec
     return p + (step * m) / d, m, u
 
 
+# 16-bit params (bfloat16, float16), read and written by their bits: numba has no such dtypes on the CPU
+
+
+@njit(inline="always")
+def _bf16_to_f32(bits):
+    return np.uint32(np.uint32(bits) << np.uint32(16)).view(np.float32)
+
+
+@njit(inline="always")
+def _f32_to_bf16(x):
+    """Round to nearest even (NaN -> 0x7FC0), as torch and :func:`adamax.compact.f32_to_bf16_nearest`."""
+    if x != x:
+        return np.uint16(0x7FC0)
+    bits = np.uint32(np.float32(x).view(np.uint32))
+    return np.uint16((bits + np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16))
+
+
+@njit(inline="always")
+def _f16_to_f32(bits):
+    h = np.uint32(bits)
+    sign = (h & np.uint32(0x8000)) << np.uint32(16)
+    exponent = (h >> np.uint32(10)) & np.uint32(0x1F)
+    mantissa = h & np.uint32(0x3FF)
+    if exponent == 0:  # zero or subnormal: mantissa * 2^-24, exact in float32
+        value = np.float32(mantissa) * np.float32(2.0**-24)
+        return -value if sign else value
+    if exponent == 31:
+        return np.uint32(sign | np.uint32(0x7F800000) | (mantissa << np.uint32(13))).view(np.float32)
+    return np.uint32(sign | ((exponent + np.uint32(112)) << np.uint32(23)) | (mantissa << np.uint32(13))).view(
+        np.float32
+    )
+
+
+@njit(inline="always")
+def _f32_to_f16(x):
+    """Round to nearest even, as NumPy's and torch's conversions."""
+    bits = np.uint32(np.float32(x).view(np.uint32))
+    sign = np.uint32((bits >> np.uint32(16)) & np.uint32(0x8000))
+    a = bits & np.uint32(0x7FFFFFFF)
+    if a > np.uint32(0x7F800000):  # NaN
+        return np.uint16(sign | np.uint32(0x7E00))
+    if a >= np.uint32(0x477FF000):  # 65520 and up round to infinity
+        return np.uint16(sign | np.uint32(0x7C00))
+    if a < np.uint32(0x38800000):  # below 2^-14: a subnormal half, k * 2^-24, k rounded to even
+        k = np.rint(np.float32(abs(np.float32(x))) * np.float32(2.0**24))
+        return np.uint16(sign | np.uint32(k))
+    a = a - np.uint32(0x38000000)  # exponent bias 127 -> 15
+    return np.uint16(sign | ((a + np.uint32(0x0FFF) + ((a >> np.uint32(13)) & np.uint32(1))) >> np.uint32(13)))
+
+
+F32, BF16, F16 = 0, 1, 2  # param kinds: float32, and 16-bit floats held as uint16 bits
+
+
+@njit(inline="always")
+def _load(p, i, kind):
+    if kind == F32:
+        return p[i]
+    if kind == BF16:
+        return _bf16_to_f32(p[i])
+    return _f16_to_f32(p[i])
+
+
+@njit(inline="always")
+def _store(p, i, value, kind):
+    if kind == F32:
+        p[i] = value
+    elif kind == BF16:
+        p[i] = _f32_to_bf16(value)
+    else:
+        p[i] = _f32_to_f16(value)
+
+
 @njit(parallel=True, cache=True, nogil=True)
 def _step_chunks(like, p_addr, g_addr, m_addr, u_addr, chunk_tensor, chunk_start, chunk_stop, steps, hyper, flags):
     """``hyper`` and ``steps`` are in the element type: [w, 1 - w, b2, eps, wd, 1 - lr*wd] and -lr/(1 - b1**t)."""
@@ -204,3 +276,47 @@ def qualifies(*arrays) -> bool:
     return first.dtype in DTYPES and all(
         a.dtype == first.dtype and a.shape == first.shape and a.flags.c_contiguous for a in arrays
     )
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def _step_chunks_16(
+    kind, p_addr, g_addr, m_addr, u_addr, chunk_tensor, chunk_start, chunk_stop, steps, hyper, flags
+):  # pragma: no cover - compiled
+    """bfloat16 or float16 params and gradients (their bits), float32 state: float32 arithmetic, the param
+    rounded to nearest when stored, as the Triton kernel and torch's float32 math on the upcast param."""
+    w, one_minus_w, b2, eps, wd, decay = hyper[0], hyper[1], hyper[2], hyper[3], hyper[4], hyper[5]
+    maximize, decay_mode, placement, guard = flags[MAXIMIZE] != 0, flags[DECAY], flags[PLACEMENT], flags[GUARD] != 0
+    bits = np.empty(0, np.uint16)
+    f32 = np.empty(0, np.float32)
+    for c in prange(chunk_tensor.shape[0]):
+        k = chunk_tensor[c]
+        p = _pointer(p_addr[k], bits)
+        g = _pointer(g_addr[k], bits)
+        m = _pointer(m_addr[k], f32)
+        u = _pointer(u_addr[k], f32)
+        step = steps[k]
+        for i in range(chunk_start[c], chunk_stop[c]):
+            new_p, m[i], u[i] = _element(
+                _load(p, i, kind), _load(g, i, kind), m[i], u[i], step, w, one_minus_w, b2, eps, wd, decay,
+                maximize, decay_mode, placement, guard,
+            )  # fmt: skip
+            _store(p, i, new_p, kind)
+
+
+def step16(
+    kind: int,
+    addresses: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+    sizes: tuple[int, ...],
+    step_sizes: np.ndarray,
+    config,
+    threads: int | None = None,
+) -> None:
+    """:func:`step` for bfloat16 (``kind=BF16``) or float16 (``F16``) params and gradients with float32 state."""
+    if not sizes:
+        return
+    table = chunk_table(sizes)
+    flags, hyper = flags_and_hyper(config, np.dtype(np.float32))
+    if threads is not None and threads != numba.get_num_threads():
+        numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
+    steps = np.asarray(step_sizes, dtype=np.float64).astype(np.float32)
+    _step_chunks_16(kind, *addresses, *table, steps, hyper, flags)
