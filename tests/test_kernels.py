@@ -85,6 +85,7 @@ def test_numpy_fused_true_refuses_what_the_kernel_cannot_take():
 
 
 torch = pytest.importorskip("torch")
+from adamax.spec import AdamaxConfig  # noqa: E402
 from adamax.torch import Adamax  # noqa: E402
 
 
@@ -102,7 +103,7 @@ def test_automatic_choice():
     strided = torch.zeros(4, 4)[:, ::2].requires_grad_()
     half, complex_ = torch.zeros(4, dtype=torch.float16, requires_grad=True), torch.zeros(2, dtype=torch.complex64)
     params = [dense, double, strided, half, complex_]
-    assert choose(params) == ([0, 1], "forloop")  # the kernel takes what it can; torch's default for the rest
+    assert choose(params) == ([0, 1, 3], "forloop")  # the kernel takes what it can (float16 with float32 state)
     assert choose(params, foreach=True) == ([], "foreach")  # an explicit choice wins
     assert choose(params, foreach=False) == ([], "forloop")
     assert choose(params, fused=False) == ([], "forloop")
@@ -119,10 +120,10 @@ def test_a_non_contiguous_grad_falls_back():
 
 
 def test_fused_true_refuses_before_changing_anything():
-    a, b = torch.ones(3, requires_grad=True), torch.ones(4, dtype=torch.float16, requires_grad=True)
+    a, b = torch.ones(3, requires_grad=True), torch.ones(4, dtype=torch.complex64, requires_grad=True)
     opt = Adamax([a, b], fused=True)
-    a.grad, b.grad = torch.ones(3), torch.ones(4, dtype=torch.float16)
-    with pytest.raises(RuntimeError, match="float16"):
+    a.grad, b.grad = torch.ones(3), torch.ones(4, dtype=torch.complex64)
+    with pytest.raises(RuntimeError, match="complex64"):
         opt.step()
     assert not opt.state and torch.equal(a, torch.ones(3))
     with pytest.raises(RuntimeError, match="cannot be `True` together"):
@@ -397,3 +398,30 @@ def test_16_bit_params_step_in_float32_and_round_on_store(kind, config):
             expected[k] = (torch.from_numpy(new).to(dtype).float().numpy(), state)
             assert np.array_equal(params[k].float().numpy(), expected[k][0], equal_nan=True), (t, k)
             assert np.array_equal(ms[k], state.exp_avg) and np.array_equal(us[k], state.exp_inf), (t, k)
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_the_optimizer_steps_16_bit_cpu_params_in_the_kernel_with_float32_state(dtype):
+    dtype = getattr(torch, dtype)
+    config = AdamaxConfig(lr=1e-2, weight_decay=0.01)
+    torch.manual_seed(0)
+    p = torch.randn(5000).to(dtype).requires_grad_()
+    opt = Adamax([p], lr=1e-2, weight_decay=0.01)
+    expected = (p.detach().float().numpy().copy(), reference.init(p.detach().float().numpy()))
+    for _ in range(5):
+        p.grad = torch.randn(5000).to(dtype)
+        new, state = reference.update(expected[0], p.grad.float().numpy(), expected[1], config)
+        expected = (torch.from_numpy(new).to(dtype).float().numpy(), state)
+        opt.step()
+        assert np.array_equal(p.detach().float().numpy(), expected[0])
+        assert np.array_equal(opt.state[p]["exp_avg"].numpy(), state.exp_avg)
+        assert np.array_equal(opt.state[p]["exp_inf"].numpy(), state.exp_inf)
+    assert opt.last_step_paths == {"numba": 1} and opt.state[p]["exp_inf"].dtype is torch.float32
+    # state in the param's dtype (torch's own, from its checkpoint) is stepped by torch's ops, as torch steps it
+    theirs = torch.optim.Adamax([torch.nn.Parameter(p.detach().clone())], lr=1e-2)
+    theirs.param_groups[0]["params"][0].grad = p.grad.clone()
+    theirs.step()
+    opt.load_state_dict(theirs.state_dict())
+    assert opt.state[p]["exp_avg"].dtype is dtype
+    opt.step()
+    assert opt.last_step_paths == {"forloop": 1}

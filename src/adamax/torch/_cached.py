@@ -158,6 +158,8 @@ class _CachedSteps:
         if any(p in self._lazy_tables() for p in params):  # a lazy table's dense steps go through _run
             return None
         dtype = params[0].dtype
+        if dtype not in _KERNEL_DTYPES:  # bfloat16/float16 params: the full plan each step
+            return None
         if any(
             p.dtype is not dtype or type(p) not in _KERNEL_TYPES or _KERNEL_FOR_DEVICE.get(p.device.type) != "numba"
             for p in params

@@ -90,3 +90,21 @@ class _FusedSteps:
             )
             sizes = tuple(_local(p).numel() for p, _ in chosen)
             kernels.step(np_dtype, addresses, sizes, step_sizes, config, threads=threads)
+        for dtype, kind in ((torch.bfloat16, kernels.BF16), (torch.float16, kernels.F16)):
+            chosen = [  # float32 state, as on the Triton path: bfloat16 state would freeze u
+                (p, s or self._init_state(p, False, torch.float32)) for p, s in zip(params, states) if p.dtype is dtype
+            ]
+            if not chosen:
+                continue
+            steps = [s["step"] for _, s in chosen]
+            torch._foreach_add_(steps, _ONE, alpha=1.0)
+            step_sizes = np.array(_host_step_sizes(lr, config.beta1, [t.item() for t in steps]))
+            addresses = tuple(
+                np.array([t.data_ptr() for t in column], np.int64)
+                for column in (
+                    [_local(p) for p, _ in chosen], [_local(p.grad) for p, _ in chosen],
+                    [_local(s["exp_avg"]) for _, s in chosen], [_local(s["exp_inf"]) for _, s in chosen],
+                )
+            )  # fmt: skip
+            sizes = tuple(_local(p).numel() for p, _ in chosen)
+            kernels.step16(kind, addresses, sizes, step_sizes, config, threads=threads)

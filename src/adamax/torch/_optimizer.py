@@ -35,9 +35,9 @@ class Adamax(_Planning, _CachedSteps, _FusedSteps, _OpSteps, _LazyRows, _Compact
         differentiable: let autograd through the step (one tensor at a time).
         capturable: keep the step count on the device for graph capture; like
             torch, refused on the CPU.
-        fused: a fused kernel for every param (numba on the CPU: float32/float64; Triton on
-            CUDA: float32/float16/bfloat16, with float32 state for the last two); ``None`` uses
-            them where they can, unless ``foreach`` is set.
+        fused: a fused kernel for every param (numba on the CPU, Triton on CUDA: float32, and
+            float16/bfloat16 with float32 state; numba float64 too); ``None`` uses them where they can,
+            unless ``foreach`` is set.
         decoupled_weight_decay: ``p *= 1 - lr * wd`` instead of adding ``wd * p`` to the gradient.
         eps_placement: ``"max"`` (torch, optax), ``"denominator"`` (Keras, TF) or ``"none"`` (the paper).
         skip_nonfinite: skip, and count in ``skipped_steps``, any step whose gradients are not all finite.

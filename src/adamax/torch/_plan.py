@@ -78,6 +78,7 @@ class _Plan(NamedTuple):
 _KERNEL_TYPES = (Tensor, torch.nn.Parameter)  # not subclasses (DTensor and friends): the kernel reads raw memory
 _KERNEL_DTYPES = {torch.float32: np.dtype(np.float32), torch.float64: np.dtype(np.float64)}
 _TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+_NUMBA_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)  # the last two with float32 state
 
 
 # Which fused kernel serves each device type (tests route the CPU to Triton's interpreter through this).
@@ -106,9 +107,11 @@ def _kernel_can_take(p: Tensor, g: Tensor, state: Mapping[str, Any] | None, capt
     kernel = _KERNEL_FOR_DEVICE.get(p.device.type)
     if kernel is None or _kernel_loader(kernel) is None:
         return f"no fused kernel for {p.device.type} tensors here (numba for the CPU, triton for CUDA)"
-    dtypes = _KERNEL_DTYPES if kernel == "numba" else _TRITON_DTYPES
+    dtypes = _NUMBA_DTYPES if kernel == "numba" else _TRITON_DTYPES
     if p.dtype not in dtypes:
         return f"a {p.dtype} tensor; the {kernel} kernel takes {', '.join(map(str, dtypes))}"
+    if kernel == "numba" and p.dtype in _LOW_PRECISION and state and state["exp_avg"].dtype != torch.float32:
+        return f"{state['exp_avg'].dtype} state; the numba kernel keeps float32 state for {p.dtype} params"
     if capturable and kernel == "numba":
         return "capturable=True: the CPU kernel keeps step counts on the host"
     dtensor = _dtensor_type()
