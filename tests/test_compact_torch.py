@@ -263,3 +263,18 @@ def test_on_a_character_language_model_compact_state_matches_float32_state():
     }
     assert loss["compact"] == pytest.approx(loss["full"], rel=0.01)
     assert loss["bfloat16"] > loss["full"] * 1.005
+
+
+@pytest.mark.parametrize(
+    ("key", "bad"),
+    [("exp_inf_code", lambda t: t.float()), ("exp_inf_scale", lambda t: t[:-1]), ("exp_avg", lambda t: t.t())],
+    ids=["dtype", "shape", "layout"],
+)
+def test_live_compact_state_that_does_not_fit_is_refused_before_any_write(key, bad):
+    net, opt = trained("compact", steps=2)
+    torch.nn.functional.mse_loss(net(torch.randn(4, 12)), torch.zeros(4, 3)).backward()
+    opt.state[net[0].weight][key] = bad(opt.state[net[0].weight][key])
+    before = [p.detach().clone() for p in net.parameters()]
+    with pytest.raises(ValueError, match=f"'{key}' must be"):
+        opt.step()
+    assert all(torch.equal(p, q) for p, q in zip(net.parameters(), before))
