@@ -252,8 +252,7 @@ class Adamax:
                 [s.exp_avg for s in states], [s.exp_inf_code for s in states], [s.exp_inf_scale for s in states],
             )  # fmt: skip
             addresses = tuple(np.array([a.ctypes.data for a in column], dtype=np.int64) for column in columns)
-            steps = np.array([step_size(self.config.lr, self.config.beta1, int(t)) for t in counts])
-            kernel.step(kind, addresses, tuple(self._leaves[path].size for path in group), steps, counts, self.config)
+            kernel.step(kind, addresses, tuple(self._leaves[path].size for path in group), counts, self.config)
             for path, state in zip(group, states):
                 self.state[path] = state._replace(step=int(state.step) + 1)
 

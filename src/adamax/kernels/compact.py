@@ -18,11 +18,11 @@ from __future__ import annotations
 import math
 from typing import NamedTuple
 
-import numba
 import numpy as np
 from numba import njit, prange
 
 from adamax import compact
+from adamax._algorithm import step_size
 from adamax.kernels.cpu import (
     BF16,
     COUPLED,
@@ -40,7 +40,7 @@ from adamax.kernels.cpu import (
     _load,
     _pointer,
     _store,
-    flags_and_hyper,
+    prepare,
 )
 
 KINDS = {np.dtype(np.float32): F32, np.dtype(np.float16): F16}  # NumPy dtypes; bfloat16 comes from torch only
@@ -261,25 +261,23 @@ def step(
     kind: int,
     addresses: tuple[np.ndarray, ...],
     sizes: tuple[int, ...],
-    step_sizes: np.ndarray,
     counts: np.ndarray,
     config,
     threads: int | None = None,
 ) -> None:
     """Update, in place, every tensor whose p, g, m (bfloat16 bits), code and scale addresses are given.
 
-    ``kind``: :data:`F32`, :data:`BF16` or :data:`F16` (p and g alike); ``step_sizes[k] = -lr / (1 - b1**t_k)``
-    in float64 and ``counts[k] = t_k``, this step's count.  Every array dense and of the right size; the caller
-    guarantees it.
+    ``kind``: :data:`F32`, :data:`BF16` or :data:`F16` (p and g alike); ``counts[k] = t_k``, this step's count
+    (its step size is ``-lr / (1 - b1**t_k)``).  Every array dense and of the right size; the caller guarantees
+    it.
     """
     if not sizes:
         return
     table = block_table(sizes)
-    flags, hyper = flags_and_hyper(config, np.dtype(np.float32))
-    if threads is not None and threads != numba.get_num_threads():
-        numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
-    steps = np.asarray(step_sizes, dtype=np.float64).astype(np.float32)
+    flags, hyper = prepare(config, np.dtype(np.float32), threads)
+    counts = np.asarray(counts, dtype=np.int64)
+    steps = np.array([step_size(config.lr, config.beta1, int(t)) for t in counts]).astype(np.float32)
     _step_blocks(
         _LIKE[kind], kind, *addresses, np.asarray(sizes, dtype=np.int64), *table, steps,
-        np.asarray(counts, dtype=np.int64), hyper, flags, compact.TABLE,
+        counts, hyper, flags, compact.TABLE,
     )  # fmt: skip

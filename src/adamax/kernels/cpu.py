@@ -242,6 +242,13 @@ def flags_and_hyper(config, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
     return flags, hyper
 
 
+def prepare(config, dtype: np.dtype, threads: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """Before a launch: :func:`flags_and_hyper`, and numba's thread count set to ``threads`` (if given)."""
+    if threads is not None and threads != numba.get_num_threads():
+        numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
+    return flags_and_hyper(config, dtype)
+
+
 _LIKE = {dt: np.empty(0, dt) for dt in DTYPES}
 
 
@@ -262,9 +269,7 @@ def step(
     if not sizes:
         return
     table = chunk_table(sizes)
-    flags, hyper = flags_and_hyper(config, dtype)
-    if threads is not None and threads != numba.get_num_threads():
-        numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
+    flags, hyper = prepare(config, dtype, threads)
     p_addr, g_addr, m_addr, u_addr = addresses
     steps = np.asarray(step_sizes, dtype=np.float64).astype(dtype)
     _step_chunks(_LIKE[dtype], p_addr, g_addr, m_addr, u_addr, *table, steps, hyper, flags)
@@ -315,8 +320,6 @@ def step16(
     if not sizes:
         return
     table = chunk_table(sizes)
-    flags, hyper = flags_and_hyper(config, np.dtype(np.float32))
-    if threads is not None and threads != numba.get_num_threads():
-        numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
+    flags, hyper = prepare(config, np.dtype(np.float32), threads)
     steps = np.asarray(step_sizes, dtype=np.float64).astype(np.float32)
     _step_chunks_16(kind, *addresses, *table, steps, hyper, flags)

@@ -213,41 +213,40 @@ def _kernel_step(name: str, config: AdamaxConfig, items: list[tuple[Tensor, dict
         step_tensors = [s["step"] for _, s in group]
         torch._foreach_add_(step_tensors, 1.0)  # one call for the group: per-tensor adds cost microseconds each
         counts = [int(t) for t in torch.stack(step_tensors).tolist()]
-        steps = [step_size(config.lr, config.beta1, t) for t in counts]
         params, grads = [p for p, _ in group], [p.grad for p, _ in group]
         ms = [s["exp_avg"].view(torch.uint16) for _, s in group]
         codes, scales = [s["exp_inf_code"] for _, s in group], [s["exp_inf_scale"] for _, s in group]
         if name == "triton":
-            step_sizes, count_tensor = torch.tensor(steps, dtype=torch.float64), torch.tensor(counts)
-            gpu_kernels().compact_step(params, grads, ms, codes, scales, step_sizes, count_tensor, config)
+            steps = torch.tensor([step_size(config.lr, config.beta1, t) for t in counts], dtype=torch.float64)
+            gpu_kernels().compact_step(params, grads, ms, codes, scales, steps, torch.tensor(counts), config)
         else:
             columns = (params, grads, ms, codes, scales)
             addresses = tuple(np.array([t.data_ptr() for t in column], dtype=np.int64) for column in columns)
-            compact_kernels().step(
-                _KINDS[dtype], addresses, tuple(p.numel() for p in params), np.array(steps),
-                np.array(counts, dtype=np.int64), config, threads=torch.get_num_threads(),
-            )  # fmt: skip
+            sizes = tuple(p.numel() for p in params)
+            compact_kernels().step(_KINDS[dtype], addresses, sizes, counts, config, threads=torch.get_num_threads())
 
 
 class _CompactSteps:
     """The optimizer's compact-state step, and loading a checkpoint of either format into either."""
 
-    def _check_compact_step(self, p: Tensor, index: int, group: Mapping[str, Any]) -> None:
-        """Before any write: ``p`` (whose gradient is checked already) and its state can take a compact step."""
+    def _check_compact_step(self, p: Tensor, index: int, group: Mapping[str, Any]) -> str:
+        """Before any write: ``p`` (whose gradient is checked already) and its state can take a compact step;
+        returns its :func:`route`."""
         if group["differentiable"] or group["capturable"]:
             raise RuntimeError("compact state does not support differentiable=True or capturable=True")
         check_param(p, index)
-        route(p, group["fused"], index)
+        way = route(p, group["fused"], index)
         state = self.state.get(p)
         if state and not _live_state_fits(p, state):
             check_state(p, state, f"state of param {index} of its group", loading=False)  # raises, and says why
+        return way
 
-    def _run_compact(self, group: Mapping[str, Any], config: AdamaxConfig, params: list[Tensor]) -> None:
-        """Every param's compact step: a kernel for dense tensors (Triton on CUDA, numba on the CPU),
-        :func:`adamax.compact.update` for the rest (computed for all of them first, then written)."""
+    def _run_compact(self, config: AdamaxConfig, params: list[Tensor], ways: list[str]) -> None:
+        """Every param's compact step, by the route the plan chose: a kernel for dense tensors (Triton on CUDA,
+        numba on the CPU), :func:`adamax.compact.update` for the rest (computed for all first, then written)."""
         routes = {name: [] for name in ("triton", "numba", "numpy")}
-        for index, p in enumerate(params):
-            routes[route(p, group["fused"], index)].append(p)
+        for p, way in zip(params, ways):
+            routes[way].append(p)
         paths = self.last_step_paths
         for name, key in (("triton", "triton compact"), ("numba", "numba compact"), ("numpy", "compact")):
             if routes[name]:

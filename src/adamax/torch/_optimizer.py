@@ -191,7 +191,7 @@ class Adamax(_Planning, _CachedSteps, _FusedSteps, _OpSteps, _LazyRows, _Compact
         self._run_dense(plan)
         self._after_dense_step(dense_lazy)
         if plan.compact:
-            self._run_compact(plan.group, plan.config, plan.compact)
+            self._run_compact(plan.config, plan.compact, plan.compact_routes)
         if plan.lazy:
             self._run_lazy(plan.group, plan.config, plan.lazy)
 

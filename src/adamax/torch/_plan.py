@@ -73,6 +73,7 @@ class _Plan(NamedTuple):
     backend: str  # for ``rest``: "forloop" or "foreach"
     lazy: tuple[Tensor, ...] | list[Tensor] = ()  # lazy tables with sparse gradients (lazy_embeddings)
     compact: tuple[Tensor, ...] | list[Tensor] = ()  # params with compact state (state_format="compact")
+    compact_routes: tuple[str, ...] | list[str] = ()  # how each is stepped: "triton", "numba" or "numpy"
 
 
 _KERNEL_TYPES = (Tensor, torch.nn.Parameter)  # not subclasses (DTensor and friends): the kernel reads raw memory
@@ -279,7 +280,7 @@ class _Planning:
         config = _config_of(group)
         mode = _kernel_mode(group)
         state = self.state
-        fused, fused_states, rest, lazy, compact = [], [], [], [], []
+        fused, fused_states, rest, lazy, compact, compact_routes = [], [], [], [], [], []
         compact_state = self.state_format == "compact"
         for i, p in enumerate(group["params"]):
             g = p.grad
@@ -300,7 +301,7 @@ class _Planning:
                     f"expected shape {tuple(p.shape)}, {p.dtype} on {p.device}"
                 )
             if compact_state:
-                self._check_compact_step(p, i, group)
+                compact_routes.append(self._check_compact_step(p, i, group))
                 compact.append(p)
                 continue
             s = state.get(p)
@@ -321,4 +322,4 @@ class _Planning:
         if group["capturable"]:
             steps = [state[p]["step"] if state.get(p) else p for p in rest]
             _check_capturable(rest, steps, backend)
-        return _Plan(group, config, fused, fused_states, rest, backend, lazy, compact)
+        return _Plan(group, config, fused, fused_states, rest, backend, lazy, compact, compact_routes)
