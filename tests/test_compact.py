@@ -8,70 +8,76 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from adamax import compact, reference
-from adamax.compact import FLOOR, RHO, TABLE, ZERO
+from adamax.compact import ONE, RATIO, SMALLEST, ZERO
 from adamax.numpy import Adamax
 from adamax.spec import AdamaxConfig
 
 F32 = np.float32
 ULP = 2.0**-23  # float32 relative spacing
+VALUES = compact.value(np.arange(ONE + 1))  # every code's value up to 1, increasing
 
 
 def brute_encode(r: float) -> int:
-    """The largest code whose value is at least r, by scanning the table."""
-    ok = np.flatnonzero(F32(r) <= TABLE)
-    return int(ok[-1]) if len(ok) else 0
+    """The least code whose value is at least r, by scanning every value."""
+    return int(np.flatnonzero(F32(r) <= VALUES)[0])
 
 
-def test_the_table_is_powers_of_rho_and_zero():
-    assert TABLE[0] == 1 and TABLE[ZERO] == 0
-    assert np.all(np.diff(TABLE[:ZERO].astype(np.float64)) < 0)  # strictly decreasing: every code distinct
-    assert TABLE[FLOOR] == pytest.approx(RHO**FLOOR, rel=1e-6)
-    assert TABLE[FLOOR] < 4e-29  # the range below a block's scale: 28 decades
+def test_the_codes_are_increasing_from_zero_to_one_a_tenth_of_a_percent_apart():
+    assert VALUES[ZERO] == 0 and VALUES[ONE] == 1 and VALUES[1] == F32(SMALLEST)
+    ratios = VALUES[2:].astype(np.float64) / VALUES[1:-1]
+    assert np.all(ratios > 1) and ratios.max() == RATIO  # strictly increasing; at most 0.098% apart
+    assert SMALLEST < 1.1e-19  # the range below a block's scale: 19 decades
 
 
-def test_encode_is_the_largest_code_at_or_above_its_input():
+def test_encode_is_the_least_code_at_or_above_its_input():
     rng = np.random.default_rng(0)
     rs = np.concatenate(
         [
-            [0.0, 1.0, TABLE[1], TABLE[FLOOR], TABLE[FLOOR] / 2, np.nextafter(F32(1), F32(0))],
-            TABLE[rng.integers(0, ZERO, 200)],  # exact table values: their own code
-            np.nextafter(TABLE[rng.integers(1, ZERO, 200)], F32(2)),  # just above: one code up in value
-            10.0 ** rng.uniform(-30, 0, 400),
+            [0.0, 1.0, SMALLEST, SMALLEST / 2, 1e-45, np.nextafter(F32(1), F32(0)), np.nextafter(F32(SMALLEST), 1)],
+            VALUES[rng.integers(1, ONE, 200)],  # exact values: their own code
+            np.nextafter(VALUES[rng.integers(1, ONE, 200)], F32(2)),  # just above: one code up
+            np.nextafter(VALUES[rng.integers(2, ONE, 200)], F32(0)),  # just below: their own code
+            10.0 ** rng.uniform(-21, 0, 400),
         ]
     ).astype(F32)
     codes = compact.encode(rs)
     assert [int(c) for c in codes] == [brute_encode(r) for r in rs]
-    values = TABLE[codes.astype(np.int64)]
+    values = compact.value(codes)
     assert np.all(values >= rs)  # rounded up, never down
-    positive = (rs > TABLE[FLOOR]) & (rs > 0)
-    assert np.all(values[positive] <= rs[positive] / F32(RHO) * (1 + ULP))  # by at most one code
+    covered = rs >= SMALLEST
+    assert np.all(values[covered] <= rs[covered] * RATIO)  # by at most one code
     assert compact.encode(F32(0)) == ZERO
 
 
-def test_a_shift_is_the_least_whole_number_of_codes_that_covers_the_peak():
+def test_a_shift_is_the_least_whole_number_of_octaves_that_covers_the_peak():
     rng = np.random.default_rng(1)
-    scales = (10.0 ** rng.uniform(-10, 5, 300)).astype(F32)
-    peaks = (scales * 10.0 ** rng.uniform(1e-4, 8, 300)).astype(F32)
+    scales = (10.0 ** rng.uniform(-37, 5, 300)).astype(F32)
+    peaks = (scales * 10.0 ** rng.uniform(1e-4, 30, 300)).astype(F32)
+    peaks[:5] = np.nextafter(scales[:5], F32(np.inf))  # just above
+    peaks[5:10] = scales[5:10] * 2  # exactly an octave
     ks = compact.shift(scales, peaks)
     for s, x, k in zip(scales, peaks, ks):
-        assert s / TABLE[k] >= x
-        assert k == 1 or s / TABLE[k - 1] < x
+        assert np.ldexp(np.float64(s), int(k)) >= x and (k == 1 or np.ldexp(np.float64(s), int(k) - 1) < x)
+    assert np.array_equal(compact.scaled(scales, ks), np.ldexp(scales.astype(np.float64), ks).astype(F32))
+    assert compact.scaled(F32(2.0**127), np.array(1)) == np.inf
 
 
-def test_rebasing_moves_no_value_down_and_none_up_by_more_than_rounding():
+def test_rebasing_moves_no_value():
     rng = np.random.default_rng(2)
-    codes = rng.integers(0, 5000, 3 * compact.BLOCK).astype(np.uint16)
+    codes = rng.integers(2 << 10, ONE + 1, 4 * compact.BLOCK).astype(np.uint16)  # 2 octaves up: still in range
     codes[::7] = ZERO
-    scales = np.array([1.0, 0.0, 2.0], F32)
-    peaks = np.array([5.0, 3.0, 1.0], F32)  # up; up from zero; not up
+    codes[3] = 5  # below the range once the block moves up 2 octaves: rounds up to the smallest code
+    scales = np.array([1.0, 0.0, 2.0, 1e-39], F32)
+    peaks = np.array([3.0, 3.0, 1.0, 1.0], F32)  # up; up from zero; not up; up from a subnormal scale
     before = compact.decode(codes, np.repeat(scales, compact.BLOCK))
     new_codes, new_scales = compact.rebase(codes, scales, peaks)
     after = compact.decode(new_codes, np.repeat(new_scales, compact.BLOCK))
-    assert np.all(new_scales >= np.maximum(scales, peaks))
-    assert new_scales[2] == 2.0 and np.array_equal(new_codes[512:], codes[512:])
-    assert np.all(after[:256] >= before[:256] * (1 - 4 * ULP))
-    assert np.all(after[:256] <= before[:256] * (1 + 4 * ULP))
-    assert np.all(new_codes[256:512] == ZERO)  # a zero scale: every u was 0 and stays 0
+    assert new_scales.tolist() == [4.0, 3.0, 2.0, 1.0]
+    moved = np.arange(compact.BLOCK) != 3
+    assert np.array_equal(after[: compact.BLOCK][moved], before[: compact.BLOCK][moved])  # exactly
+    assert new_codes[3] == 1
+    assert np.array_equal(new_codes[512:768], codes[512:768])
+    assert np.all(new_codes[256:512] == ZERO) and np.all(new_codes[768:] == ZERO)  # every u was 0 (or below 2^-126)
 
 
 @st.composite
@@ -116,7 +122,7 @@ def test_a_compact_step_is_never_larger_than_the_float32_step_from_the_same_stat
     u_full, u_compact = full.exp_inf.astype(np.float64), compact.to_full(new)[2].astype(np.float64)
     slack = 4 * ULP
     assert np.all(u_compact >= u_full * (1 - slack)), np.min(u_compact / np.where(u_full > 0, u_full, 1))
-    assert np.all(u_compact <= u_full / RHO * (1 + slack) + (u_full == 0) * 0)
+    assert np.all(u_compact <= u_full * RATIO * (1 + slack))
     assert np.array_equal(u_compact == 0, u_full == 0)
     # the params: the compact step's size is the float32 step's, shrunk by the denominator's ratio (and the
     # param rounded); compare the Adamax steps (after any decoupled decay), to one ulp of the param
@@ -127,7 +133,7 @@ def test_a_compact_step_is_never_larger_than_the_float32_step_from_the_same_stat
     ulp = 2 * np.spacing(scale).astype(np.float64)  # the step's rounding and the sum's
     bad = np.flatnonzero(d_compact > d_full + ulp)
     assert not len(bad), (bad, d_compact[bad], d_full[bad], u_compact[bad], u_full[bad], p[bad], g[bad])
-    assert np.all(d_compact >= d_full * RHO * (1 - slack) - ulp)
+    assert np.all(d_compact >= d_full / RATIO * (1 - slack) - ulp)
     assert new.step == state.step + 1
 
 
@@ -186,7 +192,7 @@ def test_conversions_to_float32_state_are_exact_and_back_round_m_to_nearest_and_
     step, m2, u2 = compact.to_full(state)
     assert step == 12 and m2.shape == m.shape and u2.shape == u.shape
     assert np.all(np.abs(m2 - m) <= np.abs(m) * 2.0**-8)  # half a bfloat16 ulp
-    assert np.all(u2 >= u) and np.all(u2 <= u / F32(RHO) * (1 + 4 * ULP))
+    assert np.all(u2 >= u) and np.all(u2 <= u * RATIO * (1 + 4 * ULP))
     assert np.all(u2[0, :5] == 0)
     again = compact.from_full(*compact.to_full(state))  # exact values convert to themselves, give or take a code
     assert np.array_equal(again.exp_avg, state.exp_avg)

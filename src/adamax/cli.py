@@ -178,7 +178,7 @@ def freeze(args: argparse.Namespace) -> None:
         [[str(t)] + [f"{shown[key][t - 1]:.6g}" for key in ("float32", "compact", "bfloat16")] for t in marks],
     )
     drift = float(np.max(np.abs(shown["compact"] / shown["float32"] - 1)))
-    print(f"compact state within {drift:.2e} of float32 state at every step (one code: 1.0e-03); "
+    print(f"compact state within {drift:.2e} of float32 state at every step (one code: {compact.RATIO - 1:.1e}); "
           f"bfloat16 state stuck at {shown['bfloat16'][-1]:g}")  # fmt: skip
     if args.no_plot:
         return

@@ -8,9 +8,13 @@ r"""Compact Adamax state: about 4 bytes per parameter, and an infinity norm that
   of the element's flat index and the step count, so every backend rounds
   alike and a run repeats bit for bit.
 * **u** as a 16-bit code ``q`` below a float32 scale ``S`` shared by a block
-  of ``BLOCK`` = 256 consecutive elements (row-major order):
-  ``u = S * T[q]``, with ``T[q] = float32(RHO**q)``, ``RHO = 0.999``, for
-  ``q < 65535`` and ``T[65535] = 0`` (the code of ``u = 0``).
+  of ``BLOCK`` = 256 consecutive elements (row-major order): ``u = S * v(q)``,
+  where ``v(q)`` is a small unsigned float with 6 exponent and 10 mantissa
+  bits, read as float32 bits ``(q << 13) + OFFSET``: ``v(ONE) = 1``, each
+  code ``1 + 2**-10`` times its neighbour below at most (0.1%), and ``v(1)``,
+  the smallest, ``2**-63 (1 + 2**-10)``; code 0 is ``u = 0``.  A code is
+  decoded and encoded with a shift and an add, no table and no logarithm,
+  which is what lets the fused kernels run at memory speed.
 
 **Why this never freezes.**  In bfloat16, ``0.999`` rounds to ``1.0``, so
 bfloat16 state computes ``u <- max(u, |g|)`` and one large gradient damps
@@ -18,23 +22,27 @@ every later step (:func:`freeze_demo` shows it).  Here the decay is applied
 to the block's float32 scale, ``S <- S * b2``, rounded as float32 state
 rounds ``u * b2``, and the codes, ratios within the block, do not change.
 The update ``u <- max(b2 u, x)`` (``x = |g| + eps``, or ``|g|``) then only
-lowers the code of an element whose ``x`` exceeds its decayed ``u``, to
-:func:`encode`'s code for ``x / S``, which rounds **up** (the largest code
+raises the code of an element whose ``x`` exceeds its decayed ``u``, to
+:func:`encode`'s code for ``x / S``, which rounds **up** (the least code
 whose value is at least the input).  So the denominator is never smaller
 than float32 state's from the same state (up to float32 rounding of the
-products) and exceeds it by at most one code, ``1/RHO - 1`` (0.1%): a compact
+products) and exceeds it by at most one code, ``2**-10`` (0.1%): a compact
 step is never larger, elementwise, than the float32 step, and at most 0.1%
 smaller.
 
-**Range.**  Codes span ``RHO**65534 = 3.3e-29`` below the scale, 28 decades
-for any ``b2``: with ``eps = 1e-8`` every ``u`` from ``eps`` up to the block's
-largest has a code while that largest is below ``3e20``.  When some ``x``
-exceeds the scale, the block is *re-based up* by a whole number ``k`` of
-codes: ``S <- S / T[k]`` (the least ``k`` that covers ``x``) and every code
-``q <- q + k``, so the block's values do not move (codes pushed past the
-floor, 28 decades down, stay at the floor, rounding up).  A gradient is
-never clamped to a smaller ``u``.  The largest ``u`` of a block stays near
-code 0, so the range below it stays whole.
+**Range.**  Codes span ``2**-63 = 1.1e-19`` below the scale, 19 decades for
+any ``b2``: with ``eps = 1e-8`` every ``u`` from ``eps`` up to the block's
+largest has a code while that largest is below ``9e10``; a smaller ``u``
+rounds up to the smallest code (a smaller step, never a larger one).  When
+some ``x`` exceeds the scale, the block is *re-based up* by a whole number
+``k`` of octaves: ``S <- S * 2**k`` (the least ``k`` that covers ``x``; exact)
+and every nonzero code ``q <- q - 1024 k``, so the block's values do not
+move (codes pushed below the smallest stay there, rounding up).  A gradient
+is never clamped to a smaller ``u``.  The largest ``u`` of a block stays
+within an octave of its scale, so the range below it stays whole.  A scale
+that has decayed below the smallest normal float32 (``2**-126``) counts as
+zero when the block is next re-based: its ``u``, all below ``1.2e-38``, drop
+to 0, as float32 state's would within a few more steps.
 
 **Non-finite gradients.**  A NaN or infinite gradient makes its block's
 scale NaN or infinite, and so every ``u`` of the block (float32 state
@@ -66,9 +74,12 @@ from adamax._exact import fma
 from adamax.spec import AdamaxConfig
 
 BLOCK = 256  # elements sharing one scale
-RHO = 0.999  # the ratio between neighbouring codes
-ZERO = 65535  # the code of u = 0
-FLOOR = 65534  # the smallest nonzero value's code
+ZERO = 0  # the code of u = 0
+ONE = 63 << 10  # the code of u = S (v = 1); larger codes are never produced
+OFFSET = 64 << 23  # v(q) has the float32 bits (q << 13) + OFFSET
+SMALLEST = float(np.uint32((1 << 13) + OFFSET).view(np.float32))  # v(1) = 2**-63 (1 + 2**-10)
+RATIO = 1 + 2.0**-10  # the largest ratio between neighbouring codes' values
+TINY = float(np.finfo(np.float32).tiny)  # 2**-126: a smaller scale counts as zero when a block is re-based
 STATE_FORMATS = ("full", "compact")
 KEYS = ("step", "exp_avg", "exp_inf_code", "exp_inf_scale")
 
@@ -95,50 +106,37 @@ def blocks(size: int) -> int:
     return -(-size // BLOCK)
 
 
-def _table() -> np.ndarray:
-    values = np.empty(ZERO + 1, dtype=_F32)
-    values[:ZERO] = np.float64(RHO) ** np.arange(ZERO, dtype=np.float64)
-    values[ZERO] = 0
-    values.setflags(write=False)
-    return values
-
-
-TABLE = _table()  # T: T[q] = float32(RHO**q), T[ZERO] = 0; 256 KiB, read-only
-_NEGATED = -TABLE  # increasing, for searchsorted
-_LOG_RHO = float(np.log(RHO))
+def value(codes: np.ndarray) -> np.ndarray:
+    """``v(q)`` in float32: the code's value relative to its block's scale (``v(0) = 0``)."""
+    q = np.asarray(codes, dtype=np.uint32)
+    return np.where(q == 0, _F32(0), ((q << np.uint32(13)) + np.uint32(OFFSET)).view(_F32))
 
 
 def encode(r: np.ndarray) -> np.ndarray:
-    """The largest code ``q`` with ``T[q] >= r``, for float32 ``r`` in ``[0, 1]``: ``r`` rounded *up* to a
-    representable value (``0`` -> ``ZERO``).  ``r > 1`` (never asked for) gives 0."""
-    r = np.asarray(r, dtype=_F32)
-    q = np.searchsorted(_NEGATED, -r, side="right") - 1
-    return np.maximum(q, 0).astype(np.uint16)
+    """The least code ``q`` with ``v(q) >= r``, for float32 ``r`` in ``[0, 1]``: ``r`` rounded *up* to 10
+    mantissa bits (its float32 bits plus ``2**13 - 1``, cut), below ``v(1)`` to ``v(1)``; ``0`` -> 0."""
+    bits = np.asarray(r, dtype=_F32).view(np.uint32).astype(np.int64)
+    q = np.clip(((bits + 0x1FFF) >> 13) - (OFFSET >> 13), 1, 0xFFFF)
+    return np.where(bits == 0, 0, q).astype(np.uint16)
 
 
 def decode(codes: np.ndarray, scales: np.ndarray) -> np.ndarray:
-    """``u = scale * T[code]`` in float32; ``scales`` per element (broadcast to ``codes``)."""
-    return (np.asarray(scales, dtype=_F32) * TABLE[np.asarray(codes, dtype=np.int64)]).astype(_F32)
+    """``u = scale * v(code)`` in float32; ``scales`` per element (broadcast to ``codes``)."""
+    return (np.asarray(scales, dtype=_F32) * value(codes)).astype(_F32)
 
 
 def shift(scale: np.ndarray, peak: np.ndarray) -> np.ndarray:
-    """For finite ``0 < scale < peak`` (float32): the least ``k`` in ``[1, FLOOR]`` with
-    ``float32(scale / T[k]) >= peak``, or ``FLOOR`` if none (an estimate from logarithms, then corrected one
-    code at a time with the exact float32 comparisons)."""
-    scale, peak = np.asarray(scale, _F32), np.asarray(peak, _F32)
-    estimate = np.ceil(np.log(peak.astype(np.float64) / scale) / -_LOG_RHO)
-    k = np.clip(np.nan_to_num(estimate, nan=1.0), 1, FLOOR).astype(np.int64)
-    while True:
-        short = (k < FLOOR) & (scale / TABLE[k] < peak)
-        if not short.any():
-            break
-        k = np.where(short, k + 1, k)
-    while True:
-        spare = (k > 1) & (scale / TABLE[np.maximum(k - 1, 0)] >= peak)
-        if not spare.any():
-            break
-        k = np.where(spare, k - 1, k)
-    return k
+    """For ``2**-126 <= scale < peak``, both finite (float32): the least ``k >= 1`` with ``scale * 2**k >= peak``,
+    from the float32 bits: the exponents' difference, plus one where peak's significand is the larger."""
+    s = np.asarray(scale, _F32).view(np.int32).astype(np.int64)
+    p = np.asarray(peak, _F32).view(np.int32).astype(np.int64)
+    return (p >> 23) - (s >> 23) + ((p & 0x7FFFFF) > (s & 0x7FFFFF))
+
+
+def scaled(scale: np.ndarray, k: np.ndarray) -> np.ndarray:
+    """``scale * 2**k`` for normal float32 ``scale`` and ``k >= 0``, exactly (infinity past the largest float)."""
+    bits = np.asarray(scale, _F32).view(np.int32).astype(np.int64) + (np.asarray(k, np.int64) << 23)
+    return np.where(bits >= 0x7F800000, _F32(np.inf), np.minimum(bits, 0x7F800000).astype(np.int32).view(_F32))
 
 
 def init(param: np.ndarray) -> CompactState:
@@ -165,23 +163,20 @@ def rebase(codes: np.ndarray, scales: np.ndarray, peaks: np.ndarray) -> tuple[np
     """Blocks whose ``peak`` exceeds their scale (or either is not finite), re-based so that the scale covers
     the peak and no value moves; returns new ``codes`` (flat) and ``scales``.
 
-    A finite positive scale moves up by whole codes (:func:`shift`): ``S / T[k]``, codes ``+ k`` (at most the
-    floor; ``ZERO`` stays).  A zero scale (every ``u`` of the block 0) becomes the peak, its codes ``ZERO``.
-    A non-finite scale or peak becomes the peak (the block's ``u`` are then meaningless, as its params are)."""
+    A finite normal scale moves up by whole octaves (:func:`shift`): ``S * 2**k``, nonzero codes ``- 1024 k``
+    (at least 1).  A zero or subnormal scale becomes the peak, its codes 0.  A non-finite scale or peak becomes
+    the peak (the block's ``u`` are then meaningless, as its params are)."""
     up = ~(peaks <= scales)
     if not up.any():
         return codes, scales
-    finite = np.isfinite(scales) & np.isfinite(peaks) & (scales > 0)
-    whole = up & finite
-    k = np.zeros(scales.shape, np.int64)
-    if whole.any():
-        k[whole] = shift(scales[whole], peaks[whole])
-    with np.errstate(divide="ignore", invalid="ignore"):
-        new_scales = np.where(whole, scales / TABLE[k], np.where(up, peaks, scales)).astype(_F32)
+    finite = np.isfinite(scales) & np.isfinite(peaks)
+    whole = up & finite & (scales >= TINY)
+    k = np.where(whole, shift(np.where(whole, scales, 1), np.where(whole, peaks, 2)), 0)
+    new_scales = np.where(whole, scaled(np.where(whole, scales, 1), k), np.where(up, peaks, scales)).astype(_F32)
     size = codes.size
     as_int = codes.astype(np.int64)
-    moved = np.where(as_int == ZERO, ZERO, np.minimum(as_int + _per_element(k, size), FLOOR))
-    cleared = _per_element(up & (scales == 0), size)
+    moved = np.where(as_int == ZERO, ZERO, np.maximum(as_int - (_per_element(k, size) << 10), 1))
+    cleared = _per_element(up & (scales < TINY), size)
     codes = np.where(cleared, ZERO, moved).astype(np.uint16)
     return codes, new_scales
 
@@ -255,7 +250,7 @@ def update(param: np.ndarray, grad: np.ndarray, state: CompactState, config: Ada
     u = decode(codes, scale_e)
     with np.errstate(invalid="ignore", divide="ignore"):
         r = np.where(x == 0, f(0), x / scale_e)
-    codes = np.where(x > u, np.minimum(codes, encode(r)), codes).astype(np.uint16)
+    codes = np.where(x > u, np.maximum(codes, encode(r)), codes).astype(np.uint16)
     u = decode(codes, scale_e)
     denom = u + f(config.eps) if config.eps_placement == "denominator" else u
     numer = f(step_size(config.lr, config.beta1, t)) * m

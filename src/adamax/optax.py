@@ -260,8 +260,6 @@ class ScaleByAdamaxCompactState(NamedTuple):
     scale: optax.Updates  # float32 per leaf, one per 256 elements (row-major)
 
 
-_TABLE = jnp.asarray(compact.TABLE)
-_NEGATED = -_TABLE
 _F32 = jnp.float32
 
 
@@ -276,21 +274,27 @@ def _per_element(values: jax.Array, size: int) -> jax.Array:
     return jnp.repeat(values, compact.BLOCK, total_repeat_length=values.size * compact.BLOCK)[:size]
 
 
+def _bits(x: jax.Array) -> jax.Array:
+    return jax.lax.bitcast_convert_type(x.astype(_F32), jnp.int32)
+
+
+def _value(codes: jax.Array) -> jax.Array:
+    """:func:`adamax.compact.value` (``codes`` int32)."""
+    v = jax.lax.bitcast_convert_type((codes << 13) + compact.OFFSET, _F32)
+    return jnp.where(codes == 0, _F32(0), v)
+
+
 def _encode(r: jax.Array) -> jax.Array:
-    """:func:`adamax.compact.encode`: the largest code whose value is at least ``r``."""
-    return jnp.maximum(jnp.searchsorted(_NEGATED, -r, side="right") - 1, 0)
+    """:func:`adamax.compact.encode` for ``r`` in ``(0, 1]``."""
+    return jnp.maximum(((_bits(r) + 0x1FFF) >> 13) - (compact.OFFSET >> 13), 1)
 
 
-def _shift(scale: jax.Array, peak: jax.Array) -> jax.Array:
-    """:func:`adamax.compact.shift` by bisection: the least ``k`` in ``[1, FLOOR]`` with
-    ``scale / T[k] >= peak`` (``FLOOR`` if none)."""
-    lo = jnp.ones(scale.shape, jnp.int32)
-    hi = jnp.full(scale.shape, compact.FLOOR, jnp.int32)
-    for _ in range(17):  # 2^17 > FLOOR
-        mid = (lo + hi) // 2
-        ok = scale / _TABLE[mid] >= peak
-        hi, lo = jnp.where(ok, mid, hi), jnp.where(ok, lo, mid + 1)
-    return lo
+def _rebased(scale: jax.Array, peak: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """:func:`adamax.compact.shift` and :func:`adamax.compact.scaled`: ``k`` and ``scale * 2**k``."""
+    s, p = _bits(scale), _bits(peak)
+    k = (p >> 23) - (s >> 23) + ((p & 0x7FFFFF) > (s & 0x7FFFFF))
+    bits = s + (k << 23)  # below 2**31: s < 0x7F800000 and k <= 254
+    return k, jnp.where(bits >= 0x7F800000, _F32(jnp.inf), jax.lax.bitcast_convert_type(bits, _F32))
 
 
 def _random_bits(size: int, count: jax.Array) -> jax.Array:
@@ -320,16 +324,17 @@ def _compact_u(g: jax.Array, code: jax.Array, scale: jax.Array, b2: Any, eps: An
     codes = code.reshape(-1).astype(jnp.int32)
     # re-base up (adamax.compact.rebase)
     up = ~(peak <= scale)
-    whole = up & jnp.isfinite(scale) & jnp.isfinite(peak) & (scale > 0)
-    k = jnp.where(whole, _shift(jnp.where(whole, scale, 1.0), jnp.where(whole, peak, 2.0)), 0)
-    new_scale = jnp.where(whole, scale / _TABLE[k], jnp.where(up, peak, scale)).astype(_F32)
-    moved = jnp.where(codes == compact.ZERO, compact.ZERO, jnp.minimum(codes + _per_element(k, size), compact.FLOOR))
-    codes = jnp.where(_per_element(up & (scale == 0), size), compact.ZERO, moved)
+    whole = up & jnp.isfinite(scale) & jnp.isfinite(peak) & (scale >= compact.TINY)
+    k, moved_scale = _rebased(jnp.where(whole, scale, 1.0), jnp.where(whole, peak, 2.0))
+    k = jnp.where(whole, k, 0)
+    new_scale = jnp.where(whole, moved_scale, jnp.where(up, peak, scale)).astype(_F32)
+    moved = jnp.where(codes == compact.ZERO, compact.ZERO, jnp.maximum(codes - (_per_element(k, size) << 10), 1))
+    codes = jnp.where(_per_element(up & (scale < compact.TINY), size), compact.ZERO, moved)
     scale_e = _per_element(new_scale, size)
-    u = scale_e * _TABLE[codes]
-    r = jnp.where(x == 0, _F32(0), x / jnp.where(x == 0, _F32(1), scale_e))
-    codes = jnp.where(x > u, jnp.minimum(codes, _encode(r)), codes)
-    u = scale_e * _TABLE[codes]
+    u = scale_e * _value(codes)
+    rising = x > u
+    codes = jnp.where(rising, jnp.maximum(codes, _encode(x / jnp.where(rising, scale_e, _F32(1)))), codes)
+    u = scale_e * _value(codes)
     return codes.astype(jnp.uint16).reshape(g.shape), new_scale, u.reshape(g.shape)
 
 

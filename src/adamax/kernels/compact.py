@@ -19,7 +19,9 @@ import math
 from typing import NamedTuple
 
 import numpy as np
-from numba import njit, prange
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.extending import intrinsic
 
 from adamax import compact
 from adamax._algorithm import step_size
@@ -45,186 +47,182 @@ from adamax.kernels.cpu import (
 
 KINDS = {np.dtype(np.float32): F32, np.dtype(np.float16): F16}  # NumPy dtypes; bfloat16 comes from torch only
 BLOCKS_PER_CHUNK = 256  # 65,536 elements per work item
-SCAN = 16  # codes stepped through before a logarithm's estimate is taken
-ZERO, FLOOR = compact.ZERO, compact.FLOOR
-_LOG_RHO = math.log(compact.RHO)
-_MASK = np.uint64(0xFFFFFFFF)
+ONE, OFFSET, TINY = compact.ONE, compact.OFFSET, np.float32(compact.TINY)
 
 
 # ----- the codes -----
 
 
-@njit(inline="always")
-def _random_bits(index, step):
-    """:func:`adamax.compact.random_bits` for one element (uint64 arithmetic, masked to 32 bits)."""
-    x = (np.uint64(index) * np.uint64(0x9E3779B1) + np.uint64((step * 0x85EBCA77) & 0xFFFFFFFF)) & _MASK
-    x ^= x >> np.uint64(16)
-    x = (x * np.uint64(0x7FEB352D)) & _MASK
-    x ^= x >> np.uint64(15)
-    x = (x * np.uint64(0x846CA68B)) & _MASK
-    x ^= x >> np.uint64(16)
-    return np.uint32(x & np.uint64(0xFFFF))
+@intrinsic
+def _stochastic_bits(typingctx, bits, index, mix):
+    """``(bits + random_bits(index)) >> 16``: :func:`adamax.compact.f32_to_bf16_stochastic` of a float32's bits
+    (not NaN), with :func:`adamax.compact.random_bits` (``mix``: the step's term, ``step * 0x85EBCA77`` mod 2**32).
+    In 32-bit LLVM integers: numba would widen them to 64 bits, whose multiplies do not vectorise well."""
+    if not (isinstance(bits, types.Integer) and isinstance(index, types.Integer) and isinstance(mix, types.Integer)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        i32 = ir.IntType(32)
+
+        def to32(value):
+            width = value.type.width
+            return builder.trunc(value, i32) if width > 32 else builder.zext(value, i32) if width < 32 else value
+
+        x = builder.add(builder.mul(to32(args[1]), ir.Constant(i32, 0x9E3779B1)), to32(args[2]))
+        for shift, factor in ((16, 0x7FEB352D), (15, 0x846CA68B)):
+            x = builder.mul(builder.xor(x, builder.lshr(x, ir.Constant(i32, shift))), ir.Constant(i32, factor))
+        x = builder.xor(x, builder.lshr(x, ir.Constant(i32, 16)))
+        rounded = builder.add(to32(args[0]), builder.and_(x, ir.Constant(i32, 0xFFFF)))
+        return builder.trunc(builder.lshr(rounded, ir.Constant(i32, 16)), ir.IntType(16))
+
+    return types.uint16(bits, index, mix), codegen
 
 
 @njit(inline="always")
-def _stochastic_bf16(x, index, step):
-    if x != x:
-        return np.uint16(0x7FC0)
-    bits = np.uint32(np.float32(x).view(np.uint32))
-    return np.uint16((bits + _random_bits(index, step)) >> np.uint32(16))
+def _value(code):
+    """:func:`adamax.compact.value` of one code."""
+    v = np.int32((code << 13) + OFFSET).view(np.float32)
+    return v if code != 0 else np.float32(0)
 
 
 @njit(inline="always")
-def _encode(r, table):
-    """:func:`adamax.compact.encode` of one float32 ``r`` in (0, 1]: an estimate, corrected one code at a time."""
-    estimate = math.floor(math.log(np.float64(r)) / _LOG_RHO)
-    q = int(min(max(estimate, 0.0), float(FLOOR)))
-    while q > 0 and table[q] < r:
-        q -= 1
-    while q < ZERO and table[q + 1] >= r:
-        q += 1
-    return q
+def _encode(r):
+    """:func:`adamax.compact.encode` of one float32 ``r`` in (0, 1] (0 never asked for)."""
+    return max(((np.float32(r).view(np.int32) + np.int32(0x1FFF)) >> 13) - np.int32(OFFSET >> 13), np.int32(1))
 
 
 @njit(inline="always")
-def _raise(code, r, table):
-    """``min(code, encode(r))``: usually a few codes up from ``code`` (u decays about a code per step, and a new
-    largest gradient is near it), found by stepping; far jumps take :func:`_encode`."""
-    if table[code] >= r:
-        return code
-    c = code
-    for _ in range(SCAN):
-        c -= 1
-        if c < 0:
-            return 0
-        if table[c] >= r:
-            return c
-    return _encode(r, table)
-
-
-@njit(inline="always")
-def _shift(scale, peak, table):
-    """:func:`adamax.compact.shift` for one block: by stepping for a near peak, else from an estimate."""
-    k = 1
-    while k <= SCAN and scale / table[k] < peak:
-        k += 1
-    if k <= SCAN:
-        return k
-    estimate = math.ceil(math.log(np.float64(peak) / np.float64(scale)) / -_LOG_RHO)
-    k = int(min(max(estimate, 1.0), float(FLOOR)))
-    while k < FLOOR and scale / table[k] < peak:
-        k += 1
-    while k > 1 and scale / table[k - 1] >= peak:
-        k -= 1
-    return k
+def _rebase(scale, peak):
+    """:func:`adamax.compact.rebase` for one block whose peak is not covered: (new scale, how far its codes move
+    down, whether they clear)."""
+    if scale < TINY:
+        return peak, np.int32(0), True
+    if math.isfinite(scale) and math.isfinite(peak):
+        s, p = np.float32(scale).view(np.int32), np.float32(peak).view(np.int32)
+        k = (p >> 23) - (s >> 23) + (1 if (p & 0x7FFFFF) > (s & 0x7FFFFF) else 0)
+        bits = np.int64(s) + (np.int64(k) << 23)
+        new = np.int32(bits).view(np.float32) if bits < 0x7F800000 else np.float32(np.inf)
+        return new, np.int32(k << 10), False
+    return peak, np.int32(0), False
 
 
 # ----- the step -----
 
 
 @njit(inline="always")
-def _gradient(g, p, maximize, decay_mode, wd):
-    if maximize:
-        g = -g
-    if decay_mode == COUPLED:
-        g = _fma(p, wd, g)
-    return g
-
-
-@njit
-def _int_bits(x):
-    return np.float32(x).view(np.int32)
-
-
-@njit
-def _float_of(bits):
-    return np.int32(bits).view(np.float32)
-
-
-@njit(parallel=True, cache=True, nogil=True)
-def _step_blocks(
-    like, kind, p_addr, g_addr, m_addr, q_addr, s_addr, sizes, chunk_tensor, chunk_start, chunk_stop,
-    steps, counts, hyper, flags, table,
+def _block(
+    p, g, m, q, s, b, size, gs, kind, step, mix, w, one_minus_w, b2, eps_x, eps_d, wd, scale_p, maximize, coupled,
+    low_w, guard,
 ):  # fmt: skip  # pragma: no cover - compiled
-    """``hyper`` in float32: [w, 1 - w, b2, eps, wd, 1 - lr*wd]; ``steps`` -lr/(1 - b1**t) in float32, ``counts``
-    each tensor's t (this step's count).
+    """One block of :func:`_step_blocks_32`; ``kind`` is a constant where it is called: each kind has its own
+    loops."""
+    lo = b * compact.BLOCK
+    n = min(compact.BLOCK, size - lo)
+    peak_bits = np.int32(0)
+    for j in range(n):
+        gi = _load(g, lo + j, kind)
+        if maximize:
+            gi = -gi
+        if coupled:
+            gi = _fma(_load(p, lo + j, kind), wd, gi)
+        gs[j] = gi
+        peak_bits = max(peak_bits, np.float32(abs(gi) + eps_x).view(np.int32))
+    peak = np.int32(peak_bits).view(np.float32)
+    scale = s[b] * b2
+    down = np.int32(0)
+    clear = False
+    if not peak <= scale:
+        scale, down, clear = _rebase(scale, peak)
+    s[b] = scale
+    for j in range(n):
+        i = lo + j
+        gi = gs[j]
+        x = abs(gi) + eps_x
+        code = np.int32(q[i])
+        code = np.int32(0) if (clear or code == 0) else max(code - down, np.int32(1))
+        code = max(code, _encode(x / scale)) if x > scale * _value(code) else code
+        q[i] = np.uint16(code)
+        d = scale * _value(code) + eps_d
+        mi = _bf16_to_f32(m[i])
+        mi = _fma(w, gi - mi, mi) if low_w else _fma(-(gi - mi), one_minus_w, gi)
+        pi = _load(p, i, kind) * scale_p
+        moved = pi + (step * mi) / d
+        _store(p, i, pi if (guard and d == 0) else moved, kind)
+        bits = np.uint32(np.float32(mi).view(np.uint32))
+        m[i] = np.uint16(0x7FC0) if mi != mi else _stochastic_bits(bits, i, mix)
 
-    Per block, three passes over its 256 elements (in L1 after the first): the gradients as the step uses them,
-    their ``x`` and the block's largest ``x`` (compared as integers, which LLVM vectorises: ``x >= 0``, and a NaN's
-    bits exceed every number's); then, after any re-base, each element's ``u`` (codes that must rise are found
-    one by one, the rare case); then the moment, the param and the stored moment.
-    """
+
+@njit(inline="always")
+def _scalars(hyper, flags):
+    """The kernel's scalars from ``hyper`` (float32: [w, 1 - w, b2, eps, wd, 1 - lr*wd]) and ``flags``, in the form
+    that keeps the element loop free of branches: a zero eps where it does not apply (``|g| + 0`` is ``|g|`` and
+    ``u + 0`` is ``u``, bit for bit, as ``u >= 0``) and a param factor of 1 without decoupled decay."""
     w, one_minus_w, b2, eps, wd, decay = hyper[0], hyper[1], hyper[2], hyper[3], hyper[4], hyper[5]
-    maximize, decay_mode, placement, guard = flags[MAXIMIZE] != 0, flags[DECAY], flags[PLACEMENT], flags[GUARD] != 0
-    block = compact.BLOCK
+    placement, decay_mode, zero = flags[PLACEMENT], flags[DECAY], np.float32(0)
+    eps_x = eps if placement == EPS_MAX else zero
+    eps_d = eps if placement == EPS_DENOMINATOR else zero
+    scale_p = decay if decay_mode == DECOUPLED else np.float32(1)
+    return (w, one_minus_w, b2, eps_x, eps_d, wd, scale_p, flags[MAXIMIZE] != 0, decay_mode == COUPLED, w < 0.5,
+            flags[GUARD] != 0)  # fmt: skip
+
+
+@njit(inline="always")
+def _chunk(
+    c, like, kind, p_addr, g_addr, m_addr, q_addr, s_addr, sizes, chunk_tensor, chunk_start, chunk_stop, steps,
+    counts, w, one_minus_w, b2, eps_x, eps_d, wd, scale_p, maximize, coupled, low_w, guard,
+):  # fmt: skip  # pragma: no cover - compiled
+    k = chunk_tensor[c]
     m_like = np.empty(0, np.uint16)
-    s_like = np.empty(0, np.float32)
+    p = _pointer(p_addr[k], like)
+    g = _pointer(g_addr[k], like)
+    m = _pointer(m_addr[k], m_like)
+    q = _pointer(q_addr[k], m_like)
+    s = _pointer(s_addr[k], np.empty(0, np.float32))
+    size, step = sizes[k], steps[k]
+    mix = np.uint32((counts[k] * 0x85EBCA77) & 0xFFFFFFFF)
+    gs = np.empty(compact.BLOCK, np.float32)
+    for b in range(chunk_start[c], chunk_stop[c]):
+        _block(p, g, m, q, s, b, size, gs, kind, step, mix, w, one_minus_w, b2, eps_x, eps_d, wd, scale_p,
+               maximize, coupled, low_w, guard)  # fmt: skip
+
+
+@njit(parallel=True, cache=True, nogil=True, error_model="numpy")
+def _step_blocks_32(
+    p_addr, g_addr, m_addr, q_addr, s_addr, sizes, chunk_tensor, chunk_start, chunk_stop, steps, counts, hyper, flags,
+):  # fmt: skip  # pragma: no cover - compiled
+    """float32 params.  ``steps``: -lr/(1 - b1**t) in float32; ``counts``: each tensor's t (this step's count).
+
+    Per block of 256 elements, two loops: the gradients as the step uses them (into a buffer in L1) and the
+    block's largest ``x`` (compared as integers: ``x >= 0``, and a NaN's bits exceed every number's); then, after
+    any re-base, one branch-free loop that LLVM vectorises (hence ``error_model="numpy"``: no zero-division
+    check) for the code, ``u``, the moment, the param and the stored moment.  Each element's p, g, m and code
+    cross memory once each way (g is read again from L1).
+    """
+    w, one_minus_w, b2, eps_x, eps_d, wd, scale_p, maximize, coupled, low_w, guard = _scalars(hyper, flags)
+    like = np.empty(0, np.float32)
     for c in prange(chunk_tensor.shape[0]):
-        k = chunk_tensor[c]
-        p = _pointer(p_addr[k], like)
-        g = _pointer(g_addr[k], like)
-        m = _pointer(m_addr[k], m_like)
-        q = _pointer(q_addr[k], m_like)
-        s = _pointer(s_addr[k], s_like)
-        size, step, t = sizes[k], steps[k], counts[k]
-        grads = np.empty(block, np.float32)
-        xs = np.empty(block, np.float32)
-        us = np.empty(block, np.float32)
-        for b in range(chunk_start[c], chunk_stop[c]):
-            lo = b * block
-            n = min(block, size - lo)
-            peak_bits = np.int32(0)
-            for j in range(n):
-                gi = _gradient(_load(g, lo + j, kind), _load(p, lo + j, kind), maximize, decay_mode, wd)
-                x = abs(gi) + eps if placement == EPS_MAX else abs(gi)
-                grads[j] = gi
-                xs[j] = x
-                peak_bits = max(peak_bits, _int_bits(x))
-            peak = _float_of(peak_bits)
-            scale = s[b] * b2
-            if not peak <= scale:  # re-base up (adamax.compact.rebase)
-                if scale == 0:
-                    for j in range(n):
-                        q[lo + j] = ZERO
-                    scale = peak
-                elif math.isfinite(scale) and math.isfinite(peak) and scale > 0:
-                    shift = _shift(scale, peak, table)
-                    scale = scale / table[shift]
-                    for j in range(n):
-                        if q[lo + j] != ZERO:
-                            q[lo + j] = min(int(q[lo + j]) + shift, FLOOR)
-                else:
-                    scale = peak
-            s[b] = scale
-            rising = False
-            for j in range(n):
-                u = scale * table[q[lo + j]]
-                us[j] = u
-                rising |= xs[j] > u
-            if rising:  # an x above its u: that element's code rises to x's (rounded up)
-                for j in range(n):
-                    if xs[j] > us[j]:
-                        code = int(q[lo + j])
-                        fresh = _raise(code, xs[j] / scale, table)
-                        if fresh != code:
-                            q[lo + j] = fresh
-                            us[j] = scale * table[fresh]
-            for j in range(n):
-                i = lo + j
-                gi = grads[j]
-                pi = _load(p, i, kind)
-                if decay_mode == DECOUPLED:
-                    pi = pi * decay
-                mi = _bf16_to_f32(m[i])
-                if w < 0.5:
-                    mi = _fma(w, gi - mi, mi)
-                else:
-                    mi = _fma(-(gi - mi), one_minus_w, gi)
-                d = us[j] + eps if placement == EPS_DENOMINATOR else us[j]
-                if not (guard and d == 0):
-                    pi = pi + (step * mi) / d
-                _store(p, i, pi, kind)
-                m[i] = _stochastic_bf16(mi, i, t)
+        _chunk(c, like, F32, p_addr, g_addr, m_addr, q_addr, s_addr, sizes, chunk_tensor, chunk_start, chunk_stop,
+               steps, counts, w, one_minus_w, b2, eps_x, eps_d, wd, scale_p, maximize, coupled, low_w,
+               guard)  # fmt: skip
+
+
+@njit(parallel=True, cache=True, nogil=True, error_model="numpy")
+def _step_blocks_16(
+    kind, p_addr, g_addr, m_addr, q_addr, s_addr, sizes, chunk_tensor, chunk_start, chunk_stop, steps, counts, hyper,
+    flags,
+):  # fmt: skip  # pragma: no cover - compiled
+    """:func:`_step_blocks_32` for bfloat16 (``kind=BF16``) or float16 params, by their bits."""
+    w, one_minus_w, b2, eps_x, eps_d, wd, scale_p, maximize, coupled, low_w, guard = _scalars(hyper, flags)
+    like = np.empty(0, np.uint16)
+    for c in prange(chunk_tensor.shape[0]):
+        if kind == BF16:
+            _chunk(c, like, BF16, p_addr, g_addr, m_addr, q_addr, s_addr, sizes, chunk_tensor, chunk_start,
+                   chunk_stop, steps, counts, w, one_minus_w, b2, eps_x, eps_d, wd, scale_p, maximize, coupled, low_w,
+                   guard)  # fmt: skip
+        else:
+            _chunk(c, like, F16, p_addr, g_addr, m_addr, q_addr, s_addr, sizes, chunk_tensor, chunk_start,
+                   chunk_stop, steps, counts, w, one_minus_w, b2, eps_x, eps_d, wd, scale_p, maximize, coupled, low_w,
+                   guard)  # fmt: skip
 
 
 class BlockTable(NamedTuple):
@@ -254,9 +252,6 @@ def block_table(sizes: tuple[int, ...]) -> BlockTable:
     return table
 
 
-_LIKE = {F32: np.empty(0, np.float32), BF16: np.empty(0, np.uint16), F16: np.empty(0, np.uint16)}
-
-
 def step(
     kind: int,
     addresses: tuple[np.ndarray, ...],
@@ -277,7 +272,8 @@ def step(
     flags, hyper = prepare(config, np.dtype(np.float32), threads)
     counts = np.asarray(counts, dtype=np.int64)
     steps = np.array([step_size(config.lr, config.beta1, int(t)) for t in counts]).astype(np.float32)
-    _step_blocks(
-        _LIKE[kind], kind, *addresses, np.asarray(sizes, dtype=np.int64), *table, steps,
-        counts, hyper, flags, compact.TABLE,
-    )  # fmt: skip
+    arrays = (*addresses, np.asarray(sizes, dtype=np.int64), *table, steps, counts, hyper, flags)
+    if kind == F32:
+        _step_blocks_32(*arrays)
+    else:
+        _step_blocks_16(kind, *arrays)

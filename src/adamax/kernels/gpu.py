@@ -225,7 +225,8 @@ def step(
 # ----- compact state (adamax.compact) -----
 
 COMPACT_BLOCK = 256  # adamax.compact.BLOCK: one program per block of elements sharing a scale
-ZERO, FLOOR = 65535, 65534
+CODE_OFFSET = tl.constexpr(64 << 23)  # adamax.compact.OFFSET: code q has the float32 bits (q << 13) + CODE_OFFSET
+TINY = tl.constexpr(2.0**-126)  # adamax.compact.TINY: a smaller scale counts as zero
 
 
 @triton.jit
@@ -246,7 +247,6 @@ def _compact_blocks(
     numel,
     step_sizes,
     counts,
-    table,
     w,
     one_minus_w,
     b2,
@@ -287,36 +287,27 @@ def _compact_blocks(
     # the block's largest x, compared as integers (x >= 0; a NaN's bits exceed every number's)
     peak = tl.reduce(x.to(tl.int32, bitcast=True), 0, _larger).to(tl.float32, bitcast=True)
     scale = tl.load(s_ptr + b) * b2
-    q = tl.load(q_ptr + offsets, mask=mask, other=65535).to(tl.int32)
+    q = tl.load(q_ptr + offsets, mask=mask, other=0).to(tl.int32)
     if (peak > scale) | (peak != peak) | (scale != scale):  # re-base up (adamax.compact.rebase)
-        if scale == 0:
-            q = q * 0 + 65535
+        if scale < TINY:  # zero or subnormal: the block's u clear
+            q = q * 0
             scale = peak
-        elif (scale > 0) & (scale < float("inf")) & (peak < float("inf")):
-            lo = 1
-            hi = 65534
-            for _ in range(17):  # the least k with scale / T[k] >= peak (65534 if none)
-                mid = (lo + hi) // 2
-                ok = tl.math.div_rn(scale, tl.load(table + mid)) >= peak
-                hi = tl.where(ok, mid, hi)
-                lo = tl.where(ok, lo, mid + 1)
-            scale = tl.math.div_rn(scale, tl.load(table + lo))
-            q = tl.where(q == 65535, 65535, tl.minimum(q + lo, 65534))
+        elif (scale < float("inf")) & (peak < float("inf")):
+            s_bits = scale.to(tl.int32, bitcast=True)
+            p_bits = peak.to(tl.int32, bitcast=True)
+            octaves = (p_bits >> 23) - (s_bits >> 23) + ((p_bits & 0x7FFFFF) > (s_bits & 0x7FFFFF)).to(tl.int32)
+            moved = s_bits + (octaves << 23)  # scale * 2**octaves, exactly
+            scale = tl.where(moved >= 0x7F800000, float("inf"), moved.to(tl.float32, bitcast=True))
+            q = tl.where(q == 0, 0, tl.maximum(q - (octaves << 10), 1))
         else:
             scale = peak
     tl.store(s_ptr + b, scale)
-    u = scale * tl.load(table + q, mask=mask, other=0.0)
+    u = scale * tl.where(q == 0, 0.0, ((q << 13) + CODE_OFFSET).to(tl.float32, bitcast=True))
     need = (x > u) & mask
     r = tl.math.div_rn(x, tl.where(need, scale, 1.0))
-    lo_v = q * 0
-    hi_v = lo_v + 65535
-    for _ in range(16):  # the largest c with T[c] >= r (T[0] = 1 >= r)
-        mid_v = (lo_v + hi_v + 1) // 2
-        ok_v = tl.load(table + mid_v, mask=need, other=0.0) >= r
-        lo_v = tl.where(ok_v, mid_v, lo_v)
-        hi_v = tl.where(ok_v, hi_v, mid_v - 1)
-    q = tl.where(need, tl.minimum(q, lo_v), q)
-    u = scale * tl.load(table + q, mask=mask, other=0.0)
+    fresh = tl.maximum(((r.to(tl.int32, bitcast=True) + 0x1FFF) >> 13) - (CODE_OFFSET >> 13), 1)
+    q = tl.where(need, tl.maximum(q, fresh), q)
+    u = scale * tl.where(q == 0, 0.0, ((q << 13) + CODE_OFFSET).to(tl.float32, bitcast=True))
     m = (tl.load(m_ptr + offsets, mask=mask, other=0).to(tl.uint32) << 16).to(tl.float32, bitcast=True)
     if w < 0.5:
         m = _fma(w, g - m, m, SOFT_FMA)
@@ -356,13 +347,6 @@ def _block_table(sizes: tuple[int, ...], device: str) -> tuple[torch.Tensor, tor
     )
 
 
-@functools.lru_cache(maxsize=8)
-def _code_table(device: str) -> torch.Tensor:
-    from adamax import compact
-
-    return torch.from_numpy(compact.TABLE.copy()).to(device)
-
-
 def compact_step(
     params: list[torch.Tensor],
     grads: list[torch.Tensor],
@@ -395,7 +379,6 @@ def compact_step(
         numel,
         step_sizes.to(device=device, dtype=torch.float32),
         counts.to(device=device, dtype=torch.int64),
-        _code_table(str(device)),
         *_scalars(config),
         **_flags(config),
         P_DTYPE=_TL[params[0].dtype],
