@@ -3,6 +3,8 @@ never written over, and crash-safe at every point of a save.  (The 2-rank runs a
 
 from __future__ import annotations
 
+import builtins
+import io
 import json
 import os
 import pickle
@@ -304,6 +306,74 @@ def test_an_unsaveable_value_is_refused_before_anything_is_written(tmp_path):
     with pytest.raises(CheckpointError, match="cannot checkpoint object"):
         save_checkpoint(tmp_path, 1, model, opt)
     assert not any(tmp_path.iterdir())
+
+
+# --- a crash inside a save, in this process -------------------------------------------------------------------
+
+
+class Crash(BaseException):
+    """Stands for the process dying: not an Exception, so no handler in the save catches it."""
+
+
+def crash_at(monkeypatch, point: str) -> None:
+    def reached(name: str) -> None:
+        if name == point:
+            raise Crash(name)
+
+    monkeypatch.setattr(distributed, "_reached", reached)
+
+
+@pytest.mark.parametrize("point", ["saved", "sealed", "renamed"])
+def test_a_save_that_dies_before_the_pointer_moves_leaves_the_last_checkpoint_in_charge(tmp_path, monkeypatch, point):
+    model, opt = trained(2)
+    save_checkpoint(tmp_path, 2, model, opt)
+    good_model, good_opt = worker.make()
+    load_latest(tmp_path, good_model, good_opt)
+    worker.train_step(model, opt, 2)
+    crash_at(monkeypatch, point)
+    with pytest.raises(Crash):
+        save_checkpoint(tmp_path, 3, model, opt)
+    assert latest_step(tmp_path) == 2  # the pointer names the last whole checkpoint
+    fresh_model, fresh_opt = worker.make()
+    assert load_latest(tmp_path, fresh_model, fresh_opt) == 2
+    assert_same(good_model, good_opt, fresh_model, fresh_opt)
+
+
+def test_a_save_that_dies_while_writing_the_pointer_leaves_the_old_pointer_whole(tmp_path, monkeypatch):
+    """Half the new pointer's text written, then death: readers still see the old pointer, never part of one."""
+    model, opt = trained(2)
+    save_checkpoint(tmp_path, 2, model, opt)
+    real_open = open
+
+    class HalfWritten:
+        def __init__(self, f):
+            self.f = f
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+        def write(self, text):
+            self.f.write(text[: len(text) // 2])
+            self.f.flush()
+            raise Crash("died mid-write")
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+    def dying_open(path, mode="r", *args, **kwargs):
+        f = real_open(path, mode, *args, **kwargs)
+        return HalfWritten(f) if "w" in mode and "latest" in Path(path).name else f
+
+    monkeypatch.setattr(builtins, "open", dying_open)  # open(), and Path.write_text and Path.open through io
+    monkeypatch.setattr(io, "open", dying_open)
+    with pytest.raises(Crash):
+        save_checkpoint(tmp_path, 3, model, opt)
+    monkeypatch.undo()
+    assert latest_step(tmp_path) == 2
+    assert load_latest(tmp_path, *worker.make()) == 2
 
 
 # --- SIGKILL at every point of a save ------------------------------------------------------------------------

@@ -190,11 +190,3 @@ def test_the_ddp_example_trains_checkpoints_and_resumes(tmp_path):
     )
     assert again.returncode == 0, again.stderr[-3000:]
     assert "resumed from step 6" in again.stdout and "step 10/10" in again.stdout
-
-
-def test_sharded_jax_keeps_sharding_and_equals_the_unsharded_run():
-    """The optax adapter with params sharded over 2 host devices (also in test_optax.py, kept with its peers)."""
-    pytest.importorskip("optax")
-    from tests.test_optax import test_state_keeps_the_sharding_of_params_over_two_devices
-
-    test_state_keeps_the_sharding_of_params_over_two_devices()

@@ -45,14 +45,53 @@ def test_float32_fma_is_correctly_rounded(a, b, c):
     assert got == round_to(np.float32, Fraction(float(a32)) * Fraction(float(b32)) + Fraction(float(c32)))
 
 
-def test_hard_cases_differ_from_the_unfused_form():
+def exact_sum(a, b, c) -> Fraction:
+    return Fraction(float(a)) * Fraction(float(b)) + Fraction(float(c))
+
+
+def test_float64_fma_keeps_the_product_the_unfused_form_loses():
     # (1 + 2^-52)^2 - 1 = 2^-51 + 2^-104: the unfused product loses the 2^-104.
     x = np.float64(1 + 2**-52)
     assert fma(x, x, np.float64(-1.0)) == 2**-51 + 2**-104
     assert x * x - 1.0 == 2**-51
-    # A sum exactly between two float32 values once the f64 sum is rounded: rounding to odd keeps it right.
-    one, tiny = np.float32(1.0), np.float32(2**-24)
-    assert fma(one, tiny + np.float32(2**-47), one) == np.nextafter(one, np.float32(2))
+
+
+# Double rounding: the exact result lies just off a midpoint of the target type, by less than half an ulp of the
+# intermediate, so a first rounding lands on the midpoint and the second (ties to even) goes the wrong way.
+
+
+def test_float16_through_float32_would_round_twice():
+    # (2^-11 (1 + 2^-10)) (1 - 2^-10) = 2^-11 - 2^-31; plus c = 1 + 2^-10 (odd): just below the midpoint
+    # 1 + 2^-10 + 2^-11, which float32 (half-ulp 2^-24) would land on, and ties to even would round up.
+    a, b, c = np.float16(2**-11 * (1 + 2**-10)), np.float16(1 - 2**-10), np.float16(1 + 2**-10)
+    want = round_to(np.float16, exact_sum(a, b, c))
+    assert want == np.float16(1 + 2**-10)
+    assert np.float16(np.float32(a) * np.float32(b) + np.float32(c)) != want  # the double rounding this avoids
+    assert fma(a, b, c) == want and fma(a, b, c).dtype == np.float16
+
+
+def test_float32_through_plain_float64_would_round_twice():
+    # (1 + 2^-18)(2^-24 - 2^-42) = 2^-24 - 2^-60, exact in float64; c = 1 + 2^-23 (odd).  The exact sum is 2^-60
+    # below the midpoint 1 + 2^-23 + 2^-24; a float64 sum rounds it onto the midpoint; rounding to odd does not.
+    a, b, c = np.float32(1 + 2**-18), np.float32(2**-24 - 2**-42), np.float32(1 + 2**-23)
+    want = round_to(np.float32, exact_sum(a, b, c))
+    assert want == np.float32(1 + 2**-23)
+    assert np.float32(np.float64(a) * np.float64(b) + np.float64(c)) != want
+    assert fma(a, b, c) == want and fma(a, b, c).dtype == np.float32
+
+
+def test_float64_low_parts_rounded_to_nearest_would_round_twice():
+    # a b = 2^-53 (1 + e), 0 < e < 2^-53: its high part is 2^-53, its low part just below 2^-106.  With c = 1, the
+    # low parts' sum 2^-53 + (just below 2^-106) rounds to nearest onto 2^-53, and 1 + 2^-53 is a tie that rounds
+    # to 1; the exact result is above the midpoint, so 1 + 2^-52.
+    k = 2**20
+    a, b, c = np.float64(1 + k * 2.0**-52), np.float64(2.0**-53 * (1 - (2 * k - 1) * 2.0**-53)), np.float64(1.0)
+    want = round_to(np.float64, exact_sum(a, b, c))
+    assert want == 1 + 2**-52
+    low_sum = exact_sum(a, b, c) - 1  # what the low parts hold: t_lo + p_lo, exactly
+    assert float(low_sum) == 2**-53 and low_sum > Fraction(2**-53)  # round to nearest lands on the midpoint
+    assert a * b + c != want
+    assert fma(a, b, c) == want
 
 
 def test_non_finite_inputs_follow_ieee():

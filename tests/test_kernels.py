@@ -290,6 +290,66 @@ def test_the_cached_fast_path_refuses_a_gradient_reshaped_behind_torchs_setter(f
     assert all(torch.equal(opt.state[w][k], state[k]) for k in state)
 
 
+def cached_pair(shape=(4, 6)):
+    """Our optimizer, two steps in (so the cached plan serves its group), and torch's, on equal params."""
+    torch.manual_seed(4)
+    ours = torch.nn.Parameter(torch.randn(shape))
+    theirs = torch.nn.Parameter(ours.detach().clone())
+    opt, oracle = Adamax([ours], lr=0.01), torch.optim.Adamax([theirs], lr=0.01, foreach=False)
+    for _ in range(2):
+        g = torch.randn(shape)
+        ours.grad, theirs.grad = g.clone(), g.clone()
+        opt.step()
+        oracle.step()
+    assert opt._cached_plan(opt.param_groups[0], opt._fused_groups[id(opt.param_groups[0])]) is not None
+    return ours, theirs, opt, oracle
+
+
+def test_the_cached_fast_path_refuses_a_param_reshaped_behind_torchs_setter():
+    """``p.data = ...`` with the same number of elements and another shape, after the gradient was set (so that
+    the gradient keeps the old shape, which is all the kernel reads): the step refuses, changing nothing, as the
+    full plan does."""
+    w, _, opt, _ = cached_pair()
+    w.grad = torch.ones(4, 6)
+    w.data = w.detach().reshape(6, 4).clone()
+    before, state = w.detach().clone(), copy.deepcopy(opt.state[w])
+    with pytest.raises((ValueError, RuntimeError), match="shape"):
+        opt.step()
+    assert torch.equal(w, before)
+    assert all(torch.equal(opt.state[w][k], state[k]) for k in state)
+
+
+def test_the_cached_fast_path_steps_a_non_contiguous_gradient_as_torch_does():
+    ours, theirs, opt, oracle = cached_pair()
+    g = torch.randn(6, 4).t()  # the right shape, transposed memory
+    assert not g.is_contiguous()
+    ours.grad, theirs.grad = g.clone(), g.clone()  # clone keeps the strides
+    assert not ours.grad.is_contiguous()
+    opt.step()
+    oracle.step()
+    assert torch.equal(ours, theirs)
+    for key in ("exp_avg", "exp_inf"):
+        assert torch.equal(opt.state[ours][key], oracle.state[theirs][key]), key
+
+
+def test_non_contiguous_state_is_stepped_as_torch_steps_it():
+    """State entries swapped for non-contiguous tensors of equal values (a transposed copy, as a checkpoint tool
+    might leave them): the step's result is torch's, not the kernel reading their memory in the wrong order."""
+    ours, theirs, opt, oracle = cached_pair()
+    for key in ("exp_avg", "exp_inf"):
+        value = opt.state[ours][key]
+        strided = value.t().contiguous().t()  # equal values, column-major memory
+        assert not strided.is_contiguous() and torch.equal(strided, value)
+        opt.state[ours][key] = strided
+    g = torch.randn(4, 6)
+    ours.grad, theirs.grad = g.clone(), g.clone()
+    opt.step()
+    oracle.step()
+    assert torch.equal(ours, theirs)
+    for key in ("exp_avg", "exp_inf"):
+        assert torch.equal(opt.state[ours][key], oracle.state[theirs][key]), key
+
+
 @pytest.mark.parametrize("key", ["step", "exp_avg", "exp_inf"])
 def test_the_cached_fast_path_names_a_deleted_state_entry(key):
     w = torch.nn.Parameter(torch.zeros(5))

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from adamax import reference
 from adamax.numpy import Adamax
+from adamax.spec import AdamaxConfig
 
 
 def make_tree(rng):
@@ -121,6 +122,52 @@ def test_state_dict_is_a_snapshot():
     saved = opt.state_dict()
     saved["state"]["0"]["exp_avg"][:] = 99.0
     assert not np.any(opt.state["0"].exp_avg == 99.0)
+
+
+@pytest.mark.parametrize("state_format", ["full", "compact"])
+def test_a_loaded_checkpoint_is_copied_not_shared(state_format):
+    """Writing into the checkpoint's arrays after loading it does not reach the optimizer."""
+    params = {"w": np.linspace(-1, 1, 300).astype(np.float32)}
+    opt = Adamax(params, lr=0.01, state_format=state_format)
+    opt.step({"w": np.ones(300, np.float32)})
+    saved = opt.state_dict()
+    pristine = copy.deepcopy(saved)
+    twin = Adamax({"w": params["w"].copy()}, lr=0.01, state_format=state_format)
+    opt.load_state_dict(saved)
+    twin.load_state_dict(pristine)
+    for value in saved["state"]["w"].values():
+        if isinstance(value, np.ndarray):
+            value[...] = 7  # the caller reuses its buffers
+    g = {"w": np.linspace(2, -2, 300).astype(np.float32)}
+    opt.step(g)
+    twin.step(g)
+    np.testing.assert_array_equal(opt._leaves["w"], twin._leaves["w"])
+    for a, b in zip(opt.state["w"], twin.state["w"]):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("fused", [None, False], ids=["kernel", "numpy"])
+def test_arrays_at_different_step_counts_each_take_their_own_step_size(fused):
+    """A checkpoint whose arrays have taken different numbers of steps (one added to the model later, say): each
+    array's bias correction uses its own count, as the reference computes it per array."""
+    rng = np.random.default_rng(5)
+    start = {"a": rng.standard_normal(400).astype(np.float32), "b": rng.standard_normal(300).astype(np.float32)}
+    states = {"a": reference.init(start["a"]), "b": reference.init(start["b"])}
+    config = AdamaxConfig(lr=0.01)
+    values = {k: v.copy() for k, v in start.items()}
+    for path, steps in (("a", 2), ("b", 9)):
+        for _ in range(steps):
+            values[path], states[path] = reference.update(
+                values[path], rng.standard_normal(values[path].size).astype(np.float32), states[path], config
+            )
+    opt = Adamax({k: v.copy() for k, v in values.items()}, lr=0.01, fused=fused)
+    opt.load_state_dict({"state": {k: s._asdict() for k, s in states.items()}, "hyperparams": config.to_dict()})
+    g = {k: rng.standard_normal(v.size).astype(np.float32) for k, v in values.items()}
+    opt.step(g)
+    for path in ("a", "b"):
+        expected, state = reference.update(values[path], g[path], states[path], config)
+        np.testing.assert_array_equal(opt._leaves[path], expected)
+        assert opt.state[path].step == state.step == (3 if path == "a" else 10)
 
 
 def _checkpoint():

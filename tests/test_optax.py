@@ -260,9 +260,25 @@ def test_invalid_hyperparameters_raise_at_construction(make, error, message):
         make()
 
 
-def test_optax_itself_accepts_what_we_refuse():
-    optax.adamax(-1.0)
-    optax.adamax(1e-3, b1=1.5)
+def test_what_optax_takes_and_steps_wrongly_with_we_refuse():
+    """A negative learning rate: optax's step goes uphill.  b2 > 1: optax's u grows 1.5x a step under a constant
+    gradient, so its steps shrink to nothing.  Ours refuses both at construction."""
+    params = {"w": jnp.ones(3)}
+    grads = {"w": jnp.ones(3)}  # the gradient of sum(w): downhill is negative
+    uphill = optax.adamax(-1.0)
+    updates, _ = uphill.update(grads, uphill.init(params))
+    assert bool(jnp.all(updates["w"] > 0))
+    with pytest.raises(ValueError, match="Invalid learning rate"):
+        adamax(-1.0)
+    growing = optax.adamax(1e-3, b2=1.5)
+    state = growing.init(params)
+    sizes = []
+    for _ in range(30):
+        updates, state = growing.update(grads, state)
+        sizes.append(float(jnp.abs(updates["w"][0])))
+    assert sizes[-1] < sizes[0] * 1e-4
+    with pytest.raises(ValueError, match="Invalid beta parameter at index 1"):
+        adamax(1e-3, b2=1.5)
 
 
 def run_python(code: str, **env: str) -> str:

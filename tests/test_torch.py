@@ -452,20 +452,32 @@ def test_a_bad_checkpoint_is_refused_whole(spoil):
     train(model, opt, batches(1))  # and it still steps
 
 
-def test_torch_itself_accepts_a_wrong_shape_and_fails_mid_step():
-    """Why validation matters: torch takes the bad checkpoint, then moves some params before failing."""
-    model = make_model()
-    opt = torch.optim.Adamax(model.parameters(), lr=0.01)
-    train(model, opt, batches(2))
-    bad = _spoil_state(copy.deepcopy(opt.state_dict()), 2, "exp_inf", torch.zeros(5))
-    opt.load_state_dict(bad)  # accepted
-    before = [p.detach().clone() for p in model.parameters()]
-    opt.zero_grad()
-    torch.nn.functional.mse_loss(model(torch.randn(2, 6)), torch.randn(2, 3)).backward()
-    with pytest.raises(RuntimeError):
-        opt.step()
-    moved = [not torch.equal(p, q) for p, q in zip(model.parameters(), before)]
-    assert moved[:2] == [True, True] and moved[2:] == [False, False]
+def test_a_checkpoint_torch_takes_and_then_fails_on_mid_step_is_refused_here_at_load():
+    """The same wrong-shaped state in the same checkpoint: torch.optim.Adamax loads it, then its next step moves
+    the first params before failing on the third; ours refuses the load and its next step is a whole one."""
+    theirs, ours = make_model(), make_model()
+    ref = torch.optim.Adamax(theirs.parameters(), lr=0.01, foreach=False)
+    opt = Adamax(ours.parameters(), lr=0.01)
+    train(theirs, ref, batches(2))
+    train(ours, opt, batches(2))
+    bad = _spoil_state(copy.deepcopy(ref.state_dict()), 2, "exp_inf", torch.zeros(5))
+    ref.load_state_dict(copy.deepcopy(bad))  # accepted
+    with pytest.raises(ValueError, match="shape"):
+        opt.load_state_dict(copy.deepcopy(bad))
+    x, y = torch.randn(2, 6), torch.randn(2, 3)
+    moved = {}
+    for name, model, o in (("torch", theirs, ref), ("ours", ours, opt)):
+        before = [p.detach().clone() for p in model.parameters()]
+        o.zero_grad()
+        torch.nn.functional.mse_loss(model(x), y).backward()
+        if name == "torch":
+            with pytest.raises(RuntimeError):
+                o.step()
+        else:
+            o.step()
+        moved[name] = [not torch.equal(p, q) for p, q in zip(model.parameters(), before)]
+    assert moved["torch"] == [True, True, False, False]  # half a step
+    assert moved["ours"] == [True, True, True, True]  # a whole one
 
 
 # --- all-or-nothing steps ---------------------------------------------------------------------------------------
@@ -594,10 +606,47 @@ def nan_batch_run(skip):
     return model, opt, losses
 
 
-def test_by_default_a_nan_gradient_propagates_like_torch():
-    model, opt, _ = nan_batch_run(skip=False)
-    assert all(torch.isnan(p).any() for p in model.parameters())
-    assert opt.skipped_steps == 0
+def equal_with_nan(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return torch.equal(torch.isnan(a), torch.isnan(b)) and torch.equal(a.nan_to_num(0.0), b.nan_to_num(0.0))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_by_default_a_nan_gradient_propagates_like_torch(backend):
+    """A NaN in one element's gradient at step 3, then finite gradients (set directly: through a model the NaN
+    would reach every gradient): params and state equal torch.optim.Adamax's, NaN where torch has NaN, after every
+    step, whichever path steps."""
+    ours, theirs = make_model(), make_model()
+    opt = Adamax(ours.parameters(), lr=0.01, **BACKENDS[backend])
+    ref = torch.optim.Adamax(theirs.parameters(), lr=0.01, foreach=False)
+    gen = torch.Generator().manual_seed(3)
+    for t in range(6):
+        grads = [torch.randn(p.shape, generator=gen) for p in ours.parameters()]
+        if t == 2:
+            grads[0][1, 2] = math.nan  # torch keeps this element's u NaN from here on: max(NaN, x) is NaN
+        for model, o in ((ours, opt), (theirs, ref)):
+            for p, g in zip(model.parameters(), grads):
+                p.grad = g.clone()
+            o.step()
+        for pa, pb in zip(ours.parameters(), theirs.parameters()):
+            assert equal_with_nan(pa, pb), f"step {t}"
+            for key in ("exp_avg", "exp_inf"):
+                assert equal_with_nan(opt.state[pa][key], ref.state[pb][key]), f"{key}, step {t}"
+    assert torch.isnan(opt.state[ours[0].weight]["exp_inf"][1, 2]) and opt.skipped_steps == 0
+
+
+@pytest.mark.parametrize("bad", [math.inf, -math.inf, math.nan])
+def test_skip_nonfinite_skips_a_step_whose_second_group_alone_is_not_finite(bad):
+    model = make_model()
+    opt = Adamax([{"params": model[0].parameters()}, {"params": model[2].parameters(), "lr": 0.1}], lr=0.01,
+                 skip_nonfinite=True)  # fmt: skip
+    train(model, opt, batches(2))
+    before = snapshot(model, opt)
+    opt.zero_grad()
+    torch.nn.functional.mse_loss(model(torch.randn(2, 6)), torch.randn(2, 3)).backward()
+    model[2].bias.grad[0] = bad
+    opt.step()
+    assert opt.skipped_steps == 1
+    assert_unchanged(model, opt, before)
 
 
 def test_skip_nonfinite_keeps_one_nan_batch_from_poisoning_training():
