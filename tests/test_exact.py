@@ -5,6 +5,7 @@ from __future__ import annotations
 from fractions import Fraction
 
 import numpy as np
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -19,7 +20,7 @@ def round_to(dtype, exact: Fraction):
     nearest = [c for c in candidates if abs(Fraction(float(c)) - exact) == best]
     if len(nearest) == 1:
         return nearest[0]
-    bits = np.uint64 if dtype == np.float64 else np.uint32
+    bits = {8: np.uint64, 4: np.uint32, 2: np.uint16}[np.dtype(dtype).itemsize]
     return next(c for c in nearest if int(np.array(c).view(bits)) % 2 == 0)
 
 
@@ -92,6 +93,39 @@ def test_float64_low_parts_rounded_to_nearest_would_round_twice():
     assert float(low_sum) == 2**-53 and low_sum > Fraction(2**-53)  # round to nearest lands on the midpoint
     assert a * b + c != want
     assert fma(a, b, c) == want
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_many_near_cancelling_sums_are_correctly_rounded(dtype):
+    """c close to -a*b, or exactly minus its rounding, so the result is the product's low bits: the case an inexact
+    product or a wrong split gets wrong.  Thousands at once (the hypothesis tests draw a few dozen)."""
+    rng = np.random.default_rng(7)
+    n = 3000
+    a = (rng.uniform(0.5, 2, n) * 2.0 ** rng.integers(-8, 8, n)).astype(dtype)
+    b = (rng.uniform(0.5, 2, n) * 2.0 ** rng.integers(-8, 8, n) * rng.choice([-1, 1], n)).astype(dtype)
+    c = (-(a.astype(np.float64) * b) * (1 + rng.uniform(-1e-3, 1e-3, n))).astype(dtype)
+    c[::2] = -(a[::2] * b[::2])  # the product rounded in dtype, negated: the result is exactly its rounding error
+    got = fma(a, b, c)
+    assert got.dtype == dtype
+    want = [round_to(dtype, exact_sum(x, y, z)) for x, y, z in zip(a, b, c)]
+    bad = [i for i in range(n) if got[i] != want[i]]
+    assert not bad, [(a[i], b[i], c[i], got[i], want[i]) for i in bad[:3]]
+
+
+SPECIALS = [np.inf, -np.inf, np.nan, 0.0, -0.0, 1.0, -2.5, 3.0]
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_every_combination_with_a_non_finite_input_is_the_ieee_result(dtype):
+    grid = np.array(np.meshgrid(SPECIALS, SPECIALS, SPECIALS)).reshape(3, -1).astype(dtype)
+    a, b, c = grid
+    special = ~(np.isfinite(a) & np.isfinite(b) & np.isfinite(c))
+    with np.errstate(invalid="ignore", over="ignore"):
+        want = (a.astype(np.float64) * b + c).astype(dtype)  # exact for these: infinities, NaN, small integers
+    got = fma(a, b, c)
+    assert got.dtype == dtype
+    np.testing.assert_array_equal(got[special], want[special])
+    np.testing.assert_array_equal(np.signbit(got[special]), np.signbit(want[special]))
 
 
 def test_non_finite_inputs_follow_ieee():

@@ -1,0 +1,210 @@
+"""``make mutants``: mutation testing of the core with cosmic-ray, module by module.
+
+    .venv/bin/python tools/mutants.py [--only NAME ...] [--timeout S] [--json PATH] [--keep DIR]
+
+cosmic-ray rewrites a module on disk for each mutant and runs a test command,
+so the run happens in a scratch copy of the repository (``git ls-files``
+copied to a temporary directory), with the copy's ``src`` first on
+``PYTHONPATH``; the working tree is never touched.  Each scope is one module
+(or, for the CPU kernel, its element function) and the tests that cover it,
+so that a mutant costs seconds, not the whole suite.  A mutant is *killed*
+when its tests fail or time out, *survives* when they pass.  Mutants on lines
+marked ``# pragma: no mutate`` are skipped, and those listed in
+:data:`EQUIVALENT` (no behaviour can tell them from the original; each is
+explained in docs/testing.md) are left out of the score:
+
+    score = killed / (total - skipped - equivalent)
+
+Prints a table per scope and the survivors (file:line, operator, the diff's
+changed line), and writes the results as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+# one -k per command: pytest keeps only the last
+PYTEST = f"{sys.executable} -m pytest -x -q -p no:cacheprovider --no-header -W ignore"
+
+
+@dataclass(frozen=True)
+class Scope:
+    name: str
+    module: str  # path from the repository root
+    tests: str  # pytest arguments
+    functions: tuple[str, ...] = ()  # only mutants inside these functions (all if empty)
+    timeout: float = 120.0  # seconds per mutant's test run
+    skip_lines: tuple[int, ...] = field(default=())
+
+
+SCOPES = [
+    Scope("_exact", "src/adamax/_exact.py", "tests/test_exact.py", timeout=60),
+    Scope("_algorithm", "src/adamax/_algorithm.py", "tests/test_reference.py tests/test_lp.py", timeout=60),
+    Scope("spec", "src/adamax/spec.py", "tests/test_spec.py tests/test_reference.py", timeout=60),
+    Scope("reference", "src/adamax/reference.py", "tests/test_reference.py tests/test_numpy.py", timeout=90),
+    Scope("numpy", "src/adamax/numpy.py", "tests/test_numpy.py", timeout=120),
+    Scope(
+        "kernels.cpu element",
+        "src/adamax/kernels/cpu.py",
+        "tests/test_kernels.py tests/test_torch.py "
+        "-k 'matches_the_reference or eps_zero or sign_of_a_zero or nan_gradient'",
+        functions=("_element", "_maximum"),
+        timeout=240,
+    ),
+    Scope(
+        "torch adapter: plan and cache",
+        "src/adamax/torch/_cached.py",
+        "tests/test_kernels.py tests/test_torch.py -k 'cached or non_contiguous or skip_nonfinite or second_group'",
+        timeout=240,
+    ),
+    Scope(
+        "torch adapter: checks",
+        "src/adamax/torch/_plan.py",
+        "tests/test_torch.py tests/test_kernels.py -k 'not no_per_step_allocation'",
+        timeout=300,
+    ),
+    Scope(
+        "distributed: saving",
+        "src/adamax/distributed.py",
+        "tests/test_checkpoints.py -k 'not sigkill'",
+        functions=("save_checkpoint", "_write_atomically", "_fsync_dir", "_prune", "_read_pointer", "latest_step"),
+        timeout=300,
+    ),
+]
+
+# (module, line, operator) of mutants no behaviour can tell apart from the original; docs/testing.md says why.
+EQUIVALENT: set[tuple[str, int, str]] = set()
+
+
+def function_lines(path: Path, names: tuple[str, ...]) -> set[int]:
+    """The line numbers of the named top-level functions' bodies."""
+    tree = ast.parse(path.read_text())
+    lines: set[int] = set()
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name in names:
+            lines.update(range(node.lineno, node.end_lineno + 1))
+    return lines
+
+
+def scratch_copy(dest: Path) -> None:
+    files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    for name in files:
+        target = dest / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if (ROOT / name).is_file():
+            shutil.copy2(ROOT / name, target)
+
+
+def run_scope(scope: Scope, copy: Path, cosmic: Path, timeout: float | None) -> dict:
+    from cosmic_ray.work_db import WorkDB, use_db
+    from cosmic_ray.work_item import TestOutcome, WorkerOutcome, WorkResult
+
+    slug = "".join(c if c.isalnum() else "-" for c in scope.name)
+    config, session = copy / f".mutants-{slug}.toml", copy / f".mutants-{slug}.sqlite"
+    session.unlink(missing_ok=True)
+    config.write_text(
+        "[cosmic-ray]\n"
+        f'module-path = "{scope.module}"\n'
+        f"timeout = {timeout or scope.timeout}\n"
+        "excluded-modules = []\n"
+        f'test-command = "{PYTEST} {scope.tests}"\n'
+        '[cosmic-ray.distributor]\nname = "local"\n'
+    )
+    env = {**os.environ, "PYTHONPATH": str(copy / "src") + os.pathsep + str(copy), "MUTANTS": "1"}
+    subprocess.run([str(cosmic), "init", str(config), str(session)], cwd=copy, env=env, check=True)
+    source = (copy / scope.module).read_text().splitlines()
+    inside = function_lines(copy / scope.module, scope.functions) if scope.functions else None
+    with use_db(str(session), WorkDB.Mode.open) as db:
+        for item in db.work_items:
+            line = item.mutations[0].start_pos[0]
+            text = source[line - 1] if line <= len(source) else ""
+            if (inside is not None and line not in inside) or "pragma: no mutate" in text:
+                db.set_result(item.job_id, WorkResult(worker_outcome=WorkerOutcome.SKIPPED))
+    started = time.monotonic()
+    subprocess.run([str(cosmic), "exec", str(config), str(session)], cwd=copy, env=env, check=True)
+    elapsed = time.monotonic() - started
+    killed = survived = skipped = equivalent = 0
+    survivors = []
+    with use_db(str(session), WorkDB.Mode.open) as db:
+        items = {item.job_id: item for item in db.work_items}
+        for job_id, result in db.results:
+            mutation = items[job_id].mutations[0]
+            key = (scope.module, mutation.start_pos[0], mutation.operator_name)
+            if result.worker_outcome == WorkerOutcome.SKIPPED:
+                skipped += 1
+            elif key in EQUIVALENT:
+                equivalent += 1
+            elif result.worker_outcome == WorkerOutcome.NORMAL and result.test_outcome == TestOutcome.SURVIVED:
+                survived += 1
+                changed = [line for line in (result.diff or "").splitlines() if line.startswith("+ ")]
+                survivors.append(
+                    {"line": key[1], "operator": key[2], "change": changed[0][2:].strip() if changed else ""}
+                )
+            else:
+                killed += 1  # failed tests, a timeout, or a mutant that cannot even be imported
+    total = killed + survived
+    return {
+        "scope": scope.name,
+        "module": scope.module,
+        "tests": scope.tests,
+        "killed": killed,
+        "survived": survived,
+        "skipped": skipped,
+        "equivalent": equivalent,
+        "score": killed / total if total else 1.0,
+        "seconds": round(elapsed),
+        "survivors": sorted(survivors, key=lambda s: s["line"]),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", nargs="*", help="scope names to run (default: all)")
+    parser.add_argument("--timeout", type=float, help="seconds per mutant's tests (default: each scope's own)")
+    parser.add_argument("--json", default="mutants.json", help="where to write the results")
+    parser.add_argument("--keep", help="run in this directory and keep it (default: a temporary one)")
+    args = parser.parse_args()
+    cosmic = Path(sys.executable).parent / "cosmic-ray"
+    if not cosmic.exists():
+        sys.exit("cosmic-ray is not installed here: make mutants installs it (pip install -e '.[mutants]')")
+    scopes = [s for s in SCOPES if not args.only or s.name in args.only]
+    if not scopes:
+        sys.exit(f"no scope named {args.only}; scopes: {', '.join(s.name for s in SCOPES)}")
+    work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="adamax-mutants-"))
+    work.mkdir(parents=True, exist_ok=True)
+    scratch_copy(work)
+    results = []
+    try:
+        for scope in scopes:
+            print(f"== {scope.name}: {scope.module} against {scope.tests}", flush=True)
+            results.append(run_scope(scope, work, cosmic, args.timeout))
+            r = results[-1]
+            print(f"   killed {r['killed']}, survived {r['survived']}, skipped {r['skipped']}, equivalent "
+                  f"{r['equivalent']}: score {r['score']:.1%} in {r['seconds']} s", flush=True)  # fmt: skip
+            for s in r["survivors"]:
+                print(f"   survivor {scope.module}:{s['line']} {s['operator']}: {s['change']}", flush=True)
+    finally:
+        Path(args.json).write_text(json.dumps(results, indent=1))
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+    killed = sum(r["killed"] for r in results)
+    total = killed + sum(r["survived"] for r in results)
+    print(f"\n{'scope':32} {'killed':>7} {'survived':>9} {'score':>7} {'seconds':>8}")
+    for r in results:
+        print(f"{r['scope']:32} {r['killed']:7d} {r['survived']:9d} {r['score']:7.1%} {r['seconds']:8d}")
+    print(f"{'all':32} {killed:7d} {total - killed:9d} {killed / total if total else 1:7.1%}")
+
+
+if __name__ == "__main__":
+    main()
