@@ -453,3 +453,35 @@ def test_a_refused_load_into_a_fresh_lazy_optimizer_leaves_its_tables_consistent
     twin_opt.flush()
     for a, b in zip(model.parameters(), twin_model.parameters()):
         assert torch.equal(a, b)
+
+
+def test_compact_state_round_trips_through_a_checkpoint_and_resumes_exactly(tmp_path):
+    from adamax.torch import Adamax
+
+    def make():
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(300, 20), torch.nn.Tanh(), torch.nn.Linear(20, 3))
+        return model, Adamax(model.parameters(), lr=1e-2, state_format="compact")
+
+    def step(model, opt, seed):
+        gen = torch.Generator().manual_seed(seed)
+        x, y = torch.randn(8, 300, generator=gen), torch.randn(8, 3, generator=gen)
+        opt.zero_grad()
+        torch.nn.functional.mse_loss(model(x), y).backward()
+        opt.step()
+
+    model, opt = make()
+    for seed in range(3):
+        step(model, opt, seed)
+    save_checkpoint(tmp_path, 3, model, opt)
+    again, again_opt = make()
+    assert load_latest(tmp_path, again, again_opt) == 3
+    for seed in range(3, 6):
+        step(model, opt, seed)
+        step(again, again_opt, seed)
+    for a, b in zip(model.parameters(), again.parameters()):
+        assert torch.equal(a, b)
+        assert opt.state[a].keys() == again_opt.state[b].keys() == {"step", "exp_avg", "exp_inf_code", "exp_inf_scale"}
+        for key in opt.state[a]:
+            assert opt.state[a][key].dtype == again_opt.state[b][key].dtype
+            assert torch.equal(opt.state[a][key], again_opt.state[b][key]), key
