@@ -634,6 +634,26 @@ def test_by_default_a_nan_gradient_propagates_like_torch(backend):
     assert torch.isnan(opt.state[ours[0].weight]["exp_inf"][1, 2]) and opt.skipped_steps == 0
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("weight_decay", [0.0, 0.1])
+def test_infinite_params_and_signed_zero_gradients_step_like_torch(backend, weight_decay):
+    """A param already infinite stays infinite (not NaN) without weight decay, and a -0.0 gradient keeps its sign
+    through the moment: torch.optim.Adamax's values, bit for bit, on every path."""
+    ours = torch.tensor([math.inf, -math.inf, 1.0, -2.0, 0.5, 3.0], requires_grad=True)
+    theirs = ours.detach().clone().requires_grad_()
+    opt = Adamax([ours], lr=0.01, weight_decay=weight_decay, **BACKENDS[backend])
+    ref = torch.optim.Adamax([theirs], lr=0.01, weight_decay=weight_decay, foreach=False)
+    for t in range(3):
+        g = torch.tensor([0.5, -0.5, -0.0, 0.0, 1.0 + t, -0.0])
+        ours.grad, theirs.grad = g.clone(), g.clone()
+        opt.step()
+        ref.step()
+        assert equal_with_nan(ours, theirs) and torch.equal(torch.signbit(ours), torch.signbit(theirs)), t
+        for key in ("exp_avg", "exp_inf"):
+            assert equal_with_nan(opt.state[ours][key], ref.state[theirs][key]), (key, t)
+            assert torch.equal(torch.signbit(opt.state[ours][key]), torch.signbit(ref.state[theirs][key])), (key, t)
+
+
 @pytest.mark.parametrize("bad", [math.inf, -math.inf, math.nan])
 def test_skip_nonfinite_skips_a_step_whose_second_group_alone_is_not_finite(bad):
     model = make_model()
