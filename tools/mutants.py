@@ -84,8 +84,33 @@ SCOPES = [
     ),
 ]
 
-# (module, line, operator) of mutants no behaviour can tell apart from the original; docs/testing.md says why.
-EQUIVALENT: set[tuple[str, int, str]] = set()
+# Mutants no behaviour can tell apart from the original, by module and the mutated line's text (robust to lines
+# moving).  Each says why; docs/testing.md lists them.
+_FMA, _CPU = "src/adamax/_exact.py", "src/adamax/kernels/cpu.py"
+EQUIVALENT: dict[tuple[str, str], str] = {
+    (_FMA, "if dtype >= np.float64:"): "for NumPy dtypes >= is 'can hold every value of': only float64 holds float64",
+    (_FMA, "hi = c % (c - a)"): "c / (c - a) lies in [1, 2), so c % (c - a) is c - (c - a); fmod is exact",
+    (_FMA, "inexact_and_even = (err != 0) & ((s.view(np.uint64) & 1) <= 0)"): "s & 1 is 0 or 1: <= 0 is == 0",
+    (
+        _FMA,
+        "inexact_and_even = (err != 0) // ((s.view(np.uint64) & 1) == 0)",
+    ): "bool // bool is 1 exactly where bool & bool is (0 elsewhere, a zero division included)",
+    (_FMA, "inexact_and_even = (err != 0) * ((s.view(np.uint64) & 1) == 0)"): "bool * bool is bool & bool",
+    (_FMA, "toward = np.where(err >= 0, np.inf, -np.inf)"): "toward is used only where err != 0",
+    (_CPU, "elif decay_mode >= DECOUPLED:"): "DECOUPLED is the largest decay mode",
+    (
+        _CPU,
+        "elif decay_mode <= DECOUPLED:",
+    ): "reached only without coupled decay; with no decay the factor is 1 - lr * 0 = 1, and p * 1 is p",
+    (_CPU, "d = u + eps if placement <= EPS_DENOMINATOR else u"): "in this branch placement is 1 or 2: <= 1 is == 1",
+    (
+        _CPU,
+        "if guard and d <= 0:  # u == 0 only where every gradient so far was 0, so m == 0: no step",
+    ): "d = u (+ eps) is never below 0",
+    (_CPU, "if placement is EPS_MAX:"): "numba compiles `is` between integers as ==",
+    (_CPU, "if a is not a:"): "numba compiles `is not` between floats as !=",
+    (_CPU, "if b is not b:"): "numba compiles `is not` between floats as !=",
+}
 
 
 def function_lines(path: Path, names: tuple[str, ...]) -> set[int]:
@@ -109,10 +134,10 @@ def scratch_copy(dest: Path) -> None:
 
 def run_scope(scope: Scope, copy: Path, cosmic: Path, timeout: float | None) -> dict:
     from cosmic_ray.work_db import WorkDB, use_db
-    from cosmic_ray.work_item import TestOutcome, WorkerOutcome, WorkResult
+    from cosmic_ray.work_item import WorkerOutcome, WorkResult
 
-    slug = "".join(c if c.isalnum() else "-" for c in scope.name)
-    config, session = copy / f".mutants-{slug}.toml", copy / f".mutants-{slug}.sqlite"
+    session = session_of(scope, copy)
+    config = session.with_suffix(".toml")
     session.unlink(missing_ok=True)
     config.write_text(
         "[cosmic-ray]\n"
@@ -134,24 +159,39 @@ def run_scope(scope: Scope, copy: Path, cosmic: Path, timeout: float | None) -> 
                 db.set_result(item.job_id, WorkResult(worker_outcome=WorkerOutcome.SKIPPED))
     started = time.monotonic()
     subprocess.run([str(cosmic), "exec", str(config), str(session)], cwd=copy, env=env, check=True)
-    elapsed = time.monotonic() - started
+    return score(scope, copy, time.monotonic() - started)
+
+
+def session_of(scope: Scope, copy: Path) -> Path:
+    return copy / f".mutants-{''.join(c if c.isalnum() else '-' for c in scope.name)}.sqlite"
+
+
+def score(scope: Scope, copy: Path, elapsed: float | None) -> dict:
+    """Count a scope's session: killed, survived (listed), skipped, equivalent, and not yet run."""
+    from cosmic_ray.work_db import WorkDB, use_db
+    from cosmic_ray.work_item import TestOutcome, WorkerOutcome
+
+    session = session_of(scope, copy)
     killed = survived = skipped = equivalent = 0
     survivors = []
     with use_db(str(session), WorkDB.Mode.open) as db:
         items = {item.job_id: item for item in db.work_items}
+        not_run = db.num_work_items - db.num_results
         for job_id, result in db.results:
             mutation = items[job_id].mutations[0]
-            key = (scope.module, mutation.start_pos[0], mutation.operator_name)
+            line = mutation.start_pos[0]
+            diff = (result.diff or "").splitlines()
+            changed = [text for text in diff if text.startswith("+") and not text.startswith("+++")]
+            mutated = changed[0][1:].strip() if changed else ""
+            key = (scope.module, mutated)
             if result.worker_outcome == WorkerOutcome.SKIPPED:
                 skipped += 1
             elif key in EQUIVALENT:
                 equivalent += 1
             elif result.worker_outcome == WorkerOutcome.NORMAL and result.test_outcome == TestOutcome.SURVIVED:
                 survived += 1
-                changed = [line for line in (result.diff or "").splitlines() if line.startswith("+ ")]
-                survivors.append(
-                    {"line": key[1], "operator": key[2], "change": changed[0][2:].strip() if changed else ""}
-                )
+                operator = mutation.operator_name.split("/")[-1]
+                survivors.append({"line": line, "operator": operator, "change": mutated})
             else:
                 killed += 1  # failed tests, a timeout, or a mutant that cannot even be imported
     total = killed + survived
@@ -163,8 +203,9 @@ def run_scope(scope: Scope, copy: Path, cosmic: Path, timeout: float | None) -> 
         "survived": survived,
         "skipped": skipped,
         "equivalent": equivalent,
+        "not_run": not_run,
         "score": killed / total if total else 1.0,
-        "seconds": round(elapsed),
+        "seconds": None if elapsed is None else round(elapsed),
         "survivors": sorted(survivors, key=lambda s: s["line"]),
     }
 
@@ -175,7 +216,16 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, help="seconds per mutant's tests (default: each scope's own)")
     parser.add_argument("--json", default="mutants.json", help="where to write the results")
     parser.add_argument("--keep", help="run in this directory and keep it (default: a temporary one)")
+    parser.add_argument("--report", help="run nothing: score the sessions a --keep run left in this directory")
     args = parser.parse_args()
+    if args.report:
+        scopes = [
+            s for s in SCOPES if (not args.only or s.name in args.only) and session_of(s, Path(args.report)).exists()
+        ]
+        results = [score(s, Path(args.report), None) for s in scopes]
+        Path(args.json).write_text(json.dumps(results, indent=1))
+        summary(results)
+        return
     cosmic = Path(sys.executable).parent / "cosmic-ray"
     if not cosmic.exists():
         sys.exit("cosmic-ray is not installed here: make mutants installs it (pip install -e '.[mutants]')")
@@ -199,12 +249,20 @@ def main() -> None:
         Path(args.json).write_text(json.dumps(results, indent=1))
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
+    summary(results)
+
+
+def summary(results: list[dict]) -> None:
+    for r in results:
+        for s in r["survivors"]:
+            print(f"survivor {r['module']}:{s['line']} {s['operator']}: {s['change']}")
     killed = sum(r["killed"] for r in results)
     total = killed + sum(r["survived"] for r in results)
-    print(f"\n{'scope':32} {'killed':>7} {'survived':>9} {'score':>7} {'seconds':>8}")
+    print(f"\n{'scope':32} {'killed':>7} {'survived':>9} {'equivalent':>11} {'not run':>8} {'score':>7} {'seconds':>8}")
     for r in results:
-        print(f"{r['scope']:32} {r['killed']:7d} {r['survived']:9d} {r['score']:7.1%} {r['seconds']:8d}")
-    print(f"{'all':32} {killed:7d} {total - killed:9d} {killed / total if total else 1:7.1%}")
+        print(f"{r['scope']:32} {r['killed']:7d} {r['survived']:9d} {r['equivalent']:11d} {r['not_run']:8d} "
+              f"{r['score']:7.1%} {r['seconds'] if r['seconds'] is not None else '-':>8}")  # fmt: skip
+    print(f"{'all':32} {killed:7d} {total - killed:9d} {'':11} {'':8} {killed / total if total else 1:7.1%}")
 
 
 if __name__ == "__main__":
