@@ -16,7 +16,8 @@ lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check src tests benchmarks examples tools
 	$(BIN)/ruff format --check src tests benchmarks examples tools
 
-# Mutation testing of the core (docs/testing.md): about an hour on this project's 2-core machine; not part of `test`.
+# Mutation testing of the core (docs/testing.md): hours on this project's 2-core machine (per-scope times there);
+# not part of `test`.  `tools/mutants.py --only NAME` runs one scope.
 mutants: $(VENV)/.installed-mutants
 	$(BIN)/python tools/mutants.py --json benchmarks/results/mutants.json
 

@@ -56,6 +56,14 @@ def test_kernel_with_eps_zero_and_lerp_large_weight():
         kernel_run(np.float32, config, [1, 17, 5000], steps=5)
 
 
+def test_kernel_with_lerp_weight_exactly_one_half():
+    """beta1 = 0.5: torch's lerp takes its second FMA form at weight 0.5 (``weight < 0.5`` picks the first); where
+    g - m rounds, the two forms differ in the last bit, so the form chosen must be torch's."""
+    from adamax.spec import AdamaxConfig
+
+    kernel_run(np.float32, AdamaxConfig(betas=(0.5, 0.999)), [1, 17, 5000], steps=6)
+
+
 def test_numpy_optimizer_uses_the_kernel_and_matches_the_reference():
     rng = np.random.default_rng(1)
     params = {"big": rng.standard_normal(70_000).astype(np.float32), "tiny": rng.standard_normal(3)}
