@@ -120,6 +120,8 @@ def test_complex_is_the_real_pair_update():
         ),
         (lambda: reference.init(np.zeros(2, bool)), "dtype bool"),
         (lambda: reference.update(np.zeros(3), np.zeros(2), reference.init(np.zeros(3))), "grad has shape"),
+        (lambda: reference.update(np.zeros(3), np.zeros(4), reference.init(np.zeros(3))), "grad has shape"),  # larger
+        (lambda: reference.update(np.zeros(3), np.zeros((3, 1)), reference.init(np.zeros(3))), "grad has shape"),
         (lambda: reference.update(np.zeros(3), np.zeros(3, np.float32), reference.init(np.zeros(3))), "grad has dtype"),
         (
             lambda: reference.update(np.zeros(3), np.zeros(3), reference.AdamaxState(-1, np.zeros(3), np.zeros(3))),

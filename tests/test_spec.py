@@ -94,3 +94,15 @@ def test_replace_validates_and_round_trips():
 def test_config_is_frozen():
     with pytest.raises(AttributeError):
         AdamaxConfig().lr = 1.0  # type: ignore[misc]
+
+
+def test_defaults_are_torchs_and_a_partial_dict_fills_in_the_rest():
+    torch = pytest.importorskip("torch")
+    theirs = torch.optim.Adamax([torch.zeros(1, requires_grad=True)]).defaults
+    ours = AdamaxConfig()
+    assert (ours.lr, ours.betas, ours.eps, ours.weight_decay) == (
+        theirs["lr"], tuple(theirs["betas"]), theirs["eps"], theirs["weight_decay"],
+    )  # fmt: skip
+    assert AdamaxConfig.from_dict({"lr": 0.1}) == AdamaxConfig(lr=0.1)
+    with pytest.raises(ValueError, match="unknown hyperparameters: 'rate'"):
+        AdamaxConfig.from_dict({"lr": 0.1, "rate": 2})

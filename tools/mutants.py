@@ -50,7 +50,13 @@ class Scope:
 
 SCOPES = [
     Scope("_exact", "src/adamax/_exact.py", "tests/test_exact.py", timeout=60),
-    Scope("_algorithm", "src/adamax/_algorithm.py", "tests/test_reference.py tests/test_lp.py", timeout=60),
+    Scope(
+        "_algorithm",
+        "src/adamax/_algorithm.py",  # the numba kernel is an independent implementation: its tests are oracles here
+        "tests/test_reference.py tests/test_lp.py tests/test_kernels.py tests/test_torch.py "
+        "-k 'reference or lp or one_half or infinite_params'",
+        timeout=120,
+    ),
     Scope("spec", "src/adamax/spec.py", "tests/test_spec.py tests/test_reference.py", timeout=60),
     Scope("reference", "src/adamax/reference.py", "tests/test_reference.py tests/test_numpy.py", timeout=90),
     Scope("numpy", "src/adamax/numpy.py", "tests/test_numpy.py", timeout=120),
@@ -86,7 +92,9 @@ SCOPES = [
 
 # Mutants no behaviour can tell apart from the original, by module and the mutated line's text (robust to lines
 # moving).  Each says why; docs/testing.md lists them.
-_FMA, _CPU = "src/adamax/_exact.py", "src/adamax/kernels/cpu.py"
+_FMA, _CPU, _ALG = "src/adamax/_exact.py", "src/adamax/kernels/cpu.py", "src/adamax/_algorithm.py"
+_DIST = "src/adamax/distributed.py"
+_GUARD = "the guarded divide equals the plain one wherever d != 0, and d > 0 whenever eps > 0"
 EQUIVALENT: dict[tuple[str, str], str] = {
     (_FMA, "if dtype >= np.float64:"): "for NumPy dtypes >= is 'can hold every value of': only float64 holds float64",
     (_FMA, "hi = c % (c - a)"): "c / (c - a) lies in [1, 2), so c % (c - a) is c - (c - a); fmod is exact",
@@ -101,6 +109,26 @@ EQUIVALENT: dict[tuple[str, str], str] = {
         _FMA,
         "return np.where(np.isfinite(out), out, plain).astype(dtype, copy=True)",
     ): "np.where made a new array already: a copy of it is indistinguishable",
+    (_ALG, "if c.weight_decay > 0 and not c.decoupled_weight_decay:"): "weight_decay is validated >= 0",
+    (_ALG, "if c.weight_decay > 0 and c.decoupled_weight_decay:"): "weight_decay is validated >= 0",
+    (
+        _ALG,
+        "if c.weight_decay >= 0 and c.decoupled_weight_decay:",
+    ): "with no decay the factor is 1 - lr * 0; p * 1 is p",
+    (
+        _ALG,
+        "if c.weight_decay != -1 and c.decoupled_weight_decay:",
+    ): "with no decay the factor is 1 - lr * 0; p * 1 is p",
+    (_ALG, "eps_is_positive = isinstance(c.eps, (int, float)) and c.eps > 1  # a traced eps might be 0"): _GUARD,
+    (_ALG, "eps_is_positive = isinstance(c.eps, (int, float)) and c.eps < 0  # a traced eps might be 0"): _GUARD,
+    (
+        _ALG,
+        'p = ops.apply_step_(p, m, denom, step_size, guard_zero=c.eps_placement >= "none" or not eps_is_positive)',
+    ): '"none" is the largest of the three placements',
+    (
+        _ALG,
+        'p = ops.apply_step_(p, m, denom, step_size, guard_zero=c.eps_placement <= "none" or not eps_is_positive)',
+    ): _GUARD,
     (_CPU, "elif decay_mode >= DECOUPLED:"): "DECOUPLED is the largest decay mode",
     (
         _CPU,
@@ -113,8 +141,40 @@ EQUIVALENT: dict[tuple[str, str], str] = {
     ): "d = u (+ eps) is never below 0",
     (_CPU, "if placement is EPS_MAX:"): "numba compiles `is` between integers as ==",
     (_CPU, "if decay_mode is COUPLED:"): "numba compiles `is` between integers as ==",
+    (_CPU, "d = u + eps if placement is EPS_DENOMINATOR else u"): "numba compiles `is` between integers as ==",
+    (_CPU, "if placement <= EPS_MAX:"): "EPS_MAX is 0, the smallest placement code",
     (_CPU, "if a is not a:"): "numba compiles `is not` between floats as !=",
     (_CPU, "if b is not b:"): "numba compiles `is not` between floats as !=",
+    (_CPU, "if b > b:"): "a NaN b is returned anyway by the last line, `a if a >= b else b`",
+    (_CPU, "if b < b:"): "a NaN b is returned anyway by the last line, `a if a >= b else b`",
+    (_CPU, "return a if a > b else b"): "u * b2 and |g| (+ eps) are never -0.0, so equal operands are the same bits",
+    (_CPU, "elif decay_mode is DECOUPLED:"): "numba compiles `is` between integers as ==",
+    (
+        _ALG,
+        'denom = ops.add(u, c.eps) if c.eps_placement <= "denominator" else u',
+    ): 'in this branch the placement is "denominator" or "none", and "none" > "denominator"',
+    (
+        _ALG,
+        "eps_is_positive = isinstance(c.eps, (int, float)) and c.eps != 0  # a traced eps might be 0",
+    ): "eps is validated >= 0",
+    (_DIST, "def latest_step(root: str | os.PathLike) -> int >> None:"): "annotations are not evaluated here",
+    (
+        _DIST,
+        "def _prune(root: Path, keep: int ^ None, recent: list[str]) -> None:",
+    ): "annotations are not evaluated here",
+    (
+        _DIST,
+        "def _prune(root: Path, keep: int + None, recent: list[str]) -> None:",
+    ): "annotations are not evaluated here",
+    (
+        _DIST,
+        'tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[: 9]}")',
+    ): "a temporary name one character longer",
+    (_DIST, "if _rank() <= 0:"): "ranks are never negative",
+    (
+        _DIST,
+        "except CosmicRayTestingException:  # not every platform opens directories",
+    ): "on Linux a directory opens, so the handler never runs (equivalent on this platform only)",
 }
 
 
