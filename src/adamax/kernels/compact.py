@@ -1,10 +1,11 @@
 """The fused CPU kernel for compact state (:mod:`adamax.compact`), and low-precision params (numba).
 
-One parallel pass, block by block (256 elements share a scale): the block's
-gradients are read twice from L1 (once for the block's largest ``|g| + eps``,
-which decides a re-base, once for the update), and each element's p, g, m
-and code are read and written once from memory: 20 bytes per float32 element
-(p 4 + 4, g 4, m 2 + 2, code 2 + 2), 14 for bfloat16 and float16 params.
+One parallel pass, block by block (256 elements share a scale): a first loop
+takes the block's gradients as the step uses them into a buffer in L1, with
+the block's largest ``|g| + eps``, which decides a re-base; a second,
+branch-free loop, which LLVM vectorises, updates each element.  Each
+element's p, g, m and code cross memory once each way: 20 bytes per float32
+element (p 4 + 4, g 4, m 2 + 2, code 2 + 2), 14 for bfloat16 and float16.
 The arithmetic is float32 and follows :func:`adamax.compact.update` operation
 for operation, so the results are the same bits; a bfloat16 or float16 param
 is widened exactly and rounded to nearest (even) when stored, as torch rounds.
@@ -47,7 +48,7 @@ from adamax.kernels.cpu import (
 
 KINDS = {np.dtype(np.float32): F32, np.dtype(np.float16): F16}  # NumPy dtypes; bfloat16 comes from torch only
 BLOCKS_PER_CHUNK = 256  # 65,536 elements per work item
-ONE, OFFSET, TINY = compact.ONE, compact.OFFSET, np.float32(compact.TINY)
+OFFSET, TINY = compact.OFFSET, np.float32(compact.TINY)
 
 
 # ----- the codes -----
