@@ -96,6 +96,10 @@ _FMA, _CPU, _ALG = "src/adamax/_exact.py", "src/adamax/kernels/cpu.py", "src/ada
 _DIST = "src/adamax/distributed.py"
 _GUARD = "the guarded divide equals the plain one wherever d != 0, and d > 0 whenever eps > 0"
 EQUIVALENT: dict[tuple[str, str], str] = {
+    (_ALG, "decay_before_real_view = False  # as torch's single-tensor path"): (
+        "NumpyOps picks complex rounding (two roundings) from the dtype, not from the arrays' view; the rest is "
+        "elementwise, the same on complex numbers and on their real pairs"
+    ),
     (_FMA, "if dtype >= np.float64:"): "for NumPy dtypes >= is 'can hold every value of': only float64 holds float64",
     (_FMA, "hi = c % (c - a)"): "c / (c - a) lies in [1, 2), so c % (c - a) is c - (c - a); fmod is exact",
     (_FMA, "inexact_and_even = (err != 0) & ((s.view(np.uint64) & 1) <= 0)"): "s & 1 is 0 or 1: <= 0 is == 0",
