@@ -30,7 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -45,7 +45,6 @@ class Scope:
     tests: str  # pytest arguments
     functions: tuple[str, ...] = ()  # only mutants inside these functions (all if empty)
     timeout: float = 120.0  # seconds per mutant's test run
-    skip_lines: tuple[int, ...] = field(default=())
 
 
 SCOPES = [
@@ -216,7 +215,7 @@ def run_scope(scope: Scope, copy: Path, cosmic: Path, timeout: float | None) -> 
         f'test-command = "{PYTEST} {scope.tests}"\n'
         '[cosmic-ray.distributor]\nname = "local"\n'
     )
-    env = {**os.environ, "PYTHONPATH": str(copy / "src") + os.pathsep + str(copy), "MUTANTS": "1"}
+    env = {**os.environ, "PYTHONPATH": str(copy / "src") + os.pathsep + str(copy)}
     subprocess.run([str(cosmic), "init", str(config), str(session)], cwd=copy, env=env, check=True)
     source = (copy / scope.module).read_text().splitlines()
     inside = function_lines(copy / scope.module, scope.functions) if scope.functions else None
