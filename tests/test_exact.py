@@ -132,3 +132,37 @@ def test_non_finite_inputs_follow_ieee():
     assert np.isnan(fma(np.float64(np.inf), np.float64(0.0), np.float64(1.0)))
     assert fma(np.float32(np.inf), np.float32(2.0), np.float32(1.0)) == np.inf
     assert np.isnan(fma(np.float64(np.nan), np.float64(1.0), np.float64(1.0)))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_sums_next_to_a_midpoint_are_correctly_rounded(dtype):
+    """a*b is about half an ulp of c, so the exact sum lies within an intermediate ulp or two of a midpoint of the
+    target type, on either side, with either sign and either parity of c: where an intermediate rounded to
+    nearest, or nudged the wrong way or at the wrong parity, lands on the midpoint (or off it) and the final
+    rounding goes the wrong way."""
+    rng = np.random.default_rng(11)
+    n = 10000
+    c = (rng.uniform(1, 2, n) * 2.0 ** rng.integers(-4, 4, n) * rng.choice([-1, 1], n)).astype(dtype)
+    half_ulp = np.spacing(np.abs(c)).astype(np.float64) / 2 * rng.choice([-1, 1], n)
+    a = (np.abs(half_ulp) * rng.uniform(1, 2, n)).astype(dtype)
+    b = (half_ulp / a).astype(dtype)  # a*b is half an ulp of c, to within dtype's precision
+    got = fma(a, b, c)
+    want = np.array([round_to(dtype, exact_sum(x, y, z)) for x, y, z in zip(a, b, c)])
+    naive = (a.astype(np.float64) * b + c).astype(dtype) if dtype == np.float32 else a * b + c
+    assert (naive != want).sum() > n // 100  # hard cases are really drawn: double rounding gets them wrong
+    bad = np.flatnonzero(got != want)
+    assert not bad.size, [(a[i], b[i], c[i], got[i], want[i]) for i in bad[:3]]
+
+
+def test_float64_fma_is_exact_up_to_where_its_split_would_overflow():
+    # The documented range ends at |a| = MAX / (2^27 + 1); at its end the product's rounding error is still kept.
+    bound = np.finfo(np.float64).max / (2**27 + 1)
+    a = np.float64(bound)
+    with np.errstate(over="ignore"):
+        while not np.isfinite(a * (2**27 + 1)):
+            a = np.nextafter(a, 0.0)
+    b = np.float64(1 + 3 * 2.0**-52)
+    c = -(a * b)  # the product rounded, negated: the exact result is the product's rounding error
+    want = round_to(np.float64, exact_sum(a, b, c))
+    assert want != 0 and a * b + c == 0
+    assert fma(a, b, c) == want

@@ -64,6 +64,21 @@ def test_kernel_with_lerp_weight_exactly_one_half():
     kernel_run(np.float32, AdamaxConfig(betas=(0.5, 0.999)), [1, 17, 5000], steps=6)
 
 
+@pytest.mark.parametrize("placement", ["max", "denominator", "none"])
+@pytest.mark.parametrize("decoupled", [False, True], ids=["coupled", "decoupled"])
+def test_kernel_matches_the_reference_at_weight_decay_one_with_a_placement_read_from_json(placement, decoupled):
+    """weight_decay = 1 exactly (a multiple of the gradient's own scale, and 1 - lr * wd for the decoupled form), and
+    the placement a string parsed from a config file: equal to the literal, but not the same object."""
+    import json
+
+    from adamax.spec import AdamaxConfig
+
+    parsed = json.loads(json.dumps(placement))
+    assert parsed == placement and parsed is not placement
+    config = AdamaxConfig(eps=1e-3, weight_decay=1.0, decoupled_weight_decay=decoupled, eps_placement=parsed)
+    kernel_run(np.float32, config, [1, 17, 5000], steps=4)
+
+
 def test_numpy_optimizer_uses_the_kernel_and_matches_the_reference():
     rng = np.random.default_rng(1)
     params = {"big": rng.standard_normal(70_000).astype(np.float32), "tiny": rng.standard_normal(3)}

@@ -179,6 +179,7 @@ TORCH_CONFIGS = [
     dict(lr=5e-3, weight_decay=0.1, maximize=True),
     dict(lr=2e-2, betas=(0.3, 0.9), maximize=True),  # lerp's large-weight branch
     dict(lr=1e-3, betas=(0.6, 0.99), eps=1e-4, weight_decay=1e-3),
+    dict(lr=1e-3, weight_decay=1.0),  # the gradient plus the param itself
 ]
 
 
@@ -218,3 +219,25 @@ def test_bit_exact_with_torch_forloop(kwargs, dtype):
             )
             assert states[i].step == int(torch_state["step"])
     assert not math.isnan(float(np.abs(ours[3]).sum()))
+
+
+@pytest.mark.parametrize("placement", ["max", "none"])
+def test_a_nan_gradient_with_eps_zero_poisons_its_param_like_torch(placement):
+    """eps = 0 (or no eps) guards u == 0 against 0/0; a NaN in u is not 0 and must still poison the param, as in
+    torch.  The other gradients are nonzero, so u > 0 there and torch takes the same step."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(5)
+    p0 = rng.standard_normal(64)
+    theirs = torch.tensor(p0.copy(), requires_grad=True)
+    opt = torch.optim.Adamax([theirs], eps=0.0)
+    config = AdamaxConfig(eps=0.0, eps_placement=placement)
+    ours, state = p0.copy(), reference.init(p0)
+    for step in range(3):
+        g = rng.standard_normal(64) + 3.0
+        if step == 1:
+            g[[3, 40]] = np.nan
+        theirs.grad = torch.from_numpy(g.copy())
+        opt.step()
+        ours, state = reference.update(ours, g, state, config)
+        np.testing.assert_array_equal(ours, theirs.detach().numpy())
+    assert np.isnan(ours[[3, 40]]).all() and not np.isnan(np.delete(ours, [3, 40])).any()

@@ -100,6 +100,11 @@ EQUIVALENT: dict[tuple[str, str], str] = {
         "elementwise, the same on complex numbers and on their real pairs"
     ),
     (_FMA, "if dtype >= np.float64:"): "for NumPy dtypes >= is 'can hold every value of': only float64 holds float64",
+    (_FMA, "_SPLITTER = 134217728.0  # 2**27 + 1, Veltkamp's constant for float64"): (
+        "2^27 a is exact and hi = c - (c - a) is a multiple of ulp(c - a) >= 2^26 ulp(a) within half of it of a, so "
+        "both halves still fit in 26 bits and Dekker's products stay exact; the split overflows later, so it "
+        "differs only beyond the documented |a| <= MAX / (2^27 + 1)"
+    ),
     (_FMA, "hi = c % (c - a)"): "c / (c - a) lies in [1, 2), so c % (c - a) is c - (c - a); fmod is exact",
     (_FMA, "inexact_and_even = (err != 0) & ((s.view(np.uint64) & 1) <= 0)"): "s & 1 is 0 or 1: <= 0 is == 0",
     (

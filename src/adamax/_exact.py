@@ -11,8 +11,10 @@ them against rational arithmetic.
   to the narrow type is then correct (Boldo & Melquiond 2008, Theorem 1).
 * float64: the product is split exactly (Dekker's TwoProduct), the low parts
   are summed with rounding to odd, and one round-to-nearest finishes
-  (Boldo & Melquiond 2008, Algorithm 5.4).  Valid away from overflow and from
-  the subnormal range, which optimizer states do not reach in practice.
+  (Boldo & Melquiond 2008, Algorithm 5.4).  Valid away from the subnormal
+  range and for ``|a|, |b| <= MAX / (2**27 + 1)`` (about 1.3e300), where the
+  split cannot overflow; optimizer states reach neither.  Beyond that, the
+  result is the unfused form's.
 """
 
 from __future__ import annotations
