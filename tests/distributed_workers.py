@@ -245,6 +245,28 @@ def train(args) -> None:
         torch.save({"params": [p.detach() for p in model.parameters()], "start": start}, args.out)
 
 
+def refused(args) -> None:
+    """A save that rank 1 cannot make (an unsaveable value in its param group): every rank must refuse it, and
+    then save once rank 1's value is gone.  Each rank writes what it saw to ``--out`` + its rank."""
+    from adamax import distributed
+
+    rank = init()
+    model = torch.nn.parallel.DistributedDataParallel(make_model())
+    opt = Adamax(model.parameters(), lr=LR)
+    if rank == 1:
+        opt.param_groups[0]["note"] = object()
+    try:
+        distributed.save_checkpoint(args.ckpt_dir, 1, model, opt)
+        seen = "saved"
+    except distributed.CheckpointError as err:
+        seen = f"refused: {err}"
+    written = sorted(p.name for p in Path(args.ckpt_dir).iterdir()) if Path(args.ckpt_dir).exists() else []
+    opt.param_groups[0].pop("note", None)
+    dist.barrier()
+    distributed.save_checkpoint(args.ckpt_dir, 1, model, opt)
+    torch.save({"seen": seen, "written": written, "latest": distributed.latest_step(args.ckpt_dir)}, f"{args.out}{rank}")
+
+
 def _die_at(point: str, rank: int, ckpt_dir: str):
     """A hook for ``adamax.distributed._reached``: SIGKILL this rank when a save reaches ``point``."""
 
@@ -258,7 +280,7 @@ def _die_at(point: str, rank: int, ckpt_dir: str):
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("scenario", choices=["ddp", "lazy-ddp", "zero", "fsdp", "fsdp-checkpoint", "train"])
+    parser.add_argument("scenario", choices=["ddp", "lazy-ddp", "zero", "fsdp", "fsdp-checkpoint", "train", "refused"])
     parser.add_argument("--out", required=True)
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--backend", default="fused")
@@ -278,6 +300,7 @@ def main() -> None:
             "fsdp": fsdp,
             "fsdp-checkpoint": fsdp_checkpoint,
             "train": train,
+            "refused": refused,
         }
         scenarios[args.scenario](args)
         if dist.is_initialized():

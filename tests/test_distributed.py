@@ -105,18 +105,33 @@ def test_fsdp2_checkpoints_resume_bit_identically(tmp_path):
     assert_bitwise(result["resumed"], result["straight"])
 
 
-def test_dcp_resume_is_bit_identical(tmp_path):
-    run("train", tmp_path / "straight.pt", "--steps", "8", "--ckpt-dir", str(tmp_path / "a"))
+@pytest.fixture(scope="module")
+def straight_12(tmp_path_factory) -> list[torch.Tensor]:
+    """The params after 12 steps of the 'train' scenario in one uninterrupted run: what every resume must reach."""
+    out = tmp_path_factory.mktemp("straight") / "straight.pt"
+    run("train", out, "--steps", "12", "--ckpt-dir", str(out.parent / "ckpt"))
+    return torch.load(out)["params"]
+
+
+def test_dcp_resume_is_bit_identical(tmp_path, straight_12):
     run("train", tmp_path / "first.pt", "--steps", "4", "--ckpt-dir", str(tmp_path / "b"))
-    run("train", tmp_path / "resumed.pt", "--steps", "8", "--ckpt-dir", str(tmp_path / "b"), "--resume")
-    straight, resumed = torch.load(tmp_path / "straight.pt"), torch.load(tmp_path / "resumed.pt")
+    run("train", tmp_path / "resumed.pt", "--steps", "12", "--ckpt-dir", str(tmp_path / "b"), "--resume")
+    resumed = torch.load(tmp_path / "resumed.pt")
     assert resumed["start"] == 4
-    assert_bitwise(resumed["params"], straight["params"])
+    assert_bitwise(resumed["params"], straight_12)
 
 
-def test_a_killed_rank_restarts_from_the_last_checkpoint(tmp_path):
+def test_a_save_refused_on_one_rank_is_refused_on_every_rank_and_writes_nothing(tmp_path):
+    run("refused", tmp_path / "seen", "--ckpt-dir", str(tmp_path / "ckpt"))
+    for rank in range(workers.WORLD):
+        result = torch.load(tmp_path / f"seen{rank}")
+        assert result["seen"].startswith("refused: rank 1: cannot checkpoint object"), result["seen"]
+        assert result["written"] == [], result["written"]  # no checkpoint, partial directory or pointer
+        assert result["latest"] == 1  # and the next save, with the value gone, goes through on every rank
+
+
+def test_a_killed_rank_restarts_from_the_last_checkpoint(tmp_path, straight_12):
     ckpt = tmp_path / "ckpt"
-    run("train", tmp_path / "straight.pt", "--steps", "12", "--ckpt-dir", str(tmp_path / "straight"))
     procs = launch("train", tmp_path / "never.pt", "--steps", "12", "--ckpt-dir", str(ckpt), "--stall-at", "6")
     deadline = time.monotonic() + 60
     while not (ckpt / "stalled").exists():
@@ -129,12 +144,11 @@ def test_a_killed_rank_restarts_from_the_last_checkpoint(tmp_path):
     run("train", tmp_path / "resumed.pt", "--steps", "12", "--ckpt-dir", str(ckpt), "--resume")
     resumed = torch.load(tmp_path / "resumed.pt")
     assert resumed["start"] == 4  # the last checkpoint before step 6
-    assert_bitwise(resumed["params"], torch.load(tmp_path / "straight.pt")["params"])
+    assert_bitwise(resumed["params"], straight_12)
 
 
-def test_a_save_cut_short_never_replaces_the_good_checkpoint(tmp_path):
+def test_a_save_cut_short_never_replaces_the_good_checkpoint(tmp_path, straight_12):
     ckpt = tmp_path / "ckpt"
-    run("train", tmp_path / "straight.pt", "--steps", "12", "--ckpt-dir", str(tmp_path / "straight"))
     procs = launch("train", tmp_path / "never.pt", "--steps", "12", "--ckpt-dir", str(ckpt), "--die-in-save-at", "8")
     for p in procs:
         p.wait(timeout=90)
@@ -145,7 +159,7 @@ def test_a_save_cut_short_never_replaces_the_good_checkpoint(tmp_path):
     run("train", tmp_path / "resumed.pt", "--steps", "12", "--ckpt-dir", str(ckpt), "--resume")
     resumed = torch.load(tmp_path / "resumed.pt")
     assert resumed["start"] == 4
-    assert_bitwise(resumed["params"], torch.load(tmp_path / "straight.pt")["params"])
+    assert_bitwise(resumed["params"], straight_12)
 
 
 def test_the_ddp_example_learns():
