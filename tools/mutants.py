@@ -61,7 +61,7 @@ SCOPES = [
     ),
     Scope("spec", "src/adamax/spec.py", "tests/test_spec.py tests/test_reference.py", timeout=60),
     Scope("reference", "src/adamax/reference.py", "tests/test_reference.py tests/test_numpy.py", timeout=90),
-    Scope("numpy", "src/adamax/numpy.py", "tests/test_numpy.py", timeout=120),
+    Scope("numpy", "src/adamax/numpy.py", "tests/test_numpy.py tests/test_lazy.py tests/test_compact.py", timeout=240),
     Scope(
         "kernels.cpu element",
         "src/adamax/kernels/cpu.py",
