@@ -264,7 +264,8 @@ def refused(args) -> None:
     opt.param_groups[0].pop("note", None)
     dist.barrier()
     distributed.save_checkpoint(args.ckpt_dir, 1, model, opt)
-    torch.save({"seen": seen, "written": written, "latest": distributed.latest_step(args.ckpt_dir)}, f"{args.out}{rank}")
+    latest = distributed.latest_step(args.ckpt_dir)
+    torch.save({"seen": seen, "written": written, "latest": latest}, f"{args.out}{rank}")
 
 
 def _die_at(point: str, rank: int, ckpt_dir: str):

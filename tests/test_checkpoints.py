@@ -164,6 +164,11 @@ def _state_json(path: Path, edit, forge: bool = True) -> None:
         _forge_manifest(path)
 
 
+def _overwrite(path: Path, name: str, text: str) -> None:
+    (path / name).write_text(text)
+    _forge_manifest(path)
+
+
 def _metadata_outside(path: Path) -> None:
     """A forged index that points a tensor at a file outside the checkpoint."""
     reader = distributed._VerifiedReader(path, ["__0_0.distcp"])
@@ -195,6 +200,14 @@ ATTACKS = {
         path, lambda tree: tree["model"].__setitem__("9.weight", {"__tensor__": True})
     ),
     "index pointing outside, forged manifest": lambda path, other, marker: _metadata_outside(path),
+    "state.json not JSON, forged manifest": lambda path, other, marker: _overwrite(path, "state.json", "{"),
+    "manifest not JSON": lambda path, other, marker: (path / "manifest.json").write_text("{"),
+    "manifest of another format": lambda path, other, marker: (path / "manifest.json").write_text(
+        json.dumps({"format": 99, "files": {}})
+    ),
+    "a model key missing, forged manifest": lambda path, other, marker: _state_json(
+        path, lambda tree: tree["model"].pop("0.bias")
+    ),
 }
 
 
@@ -211,6 +224,11 @@ REASONS = {  # why each is refused: the first line of defence that catches it
     "invalid lr, forged manifest": "Invalid learning rate: -1.0",
     "a tensor the model lacks, forged manifest": "tensor at model/9.weight",
     "index pointing outside, forged manifest": "outside the checkpoint's files",
+    # the file at fault, named by its path
+    "state.json not JSON, forged manifest": r"step-00000004/state\.json: Expecting property name",
+    "manifest not JSON": r"step-00000004/manifest\.json: Expecting property name",
+    "manifest of another format": r"step-00000004/manifest\.json: not a format-1 manifest",
+    "a model key missing, forged manifest": r"the model's keys differ \(missing \['0\.bias'\], unexpected \[\]\)",
 }
 
 
@@ -230,6 +248,45 @@ def test_a_hostile_or_damaged_checkpoint_is_refused_and_changes_nothing(tmp_path
     assert not marker.exists(), "code stored in the checkpoint ran"
     assert_unchanged(model, opt, before)
     worker.train_step(model, opt, 9)  # and training goes on
+
+
+def regrouped(model, groups: list[slice]):
+    from adamax.torch import Adamax
+
+    params = list(model.parameters())
+    return Adamax([{"params": params[part], "lr": 0.01 * (k + 1)} for k, part in enumerate(groups)])
+
+
+@pytest.mark.parametrize(
+    ("saved", "live"),
+    [
+        ([slice(0, 2), slice(2, 4)], [slice(0, 4)]),  # two groups into one: DCP gives all four the second's lr
+        ([slice(0, 4)], [slice(0, 2), slice(2, 4)]),
+        ([slice(0, 1), slice(1, 4)], [slice(0, 3), slice(3, 4)]),  # as many groups, other params in them
+    ],
+    ids=["two-into-one", "one-into-two", "regrouped"],
+)
+def test_a_checkpoint_of_other_param_groups_is_refused_and_changes_nothing(tmp_path, saved, live):
+    model, _ = worker.make()
+    opt = regrouped(model, saved)
+    worker.train_step(model, opt, 0)
+    save_checkpoint(tmp_path, 1, model, opt)
+    for fresh in (True, False):
+        target = worker.make(seed=3)[0]
+        target_opt = regrouped(target, live)
+        if not fresh:
+            worker.train_step(target, target_opt, 5)
+        before = snapshot(target, target_opt)
+        with pytest.raises(CheckpointError, match="the optimizer's param groups differ"):
+            load_latest(tmp_path, target, target_opt)
+        assert_unchanged(target, target_opt, before)
+
+
+def test_by_default_the_three_newest_checkpoints_are_kept(tmp_path):
+    model, opt = trained(1)
+    for step in range(1, 6):
+        save_checkpoint(tmp_path, step, model, opt)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest", "step-00000003", "step-00000004", "step-00000005"]
 
 
 def test_a_refused_load_undoes_the_state_dcp_creates_on_a_fresh_optimizer(tmp_path):

@@ -281,6 +281,7 @@ def score(scope: Scope, copy: Path, elapsed: float | None) -> dict:
             line = mutation.start_pos[0]
             diff = (result.diff or "").splitlines()
             changed = [text for text in diff if text.startswith("+") and not text.startswith("+++")]
+            removed = [text for text in diff if text.startswith("-") and not text.startswith("---")]
             mutated = changed[0][1:].strip() if changed else ""
             key = (scope.module, mutated)
             in_annotation = any(a <= tuple(mutation.start_pos) and tuple(mutation.end_pos) <= b for a, b in annotations)
@@ -293,7 +294,8 @@ def score(scope: Scope, copy: Path, elapsed: float | None) -> dict:
             elif result.worker_outcome == WorkerOutcome.NORMAL and result.test_outcome == TestOutcome.SURVIVED:
                 survived += 1
                 operator = mutation.operator_name.split("/")[-1]
-                survivors.append({"line": line, "operator": operator, "change": mutated})
+                original = removed[0][1:].strip() if len(removed) == len(changed) == 1 else None
+                survivors.append({"line": line, "operator": operator, "change": mutated, "original": original})
             else:
                 killed += 1  # failed tests, a timeout, or a mutant that cannot even be imported
     total = killed + survived
@@ -312,6 +314,37 @@ def score(scope: Scope, copy: Path, elapsed: float | None) -> dict:
     }
 
 
+def recheck(scope: Scope, result: dict, copy: Path, timeout: float | None) -> None:
+    """Run a scope's survivors again against the tests as they are now, in a fresh scratch copy: each survivor's
+    line is found by its text (lines move as the code changes) and replaced by the mutant's.  Marks each survivor
+    ``now`` = "killed", "survives", or "not found" (its line changed or is no longer unique)."""
+    module = copy / scope.module
+    source = module.read_text()
+    lines = source.splitlines(keepends=True)
+    env = {**os.environ, "PYTHONPATH": str(copy / "src") + os.pathsep + str(copy)}
+    for survivor in result["survivors"]:
+        at = [i for i, text in enumerate(lines) if text.strip() == survivor.get("original")]
+        if len(at) != 1:
+            survivor["now"] = "not found"
+            continue
+        text = lines[at[0]]
+        mutated = lines[:]
+        mutated[at[0]] = text[: len(text) - len(text.lstrip())] + survivor["change"] + "\n"
+        module.write_text("".join(mutated))
+        try:
+            done = subprocess.run(f"{PYTEST} {scope.tests}", shell=True, cwd=copy, env=env, capture_output=True,
+                                  timeout=timeout or scope.timeout)  # fmt: skip
+            survivor["now"] = "survives" if done.returncode == 0 else "killed"
+        except subprocess.TimeoutExpired:
+            survivor["now"] = "killed"
+        finally:
+            module.write_text(source)
+        print(f"   {scope.module}:{survivor['line']} {survivor['now']}: {survivor['change']}", flush=True)
+    killed_now = sum(s.get("now") == "killed" for s in result["survivors"])
+    total = result["killed"] + result["survived"]
+    result["score_now"] = (result["killed"] + killed_now) / total if total else 1.0
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="*", help="scope names to run (default: all)")
@@ -319,12 +352,19 @@ def main() -> None:
     parser.add_argument("--json", default="mutants.json", help="where to write the results")
     parser.add_argument("--keep", help="run in this directory and keep it (default: a temporary one)")
     parser.add_argument("--report", help="run nothing: score the sessions a --keep run left in this directory")
+    parser.add_argument("--recheck", action="store_true", help="with --report: run the survivors against the tests "
+                        "as they are now (score_now)")  # fmt: skip
     args = parser.parse_args()
     if args.report:
         scopes = [
             s for s in SCOPES if (not args.only or s.name in args.only) and session_of(s, Path(args.report)).exists()
         ]
         results = [score(s, Path(args.report), None) for s in scopes]
+        if args.recheck:
+            with tempfile.TemporaryDirectory(prefix="adamax-recheck-") as fresh:
+                scratch_copy(Path(fresh))
+                for scope, result in zip(scopes, results):
+                    recheck(scope, result, Path(fresh), args.timeout)
         Path(args.json).write_text(json.dumps(results, indent=1))
         summary(results)
         return
@@ -360,10 +400,12 @@ def summary(results: list[dict]) -> None:
             print(f"survivor {r['module']}:{s['line']} {s['operator']}: {s['change']}")
     killed = sum(r["killed"] for r in results)
     total = killed + sum(r["survived"] for r in results)
-    print(f"\n{'scope':32} {'killed':>7} {'survived':>9} {'equivalent':>11} {'not run':>8} {'score':>7} {'seconds':>8}")
+    print(f"\n{'scope':32} {'killed':>7} {'survived':>9} {'equivalent':>11} {'not run':>8} {'score':>7} {'now':>7} "
+          f"{'seconds':>8}")  # fmt: skip
     for r in results:
+        now = f"{r['score_now']:7.1%}" if "score_now" in r else f"{'-':>7}"
         print(f"{r['scope']:32} {r['killed']:7d} {r['survived']:9d} {r['equivalent']:11d} {r['not_run']:8d} "
-              f"{r['score']:7.1%} {r['seconds'] if r['seconds'] is not None else '-':>8}")  # fmt: skip
+              f"{r['score']:7.1%} {now} {r['seconds'] if r['seconds'] is not None else '-':>8}")  # fmt: skip
     print(f"{'all':32} {killed:7d} {total - killed:9d} {'':11} {'':8} {killed / total if total else 1:7.1%}")
 
 

@@ -533,6 +533,12 @@ class _Snapshot:
                     accept(p)
 
 
+def _group_params(optim_state: Any) -> list[list[str]]:
+    """The params of each param group of a flattened optimizer state dict, by name, in order of groups."""
+    groups = optim_state.get("param_groups", []) if isinstance(optim_state, Mapping) else []
+    return [sorted(map(str, g.get("params", []))) if isinstance(g, Mapping) else [] for g in groups]
+
+
 def load_latest(root: str | os.PathLike, model: torch.nn.Module, optimizer) -> int | None:
     """Load the last complete checkpoint into ``model`` and ``optimizer``; returns its step, or None if there is none.
 
@@ -568,6 +574,10 @@ def load_latest(root: str | os.PathLike, model: torch.nn.Module, optimizer) -> i
                 sorted(set(tree["model"]) - set(live_model)),
             )
             raise CheckpointError(f"the model's keys differ (missing {missing}, unexpected {unexpected})")
+        saved_groups, live_groups = _group_params(tree["optim"]), _group_params(live_optim)
+        if saved_groups != live_groups:  # DCP would load them anyway, each group's values onto whichever params
+            raise CheckpointError(f"the optimizer's param groups differ: the checkpoint's hold {saved_groups}, "
+                                  f"this optimizer's {live_groups}")  # fmt: skip
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*assuming the intent is to load in a single process")
             dcp.load(load, storage_reader=reader)
