@@ -365,6 +365,28 @@ def test_an_unsaveable_value_is_refused_before_anything_is_written(tmp_path):
     assert not any(tmp_path.iterdir())
 
 
+@pytest.mark.parametrize("key", ["a/b", "__tensor__", "__tuple__", 3])
+def test_a_key_a_checkpoint_cannot_hold_is_refused_before_anything_is_written(tmp_path, key):
+    """'/' joins the paths DCP stores tensors under, and the two markers tag tensors and tuples in state.json: such
+    a key would come back as something else."""
+    model, opt = trained(1)
+    opt.param_groups[0]["note"] = {key: 1}
+    with pytest.raises(CheckpointError, match="cannot checkpoint the key"):
+        save_checkpoint(tmp_path, 1, model, opt)
+    assert not any(tmp_path.iterdir())
+
+
+def test_param_group_values_of_every_saveable_kind_round_trip(tmp_path):
+    note = {"empty": {}, "empty list": [], "list": [1, 2.5, None, "s"], "tuple": (True, (), (1,)), "deep": {"a": [{}]}}
+    model, opt = trained(1)
+    opt.param_groups[0]["note"] = note
+    save_checkpoint(tmp_path, 1, model, opt)
+    fresh_model, fresh_opt = worker.make()
+    assert load_latest(tmp_path, fresh_model, fresh_opt) == 1
+    assert fresh_opt.param_groups[0]["note"] == note
+    assert_same(model, opt, fresh_model, fresh_opt)
+
+
 # --- a crash inside a save, in this process -------------------------------------------------------------------
 
 

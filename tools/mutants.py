@@ -49,6 +49,8 @@ class Scope:
 
 
 ANNOTATION = "in an annotation, which nothing evaluates"  # the note on such mutants (see annotation_spans)
+_LOADING = ("_join", "_read_state", "_verify", "_MetadataUnpickler", "_layout", "_VerifiedReader", "_Snapshot",
+            "_group_params", "load_latest")  # fmt: skip
 _COLLECTIVES = ("_rank", "_distributed", "_barrier", "_agree", "_broadcast")
 SCOPES = [
     Scope("_exact", "src/adamax/_exact.py", "tests/test_exact.py", timeout=60),
@@ -84,10 +86,17 @@ SCOPES = [
         timeout=300,
     ),
     Scope(
-        "distributed",
+        "distributed: loading",
         "src/adamax/distributed.py",  # in one process; the SIGKILL tests repeat the in-process crash tests' points
         "tests/test_checkpoints.py -k 'not sigkill'",
-        exclude=_COLLECTIVES,
+        functions=_LOADING,
+        timeout=300,
+    ),
+    Scope(
+        "distributed: saving",
+        "src/adamax/distributed.py",  # the rest of the module, constants included
+        "tests/test_checkpoints.py -k 'not sigkill'",
+        exclude=_COLLECTIVES + _LOADING,
         timeout=300,
     ),
     Scope(
