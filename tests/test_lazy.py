@@ -156,6 +156,11 @@ BAD_GRADIENTS = {
         TypeError,
         "integer",
     ),
+    "2-d indices": (
+        {"table": RowGradient(np.array([[0], [1]]), np.ones((2, 2))), "bias": np.ones(2)},
+        TypeError,
+        "1-d integer array",
+    ),
     "a bad gradient elsewhere": (
         {"table": RowGradient(np.array([0]), np.ones((1, 2))), "bias": np.ones(3)},
         ValueError,
@@ -289,3 +294,33 @@ def test_huge_page_arrays_are_zeros_of_the_asked_shape_and_dtype(monkeypatch):
     assert big.sum() == 1.5 * 7000
     if _memory.available():
         assert big.ctypes.data % _memory.HUGE_PAGE == 0
+
+
+def test_a_table_of_one_dimension_has_a_row_per_element():
+    """A 1-d param is a table whose rows are single numbers: lazy there equals dense too."""
+    start = np.linspace(-1, 1, 12)
+    lazy_params, dense_params = {"t": start.copy()}, {"t": start.copy()}
+    lazy = Adamax(lazy_params, lr=0.05, lazy=["t"])
+    dense = Adamax(dense_params, lr=0.05, fused=False)
+    for step in range(1, 30):
+        rows = np.array([step % 12, (3 * step) % 12, 5], dtype=np.int64)
+        values = np.sin(np.arange(3) + step)
+        dense_grad = np.zeros(12)
+        np.add.at(dense_grad, rows, values)
+        lazy.step({"t": RowGradient(rows, values)})
+        dense.step({"t": dense_grad})
+    lazy.flush()
+    np.testing.assert_allclose(lazy_params["t"], dense_params["t"], rtol=1e-12, atol=1e-15)
+
+
+def test_a_lazy_optimizer_loads_a_fresh_state_dict_and_then_steps_as_a_fresh_one():
+    params = {"table": np.ones((4, 2))}
+    opt = Adamax(params, lr=0.1, lazy=["table"])
+    opt.step({"table": RowGradient(np.array([1]), np.ones((1, 2)))})
+    opt.load_state_dict(Adamax({"table": np.ones((4, 2))}, lr=0.1, lazy=["table"]).state_dict())
+    assert opt.state == {}
+    fresh_params = {"table": params["table"].copy()}
+    fresh = Adamax(fresh_params, lr=0.1, lazy=["table"])
+    for o in (opt, fresh):
+        o.step({"table": RowGradient(np.array([0, 3]), np.full((2, 2), 0.5))})
+    np.testing.assert_array_equal(opt.rows("table", np.arange(4)), fresh.rows("table", np.arange(4)))

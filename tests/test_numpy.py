@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from adamax import reference
+from adamax import compact, reference
 from adamax.numpy import Adamax
 from adamax.spec import AdamaxConfig
 
@@ -177,21 +177,58 @@ def _checkpoint():
     return opt.state_dict()
 
 
-BAD_CHECKPOINTS = {
-    "not a dict": lambda sd: [sd],
-    "missing hyperparams": lambda sd: {"state": sd["state"]},
-    "extra top-level key": lambda sd: {**sd, "param_groups": []},
-    "invalid lr": lambda sd: {**sd, "hyperparams": {**sd["hyperparams"], "lr": -1.0}},
-    "unknown hyperparameter": lambda sd: {**sd, "hyperparams": {**sd["hyperparams"], "amsgrad": True}},
-    "missing param": lambda sd: {**sd, "state": {k: v for k, v in sd["state"].items() if k != "head/0"}},
-    "unknown param": lambda sd: {**sd, "state": {**sd["state"], "decoder/w": sd["state"]["head/0"]}},
-    "wrong shape": lambda sd: _set(sd, "encoder/w", "exp_inf", np.zeros((3, 4))),
-    "wrong dtype": lambda sd: _set(sd, "head/0", "exp_avg", np.zeros(2, np.float64)),
-    "not an array": lambda sd: _set(sd, "head/1", "exp_avg", 0.0),
-    "negative step": lambda sd: _set(sd, "encoder/b", "step", -3),
-    "float step": lambda sd: _set(sd, "encoder/b", "step", 2.5),
-    "missing key": lambda sd: {**sd, "state": {**sd["state"], "head/1": {"step": 1, "exp_avg": np.zeros(())}}},
+BAD_CHECKPOINTS = {  # the spoiling, and the error a user is shown
+    "not a dict": (lambda sd: [sd], "expected a state dict with keys 'state' and 'hyperparams', got list"),
+    "missing hyperparams": (lambda sd: {"state": sd["state"]}, r"got \['state'\]"),
+    "extra top-level key": (lambda sd: {**sd, "param_groups": []}, r"got \['hyperparams', 'param_groups', 'state'\]"),
+    "invalid lr": (lambda sd: {**sd, "hyperparams": {**sd["hyperparams"], "lr": -1.0}}, "Invalid learning rate: -1.0"),
+    "unknown hyperparameter": (
+        lambda sd: {**sd, "hyperparams": {**sd["hyperparams"], "amsgrad": True}},
+        "unknown hyperparameters: 'amsgrad'",
+    ),
+    "missing param": (
+        lambda sd: {**sd, "state": {k: v for k, v in sd["state"].items() if k != "head/0"}},
+        r"missing \['head/0'\], unknown \[\]$",
+    ),
+    "unknown param": (
+        lambda sd: {**sd, "state": {**sd["state"], "decoder/w": sd["state"]["head/0"]}},
+        r"missing \[\], unknown \['decoder/w'\]$",
+    ),
+    "wrong shape": (
+        lambda sd: _set(sd, "encoder/w", "exp_inf", np.zeros((3, 4))),
+        r"'encoder/w': exp_inf has shape \(3, 4\), expected the param's shape \(4, 3\)",
+    ),
+    "wrong dtype": (lambda sd: _set(sd, "head/0", "exp_avg", np.zeros(2, np.float64)), "'head/0': exp_avg has dtype"),
+    "not an array": (lambda sd: _set(sd, "head/1", "exp_avg", 0.0), "'head/1': exp_avg must be a numpy array"),
+    "negative step": (lambda sd: _set(sd, "encoder/b", "step", -3), "'encoder/b': step must be a non-negative"),
+    "float step": (lambda sd: _set(sd, "encoder/b", "step", 2.5), "'encoder/b': step must be a non-negative"),
+    "missing key": (
+        lambda sd: {**sd, "state": {**sd["state"], "head/1": {"step": 1, "exp_avg": np.zeros(())}}},
+        "'head/1' must have exactly the keys",
+    ),
+    "compact keys and one more": (  # a set of keys of neither format: the message names both
+        lambda sd: _set(_compact_entry(sd, "head/1"), "head/1", "exp_inf", np.zeros(3, np.float32)),
+        r"'head/1' must have exactly the keys \['exp_avg', 'exp_inf', 'step'\] \(full\) or",
+    ),
+    "some of the compact keys": (
+        lambda sd: _drop(_compact_entry(sd, "head/1"), "head/1", "exp_inf_scale"),
+        r"'head/1' must have exactly the keys \['exp_avg', 'exp_inf', 'step'\] \(full\) or",
+    ),
 }
+
+
+def _compact_entry(sd, path):
+    """``sd`` with ``path``'s entry in the compact format, converted from its full one."""
+    sd = copy.deepcopy(sd)
+    entry = sd["state"][path]
+    state = compact.from_full(entry["step"], entry["exp_avg"].astype(np.float32), entry["exp_inf"].astype(np.float32))
+    sd["state"][path] = dict(zip(state._fields, state))
+    return sd
+
+
+def _drop(sd, path, key):
+    del sd["state"][path][key]
+    return sd
 
 
 def _set(sd, path, key, value):
@@ -200,16 +237,33 @@ def _set(sd, path, key, value):
     return sd
 
 
-@pytest.mark.parametrize("spoil", BAD_CHECKPOINTS.values(), ids=BAD_CHECKPOINTS.keys())
-def test_a_refused_checkpoint_changes_nothing(spoil):
+@pytest.mark.parametrize(("spoil", "message"), BAD_CHECKPOINTS.values(), ids=BAD_CHECKPOINTS.keys())
+def test_a_refused_checkpoint_changes_nothing(spoil, message):
     rng = np.random.default_rng(5)
     params = make_tree(rng)
     opt = Adamax(params, lr=0.3, eps_placement="none")
     opt.step(grads_like(params, rng))
     before = snapshot(opt)
-    with pytest.raises((TypeError, ValueError)):
+    with pytest.raises((TypeError, ValueError), match=message):
         opt.load_state_dict(spoil(_checkpoint()))
     assert_unchanged(opt, before)
+
+
+def test_the_defaults_are_the_specs_and_so_torchs():
+    assert Adamax([np.ones(2)]).config == AdamaxConfig()
+
+
+def test_a_compact_checkpoint_loads_with_an_integer_step_and_saves_it_back_as_one():
+    params = {"w": np.ones(5, np.float32)}
+    opt = Adamax(params, state_format="compact")
+    for _ in range(3):
+        opt.step({"w": np.full(5, 0.5, np.float32)})
+    saved = opt.state_dict()
+    for fmt in ("compact", "full"):
+        other = Adamax({"w": np.ones(5, np.float32)}, state_format=fmt)
+        other.load_state_dict(saved)
+        step = other.state_dict()["state"]["w"]["step"]
+        assert type(step) is int and step == 3
 
 
 def test_empty_state_loads_as_fresh():

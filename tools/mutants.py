@@ -112,7 +112,8 @@ SCOPES = [
 # Mutants no behaviour can tell apart from the original, by module and the mutated line's text (robust to lines
 # moving).  Each says why; docs/testing.md lists them.
 _FMA, _CPU, _ALG = "src/adamax/_exact.py", "src/adamax/kernels/cpu.py", "src/adamax/_algorithm.py"
-_DIST = "src/adamax/distributed.py"
+_BLOCK_SIZES = ("1 << 21", "1 << 23", "2 << 22", "1 % 22", "1 + 22", "1 - 22", "1 * 22", "1 ** 22", "1 | 22", "1 ^ 22")
+_DIST, _NUMPY = "src/adamax/distributed.py", "src/adamax/numpy.py"
 _GUARD = "the guarded divide equals the plain one wherever d != 0, and d > 0 whenever eps > 0"
 EQUIVALENT: dict[tuple[str, str], str] = {
     (_ALG, "decay_before_real_view = False  # as torch's single-tensor path"): (
@@ -194,6 +195,19 @@ EQUIVALENT: dict[tuple[str, str], str] = {
         _DIST,
         "except CosmicRayTestingException:  # not every platform opens directories",
     ): "on Linux a directory opens, so the handler never runs (equivalent on this platform only)",
+    (_NUMPY, 'if self.state_format <= "compact":'): (
+        'state_format is validated to be "compact" or "full", and "full" > "compact"'
+    ),
+    (
+        _NUMPY,
+        "if param.flags.c_contiguous and grad.flags.c_contiguous and grad.dtype <= param.dtype:",
+    ): "_matching_grads has already refused a gradient whose dtype is not the param's",
+    **{
+        (_DIST, f'for block in iter(lambda: f.read({size}), b""):'): (
+            "any positive block size (or a negative one: read all) hashes the same bytes; only the speed differs"
+        )
+        for size in _BLOCK_SIZES
+    },
 }
 
 
