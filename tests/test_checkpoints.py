@@ -169,6 +169,24 @@ def _overwrite(path: Path, name: str, text: str) -> None:
     _forge_manifest(path)
 
 
+def _overwrite_bytes(path: Path, name: str, data: bytes) -> None:
+    (path / name).write_bytes(data)
+    _forge_manifest(path)
+
+
+def _edit_manifest(path: Path, edit) -> None:
+    manifest = json.loads((path / "manifest.json").read_text())
+    edit(manifest)
+    (path / "manifest.json").write_text(json.dumps(manifest))
+
+
+def _directory_in_manifest(path: Path) -> None:
+    """A directory where the manifest lists a file: sizes and hashes are of files only."""
+    (path / "sub").mkdir()
+    entry = {"bytes": (path / "sub").stat().st_size, "sha256": ""}
+    _edit_manifest(path, lambda m: m["files"].__setitem__("sub", entry))
+
+
 def _metadata_outside(path: Path) -> None:
     """A forged index that points a tensor at a file outside the checkpoint."""
     reader = distributed._VerifiedReader(path, ["__0_0.distcp"])
@@ -205,8 +223,24 @@ ATTACKS = {
     "manifest of another format": lambda path, other, marker: (path / "manifest.json").write_text(
         json.dumps({"format": 99, "files": {}})
     ),
-    "a model key missing, forged manifest": lambda path, other, marker: _state_json(
-        path, lambda tree: tree["model"].pop("0.bias")
+    "a model key swapped for another, forged manifest": lambda path, other, marker: _state_json(
+        path, lambda tree: (tree["model"].pop("0.bias"), tree["model"].__setitem__("note", 1))
+    ),
+    "state.json without 'optim', forged manifest": lambda path, other, marker: _state_json(
+        path, lambda tree: tree.pop("optim")
+    ),
+    "state.json of format true, forged manifest": lambda path, other, marker: _overwrite(
+        path, "state.json", json.dumps({**json.loads((path / "state.json").read_text()), "format": True})
+    ),
+    "manifest a JSON list": lambda path, other, marker: (path / "manifest.json").write_text("[1]"),
+    "manifest of format 1.0": lambda path, other, marker: _edit_manifest(path, lambda m: m.__setitem__("format", 1.0)),
+    "a file removed": lambda path, other, marker: (path / "__0_0.distcp").unlink(),
+    "a directory in the manifest": lambda path, other, marker: _directory_in_manifest(path),
+    "a manifest entry not an object": lambda path, other, marker: _edit_manifest(
+        path, lambda m: m["files"].__setitem__("state.json", "abc")
+    ),
+    ".metadata another allowed record, forged manifest": lambda path, other, marker: _overwrite_bytes(
+        path, ".metadata", pickle.dumps(torch.Size([3]))
     ),
 }
 
@@ -219,7 +253,7 @@ REASONS = {  # why each is refused: the first line of defence that catches it
     "truncated shard": "bytes, the manifest says",
     "swapped shard": "SHA-256 differs",
     "no manifest": "has no manifest.json",
-    "a file added": r"unexpected \['extra.bin'\]",
+    "a file added": r"missing \[\], unexpected \['extra.bin'\]",
     "edited state.json": "bytes, the manifest says",
     "invalid lr, forged manifest": "Invalid learning rate: -1.0",
     "a tensor the model lacks, forged manifest": "tensor at model/9.weight",
@@ -228,7 +262,15 @@ REASONS = {  # why each is refused: the first line of defence that catches it
     "state.json not JSON, forged manifest": r"step-00000004/state\.json: Expecting property name",
     "manifest not JSON": r"step-00000004/manifest\.json: Expecting property name",
     "manifest of another format": r"step-00000004/manifest\.json: not a format-1 manifest",
-    "a model key missing, forged manifest": r"the model's keys differ \(missing \['0\.bias'\], unexpected \[\]\)",
+    "a model key swapped for another, forged manifest": r"keys differ \(missing \['0\.bias'\], unexpected \['note'\]\)",
+    "state.json without 'optim', forged manifest": r"step-00000004/state\.json: expected the keys 'model' and 'optim'",
+    "state.json of format true, forged manifest": r"step-00000004/state\.json: not a format-1 adamax checkpoint",
+    "manifest a JSON list": r"step-00000004/manifest\.json: not a format-1 manifest",
+    "manifest of format 1.0": r"step-00000004/manifest\.json: not a format-1 manifest",
+    "a file removed": r"files differ from its manifest \(missing \['__0_0\.distcp'\], unexpected \[\]\)",
+    "a directory in the manifest": r"step-00000004/sub: not a file of the manifest",
+    "a manifest entry not an object": r"step-00000004/state\.json: not a file of the manifest",
+    ".metadata another allowed record, forged manifest": r"step-00000004/\.metadata: not DCP metadata",
 }
 
 

@@ -321,3 +321,24 @@ def test_a_container_given_as_a_gradient_is_named_as_such(wrong):
     with pytest.raises(TypeError, match=r"gradient for 'w' must be a numpy array, got a list, tuple or dict"):
         opt.step({"w": wrong, "b": np.ones(1)})
     assert not opt.state and not params["w"].any()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+@pytest.mark.parametrize("fused", [None, True, False])
+def test_a_state_format_parsed_from_a_config_file_steps_as_the_literal(fused, dtype):
+    if fused:
+        pytest.importorskip("numba")
+    import json
+
+    parsed = json.loads('"compact"')
+    assert parsed == "compact" and parsed is not "compact"  # noqa: F632 (the point: equal, not the same object)
+    results = []
+    for state_format in ("compact", parsed):
+        params = {"w": np.linspace(-1, 1, 300).astype(dtype)}
+        opt = Adamax(params, state_format=state_format, fused=fused)
+        for k in range(3):
+            opt.step({"w": np.cos(np.arange(300) + k).astype(dtype)})
+        results.append((params["w"], opt.state_dict()["state"]["w"]))
+    np.testing.assert_array_equal(results[0][0], results[1][0])
+    for key in results[0][1]:
+        np.testing.assert_array_equal(results[0][1][key], results[1][1][key])

@@ -49,8 +49,8 @@ class Scope:
 
 
 ANNOTATION = "in an annotation, which nothing evaluates"  # the note on such mutants (see annotation_spans)
-_LOADING = ("_join", "_read_state", "_verify", "_MetadataUnpickler", "_layout", "_VerifiedReader", "_Snapshot",
-            "_group_params", "load_latest")  # fmt: skip
+_LOADING = ("_join", "_has_format", "_read_state", "_verify", "_MetadataUnpickler", "_layout", "_VerifiedReader",
+            "_Snapshot", "_group_params", "load_latest")  # fmt: skip
 _COLLECTIVES = ("_rank", "_distributed", "_barrier", "_agree", "_broadcast")
 SCOPES = [
     Scope("_exact", "src/adamax/_exact.py", "tests/test_exact.py", timeout=60),
@@ -195,6 +195,10 @@ EQUIVALENT: dict[tuple[str, str], str] = {
         _DIST,
         "except CosmicRayTestingException:  # not every platform opens directories",
     ): "on Linux a directory opens, so the handler never runs (equivalent on this platform only)",
+    (_NUMPY, "if len(unique) > len(indices):"): (
+        "with no repeated row, summing into zeros gives each value back except -0.0 as +0.0, and a row steps the "
+        "same for either zero: |g| is equal, and the moment's lerp gives the same m (never -0.0)"
+    ),
     (_NUMPY, 'if self.state_format <= "compact":'): (
         'state_format is validated to be "compact" or "full", and "full" > "compact"'
     ),

@@ -190,12 +190,17 @@ def _join(skeleton: Any, live: Any, path: tuple[str, ...], load: dict[str, torch
     return skeleton
 
 
+def _has_format(document: Any) -> bool:
+    """A JSON object of this format: its ``format`` is the integer ``FORMAT`` (not ``true`` or ``1.0``)."""
+    return isinstance(document, dict) and type(document.get("format")) is int and document["format"] == FORMAT
+
+
 def _read_state(directory: Path) -> dict:
     try:
         state = json.loads((directory / STATE).read_text())
     except (OSError, ValueError) as err:
         raise CheckpointError(f"{directory / STATE}: {err}") from None
-    if not (isinstance(state, dict) and state.get("format") == FORMAT and isinstance(state.get("tree"), dict)):
+    if not (_has_format(state) and isinstance(state.get("tree"), dict)):
         raise CheckpointError(f"{directory / STATE}: not a format-{FORMAT} adamax checkpoint")
     tree = state["tree"]
     if set(tree) != {"model", "optim"}:
@@ -255,7 +260,7 @@ def _verify(directory: Path) -> list[str]:
     except (OSError, ValueError) as err:
         raise CheckpointError(f"{directory / MANIFEST}: {err}") from None
     files = manifest.get("files") if isinstance(manifest, dict) else None
-    if manifest.get("format") != FORMAT or not isinstance(files, dict) or STATE not in files:
+    if not _has_format(manifest) or not isinstance(files, dict) or STATE not in files:
         raise CheckpointError(f"{directory / MANIFEST}: not a format-{FORMAT} manifest")
     present = {p.name for p in directory.iterdir()} - {MANIFEST}
     if present != set(files):
