@@ -343,7 +343,12 @@ def test_a_refused_load_undoes_the_state_dcp_creates_on_a_fresh_optimizer(tmp_pa
 def test_metadata_unpickler_refuses_what_dcp_metadata_never_holds():
     for payload in (_Payload(Path("/nonexistent/marker")), {"x": torch.nn.Linear(1, 1)}, print):
         with pytest.raises(pickle.UnpicklingError, match="refused to load"):
-            distributed._MetadataUnpickler(__import__("io").BytesIO(pickle.dumps(payload))).load()
+            distributed._MetadataUnpickler(io.BytesIO(pickle.dumps(payload))).load()
+    # dtypes are looked up in torch itself, under no other module's name
+    assert distributed._MetadataUnpickler(io.BytesIO(b"ctorch\nfloat32\n.")).load() is torch.float32
+    for module in (b"zzz", b"torch.nn", b"os"):
+        with pytest.raises(pickle.UnpicklingError, match="refused to load"):
+            distributed._MetadataUnpickler(io.BytesIO(b"c" + module + b"\nfloat32\n.")).load()
 
 
 # --- never written over; retention ---------------------------------------------------------------------------

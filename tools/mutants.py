@@ -114,6 +114,7 @@ SCOPES = [
 _FMA, _CPU, _ALG = "src/adamax/_exact.py", "src/adamax/kernels/cpu.py", "src/adamax/_algorithm.py"
 _BLOCK_SIZES = ("1 << 21", "1 << 23", "2 << 22", "1 % 22", "1 + 22", "1 - 22", "1 * 22", "1 ** 22", "1 | 22", "1 ^ 22")
 _DIST, _NUMPY = "src/adamax/distributed.py", "src/adamax/numpy.py"
+_FORMATS = 'state_format is validated to be "compact" or "full", and "full" > "compact"'
 _GUARD = "the guarded divide equals the plain one wherever d != 0, and d > 0 whenever eps > 0"
 EQUIVALENT: dict[tuple[str, str], str] = {
     (_ALG, "decay_before_real_view = False  # as torch's single-tensor path"): (
@@ -199,9 +200,8 @@ EQUIVALENT: dict[tuple[str, str], str] = {
         "with no repeated row, summing into zeros gives each value back except -0.0 as +0.0, and a row steps the "
         "same for either zero: |g| is equal, and the moment's lerp gives the same m (never -0.0)"
     ),
-    (_NUMPY, 'if self.state_format <= "compact":'): (
-        'state_format is validated to be "compact" or "full", and "full" > "compact"'
-    ),
+    (_NUMPY, 'if state_format <= "compact":'): _FORMATS,
+    (_NUMPY, 'if self.state_format <= "compact":'): _FORMATS,
     (
         _NUMPY,
         "if param.flags.c_contiguous and grad.flags.c_contiguous and grad.dtype <= param.dtype:",
