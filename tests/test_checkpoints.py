@@ -382,10 +382,19 @@ def test_only_the_newest_checkpoints_are_kept(tmp_path):
     ]
 
 
-def test_a_damaged_pointer_is_refused_at_load_and_replaced_by_the_next_save(tmp_path):
+DAMAGED_POINTERS = {
+    "garbage": lambda path: path.write_text("garbage"),
+    "not UTF-8": lambda path: path.write_bytes(b"\xff\xfe\x00step"),
+    "a JSON list": lambda path: path.write_text('["step-00000002"]'),
+    "a name outside the root": lambda path: path.write_text(json.dumps({"checkpoint": "../step-00000002"})),
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGED_POINTERS.values(), ids=DAMAGED_POINTERS.keys())
+def test_a_damaged_pointer_is_refused_at_load_and_replaced_by_the_next_save(tmp_path, damage):
     model, opt = trained(2)
     save_checkpoint(tmp_path, 2, model, opt)
-    (tmp_path / "latest").write_text("garbage")
+    damage(tmp_path / "latest")
     with pytest.raises(CheckpointError, match="does not name a checkpoint"):
         load_latest(tmp_path, *worker.make())
     save_checkpoint(tmp_path, 3, model, opt)
@@ -393,6 +402,18 @@ def test_a_damaged_pointer_is_refused_at_load_and_replaced_by_the_next_save(tmp_
     fresh_model, fresh_opt = worker.make()
     assert load_latest(tmp_path, fresh_model, fresh_opt) == 3
     assert_same(model, opt, fresh_model, fresh_opt)
+
+
+def test_a_directory_named_latest_is_refused_at_load_and_a_save_says_so_rather_than_delete_it(tmp_path):
+    model, opt = trained(2)
+    save_checkpoint(tmp_path, 2, model, opt)
+    (tmp_path / "latest").unlink()
+    (tmp_path / "latest").mkdir()
+    with pytest.raises(CheckpointError, match=r"latest does not name a checkpoint: .*Is a directory"):
+        load_latest(tmp_path, *worker.make())
+    with pytest.raises(CheckpointError, match="Is a directory"):
+        save_checkpoint(tmp_path, 3, model, opt)
+    assert (tmp_path / "latest").is_dir()
 
 
 @pytest.mark.parametrize(("argument", "value"), [("step", -1), ("step", 2.0), ("keep", 0), ("keep", True)])

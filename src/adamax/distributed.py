@@ -377,6 +377,8 @@ def _read_pointer(root: Path) -> dict | None:
         text = (root / LATEST).read_text()
     except FileNotFoundError:
         return None
+    except (OSError, ValueError) as err:  # a directory, unreadable, or not UTF-8
+        raise CheckpointError(f"{root / LATEST} does not name a checkpoint: {err}") from None
     try:
         pointer = json.loads(text)
     except ValueError:  # the plain name that earlier versions wrote
