@@ -232,6 +232,12 @@ ATTACKS = {
     "state.json of format true, forged manifest": lambda path, other, marker: _overwrite(
         path, "state.json", json.dumps({**json.loads((path / "state.json").read_text()), "format": True})
     ),
+    "state.json nested too deep to parse, forged manifest": lambda path, other, marker: _overwrite(
+        path, "state.json", "[" * 100_000 + "]" * 100_000
+    ),
+    "manifest nested too deep to parse": lambda path, other, marker: (path / "manifest.json").write_text(
+        "[" * 100_000 + "]" * 100_000
+    ),
     "manifest a JSON list": lambda path, other, marker: (path / "manifest.json").write_text("[1]"),
     "manifest of format 1.0": lambda path, other, marker: _edit_manifest(path, lambda m: m.__setitem__("format", 1.0)),
     "a file removed": lambda path, other, marker: (path / "__0_0.distcp").unlink(),
@@ -265,6 +271,8 @@ REASONS = {  # why each is refused: the first line of defence that catches it
     "a model key swapped for another, forged manifest": r"keys differ \(missing \['0\.bias'\], unexpected \['note'\]\)",
     "state.json without 'optim', forged manifest": r"step-00000004/state\.json: expected the keys 'model' and 'optim'",
     "state.json of format true, forged manifest": r"step-00000004/state\.json: not a format-1 adamax checkpoint",
+    "state.json nested too deep to parse, forged manifest": r"step-00000004/state\.json: maximum recursion depth",
+    "manifest nested too deep to parse": r"step-00000004/manifest\.json: maximum recursion depth",
     "manifest a JSON list": r"step-00000004/manifest\.json: not a format-1 manifest",
     "manifest of format 1.0": r"step-00000004/manifest\.json: not a format-1 manifest",
     "a file removed": r"files differ from its manifest \(missing \['__0_0\.distcp'\], unexpected \[\]\)",
@@ -386,6 +394,7 @@ DAMAGED_POINTERS = {
     "garbage": lambda path: path.write_text("garbage"),
     "not UTF-8": lambda path: path.write_bytes(b"\xff\xfe\x00step"),
     "a JSON list": lambda path: path.write_text('["step-00000002"]'),
+    "nested too deep to parse": lambda path: path.write_text("[" * 100_000 + "]" * 100_000),
     "a name outside the root": lambda path: path.write_text(json.dumps({"checkpoint": "../step-00000002"})),
 }
 

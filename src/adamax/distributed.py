@@ -91,6 +91,9 @@ _TENSOR = "__tensor__"  # state.json's marker for a value stored by DCP
 _TUPLE = "__tuple__"  # ... and for a tuple, which JSON would turn into a list
 
 
+_UNREADABLE = (OSError, ValueError, RecursionError)  # a JSON file that cannot be read, decoded or parsed
+
+
 class CheckpointError(Exception):
     """A checkpoint could not be saved or loaded; nothing was changed.  (DCP's own errors derive from
     ``BaseException``; this one can be caught with ``except Exception``.)"""
@@ -198,7 +201,7 @@ def _has_format(document: Any) -> bool:
 def _read_state(directory: Path) -> dict:
     try:
         state = json.loads((directory / STATE).read_text())
-    except (OSError, ValueError) as err:
+    except _UNREADABLE as err:
         raise CheckpointError(f"{directory / STATE}: {err}") from None
     if not (_has_format(state) and isinstance(state.get("tree"), dict)):
         raise CheckpointError(f"{directory / STATE}: not a format-{FORMAT} adamax checkpoint")
@@ -257,7 +260,7 @@ def _verify(directory: Path) -> list[str]:
         manifest = json.loads((directory / MANIFEST).read_text())
     except FileNotFoundError:
         raise CheckpointError(f"{directory} has no {MANIFEST}: not a complete adamax checkpoint") from None
-    except (OSError, ValueError) as err:
+    except _UNREADABLE as err:
         raise CheckpointError(f"{directory / MANIFEST}: {err}") from None
     files = manifest.get("files") if isinstance(manifest, dict) else None
     if not _has_format(manifest) or not isinstance(files, dict) or STATE not in files:
@@ -381,7 +384,7 @@ def _read_pointer(root: Path) -> dict | None:
         raise CheckpointError(f"{root / LATEST} does not name a checkpoint: {err}") from None
     try:
         pointer = json.loads(text)
-    except ValueError:  # the plain name that earlier versions wrote
+    except (ValueError, RecursionError):  # the plain name that earlier versions wrote (or worse: refused below)
         pointer = {"checkpoint": text.strip(), "recent": [text.strip()]}
     name = pointer.get("checkpoint") if isinstance(pointer, dict) else None
     if not isinstance(name, str) or _order(name) is None:
