@@ -381,7 +381,14 @@ def main() -> None:
     parser.add_argument("--report", help="run nothing: score the sessions a --keep run left in this directory")
     parser.add_argument("--recheck", action="store_true", help="with --report: run the survivors against the tests "
                         "as they are now (score_now)")  # fmt: skip
+    parser.add_argument("--equivalents", action="store_true", help="print the equivalent mutants as a Markdown table")
     args = parser.parse_args()
+    if args.equivalents:
+        print("| module | mutated line | why no behaviour can tell it apart |\n|---|---|---|")
+        for (module, line), why in EQUIVALENT.items():
+            cells = [f"`{module.removeprefix('src/adamax/')}`", f"`{line}`", why]
+            print("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
+        return
     if args.report:
         scopes = [
             s for s in SCOPES if (not args.only or s.name in args.only) and session_of(s, Path(args.report)).exists()
