@@ -63,7 +63,14 @@ SCOPES = [
     ),
     Scope("spec", "src/adamax/spec.py", "tests/test_spec.py tests/test_reference.py", timeout=60),
     Scope("reference", "src/adamax/reference.py", "tests/test_reference.py tests/test_numpy.py", timeout=90),
-    Scope("numpy", "src/adamax/numpy.py", "tests/test_numpy.py tests/test_lazy.py tests/test_compact.py", timeout=240),
+    Scope(
+        "numpy",
+        "src/adamax/numpy.py",
+        "tests/test_numpy.py tests/test_lazy.py tests/test_compact.py "
+        "tests/test_kernels.py::test_numpy_optimizer_uses_the_kernel_and_matches_the_reference "
+        "tests/test_kernels.py::test_numpy_fused_true_refuses_what_the_kernel_cannot_take",
+        timeout=240,
+    ),
     Scope(
         "kernels.cpu element",
         "src/adamax/kernels/cpu.py",
@@ -196,6 +203,10 @@ EQUIVALENT: dict[tuple[str, str], str] = {
         _DIST,
         "except CosmicRayTestingException:  # not every platform opens directories",
     ): "on Linux a directory opens, so the handler never runs (equivalent on this platform only)",
+    (
+        _NUMPY,
+        "stale = np.setdiff1d(table.clock.stale(table.last), grad.indices, assume_unique=False)",
+    ): "both are sorted arrays of distinct rows (flatnonzero's, and the coalesced gradient's): the same difference",
     (_NUMPY, "if len(unique) > len(indices):"): (
         "with no repeated row, summing into zeros gives each value back except -0.0 as +0.0, and a row steps the "
         "same for either zero: |g| is equal, and the moment's lerp gives the same m (never -0.0)"
