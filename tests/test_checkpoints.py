@@ -282,12 +282,21 @@ REASONS = {  # why each is refused: the first line of defence that catches it
 }
 
 
+@pytest.fixture(scope="module")
+def two_checkpoints(tmp_path_factory) -> Path:
+    """Two good checkpoints of step 4 (different seeds), saved once; each attack works on a copy."""
+    root = tmp_path_factory.mktemp("good")
+    save_checkpoint(root / "ckpt", 4, *trained(4, seed=1))
+    save_checkpoint(root / "other", 4, *trained(4, seed=2))
+    return root
+
+
 @pytest.mark.parametrize("target", ["trained", "fresh"])
 @pytest.mark.parametrize("attack", ATTACKS, ids=ATTACKS.keys())
-def test_a_hostile_or_damaged_checkpoint_is_refused_and_changes_nothing(tmp_path, attack, target):
-    saved_model, saved_opt = trained(4, seed=1)
-    path = save_checkpoint(tmp_path / "ckpt", 4, saved_model, saved_opt)
-    other = save_checkpoint(tmp_path / "other", 4, *trained(4, seed=2))
+def test_a_hostile_or_damaged_checkpoint_is_refused_and_changes_nothing(tmp_path, two_checkpoints, attack, target):
+    for name in ("ckpt", "other"):
+        shutil.copytree(two_checkpoints / name, tmp_path / name)
+    path, other = tmp_path / "ckpt" / "step-00000004", tmp_path / "other" / "step-00000004"
     marker = tmp_path / "code-ran"
     ATTACKS[attack](path, other, marker)
     model, opt = trained(2) if target == "trained" else worker.make()
