@@ -357,6 +357,41 @@ def test_a_refused_load_undoes_the_state_dcp_creates_on_a_fresh_optimizer(tmp_pa
     assert not opt.state and all(p.grad is None for p in model.parameters())
 
 
+@pytest.mark.parametrize("target", ["trained", "fresh"])
+def test_a_load_that_fails_while_writing_the_model_puts_back_the_model_and_the_optimizer(tmp_path, monkeypatch, target):
+    """The last step of a load writes the model after the optimizer; if it dies halfway (here: after copying
+    the values in), both must be as they were, the optimizer's state entries the very objects they were."""
+    save_checkpoint(tmp_path, 4, *trained(4, seed=1))
+    real = distributed.set_model_state_dict
+
+    def dies_after_writing(model, state, **kwargs):
+        real(model, state, **kwargs)
+        raise RuntimeError("the disk went away")
+
+    monkeypatch.setattr(distributed, "set_model_state_dict", dies_after_writing)
+    model, opt = trained(2) if target == "trained" else worker.make()
+    before = snapshot(model, opt)
+    entries = dict(opt.state)
+    with pytest.raises(CheckpointError, match="the disk went away"):
+        load_latest(tmp_path, model, opt)
+    assert_unchanged(model, opt, before)
+    assert all(opt.state[p] is entry for p, entry in entries.items())
+    worker.train_step(model, opt, 9)
+
+
+def test_a_checkpoint_whose_index_has_no_storage_meta_loads(tmp_path):
+    """DCP's index may come without ``storage_meta`` (as older writers left it): the reader supplies one."""
+    model, opt = trained(3)
+    path = save_checkpoint(tmp_path, 3, model, opt)
+    metadata = distributed._VerifiedReader(path, ["__0_0.distcp"]).read_metadata()
+    metadata.storage_meta = None
+    (path / ".metadata").write_bytes(pickle.dumps(metadata))
+    _forge_manifest(path)
+    fresh_model, fresh_opt = worker.make()
+    assert load_latest(tmp_path, fresh_model, fresh_opt) == 3
+    assert_same(model, opt, fresh_model, fresh_opt)
+
+
 def test_metadata_unpickler_refuses_what_dcp_metadata_never_holds():
     for payload in (_Payload(Path("/nonexistent/marker")), {"x": torch.nn.Linear(1, 1)}, print):
         with pytest.raises(pickle.UnpicklingError, match="refused to load"):

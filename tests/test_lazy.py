@@ -115,12 +115,13 @@ def test_catch_up_refuses_rows_older_than_the_window():
         (dict(betas=(0.9, 0.9)), "beta1 < beta2"),
         (dict(lazy=["nope"]), "unknown params"),
         (dict(lazy="table"), "list of param paths"),
+        (dict(lazy=["scalar"]), "'scalar' must have rows"),
     ],
 )
 def test_what_cannot_be_lazy_is_refused_at_construction(kwargs, message):
     options = {"lazy": ["table"], **kwargs}
     with pytest.raises((ValueError, TypeError), match=message):
-        Adamax({"table": np.zeros((4, 2)), "bias": np.zeros(2)}, **options)
+        Adamax({"table": np.zeros((4, 2)), "bias": np.zeros(2), "scalar": np.zeros(())}, **options)
 
 
 def test_coupled_decay_set_later_is_refused_before_anything_changes():
@@ -155,6 +156,16 @@ BAD_GRADIENTS = {
         {"table": RowGradient(np.array([0.0]), np.ones((1, 2))), "bias": np.ones(2)},
         TypeError,
         "integer",
+    ),
+    "0-d indices": (
+        {"table": RowGradient(np.array(1), np.ones((1, 2))), "bias": np.ones(2)},
+        TypeError,
+        "1-d integer array",
+    ),
+    "an index far out of range": (
+        {"table": RowGradient(np.array([0, 7]), np.ones((2, 2))), "bias": np.ones(2)},
+        IndexError,
+        r"\[0, 4\)",
     ),
     "2-d indices": (
         {"table": RowGradient(np.array([[0], [1]]), np.ones((2, 2))), "bias": np.ones(2)},
@@ -321,6 +332,11 @@ def test_a_lazy_optimizer_loads_a_fresh_state_dict_and_then_steps_as_a_fresh_one
     assert opt.state == {}
     fresh_params = {"table": params["table"].copy()}
     fresh = Adamax(fresh_params, lr=0.1, lazy=["table"])
-    for o in (opt, fresh):
-        o.step({"table": RowGradient(np.array([0, 3]), np.full((2, 2), 0.5))})
+    for k in range(6):  # rows skipped at some steps: caught up by the table's clock
+        rows = np.array([k % 4, 3]) if k % 2 else np.array([1])
+        for o in (opt, fresh):
+            o.step({"table": RowGradient(rows, np.full((len(rows), 2), 0.5 - k))})
     np.testing.assert_array_equal(opt.rows("table", np.arange(4)), fresh.rows("table", np.arange(4)))
+    ours, theirs = opt.state_dict()["state"]["table"], fresh.state_dict()["state"]["table"]
+    for key in ("exp_avg", "exp_inf"):
+        np.testing.assert_array_equal(ours[key], theirs[key])

@@ -121,6 +121,10 @@ SCOPES = [
 _FMA, _CPU, _ALG = "src/adamax/_exact.py", "src/adamax/kernels/cpu.py", "src/adamax/_algorithm.py"
 _BLOCK_SIZES = ("1 << 21", "1 << 23", "2 << 22", "1 % 22", "1 + 22", "1 - 22", "1 * 22", "1 ** 22", "1 | 22", "1 ^ 22")
 _DIST, _NUMPY = "src/adamax/distributed.py", "src/adamax/numpy.py"
+_SAME_ENTRIES = (
+    "the restore first puts back the optimizer's own state dict object, and loads (torch's included) give an "
+    "optimizer a new state dict rather than new entries in the old one, so each entry is already in place"
+)
 _FORMATS = 'state_format is validated to be "compact" or "full", and "full" > "compact"'
 _GUARD = "the guarded divide equals the plain one wherever d != 0, and d > 0 whenever eps > 0"
 EQUIVALENT: dict[tuple[str, str], str] = {
@@ -207,6 +211,29 @@ EQUIVALENT: dict[tuple[str, str], str] = {
         _NUMPY,
         "stale = np.setdiff1d(table.clock.stale(table.last), grad.indices, assume_unique=False)",
     ): "both are sorted arrays of distinct rows (flatnonzero's, and the coalesced gradient's): the same difference",
+    (_NUMPY, "kernels = cpu_kernels() if self.fused != False else None"): (
+        "fused is validated to be True, False or None, for which != False and is not False agree"
+    ),
+    (
+        _NUMPY,
+        'loaded = compact.CompactState(*(np.array(entry[key]) if key < "step" else int(entry[key])',
+    ): 'the other compact keys (exp_avg, exp_inf_code, exp_inf_scale) all sort before "step"',
+    (_NUMPY, "if len(unique) is len(indices):"): (
+        "where `is` fails (more than 256 rows) the summing path runs, which differs at most in -0.0 for +0.0; see "
+        "`len(unique) > len(indices)`"
+    ),
+    **{
+        (
+            _NUMPY,
+            f"path: _fresh_table(self._leaves[path], config, int(state[path].step) if path in state else {start})",
+        ): (
+            "a fresh table's clock and every row's last step start at the same count; values depend only on their "
+            "differences (the sweeps' timing depends on the count, and a sweep changes no value)"
+        )
+        for start in (-1, 1)
+    },
+    (_DIST, "if self.state.get(p) is entry:"): _SAME_ENTRIES,
+    (_DIST, "if self.state.get(p) == entry:"): _SAME_ENTRIES,
     (_NUMPY, "if len(unique) > len(indices):"): (
         "with no repeated row, summing into zeros gives each value back except -0.0 as +0.0, and a row steps the "
         "same for either zero: |g| is equal, and the moment's lerp gives the same m (never -0.0)"
