@@ -69,18 +69,21 @@ def test_nested_tree_matches_reference_per_array():
     assert opt.state["head/1"].step == 4
 
 
-BAD_GRADS = {
-    "wrong shape": lambda g: g["encoder"].__setitem__("b", np.zeros(4)),
-    "wrong dtype": lambda g: g["head"].__setitem__(0, np.zeros(2, np.float64)),
-    "missing": lambda g: g["encoder"].pop("w"),
-    "None": lambda g: g["head"].__setitem__(1, None),
-    "unknown": lambda g: g.__setitem__("extra", np.zeros(1)),
-    "not an array": lambda g: g["encoder"].__setitem__("b", [0.0, 0.0, 0.0]),
+BAD_GRADS = {  # the spoiling, and the error a user is shown
+    "wrong shape": (lambda g: g["encoder"].__setitem__("b", np.zeros(4)), r"'encoder/b' has shape \(4,\)"),
+    "wrong dtype": (lambda g: g["head"].__setitem__(0, np.zeros(2, np.float64)), "'head/0' has dtype float64"),
+    "missing": (lambda g: g["encoder"].pop("w"), "missing gradient for 'encoder/w'"),
+    "None": (lambda g: g["head"].__setitem__(1, None), "missing gradient for 'head/1'"),
+    "unknown": (lambda g: g.__setitem__("extra", np.zeros(1)), "gradient for unknown param 'extra'"),
+    "not an array": (
+        lambda g: g["encoder"].__setitem__("b", [0.0, 0.0, 0.0]),
+        "'encoder/b' must be a numpy array, got a list",
+    ),
 }
 
 
-@pytest.mark.parametrize("spoil", BAD_GRADS.values(), ids=BAD_GRADS.keys())
-def test_a_refused_step_changes_nothing(spoil):
+@pytest.mark.parametrize(("spoil", "message"), BAD_GRADS.values(), ids=BAD_GRADS.keys())
+def test_a_refused_step_changes_nothing(spoil, message):
     rng = np.random.default_rng(1)
     params = make_tree(rng)
     opt = Adamax(params, lr=0.01)
@@ -88,7 +91,7 @@ def test_a_refused_step_changes_nothing(spoil):
     before = snapshot(opt)
     grads = grads_like(params, rng)
     spoil(grads)
-    with pytest.raises((TypeError, ValueError)):
+    with pytest.raises((TypeError, ValueError), match=message):
         opt.step(grads)
     assert_unchanged(opt, before)
 
@@ -330,15 +333,29 @@ def test_a_state_format_parsed_from_a_config_file_steps_as_the_literal(fused, dt
         pytest.importorskip("numba")
     import json
 
+    literal = "compact"
     parsed = json.loads('"compact"')
-    assert parsed == "compact" and parsed is not "compact"  # noqa: F632 (the point: equal, not the same object)
+    assert parsed == literal and parsed is not literal  # equal, not the same object
+    full_params = {"w": np.linspace(-1, 1, 300).astype(dtype)}
+    full = Adamax(full_params)
+    full.step({"w": (np.sin(np.arange(300)) + 2).astype(dtype)})  # no zero: eps = 1e-8 is 0 in float16
     results = []
-    for state_format in ("compact", parsed):
+    for state_format in (literal, parsed):
         params = {"w": np.linspace(-1, 1, 300).astype(dtype)}
         opt = Adamax(params, state_format=state_format, fused=fused)
         for k in range(3):
             opt.step({"w": np.cos(np.arange(300) + k).astype(dtype)})
-        results.append((params["w"], opt.state_dict()["state"]["w"]))
+        saved = opt.state_dict()
+        again = Adamax({"w": params["w"].copy()}, state_format=state_format, fused=fused)
+        again.load_state_dict(saved)  # a compact checkpoint, kept compact
+        converted = Adamax({"w": params["w"].copy()}, state_format=state_format, fused=fused)
+        converted.load_state_dict(full.state_dict())  # a full one, converted
+        for o in (again, converted):
+            o.step({"w": np.cos(np.arange(300)).astype(dtype)})
+        results.append([params["w"], saved["state"]["w"], again.state_dict()["state"]["w"]])
+        results[-1].append(converted.state_dict()["state"]["w"])
     np.testing.assert_array_equal(results[0][0], results[1][0])
-    for key in results[0][1]:
-        np.testing.assert_array_equal(results[0][1][key], results[1][1][key])
+    for ours, theirs in zip(results[0][1:], results[1][1:]):
+        assert ours.keys() == theirs.keys() == {"step", "exp_avg", "exp_inf_code", "exp_inf_scale"}
+        for key in ours:
+            np.testing.assert_array_equal(ours[key], theirs[key])

@@ -232,6 +232,21 @@ EQUIVALENT: dict[tuple[str, str], str] = {
         )
         for start in (-1, 1)
     },
+    (_NUMPY, 'if fused and self.state_format <= "compact":'): _FORMATS,
+    (_NUMPY, "kernel = compact_kernels() if self.fused != False else None"): (
+        "fused is validated to be True, False or None, for which != False and is not False agree"
+    ),
+    (
+        _NUMPY,
+        "if param.flags.c_contiguous and grad.flags.c_contiguous and grad.dtype >= param.dtype:",
+    ): "_matching_grads has already refused a gradient whose dtype is not the param's",
+    (_NUMPY, "group = [path for path in paths if self._leaves[path].dtype is dtype]"): (
+        "NumPy keeps one dtype object per built-in type in native byte order, and only such float arrays are "
+        "chosen for the kernels (a byte-swapped dtype is not equal to the kernel's)"
+    ),
+    (_DIST, "present = {p.name for p in directory.iterdir()} ^ {MANIFEST}"): (
+        "the manifest was just read from the directory, so it is there: ^ and - remove it alike"
+    ),
     (_DIST, "if self.state.get(p) is entry:"): _SAME_ENTRIES,
     (_DIST, "if self.state.get(p) == entry:"): _SAME_ENTRIES,
     (_NUMPY, "if len(unique) > len(indices):"): (
