@@ -249,6 +249,11 @@ EQUIVALENT: dict[tuple[str, str], str] = {
     ),
     (_DIST, "if self.state.get(p) is entry:"): _SAME_ENTRIES,
     (_DIST, "if self.state.get(p) == entry:"): _SAME_ENTRIES,
+    (_DIST, "if self.state.get(p) != entry:"): _SAME_ENTRIES,
+    (_NUMPY, "def _fresh_table(param: np.ndarray, config: AdamaxConfig, step: int = 1) -> _lazy.Table:"): (
+        "a fresh table's clock and every row's last step start at the same count; values depend only on their "
+        "differences (the sweeps' timing depends on the count, and a sweep changes no value)"
+    ),
     (_NUMPY, "if len(unique) > len(indices):"): (
         "with no repeated row, summing into zeros gives each value back except -0.0 as +0.0, and a row steps the "
         "same for either zero: |g| is equal, and the moment's lerp gives the same m (never -0.0)"
