@@ -370,11 +370,12 @@ def score(scope: Scope, copy: Path, elapsed: float | None) -> dict:
             mutated = changed[0][1:].strip() if changed else ""
             key = (scope.module, mutated)
             in_annotation = any(a <= tuple(mutation.start_pos) and tuple(mutation.end_pos) <= b for a, b in annotations)
-            if in_annotation:  # skipped by run_scope, or run by an older version of this tool
-                equivalent += 1
-            elif result.worker_outcome == WorkerOutcome.SKIPPED:
-                skipped += 1
-            elif key in EQUIVALENT:
+            if result.worker_outcome == WorkerOutcome.SKIPPED:  # out of scope, or (see run_scope) an annotation
+                if result.output == ANNOTATION:
+                    equivalent += 1
+                else:
+                    skipped += 1
+            elif in_annotation or key in EQUIVALENT:  # (an earlier version of this tool ran annotation mutants)
                 equivalent += 1
             elif result.worker_outcome == WorkerOutcome.NORMAL and result.test_outcome == TestOutcome.SURVIVED:
                 survived += 1
