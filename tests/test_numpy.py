@@ -282,7 +282,9 @@ BAD_PARAMS = {
     "same array twice": ((lambda a: [a, a])(np.ones(3)), ValueError, "share memory"),
     "overlapping views": ((lambda a: [a[:3], a[2:]])(np.ones(5)), ValueError, "share memory"),
     "a list, not an array": ([[1.0, 2.0]], TypeError, "must be a numpy array"),
-    "slash in a key": ({"a/b": np.ones(1)}, TypeError, "without '/'"),
+    "slash in a key": ({"a/b": np.ones(1)}, TypeError, "without '/', got 'a/b' at 'the root'"),
+    "an empty key, nested": ({"enc": {"": np.ones(1)}}, TypeError, "non-empty strings without '/', got '' at 'enc'"),
+    "a number as a key": ({3: np.ones(1)}, TypeError, "non-empty strings without '/', got 3 at 'the root'"),
     "no params": ([], ValueError, "empty parameter list"),
     "an empty dict": ({}, ValueError, "empty parameter list"),
 }
@@ -359,3 +361,25 @@ def test_a_state_format_parsed_from_a_config_file_steps_as_the_literal(fused, dt
         assert ours.keys() == theirs.keys() == {"step", "exp_avg", "exp_inf_code", "exp_inf_scale"}
         for key in ours:
             np.testing.assert_array_equal(ours[key], theirs[key])
+
+
+def test_a_parsed_compact_state_format_refuses_float64_params_as_the_literal_does():
+    import json
+
+    for state_format in ("compact", json.loads('"compact"')):
+        with pytest.raises(TypeError, match="compact state computes in float32"):
+            Adamax({"w": np.ones(2)}, state_format=state_format)
+
+
+def test_without_numba_fused_true_is_refused_and_the_rest_steps_by_the_reference(monkeypatch):
+    import adamax.numpy
+
+    monkeypatch.setattr(adamax.numpy, "cpu_kernels", lambda: None)
+    with pytest.raises(RuntimeError, match="fused=True needs numba"):
+        Adamax([np.ones(3)], fused=True)
+    for fused in (None, False):
+        params = [np.ones(3)]
+        opt = Adamax(params, lr=0.1, fused=fused)
+        opt.step([np.full(3, 2.0)])
+        want, _ = reference.update(np.ones(3), np.full(3, 2.0), reference.init(np.ones(3)), opt.config)
+        np.testing.assert_array_equal(params[0], want)
