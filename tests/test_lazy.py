@@ -162,6 +162,11 @@ BAD_GRADIENTS = {
         TypeError,
         "1-d integer array",
     ),
+    "a negative index": (
+        {"table": RowGradient(np.array([0, -1]), np.ones((2, 2))), "bias": np.ones(2)},
+        IndexError,
+        r"\[0, 4\)",
+    ),
     "an index far out of range": (
         {"table": RowGradient(np.array([0, 7]), np.ones((2, 2))), "bias": np.ones(2)},
         IndexError,

@@ -249,6 +249,16 @@ EQUIVALENT: dict[tuple[str, str], str] = {
     (_DIST, "present = {p.name for p in directory.iterdir()} ^ {MANIFEST}"): (
         "the manifest was just read from the directory, so it is there: ^ and - remove it alike"
     ),
+    (
+        _NUMPY,
+        'loaded = compact.CompactState(*(np.array(entry[key]) if key is not "step" else int(entry[key])',
+    ): 'key runs over compact.KEYS, string literals, one of them the same object as the literal "step"',
+    (_NUMPY, "if len(unique) >= len(indices):"): "np.unique never returns more values than it is given",
+    (
+        _NUMPY,
+        "if param.flags.c_contiguous and grad.flags.c_contiguous and grad.dtype is param.dtype:",
+    ): "_matching_grads has already refused a gradient whose dtype is not the param's, and NumPy keeps one dtype "
+    "object per built-in type",
     (_DIST, "return box[ -1]"): "the box holds one value: box[-1] is box[0]",
     (_DIST, "if self.state.get(p) is entry:"): _SAME_ENTRIES,
     (_DIST, "if self.state.get(p) == entry:"): _SAME_ENTRIES,
