@@ -261,11 +261,17 @@ def refused(args) -> None:
     except distributed.CheckpointError as err:
         seen = f"refused: {err}"
     written = sorted(p.name for p in Path(args.ckpt_dir).iterdir()) if Path(args.ckpt_dir).exists() else []
+    opt.param_groups[0]["note"] = object()  # now on every rank: the first rank that failed is named
+    try:
+        distributed.save_checkpoint(args.ckpt_dir, 1, model, opt)
+        seen_by_all = "saved"
+    except distributed.CheckpointError as err:
+        seen_by_all = f"refused: {err}"
     opt.param_groups[0].pop("note", None)
     dist.barrier()
     distributed.save_checkpoint(args.ckpt_dir, 1, model, opt)
     latest = distributed.latest_step(args.ckpt_dir)
-    torch.save({"seen": seen, "written": written, "latest": latest}, f"{args.out}{rank}")
+    torch.save({"seen": seen, "seen_by_all": seen_by_all, "written": written, "latest": latest}, f"{args.out}{rank}")
 
 
 def _die_at(point: str, rank: int, ckpt_dir: str):

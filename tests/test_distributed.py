@@ -126,6 +126,7 @@ def test_a_save_refused_on_one_rank_is_refused_on_every_rank_and_writes_nothing(
     for rank in range(workers.WORLD):
         result = torch.load(tmp_path / f"seen{rank}")
         assert result["seen"].startswith("refused: rank 1: cannot checkpoint object"), result["seen"]
+        assert result["seen_by_all"].startswith("refused: rank 0: cannot checkpoint object"), result["seen_by_all"]
         assert result["written"] == [], result["written"]  # no checkpoint, partial directory or pointer
         assert result["latest"] == 1  # and the next save, with the value gone, goes through on every rank
 

@@ -110,6 +110,7 @@ SCOPES = [
         "distributed: collectives",
         "src/adamax/distributed.py",  # no-ops in one process: two ranks
         "tests/test_checkpoints.py::test_a_checkpoint_round_trips_and_resumes_exactly "  # one process: rank 0 alone
+        "tests/test_checkpoints.py::test_an_unsaveable_value_is_refused_before_anything_is_written "
         "tests/test_distributed.py::test_a_save_refused_on_one_rank_is_refused_on_every_rank_and_writes_nothing "
         "tests/test_distributed.py::test_dcp_resume_is_bit_identical",
         functions=_COLLECTIVES,
@@ -259,6 +260,10 @@ EQUIVALENT: dict[tuple[str, str], str] = {
         "if param.flags.c_contiguous and grad.flags.c_contiguous and grad.dtype is param.dtype:",
     ): "_matching_grads has already refused a gradient whose dtype is not the param's, and NumPy keeps one dtype "
     "object per built-in type",
+    (
+        _DIST,
+        'raise CheckpointError(message if len(errors) <= 1 else f"rank {rank}: {message}")',
+    ): "errors has one entry per rank, so it is never empty",
     (_DIST, "return box[ -1]"): "the box holds one value: box[-1] is box[0]",
     (_DIST, "if self.state.get(p) is entry:"): _SAME_ENTRIES,
     (_DIST, "if self.state.get(p) == entry:"): _SAME_ENTRIES,
