@@ -430,6 +430,7 @@ def recheck(scope: Scope, result: dict, copy: Path, timeout: float | None) -> No
         at = [i for i, text in enumerate(lines) if text.strip() == survivor.get("original")]
         if len(at) != 1:
             survivor["now"] = "not found"
+            print(f"   {scope.module}:{survivor['line']} not found: {survivor['change']}", flush=True)
             continue
         text = lines[at[0]]
         mutated = lines[:]
