@@ -205,6 +205,9 @@ ATTACKS = {
     "pickled param-group value, forged manifest": lambda path, other, marker: _pickled_param_group_value(path, marker),
     "one flipped bit": lambda path, other, marker: _flip_a_bit(path),
     "truncated shard": lambda path, other, marker: _truncate(path),
+    "grown shard": lambda path, other, marker: (path / "__0_0.distcp").write_bytes(
+        (path / "__0_0.distcp").read_bytes() + b"\0"
+    ),
     "swapped shard": lambda path, other, marker: _swap_shard(path, other),
     "no manifest": lambda path, other, marker: (path / "manifest.json").unlink(),
     "a file added": lambda path, other, marker: (path / "extra.bin").write_bytes(b"x"),
@@ -257,6 +260,7 @@ REASONS = {  # why each is refused: the first line of defence that catches it
     "pickled param-group value, forged manifest": "refused to load .*BytesStorageMetadata",
     "one flipped bit": "SHA-256 differs",
     "truncated shard": "bytes, the manifest says",
+    "grown shard": "bytes, the manifest says",
     "swapped shard": "SHA-256 differs",
     "no manifest": "has no manifest.json",
     "a file added": r"missing \[\], unexpected \['extra.bin'\]",

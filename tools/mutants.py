@@ -264,6 +264,11 @@ EQUIVALENT: dict[tuple[str, str], str] = {
         _DIST,
         'raise CheckpointError(message if len(errors) <= 1 else f"rank {rank}: {message}")',
     ): "errors has one entry per rank, so it is never empty",
+    (
+        _DIST,
+        'self.contents = {k: dict(v) for k, v in self.attributes.items() if isinstance(v, dict) and k is not "state"}',
+    ): 'attribute names are interned strings, so the key "state" is the literal "state"',
+    (_DIST, "if any(item.type is LoadItemType.BYTE_IO for item in plan.items):"): "enum members are singletons",
     (_DIST, "return box[ -1]"): "the box holds one value: box[-1] is box[0]",
     (_DIST, "if self.state.get(p) is entry:"): _SAME_ENTRIES,
     (_DIST, "if self.state.get(p) == entry:"): _SAME_ENTRIES,
