@@ -232,6 +232,9 @@ ATTACKS = {
     "state.json without 'optim', forged manifest": lambda path, other, marker: _state_json(
         path, lambda tree: tree.pop("optim")
     ),
+    "state.json with a third key, forged manifest": lambda path, other, marker: _state_json(
+        path, lambda tree: tree.__setitem__("extra", {})
+    ),
     "state.json of format true, forged manifest": lambda path, other, marker: _overwrite(
         path, "state.json", json.dumps({**json.loads((path / "state.json").read_text()), "format": True})
     ),
@@ -274,6 +277,7 @@ REASONS = {  # why each is refused: the first line of defence that catches it
     "manifest of another format": r"step-00000004/manifest\.json: not a format-1 manifest",
     "a model key swapped for another, forged manifest": r"keys differ \(missing \['0\.bias'\], unexpected \['note'\]\)",
     "state.json without 'optim', forged manifest": r"step-00000004/state\.json: expected the keys 'model' and 'optim'",
+    "state.json with a third key, forged manifest": r"step-00000004/state\.json: expected the keys 'model' and",
     "state.json of format true, forged manifest": r"step-00000004/state\.json: not a format-1 adamax checkpoint",
     "state.json nested too deep to parse, forged manifest": r"step-00000004/state\.json: maximum recursion depth",
     "manifest nested too deep to parse": r"step-00000004/manifest\.json: maximum recursion depth",
