@@ -165,8 +165,7 @@ def _state_json(path: Path, edit, forge: bool = True) -> None:
 
 
 def _overwrite(path: Path, name: str, text: str) -> None:
-    (path / name).write_text(text)
-    _forge_manifest(path)
+    _overwrite_bytes(path, name, text.encode())
 
 
 def _overwrite_bytes(path: Path, name: str, data: bytes) -> None:

@@ -128,6 +128,12 @@ _SAME_ENTRIES = (
     "the restore first puts back the optimizer's own state dict object, and loads (torch's included) give an "
     "optimizer a new state dict rather than new entries in the old one, so each entry is already in place"
 )
+_FRESH_TABLE = (
+    "a fresh table's clock and every row's last step start at the same count; values depend only on their "
+    "differences (the sweeps' timing depends on the count, and a sweep changes no value)"
+)
+_FUSED = "fused is validated to be True, False or None, for which != False and is not False agree"
+_GRAD_DTYPE = "_matching_grads has already refused a gradient whose dtype is not the param's"
 _FORMATS = 'state_format is validated to be "compact" or "full", and "full" > "compact"'
 _GUARD = "the guarded divide equals the plain one wherever d != 0, and d > 0 whenever eps > 0"
 EQUIVALENT: dict[tuple[str, str], str] = {
@@ -214,9 +220,7 @@ EQUIVALENT: dict[tuple[str, str], str] = {
         _NUMPY,
         "stale = np.setdiff1d(table.clock.stale(table.last), grad.indices, assume_unique=False)",
     ): "both are sorted arrays of distinct rows (flatnonzero's, and the coalesced gradient's): the same difference",
-    (_NUMPY, "kernels = cpu_kernels() if self.fused != False else None"): (
-        "fused is validated to be True, False or None, for which != False and is not False agree"
-    ),
+    (_NUMPY, "kernels = cpu_kernels() if self.fused != False else None"): _FUSED,
     (
         _NUMPY,
         'loaded = compact.CompactState(*(np.array(entry[key]) if key < "step" else int(entry[key])',
@@ -229,20 +233,15 @@ EQUIVALENT: dict[tuple[str, str], str] = {
         (
             _NUMPY,
             f"path: _fresh_table(self._leaves[path], config, int(state[path].step) if path in state else {start})",
-        ): (
-            "a fresh table's clock and every row's last step start at the same count; values depend only on their "
-            "differences (the sweeps' timing depends on the count, and a sweep changes no value)"
-        )
+        ): _FRESH_TABLE
         for start in (-1, 1)
     },
     (_NUMPY, 'if fused and self.state_format <= "compact":'): _FORMATS,
-    (_NUMPY, "kernel = compact_kernels() if self.fused != False else None"): (
-        "fused is validated to be True, False or None, for which != False and is not False agree"
-    ),
+    (_NUMPY, "kernel = compact_kernels() if self.fused != False else None"): _FUSED,
     (
         _NUMPY,
         "if param.flags.c_contiguous and grad.flags.c_contiguous and grad.dtype >= param.dtype:",
-    ): "_matching_grads has already refused a gradient whose dtype is not the param's",
+    ): _GRAD_DTYPE,
     (_NUMPY, "group = [path for path in paths if self._leaves[path].dtype is dtype]"): (
         "NumPy keeps one dtype object per built-in type in native byte order, and only such float arrays are "
         "chosen for the kernels (a byte-swapped dtype is not equal to the kernel's)"
@@ -258,8 +257,7 @@ EQUIVALENT: dict[tuple[str, str], str] = {
     (
         _NUMPY,
         "if param.flags.c_contiguous and grad.flags.c_contiguous and grad.dtype is param.dtype:",
-    ): "_matching_grads has already refused a gradient whose dtype is not the param's, and NumPy keeps one dtype "
-    "object per built-in type",
+    ): f"{_GRAD_DTYPE}, and NumPy keeps one dtype object per built-in type",
     (
         _DIST,
         'raise CheckpointError(message if len(errors) <= 1 else f"rank {rank}: {message}")',
@@ -273,10 +271,7 @@ EQUIVALENT: dict[tuple[str, str], str] = {
     (_DIST, "if self.state.get(p) is entry:"): _SAME_ENTRIES,
     (_DIST, "if self.state.get(p) == entry:"): _SAME_ENTRIES,
     (_DIST, "if self.state.get(p) != entry:"): _SAME_ENTRIES,
-    (_NUMPY, "def _fresh_table(param: np.ndarray, config: AdamaxConfig, step: int = 1) -> _lazy.Table:"): (
-        "a fresh table's clock and every row's last step start at the same count; values depend only on their "
-        "differences (the sweeps' timing depends on the count, and a sweep changes no value)"
-    ),
+    (_NUMPY, "def _fresh_table(param: np.ndarray, config: AdamaxConfig, step: int = 1) -> _lazy.Table:"): _FRESH_TABLE,
     (_NUMPY, "if len(unique) > len(indices):"): (
         "with no repeated row, summing into zeros gives each value back except -0.0 as +0.0, and a row steps the "
         "same for either zero: |g| is equal, and the moment's lerp gives the same m (never -0.0)"
@@ -286,7 +281,7 @@ EQUIVALENT: dict[tuple[str, str], str] = {
     (
         _NUMPY,
         "if param.flags.c_contiguous and grad.flags.c_contiguous and grad.dtype <= param.dtype:",
-    ): "_matching_grads has already refused a gradient whose dtype is not the param's",
+    ): _GRAD_DTYPE,
     **{
         (_DIST, f'for block in iter(lambda: f.read({size}), b""):'): (
             "any positive block size (or a negative one: read all) hashes the same bytes; only the speed differs"
@@ -323,6 +318,16 @@ def annotation_spans(path: Path) -> list[tuple[tuple[int, int], tuple[int, int]]
     return [((a.lineno, a.col_offset), (a.end_lineno, a.end_col_offset)) for a in found]
 
 
+def in_spans(mutation, spans: list[tuple[tuple[int, int], tuple[int, int]]]) -> bool:
+    """Whether a cosmic-ray mutation lies wholly inside one of ``spans`` (see :func:`annotation_spans`)."""
+    return any(a <= tuple(mutation.start_pos) and tuple(mutation.end_pos) <= b for a, b in spans)
+
+
+def scratch_env(copy: Path) -> dict[str, str]:
+    """The environment a scratch copy's tests run in: its ``src`` (and root) first on ``PYTHONPATH``."""
+    return {**os.environ, "PYTHONPATH": str(copy / "src") + os.pathsep + str(copy)}
+
+
 def scratch_copy(dest: Path) -> None:
     files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
     for name in files:
@@ -347,7 +352,7 @@ def run_scope(scope: Scope, copy: Path, cosmic: Path, timeout: float | None) -> 
         f'test-command = "{PYTEST} {scope.tests}"\n'
         '[cosmic-ray.distributor]\nname = "local"\n'
     )
-    env = {**os.environ, "PYTHONPATH": str(copy / "src") + os.pathsep + str(copy)}
+    env = scratch_env(copy)
     subprocess.run([str(cosmic), "init", str(config), str(session)], cwd=copy, env=env, check=True)
     source = (copy / scope.module).read_text().splitlines()
     inside = function_lines(copy / scope.module, scope.functions) if scope.functions else None
@@ -355,13 +360,11 @@ def run_scope(scope: Scope, copy: Path, cosmic: Path, timeout: float | None) -> 
     annotations = annotation_spans(copy / scope.module)
     with use_db(str(session), WorkDB.Mode.open) as db:
         for item in db.work_items:
-            start, end = item.mutations[0].start_pos, item.mutations[0].end_pos
-            line = start[0]
+            line = item.mutations[0].start_pos[0]
             text = source[line - 1] if line <= len(source) else ""
-            in_annotation = any(a <= tuple(start) and tuple(end) <= b for a, b in annotations)
             if (inside is not None and line not in inside) or line in outside or "pragma: no mutate" in text:
                 db.set_result(item.job_id, WorkResult(worker_outcome=WorkerOutcome.SKIPPED))
-            elif in_annotation:  # counted as equivalent: see annotation_spans
+            elif in_spans(item.mutations[0], annotations):  # counted as equivalent: see annotation_spans
                 db.set_result(item.job_id, WorkResult(worker_outcome=WorkerOutcome.SKIPPED, output=ANNOTATION))
     started = time.monotonic()
     subprocess.run([str(cosmic), "exec", str(config), str(session)], cwd=copy, env=env, check=True)
@@ -392,13 +395,12 @@ def score(scope: Scope, copy: Path, elapsed: float | None) -> dict:
             removed = [text for text in diff if text.startswith("-") and not text.startswith("---")]
             mutated = changed[0][1:].strip() if changed else ""
             key = (scope.module, mutated)
-            in_annotation = any(a <= tuple(mutation.start_pos) and tuple(mutation.end_pos) <= b for a, b in annotations)
             if result.worker_outcome == WorkerOutcome.SKIPPED:  # out of scope, or (see run_scope) an annotation
                 if result.output == ANNOTATION:
                     equivalent += 1
                 else:
                     skipped += 1
-            elif in_annotation or key in EQUIVALENT:  # (an earlier version of this tool ran annotation mutants)
+            elif in_spans(mutation, annotations) or key in EQUIVALENT:  # (earlier runs did not skip annotations)
                 equivalent += 1
             elif result.worker_outcome == WorkerOutcome.NORMAL and result.test_outcome == TestOutcome.SURVIVED:
                 survived += 1
@@ -430,7 +432,7 @@ def recheck(scope: Scope, result: dict, copy: Path, timeout: float | None) -> No
     module = copy / scope.module
     source = module.read_text()
     lines = source.splitlines(keepends=True)
-    env = {**os.environ, "PYTHONPATH": str(copy / "src") + os.pathsep + str(copy)}
+    env = scratch_env(copy)
     for survivor in result["survivors"]:
         at = [i for i, text in enumerate(lines) if text.strip() == survivor.get("original")]
         if len(at) != 1:
