@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import pickle
 
 import numpy as np
@@ -262,8 +263,6 @@ def test_a_compact_checkpoint_loads_with_an_integer_step_and_saves_it_back_as_on
     for _ in range(3):
         opt.step({"w": np.full(5, 0.5, np.float32)})
     saved = opt.state_dict()
-    import json
-
     parsed_keys = {
         "state": {"w": {json.loads(json.dumps(k)): v for k, v in saved["state"]["w"].items()}},
         "hyperparams": saved["hyperparams"],
@@ -339,8 +338,6 @@ def test_a_container_given_as_a_gradient_is_named_as_such(wrong):
 def test_a_state_format_parsed_from_a_config_file_steps_as_the_literal(fused, dtype):
     if fused:
         pytest.importorskip("numba")
-    import json
-
     literal = "compact"
     parsed = json.loads('"compact"')
     assert parsed == literal and parsed is not literal  # equal, not the same object
@@ -370,8 +367,6 @@ def test_a_state_format_parsed_from_a_config_file_steps_as_the_literal(fused, dt
 
 
 def test_a_parsed_compact_state_format_refuses_float64_params_as_the_literal_does():
-    import json
-
     for state_format in ("compact", json.loads('"compact"')):
         with pytest.raises(TypeError, match="compact state computes in float32"):
             Adamax({"w": np.ones(2)}, state_format=state_format)
