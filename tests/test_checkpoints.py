@@ -253,6 +253,22 @@ ATTACKS = {
     ".metadata another allowed record, forged manifest": lambda path, other, marker: _overwrite_bytes(
         path, ".metadata", pickle.dumps(torch.Size([3]))
     ),
+    "state.json whose optimizer has a third key, forged manifest": lambda path, other, marker: _state_json(
+        path, lambda tree: tree["optim"].__setitem__("extra", {})
+    ),
+    # markers: a save writes {"__tensor__": true} and {"__tuple__": [...]}, nothing else with their keys
+    "a tensor marker with another key, forged manifest": lambda path, other, marker: _state_json(
+        path, lambda tree: tree["model"].__setitem__("0.bias", {"__tensor__": True, "x": 1})
+    ),
+    "a tensor marker of false, forged manifest": lambda path, other, marker: _state_json(
+        path, lambda tree: tree["model"].__setitem__("0.bias", {"__tensor__": False})
+    ),
+    "a tuple marker with another key, forged manifest": lambda path, other, marker: _state_json(
+        path, lambda tree: tree["optim"]["param_groups"][0].__setitem__("betas", {"__tuple__": [0.9, 0.99], "x": 1})
+    ),
+    "a tuple marker of a string, forged manifest": lambda path, other, marker: _state_json(
+        path, lambda tree: tree["optim"]["param_groups"][0].__setitem__("betas", {"__tuple__": "ab"})
+    ),
 }
 
 
@@ -286,6 +302,11 @@ REASONS = {  # why each is refused: the first line of defence that catches it
     "a directory in the manifest": r"step-00000004/sub: not a file of the manifest",
     "a manifest entry not an object": r"step-00000004/state\.json: not a file of the manifest",
     ".metadata another allowed record, forged manifest": r"step-00000004/\.metadata: not DCP metadata",
+    "state.json whose optimizer has a third key, forged manifest": r"state\.json: expected the optimizer's keys",
+    "a tensor marker with another key, forged manifest": r"structure is malformed at model/0\.bias",
+    "a tensor marker of false, forged manifest": r"structure is malformed at model/0\.bias",
+    "a tuple marker with another key, forged manifest": "structure is malformed at optim/param_groups/0/betas",
+    "a tuple marker of a string, forged manifest": "structure is malformed at optim/param_groups/0/betas",
 }
 
 
@@ -384,6 +405,67 @@ def test_a_load_that_fails_while_writing_the_model_puts_back_the_model_and_the_o
     assert_unchanged(model, opt, before)
     assert all(opt.state[p] is entry for p, entry in entries.items())
     worker.train_step(model, opt, 9)
+
+
+class _FailsHalfway(worker.Adamax):
+    """An optimizer that changes itself in place and then fails: in its step (which DCP's load runs once on a
+    fresh optimizer, with zero gradients and lr 0), or in its own ``load_state_dict``."""
+
+    fail_in = None
+
+    def __init__(self, params) -> None:
+        super().__init__(params, lr=0.01)
+        self.stats = {"loads": 0}  # a dict of its own, as optimizers keep
+
+    def step(self, closure=None):
+        loss = super().step(closure)
+        if self.fail_in == "step":
+            self.stats["failed"] = True
+            raise RuntimeError("failed halfway")
+        return loss
+
+    def load_state_dict(self, state_dict) -> None:
+        if self.fail_in == "load_state_dict":
+            first, second, *_ = self.state
+            self.state[first] = {key: torch.zeros_like(value) for key, value in self.state[first].items()}
+            self.state[second]["exp_inf"] = torch.ones_like(second)
+            self.param_groups[0]["lr"] = 0.5
+            self.defaults["lr"] = 0.5
+            self.stats["loads"] += 1
+            for p in self.param_groups[0]["params"]:
+                p.grad = None
+            raise RuntimeError("failed halfway")
+        super().load_state_dict(state_dict)
+
+
+@pytest.mark.parametrize("fail_in", ["step", "load_state_dict"])
+def test_an_optimizer_that_fails_halfway_through_a_load_is_put_back_whole(tmp_path, fail_in):
+    """Whatever the optimizer changed in place before it failed (its state entries, its groups, its own dicts,
+    the params' gradients) is as it was, and it trains on exactly as an optimizer that never saw the load."""
+    save_checkpoint(tmp_path, 4, *trained(4, seed=1))
+
+    def make():
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.Tanh(), torch.nn.Linear(16, 3))
+        opt = _FailsHalfway(model.parameters())
+        for step in range(0 if fail_in == "step" else 2):  # DCP steps only a fresh optimizer
+            worker.train_step(model, opt, step)
+        return model, opt
+
+    model, opt = make()
+    before, entries, defaults = snapshot(model, opt), dict(opt.state), dict(opt.defaults)
+    opt.fail_in = fail_in
+    with pytest.raises(CheckpointError, match="failed halfway"):
+        load_latest(tmp_path, model, opt)
+    assert_unchanged(model, opt, before)
+    assert all(opt.state[p] is entry for p, entry in entries.items())
+    assert opt.stats == {"loads": 0} and opt.defaults == defaults
+    opt.fail_in = None
+    twin_model, twin_opt = make()
+    for step in range(5, 8):
+        worker.train_step(model, opt, step)
+        worker.train_step(twin_model, twin_opt, step)
+    assert_same(model, opt, twin_model, twin_opt)
 
 
 def test_a_checkpoint_whose_index_has_no_storage_meta_loads(tmp_path):
@@ -504,15 +586,59 @@ def test_a_key_a_checkpoint_cannot_hold_is_refused_before_anything_is_written(tm
     assert not any(tmp_path.iterdir())
 
 
-def test_param_group_values_of_every_saveable_kind_round_trip(tmp_path):
+@pytest.mark.parametrize(
+    "live_note",
+    [None, {"list": [0], "tuple": (False,), "deep": {"a": []}}, {"list": [0] * 9, "tuple": (False,) * 9}],
+    ids=["none", "shorter", "longer"],
+)
+def test_param_group_values_of_every_saveable_kind_round_trip(tmp_path, live_note):
+    """The saved values load whole, whatever the live group holds at that key (lists of other lengths too)."""
     note = {"empty": {}, "empty list": [], "list": [1, 2.5, None, "s"], "tuple": (True, (), (1,)), "deep": {"a": [{}]}}
     model, opt = trained(1)
     opt.param_groups[0]["note"] = note
     save_checkpoint(tmp_path, 1, model, opt)
     fresh_model, fresh_opt = worker.make()
+    if live_note is not None:
+        fresh_opt.param_groups[0]["note"] = live_note
     assert load_latest(tmp_path, fresh_model, fresh_opt) == 1
     assert fresh_opt.param_groups[0]["note"] == note
     assert_same(model, opt, fresh_model, fresh_opt)
+
+
+def test_tensors_inside_a_param_groups_tuple_round_trip(tmp_path):
+    """torch's Adam takes tensor betas: tensors inside a tuple load onto the live tuple's tensors."""
+
+    def make(lr, betas):
+        torch.manual_seed(0)
+        model = torch.nn.Linear(3, 2)
+        return model, torch.optim.Adam(model.parameters(), lr=torch.tensor(lr), betas=tuple(map(torch.tensor, betas)))
+
+    model, opt = make(0.01, (0.8, 0.99))
+    model(torch.ones(1, 3)).sum().backward()
+    opt.step()
+    save_checkpoint(tmp_path, 1, model, opt)
+    fresh_model, fresh_opt = make(0.02, (0.9, 0.999))
+    assert load_latest(tmp_path, fresh_model, fresh_opt) == 1
+    group = fresh_opt.param_groups[0]
+    assert isinstance(group["betas"], tuple) and [b.item() for b in group["betas"]] == [
+        b.item() for b in opt.param_groups[0]["betas"]
+    ]
+    assert group["lr"].item() == opt.param_groups[0]["lr"].item()
+
+
+def test_a_checkpoint_of_a_bigger_model_is_refused_naming_the_first_tensor_this_model_lacks(tmp_path):
+    """The checkpoint holds that tensor (DCP's index lists it), but only the optimizer's state may be created."""
+    torch.manual_seed(0)
+    bigger = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.Tanh(), torch.nn.Linear(16, 3), torch.nn.Linear(3, 3))
+    opt = worker.Adamax(bigger.parameters(), lr=0.01)
+    bigger(torch.randn(2, 6)).sum().backward()
+    opt.step()
+    save_checkpoint(tmp_path, 1, bigger, opt)
+    model, opt = trained(2)
+    before = snapshot(model, opt)
+    with pytest.raises(CheckpointError, match=r"a tensor at model/3\.weight, where this model and optimizer have none"):
+        load_latest(tmp_path, model, opt)
+    assert_unchanged(model, opt, before)
 
 
 # --- a crash inside a save, in this process -------------------------------------------------------------------

@@ -101,8 +101,8 @@ SCOPES = [
     ),
     Scope(
         "distributed: saving",
-        "src/adamax/distributed.py",  # the rest of the module, constants included
-        "tests/test_checkpoints.py -k 'not sigkill'",
+        "src/adamax/distributed.py",  # the rest of the module, constants included; hostile checkpoints test loads
+        "tests/test_checkpoints.py -k 'not sigkill and not hostile'",
         exclude=_COLLECTIVES + _LOADING,
         timeout=300,
     ),
@@ -271,6 +271,16 @@ EQUIVALENT: dict[tuple[str, str], str] = {
     (_DIST, "if self.state.get(p) is entry:"): _SAME_ENTRIES,
     (_DIST, "if self.state.get(p) == entry:"): _SAME_ENTRIES,
     (_DIST, "if self.state.get(p) != entry:"): _SAME_ENTRIES,
+    (
+        _DIST,
+        'elif path[:2] >= ("optim", "state") and isinstance(stored.get(key), dcp_metadata.TensorStorageMetadata):',
+    ): (
+        "_read_state admits only the optimizer's keys state and param_groups, and no path sorts after "
+        '("optim", "state") without starting with it'
+    ),
+    (_DIST, "if skeleton.keys() <= {_TUPLE} and isinstance(skeleton[_TUPLE], list):"): (
+        "the dict holds a marker's key, so it is a subset of {_TUPLE} only when it equals it"
+    ),
     (_NUMPY, "def _fresh_table(param: np.ndarray, config: AdamaxConfig, step: int = 1) -> _lazy.Table:"): _FRESH_TABLE,
     (_NUMPY, "if len(unique) > len(indices):"): (
         "with no repeated row, summing into zeros gives each value back except -0.0 as +0.0, and a row steps the "

@@ -169,28 +169,38 @@ def _join(skeleton: Any, live: Any, path: tuple[str, ...], load: dict[str, torch
     of ``live``'s tensor at the same place (its dtype, device and sharding), collected into ``load`` for DCP.
 
     Optimizer state the live optimizer has not created yet (its params already had gradients, so DCP did not
-    initialise it) gets a plain tensor of the stored size and dtype; the optimizer's loader casts it.
+    initialise it) gets a plain tensor of the stored size and dtype; the optimizer's loader casts it.  A dict
+    holding a marker's key must be that marker: a save never writes such keys (:func:`_split` refuses them).
     """
     key = "/".join(path)
-    if isinstance(skeleton, dict) and skeleton.keys() == {_TENSOR}:
-        if isinstance(live, torch.Tensor):
-            copy = live.detach().clone()
-        elif path[:2] == ("optim", "state") and isinstance(stored.get(key), dcp_metadata.TensorStorageMetadata):
-            copy = torch.empty(stored[key].size, dtype=stored[key].properties.dtype)
-        else:
-            raise CheckpointError(f"the checkpoint has a tensor at {key}, where this model and optimizer have none")
-        load[key] = copy
-        return copy
-    tagged_tuple = isinstance(skeleton, dict) and skeleton.keys() == {_TUPLE}
-    if isinstance(skeleton, dict) and not tagged_tuple:
+    if isinstance(skeleton, dict) and (_TENSOR in skeleton or _TUPLE in skeleton):
+        if skeleton == {_TENSOR: True}:
+            if isinstance(live, torch.Tensor):
+                copy = live.detach().clone()
+            elif path[:2] == ("optim", "state") and isinstance(stored.get(key), dcp_metadata.TensorStorageMetadata):
+                copy = torch.empty(stored[key].size, dtype=stored[key].properties.dtype)
+            else:
+                raise CheckpointError(f"the checkpoint has a tensor at {key}, where this model and optimizer have none")
+            load[key] = copy
+            return copy
+        if skeleton.keys() == {_TUPLE} and isinstance(skeleton[_TUPLE], list):
+            return tuple(_join_items(skeleton[_TUPLE], live, path, load, stored))
+        raise CheckpointError(f"the checkpoint's structure is malformed at {key or 'the root'}")
+    if isinstance(skeleton, dict):
         live_map = live if isinstance(live, Mapping) else {}
         return {k: _join(value, live_map.get(k), (*path, k), load, stored) for k, value in skeleton.items()}
-    if tagged_tuple or isinstance(skeleton, list):
-        items = skeleton[_TUPLE] if tagged_tuple else skeleton
-        live_items = live if isinstance(live, (list, tuple)) and len(live) == len(items) else [None] * len(items)
-        joined = [_join(s, v, (*path, str(i)), load, stored) for i, (s, v) in enumerate(zip(items, live_items))]
-        return tuple(joined) if tagged_tuple else joined
+    if isinstance(skeleton, list):
+        return _join_items(skeleton, live, path, load, stored)
     return skeleton
+
+
+def _join_items(items: list, live: Any, path: tuple[str, ...], load: dict[str, torch.Tensor], stored: Mapping) -> list:
+    """:func:`_join` of a list's items, each with the live list's or tuple's item at its index (None past its end)."""
+    live_items = live if isinstance(live, (list, tuple)) else ()
+    return [
+        _join(item, live_items[i] if i < len(live_items) else None, (*path, str(i)), load, stored)
+        for i, item in enumerate(items)
+    ]
 
 
 def _has_format(document: Any) -> bool:
@@ -208,6 +218,8 @@ def _read_state(directory: Path) -> dict:
     tree = state["tree"]
     if set(tree) != {"model", "optim"}:
         raise CheckpointError(f"{directory / STATE}: expected the keys 'model' and 'optim'")
+    if not (isinstance(tree["optim"], dict) and set(tree["optim"]) == {"state", "param_groups"}):
+        raise CheckpointError(f"{directory / STATE}: expected the optimizer's keys 'state' and 'param_groups'")
     return state
 
 
