@@ -524,7 +524,7 @@ def test_only_the_newest_checkpoints_are_kept(tmp_path):
 
 
 DAMAGED_POINTERS = {
-    "garbage": lambda path: path.write_text("garbage"),
+    "garbage": lambda path: path.write_text("garbage " * 1000),
     "not UTF-8": lambda path: path.write_bytes(b"\xff\xfe\x00step"),
     "a JSON list": lambda path: path.write_text('["step-00000002"]'),
     "nested too deep to parse": lambda path: path.write_text("[" * 100_000 + "]" * 100_000),
@@ -534,15 +534,36 @@ DAMAGED_POINTERS = {
 
 @pytest.mark.parametrize("damage", DAMAGED_POINTERS.values(), ids=DAMAGED_POINTERS.keys())
 def test_a_damaged_pointer_is_refused_at_load_and_replaced_by_the_next_save(tmp_path, damage):
+    """Refused naming the file, and quoting at most its first 80 characters; the next save writes a good one."""
     model, opt = trained(2)
     save_checkpoint(tmp_path, 2, model, opt)
     damage(tmp_path / "latest")
-    with pytest.raises(CheckpointError, match="does not name a checkpoint"):
+    with pytest.raises(CheckpointError, match="latest does not name a checkpoint") as caught:
         load_latest(tmp_path, *worker.make())
+    if damage is DAMAGED_POINTERS["garbage"]:
+        assert str(caught.value).endswith(f": {'garbage ' * 10!r}")
     save_checkpoint(tmp_path, 3, model, opt)
     assert latest_step(tmp_path) == 3
     fresh_model, fresh_opt = worker.make()
     assert load_latest(tmp_path, fresh_model, fresh_opt) == 3
+    assert_same(model, opt, fresh_model, fresh_opt)
+
+
+def test_a_checkpoint_that_cannot_be_deleted_does_not_fail_the_save_that_drops_it(tmp_path, monkeypatch):
+    """Deleting the checkpoints past ``keep`` comes after the pointer moved: the save is complete, and a
+    deletion that fails (here: every file refuses) leaves the old files behind rather than fail it."""
+    model, opt = trained(2)
+    save_checkpoint(tmp_path, 1, model, opt, keep=1)
+
+    def refuse(path, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(os, "unlink", refuse)
+    path = save_checkpoint(tmp_path, 2, model, opt, keep=1)
+    monkeypatch.undo()
+    assert path == latest_checkpoint(tmp_path) and (tmp_path / "step-00000001").is_dir()
+    fresh_model, fresh_opt = worker.make()
+    assert load_latest(tmp_path, fresh_model, fresh_opt) == 2
     assert_same(model, opt, fresh_model, fresh_opt)
 
 

@@ -26,11 +26,12 @@ import ast
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -49,8 +50,8 @@ class Scope:
 
 
 ANNOTATION = "in an annotation, which nothing evaluates"  # the note on such mutants (see annotation_spans)
-_LOADING = ("_join", "_has_format", "_read_state", "_verify", "_MetadataUnpickler", "_layout", "_VerifiedReader",
-            "_Snapshot", "_group_params", "load_latest")  # fmt: skip
+_LOADING = ("_join", "_join_items", "_has_format", "_read_state", "_verify", "_MetadataUnpickler", "_layout",
+            "_VerifiedReader", "_Snapshot", "_group_params", "load_latest")  # fmt: skip
 _COLLECTIVES = ("_rank", "_distributed", "_barrier", "_agree", "_broadcast")
 SCOPES = [
     Scope("_exact", "src/adamax/_exact.py", "tests/test_exact.py", timeout=60),
@@ -117,6 +118,13 @@ SCOPES = [
         timeout=300,
     ),
     Scope("compact", "src/adamax/compact.py", "tests/test_compact.py", timeout=120),
+    Scope(
+        "optax",
+        "src/adamax/optax.py",  # the quicker tests against optax itself and the reference (each jits its own steps)
+        "tests/test_optax.py -k 'eps_placements or invalid or what_optax_takes or update_dtype or converges or "
+        "state_matches or (bit_exact and not MultiSteps and not clipping)'",
+        timeout=300,
+    ),
 ]
 
 # Mutants no behaviour can tell apart from the original, by module and the mutated line's text (robust to lines
@@ -347,7 +355,9 @@ def scratch_copy(dest: Path) -> None:
             shutil.copy2(ROOT / name, target)
 
 
-def run_scope(scope: Scope, copy: Path, cosmic: Path, timeout: float | None) -> dict:
+def run_scope(scope: Scope, copy: Path, cosmic: Path, timeout: float | None, minutes: float | None = None) -> dict:
+    """Run a scope's mutants, all of them, or for ``minutes`` at most: cosmic-ray runs them in random order, so
+    a run cut short has run a uniform random sample of them (its score comes with a 95% interval)."""
     from cosmic_ray.work_db import WorkDB, use_db
     from cosmic_ray.work_item import WorkerOutcome, WorkResult
 
@@ -377,7 +387,18 @@ def run_scope(scope: Scope, copy: Path, cosmic: Path, timeout: float | None) -> 
             elif in_spans(item.mutations[0], annotations):  # counted as equivalent: see annotation_spans
                 db.set_result(item.job_id, WorkResult(worker_outcome=WorkerOutcome.SKIPPED, output=ANNOTATION))
     started = time.monotonic()
-    subprocess.run([str(cosmic), "exec", str(config), str(session)], cwd=copy, env=env, check=True)
+    original = (copy / scope.module).read_text()
+    with subprocess.Popen([str(cosmic), "exec", str(config), str(session)], cwd=copy, env=env,
+                          start_new_session=True) as proc:  # fmt: skip
+        try:
+            proc.wait(timeout=minutes * 60 if minutes else None)
+        except subprocess.TimeoutExpired:  # the mutant in flight is not recorded, and is left on disk
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            (copy / scope.module).write_text(original)
+        else:
+            if proc.returncode:
+                raise subprocess.CalledProcessError(proc.returncode, proc.args)
     return score(scope, copy, time.monotonic() - started)
 
 
@@ -420,6 +441,12 @@ def score(scope: Scope, copy: Path, elapsed: float | None) -> dict:
             else:
                 killed += 1  # failed tests, a timeout, or a mutant that cannot even be imported
     total = killed + survived
+    interval = None
+    if not_run and total:  # a random sample of the scope's mutants (see run_scope)
+        from scipy.stats import binomtest
+
+        low, high = binomtest(killed, total).proportion_ci(confidence_level=0.95, method="wilson")
+        interval = [round(low, 4), round(high, 4)]
     return {
         "scope": scope.name,
         "module": scope.module,
@@ -430,6 +457,7 @@ def score(scope: Scope, copy: Path, elapsed: float | None) -> dict:
         "equivalent": equivalent,
         "not_run": not_run,
         "score": killed / total if total else 1.0,
+        "interval": interval,  # 95% (Wilson) for the whole scope's score, when only a sample ran
         "seconds": None if elapsed is None else round(elapsed),
         "survivors": sorted(survivors, key=lambda s: s["line"]),
     }
@@ -477,6 +505,10 @@ def main() -> None:
     parser.add_argument("--recheck", action="store_true", help="with --report: run the survivors against the tests "
                         "as they are now (score_now)")  # fmt: skip
     parser.add_argument("--equivalents", action="store_true", help="print the equivalent mutants as a Markdown table")
+    parser.add_argument("--minutes", type=float, help="run each scope for this long at most: a random sample of its "
+                        "mutants, scored with a 95%% interval (default: all of them)")  # fmt: skip
+    parser.add_argument("--functions", nargs="*", help="only the mutants inside these top-level functions or classes "
+                        "of each scope's module (to rerun code rewritten since a run)")  # fmt: skip
     args = parser.parse_args()
     if args.equivalents:
         print("| module | mutated line | why no behaviour can tell it apart |\n|---|---|---|")
@@ -501,6 +533,8 @@ def main() -> None:
     if not cosmic.exists():
         sys.exit("cosmic-ray is not installed here: make mutants installs it (pip install -e '.[mutants]')")
     scopes = [s for s in SCOPES if not args.only or s.name in args.only]
+    if args.functions:
+        scopes = [replace(s, functions=tuple(args.functions), exclude=()) for s in scopes]
     if not scopes:
         sys.exit(f"no scope named {args.only}; scopes: {', '.join(s.name for s in SCOPES)}")
     work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="adamax-mutants-"))
@@ -510,10 +544,11 @@ def main() -> None:
     try:
         for scope in scopes:
             print(f"== {scope.name}: {scope.module} against {scope.tests}", flush=True)
-            results.append(run_scope(scope, work, cosmic, args.timeout))
+            results.append(run_scope(scope, work, cosmic, args.timeout, args.minutes))
             r = results[-1]
             print(f"   killed {r['killed']}, survived {r['survived']}, skipped {r['skipped']}, equivalent "
-                  f"{r['equivalent']}: score {r['score']:.1%} in {r['seconds']} s", flush=True)  # fmt: skip
+                  f"{r['equivalent']}, not run {r['not_run']}: score {r['score']:.1%}{sampled(r)} in {r['seconds']} s",
+                  flush=True)  # fmt: skip
             for s in r["survivors"]:
                 print(f"   survivor {scope.module}:{s['line']} {s['operator']}: {s['change']}", flush=True)
     finally:
@@ -521,6 +556,14 @@ def main() -> None:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
     summary(results)
+
+
+def sampled(result: dict) -> str:
+    """The 95% interval of a sampled scope's score, for printing."""
+    if not result.get("interval"):
+        return ""
+    low, high = result["interval"]
+    return f" (a sample: 95% interval {low:.1%} to {high:.1%})"
 
 
 def summary(results: list[dict]) -> None:
@@ -533,8 +576,9 @@ def summary(results: list[dict]) -> None:
           f"{'seconds':>8}")  # fmt: skip
     for r in results:
         now = f"{r['score_now']:7.1%}" if "score_now" in r else f"{'-':>7}"
+        seconds = r["seconds"] if r["seconds"] is not None else "-"
         print(f"{r['scope']:32} {r['killed']:7d} {r['survived']:9d} {r['equivalent']:11d} {r['not_run']:8d} "
-              f"{r['score']:7.1%} {now} {r['seconds'] if r['seconds'] is not None else '-':>8}")  # fmt: skip
+              f"{r['score']:7.1%} {now} {seconds:>8}{sampled(r)}")  # fmt: skip
     print(f"{'all':32} {killed:7d} {total - killed:9d} {'':11} {'':8} {killed / total if total else 1:7.1%}")
 
 

@@ -148,7 +148,7 @@ def _split(tree: Any, path: tuple[str, ...], tensors: dict[str, torch.Tensor]) -
         out = {}
         for key, value in tree.items():
             if not isinstance(key, str) or "/" in key or key in (_TENSOR, _TUPLE):
-                raise TypeError(f"cannot checkpoint the key {key!r} at {'/'.join(path) or 'the root'}")
+                raise TypeError(f"cannot checkpoint the key {key!r} at {'/'.join(path)}")  # the root's keys are fixed
             out[key] = _split(value, (*path, key), tensors)
         return out
     if isinstance(tree, (list, tuple)):
@@ -185,7 +185,7 @@ def _join(skeleton: Any, live: Any, path: tuple[str, ...], load: dict[str, torch
             return copy
         if skeleton.keys() == {_TUPLE} and isinstance(skeleton[_TUPLE], list):
             return tuple(_join_items(skeleton[_TUPLE], live, path, load, stored))
-        raise CheckpointError(f"the checkpoint's structure is malformed at {key or 'the root'}")
+        raise CheckpointError(f"the checkpoint's structure is malformed at {key}")  # _read_state checked the root
     if isinstance(skeleton, dict):
         live_map = live if isinstance(live, Mapping) else {}
         return {k: _join(value, live_map.get(k), (*path, k), load, stored) for k, value in skeleton.items()}
