@@ -12,6 +12,7 @@ import argparse
 import datetime
 import faulthandler
 import os
+import shutil
 import signal
 import sys
 import time
@@ -268,10 +269,18 @@ def refused(args) -> None:
     except distributed.CheckpointError as err:
         seen_by_all = f"refused: {err}"
     opt.param_groups[0].pop("note", None)
+    leftover = Path(args.ckpt_dir, f"{distributed._PARTIAL}step-00000001")  # as a save killed mid-way leaves it
+    if rank == 0:
+        leftover.mkdir(parents=True)
+        (leftover / "__7_0.distcp").write_bytes(b"stale")  # a shard of a bigger world
+    else:  # rank 0 alone deletes it, before any rank writes there (were this rank to try, it would raise)
+        shutil.rmtree = lambda *a, **k: (_ for _ in ()).throw(RuntimeError(f"rank {rank} deleted {a[0]}"))
     dist.barrier()
     distributed.save_checkpoint(args.ckpt_dir, 1, model, opt)
     latest = distributed.latest_step(args.ckpt_dir)
-    torch.save({"seen": seen, "seen_by_all": seen_by_all, "written": written, "latest": latest}, f"{args.out}{rank}")
+    files = sorted(p.name for p in distributed.latest_checkpoint(args.ckpt_dir).iterdir())
+    torch.save({"seen": seen, "seen_by_all": seen_by_all, "written": written, "latest": latest, "files": files,
+                "leftover": leftover.exists()}, f"{args.out}{rank}")  # fmt: skip
 
 
 def _die_at(point: str, rank: int, ckpt_dir: str):

@@ -139,11 +139,22 @@ def test_a_compact_step_is_never_larger_than_the_float32_step_from_the_same_stat
 
 def test_one_spike_does_not_freeze_compact_state_as_it_freezes_bfloat16_state():
     shown = compact.freeze_demo(steps=3000, spike=100.0, grad=0.01)
+    assert all(len(values) == 3000 for values in shown.values()) and shown["step"][[0, -1]].tolist() == [1, 3000]
     expected = 100.0 * 0.999 ** (shown["step"] - 1)  # u after the spike: pure decay, the small gradients below it
     assert np.allclose(shown["float32"][:2000], expected[:2000], rtol=1e-4)
     assert np.all(np.abs(shown["compact"] / shown["float32"] - 1) <= 1e-3)  # within the encoding's 0.1%
     assert shown["compact"][-1] < 5.0  # decayed twentyfold
     assert np.all(shown["bfloat16"] == 100.0)  # frozen: 100 * 0.999 rounds back to 100 in bfloat16
+
+
+def test_rounding_to_nearest_bfloat16_breaks_ties_to_even_as_ml_dtypes_does():
+    """Every float32 halfway between two bfloat16 values, next to an even and an odd one, both signs, and the
+    largest finite float32 (which rounds to infinity); ml_dtypes' bfloat16 cast is the oracle."""
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    high = np.array([0x3F80, 0x3F81, 0x4049, 0x404A, 0x0001, 0x7F7E, 0x7F7F, 0x8001, 0xBF80, 0xBF81], np.uint32)
+    bits = np.concatenate([(high << 16) | 0x8000, (high << 16) | 0x7FFF, (high << 16) | 0x8001, high << 16])
+    x = bits.view(np.float32)
+    assert np.array_equal(compact.f32_to_bf16_nearest(x), x.astype(ml_dtypes.bfloat16).view(np.uint16))
 
 
 def test_stochastic_rounding_moves_m_where_rounding_to_nearest_sticks():
@@ -181,6 +192,25 @@ def test_a_nan_gradient_spoils_its_block_not_the_next():
     new_p, _ = compact.update(p, g, compact.init(p), config)
     assert np.isnan(new_p[: compact.BLOCK]).all()
     assert np.isfinite(new_p[compact.BLOCK :]).all()
+
+
+def test_after_a_nan_gradient_the_kernel_and_the_definition_keep_the_same_state():
+    """A NaN gradient makes its block's scale NaN for one step, then the block is re-based on the next finite
+    gradients: both implementations must leave the same codes behind, not only the same (NaN) params."""
+    pytest.importorskip("numba")
+    rng = np.random.default_rng(3)
+    start = rng.standard_normal(3 * compact.BLOCK).astype(F32)
+    sides = [([start.copy()], fused) for fused in (True, False)]
+    sides = [(params, Adamax(params, lr=1e-2, state_format="compact", fused=fused)) for params, fused in sides]
+    for t in range(6):
+        g = rng.standard_normal(start.shape).astype(F32)
+        g[[3, 300]] = np.nan if t == 2 else g[[3, 300]]
+        for _, opt in sides:
+            opt.step([g.copy()])
+    (kernel_params, kernel), (params, definition) = sides
+    assert np.array_equal(kernel_params[0], params[0], equal_nan=True)
+    (a,), (b,) = kernel.state.values(), definition.state.values()
+    assert np.isfinite(b.exp_inf_scale).all() and all(np.array_equal(x, y) for x, y in zip(a[1:], b[1:]))
 
 
 def test_conversions_to_float32_state_are_exact_and_back_round_m_to_nearest_and_u_up():
@@ -283,8 +313,9 @@ def test_float16_params_step_in_float32_and_round_once():
     assert all(np.array_equal(a, b) for a, b in zip(state16, state32))
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float16])
-def test_the_kernel_steps_compact_state_as_the_definition_does(dtype):
+@pytest.mark.parametrize(("dtype", "beta1"), [(np.float32, 0.9), (np.float16, 0.9), (np.float32, 0.5)])
+def test_the_kernel_steps_compact_state_as_the_definition_does(dtype, beta1):
+    """Bit for bit; beta1 = 0.5 puts the moment's weight 1 - beta1 on the boundary of the two lerp formulas."""
     pytest.importorskip("numba")
     rng = np.random.default_rng(8)
     shapes = [(300, 70), (5,), (1000,)]  # tensors of blocks and of part blocks
@@ -292,7 +323,8 @@ def test_the_kernel_steps_compact_state_as_the_definition_does(dtype):
     sides = {}
     for fused in (True, False):
         params = [p.copy() for p in start]
-        sides[fused] = (params, Adamax(params, lr=1e-2, weight_decay=0.01, state_format="compact", fused=fused))
+        options = {"lr": 1e-2, "betas": (beta1, 0.999), "weight_decay": 0.01, "state_format": "compact"}
+        sides[fused] = (params, Adamax(params, fused=fused, **options))
     for t in range(40):
         grads = [(rng.standard_normal(s) * (50.0 if t == 3 else 1.0)).astype(dtype) for s in shapes]
         for _, opt in sides.values():

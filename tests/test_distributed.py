@@ -129,6 +129,9 @@ def test_a_save_refused_on_one_rank_is_refused_on_every_rank_and_writes_nothing(
         assert result["seen_by_all"].startswith("refused: rank 0: cannot checkpoint object"), result["seen_by_all"]
         assert result["written"] == [], result["written"]  # no checkpoint, partial directory or pointer
         assert result["latest"] == 1  # and the next save, with the value gone, goes through on every rank
+        # rank 0 deleted what a killed save left at that name, and the checkpoint holds only this save's files
+        assert not result["leftover"]
+        assert result["files"] == [".metadata", "__0_0.distcp", "__1_0.distcp", "manifest.json", "state.json"]
 
 
 def test_a_killed_rank_restarts_from_the_last_checkpoint(tmp_path, straight_12):

@@ -220,6 +220,21 @@ EQUIVALENT: dict[tuple[str, str], str] = {
         'tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[: 9]}")',
     ): "a temporary name one character longer",
     (_DIST, "if _rank() <= 0:"): "ranks are never negative",
+    (_DIST, "if _rank() <= 0 and error is None:"): "ranks are never negative",
+    (_DIST, "files = sorted(p.name for p in directory.iterdir() if p.is_file() and p.name is not MANIFEST)"): (
+        "the manifest is written last into a directory emptied before the save, so no file has its name yet"
+    ),
+    (_DIST, "if _rank() <= 0 and partial.exists():"): "ranks are never negative",
+    (_DIST, "if _rank() >= 0 and error is None:"): (
+        "the other ranks choose a name too, and drop it for rank 0's broadcast; the root exists (exist_ok)"
+    ),
+    **{
+        (_DIST, f"yield from {call}(remove_duplicate=True){tail}"): (
+            "a tensor registered under two names is one tensor: a snapshot puts back the same values whether it "
+            "is copied under one name or both"
+        )
+        for call, tail in [("model.named_parameters", ""), ('((f"buffer:{k}", v) for k, v in model.named_buffers', ")")]
+    },
     (
         _DIST,
         "except CosmicRayTestingException:  # not every platform opens directories",
