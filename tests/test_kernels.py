@@ -297,17 +297,18 @@ def test_the_cached_fast_path_notices_every_change():
     torch.optim.Adamax([p.detach().clone() for p in ours]).load_state_dict(opt.state_dict())
 
 
+@pytest.mark.parametrize("shape", [(3, 4), (6, 2)])  # sorting before and after (4, 3)
 @pytest.mark.parametrize("fused", [None, True], ids=["automatic", "fused"])
-def test_the_cached_fast_path_refuses_a_gradient_reshaped_behind_torchs_setter(fused):
+def test_the_cached_fast_path_refuses_a_gradient_reshaped_behind_torchs_setter(fused, shape):
     """``p.grad.data = ...`` skips torch's shape check; the cached path must still refuse, as every other path."""
     w = torch.nn.Parameter(torch.zeros(4, 3))
     opt = Adamax([w], fused=fused)
     w.grad = torch.ones(4, 3)
     opt.step()
     opt.step()  # from here on the cached plan serves the group
-    w.grad.data = torch.arange(12.0).reshape(3, 4)
+    w.grad.data = torch.arange(12.0).reshape(shape)
     before, state = w.detach().clone(), copy.deepcopy(opt.state[w])
-    with pytest.raises(RuntimeError, match=r"gradient of shape \(3, 4\).*expected shape \(4, 3\)"):
+    with pytest.raises(RuntimeError, match=rf"gradient of shape \({shape[0]}, {shape[1]}\).*expected shape \(4, 3\)"):
         opt.step()
     assert torch.equal(w, before)
     assert all(torch.equal(opt.state[w][k], state[k]) for k in state)
@@ -326,6 +327,44 @@ def cached_pair(shape=(4, 6)):
         oracle.step()
     assert opt._cached_plan(opt.param_groups[0], opt._fused_groups[id(opt.param_groups[0])]) is not None
     return ours, theirs, opt, oracle
+
+
+STATE_EDITS = {  # each applied alike to our state and to torch's
+    "del": lambda state, p: state.__delitem__(p),
+    "pop": lambda state, p: state.pop(p),
+    "popitem": lambda state, p: state.popitem(),
+    "clear": lambda state, p: state.clear(),
+    "update": lambda state, p: state.update({p: {}}),
+    "assign": lambda state, p: state.__setitem__(p, {}),
+}
+
+
+@pytest.mark.parametrize("edit", STATE_EDITS.values(), ids=STATE_EDITS.keys())
+def test_a_state_entry_removed_on_the_cached_path_starts_again_as_torchs_does(edit):
+    ours, theirs, opt, oracle = cached_pair()
+    edit(opt.state, ours)
+    edit(oracle.state, theirs)
+    for _ in range(2):
+        g = torch.randn(ours.shape)
+        ours.grad, theirs.grad = g.clone(), g.clone()
+        opt.step()
+        oracle.step()
+    assert torch.equal(ours, theirs)
+    for key in ("step", "exp_avg", "exp_inf"):
+        assert torch.equal(opt.state[ours][key], oracle.state[theirs][key]), key
+
+
+@pytest.mark.parametrize("key", ["exp_avg", "exp_inf"])
+def test_state_moved_to_new_memory_on_the_cached_path_is_stepped_there(key):
+    """``tensor.data = ...`` keeps the state tensor and gives it new memory: the kernel must write there."""
+    ours, theirs, opt, oracle = cached_pair()
+    opt.state[ours][key].data = opt.state[ours][key].data.clone()
+    g = torch.randn(ours.shape)
+    ours.grad, theirs.grad = g.clone(), g.clone()
+    opt.step()
+    oracle.step()
+    assert torch.equal(ours, theirs)
+    assert torch.equal(opt.state[ours][key], oracle.state[theirs][key])
 
 
 def test_the_cached_fast_path_refuses_a_param_reshaped_behind_torchs_setter():

@@ -132,6 +132,7 @@ SCOPES = [
 _FMA, _CPU, _ALG = "src/adamax/_exact.py", "src/adamax/kernels/cpu.py", "src/adamax/_algorithm.py"
 _BLOCK_SIZES = ("1 << 21", "1 << 23", "2 << 22", "1 % 22", "1 + 22", "1 - 22", "1 * 22", "1 ** 22", "1 | 22", "1 ^ 22")
 _DIST, _NUMPY = "src/adamax/distributed.py", "src/adamax/numpy.py"
+_CACHED, _COMPACT = "src/adamax/torch/_cached.py", "src/adamax/compact.py"
 _SAME_ENTRIES = (
     "the restore first puts back the optimizer's own state dict object, and loads (torch's included) give an "
     "optimizer a new state dict rather than new entries in the old one, so each entry is already in place"
@@ -221,6 +222,14 @@ EQUIVALENT: dict[tuple[str, str], str] = {
     ): "a temporary name one character longer",
     (_DIST, "if _rank() <= 0:"): "ranks are never negative",
     (_DIST, "if _rank() <= 0 and error is None:"): "ranks are never negative",
+    (_CACHED, "self.version += 2"): "any change of the version makes a cached plan stale: only equality is compared",
+    (_CACHED, "if plan.rest or plan.lazy or len(plan.fused) < len(params) or not params:"): (
+        "the fused params are some of the group's, never more: < is !="
+    ),
+    (
+        _CACHED,
+        'p.dtype is not dtype or type(p) not in _KERNEL_TYPES or _KERNEL_FOR_DEVICE.get(p.device.type) is not "numba"',
+    ): 'CPython interns the string literal "numba": the table\'s value is the same object',
     (_DIST, "files = sorted(p.name for p in directory.iterdir() if p.is_file() and p.name is not MANIFEST)"): (
         "the manifest is written last into a directory emptied before the save, so no file has its name yet"
     ),
