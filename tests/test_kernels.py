@@ -326,7 +326,25 @@ def cached_pair(shape=(4, 6)):
         opt.step()
         oracle.step()
     assert opt._cached_plan(opt.param_groups[0], opt._fused_groups[id(opt.param_groups[0])]) is not None
+    assert opt.last_step_paths == {"numba": 1}  # the cached step says which path it took, as the full plan does
     return ours, theirs, opt, oracle
+
+
+def test_a_param_without_a_gradient_yet_keeps_its_group_off_the_cached_path_until_it_has_one():
+    torch.manual_seed(5)
+    ours = [torch.nn.Parameter(torch.randn(6)), torch.nn.Parameter(torch.randn(2, 3))]
+    theirs = [torch.nn.Parameter(p.detach().clone()) for p in ours]
+    opt, oracle = Adamax(ours, lr=0.01), torch.optim.Adamax(theirs, lr=0.01, foreach=False)
+    for step in range(4):
+        for a, b in zip(ours, theirs) if step else [(ours[0], theirs[0])]:  # the second param waits a step
+            g = torch.randn(a.shape)
+            a.grad, b.grad = g.clone(), g.clone()
+        opt.step()
+        oracle.step()
+        assert opt.last_step_paths == {"numba": 2 if step else 1}
+    for a, b in zip(ours, theirs):
+        assert torch.equal(a, b)
+        assert all(torch.equal(opt.state[a][key], oracle.state[b][key]) for key in ("step", "exp_avg", "exp_inf"))
 
 
 STATE_EDITS = {  # each applied alike to our state and to torch's
