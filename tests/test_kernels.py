@@ -372,17 +372,53 @@ def test_a_state_entry_removed_on_the_cached_path_starts_again_as_torchs_does(ed
         assert torch.equal(opt.state[ours][key], oracle.state[theirs][key]), key
 
 
+@pytest.mark.parametrize("halves", [(0, 1), (1, 0)], ids=["to-a-higher-address", "to-a-lower-address"])
 @pytest.mark.parametrize("key", ["exp_avg", "exp_inf"])
-def test_state_moved_to_new_memory_on_the_cached_path_is_stepped_there(key):
-    """``tensor.data = ...`` keeps the state tensor and gives it new memory: the kernel must write there."""
+def test_state_moved_to_new_memory_on_the_cached_path_is_stepped_there(key, halves):
+    """``tensor.data = ...`` keeps the state tensor and gives it new memory: the kernel must write there.  The
+    state moves into one half of a buffer, then into the other, so the second move goes up or down in memory."""
     ours, theirs, opt, oracle = cached_pair()
-    opt.state[ours][key].data = opt.state[ours][key].data.clone()
-    g = torch.randn(ours.shape)
-    ours.grad, theirs.grad = g.clone(), g.clone()
-    opt.step()
-    oracle.step()
-    assert torch.equal(ours, theirs)
-    assert torch.equal(opt.state[ours][key], oracle.state[theirs][key])
+    buffer = torch.empty(2, *ours.shape)
+    for half in halves:
+        buffer[half] = opt.state[ours][key]
+        opt.state[ours][key].data = buffer[half]
+        g = torch.randn(ours.shape)
+        ours.grad, theirs.grad = g.clone(), g.clone()
+        opt.step()
+        oracle.step()
+        assert torch.equal(ours, theirs)
+        assert torch.equal(opt.state[ours][key], oracle.state[theirs][key])
+        assert opt.state[ours][key].data_ptr() == buffer[half].data_ptr()
+
+
+@pytest.mark.parametrize("index", [0, -1], ids=["first", "last"])
+def test_a_param_removed_from_a_cached_group_is_no_longer_stepped(index):
+    torch.manual_seed(6)
+    ours = [torch.nn.Parameter(torch.randn(5)) for _ in range(3)]
+    theirs = [torch.nn.Parameter(p.detach().clone()) for p in ours]
+    opt, oracle = Adamax(ours, lr=0.01), torch.optim.Adamax(theirs, lr=0.01, foreach=False)
+    for step in range(4):
+        if step == 2:
+            opt.param_groups[0]["params"].pop(index)
+            oracle.param_groups[0]["params"].pop(index)
+        for a, b in zip(ours, theirs):
+            g = torch.randn(a.shape)
+            a.grad, b.grad = g.clone(), g.clone()
+        opt.step()
+        oracle.step()
+    for a, b in zip(ours, theirs):
+        assert torch.equal(a, b)
+        assert all(torch.equal(opt.state[a][key], oracle.state[b][key]) for key in ("step", "exp_avg", "exp_inf"))
+
+
+def test_cached_groups_add_up_their_params_in_last_step_paths():
+    params = [torch.nn.Parameter(torch.zeros(4)) for _ in range(4)]
+    opt = Adamax([{"params": params[:1]}, {"params": params[1:]}])
+    for _ in range(3):  # the second step on caches both groups
+        for p in params:
+            p.grad = torch.ones(4)
+        opt.step()
+        assert opt.last_step_paths == {"numba": 4}
 
 
 def test_the_cached_fast_path_refuses_a_param_reshaped_behind_torchs_setter():

@@ -223,6 +223,14 @@ EQUIVALENT: dict[tuple[str, str], str] = {
     (_DIST, "if _rank() <= 0:"): "ranks are never negative",
     (_DIST, "if _rank() <= 0 and error is None:"): "ranks are never negative",
     (_CACHED, "self.version += 2"): "any change of the version makes a cached plan stale: only equality is compared",
+    (_CACHED, "and g.layout == torch.strided"): "torch's layouts are singletons: == is is",
+    (
+        _CACHED,
+        'p.dtype is not dtype or type(p) not in _KERNEL_TYPES or _KERNEL_FOR_DEVICE.get(p.device.type) > "numba"',
+    ): (
+        "only CPU and CUDA params reach the kernel (the full plan sends the others elsewhere), and for their "
+        'kernels, "numba" and "triton", > "numba" is != "numba"'
+    ),
     (_CACHED, "if plan.rest or plan.lazy or len(plan.fused) < len(params) or not params:"): (
         "the fused params are some of the group's, never more: < is !="
     ),
