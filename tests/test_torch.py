@@ -692,3 +692,69 @@ def test_options_of_the_optimizer_survive_loading_a_checkpoint():
     compact = Adamax(make_model().parameters(), lr=0.01, state_format="compact")
     compact.load_state_dict(compact.state_dict())
     assert compact.state_format == "compact" and compact.skip_nonfinite is False
+
+
+def test_a_checkpoint_without_the_later_flags_loads_with_torchs_defaults_and_steps_as_torchs():
+    """State dicts saved before torch added ``foreach``, ``maximize``, ``differentiable`` and ``capturable`` (and
+    ours without ``fused``, ``decoupled_weight_decay``, ``eps_placement``): each takes its default."""
+    torch.manual_seed(0)
+    start = torch.randn(5)
+    saver = torch.optim.Adamax([torch.nn.Parameter(start.clone())], lr=0.01)
+    saver.param_groups[0]["params"][0].grad = torch.randn(5)
+    saver.step()
+    state_dict = saver.state_dict()
+    for group in state_dict["param_groups"]:
+        for key in ("foreach", "maximize", "differentiable", "capturable"):
+            del group[key]
+    ours, theirs = torch.nn.Parameter(start.clone()), torch.nn.Parameter(start.clone())
+    opt, oracle = Adamax([ours], lr=0.01), torch.optim.Adamax([theirs], lr=0.01)
+    opt.load_state_dict(copy.deepcopy(state_dict))
+    oracle.load_state_dict(copy.deepcopy(state_dict))
+    assert {k: opt.param_groups[0][k] for k in ("maximize", "foreach", "capturable", "differentiable")} == {
+        "maximize": False, "foreach": None, "capturable": False, "differentiable": False}  # fmt: skip
+    for _ in range(2):
+        g = torch.randn(5)
+        ours.grad, theirs.grad = g.clone(), g.clone()
+        opt.step()
+        oracle.step()
+    assert torch.equal(ours, theirs)
+    assert all(torch.equal(opt.state[ours][k], oracle.state[theirs][k]) for k in ("step", "exp_avg", "exp_inf"))
+
+
+def test_a_group_of_300_params_takes_the_cached_path_and_its_checkpoint_loads():
+    """Lengths past CPython's small-integer cache (256): compared by value, not identity."""
+    params = [torch.nn.Parameter(torch.zeros(2)) for _ in range(300)]
+    opt = Adamax(params, lr=0.01)
+    for _ in range(3):
+        for p in params:
+            p.grad = torch.ones(2)
+        opt.step()
+    group = opt.param_groups[0]
+    assert opt._cached_plan(group, opt._fused_groups[id(group)]) is not None
+    again = Adamax([torch.nn.Parameter(torch.zeros(2)) for _ in range(300)], lr=0.01)
+    again.load_state_dict(opt.state_dict())
+    assert all(float(again.state[p]["step"]) == 3 for p in again.param_groups[0]["params"])
+
+
+BAD_LIVE_STATE = {  # a state entry edited by hand between steps, and what the refusal says
+    "a step of two elements": ("step", lambda p: torch.ones(2), r"'step' must be a 1-element tensor"),
+    "exp_avg of another shape": ("exp_avg", lambda p: torch.zeros(4), r"'exp_avg' does not match the param's shape"),
+    "exp_inf of another dtype": ("exp_inf", lambda p: torch.zeros(3, dtype=torch.float64), r"'exp_inf' does not"),
+}
+
+
+@pytest.mark.parametrize("options", [{"fused": False, "foreach": False}, {"foreach": True}, {}], ids=str)
+@pytest.mark.parametrize("bad", BAD_LIVE_STATE.values(), ids=BAD_LIVE_STATE.keys())
+def test_live_state_edited_into_a_wrong_form_is_refused_before_any_param_moves(bad, options):
+    """The second param's state goes wrong between steps: the step names it, and the first param stays put."""
+    key, value, message = bad
+    params = [torch.nn.Parameter(torch.zeros(3)) for _ in range(2)]
+    opt = Adamax(params, **options)
+    for p in params:
+        p.grad = torch.ones(3)
+    opt.step()
+    opt.state[params[1]][key] = value(params[1])
+    before = [p.detach().clone() for p in params]
+    with pytest.raises(ValueError, match=rf"state of param 1 of its group: {message}"):
+        opt.step()
+    assert all(torch.equal(p, q) for p, q in zip(params, before))

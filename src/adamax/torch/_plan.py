@@ -183,6 +183,7 @@ def _check_live_state(p: Tensor, state: Mapping[str, Any], index: int) -> None:
     if (
         len(state) == 3
         and type(state.get("step")) in _KERNEL_TYPES
+        and state["step"].numel() == 1
         and m is not None
         and u is not None
         and m.shape == p.shape
