@@ -740,6 +740,8 @@ BAD_LIVE_STATE = {  # a state entry edited by hand between steps, and what the r
     "a step of two elements": ("step", lambda p: torch.ones(2), r"'step' must be a 1-element tensor"),
     "exp_avg of another shape": ("exp_avg", lambda p: torch.zeros(4), r"'exp_avg' does not match the param's shape"),
     "exp_inf of another dtype": ("exp_inf", lambda p: torch.zeros(3, dtype=torch.float64), r"'exp_inf' does not"),
+    "exp_inf on another device": ("exp_inf", lambda p: torch.zeros(3, device="meta"), r"'exp_inf' does not match"),
+    "exp_avg on another device": ("exp_avg", lambda p: torch.zeros(3, device="meta"), r"'exp_avg' does not match"),
 }
 
 
