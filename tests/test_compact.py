@@ -213,6 +213,18 @@ def test_after_a_nan_gradient_the_kernel_and_the_definition_keep_the_same_state(
     assert np.isfinite(b.exp_inf_scale).all() and all(np.array_equal(x, y) for x, y in zip(a[1:], b[1:]))
 
 
+@pytest.mark.parametrize("eps", [1e-8, 0.0, 1e-50], ids=["eps", "zero", "zero-in-float32"])
+def test_zero_gradients_step_as_the_float32_reference_steps_them(eps):
+    """With eps = 0 a zero gradient's element does not move; an eps that is 0 only once rounded to float32
+    (1e-50) is not eps = 0, and divides 0 by 0 as the float32 reference (and torch) do."""
+    config = AdamaxConfig(lr=1e-2, eps=eps)
+    p, g = np.ones(4, F32), np.array([0, 1, -2, 0], F32)
+    with np.errstate(invalid="ignore"):
+        new, _ = compact.update(p, g, compact.init(p), config)
+        expected, _ = reference.update(p, g, reference.init(p), config)
+    assert np.array_equal(new, expected, equal_nan=True)
+
+
 def test_conversions_to_float32_state_are_exact_and_back_round_m_to_nearest_and_u_up():
     rng = np.random.default_rng(5)
     m = rng.standard_normal((7, 100)).astype(F32)
