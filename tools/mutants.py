@@ -121,8 +121,9 @@ SCOPES = [
     Scope(
         "optax",
         "src/adamax/optax.py",  # the quicker tests against optax itself and the reference (each jits its own steps)
-        "tests/test_optax.py -k 'eps_placements or invalid or what_optax_takes or update_dtype or converges or "
-        "state_matches or (bit_exact and not MultiSteps and not clipping)'",
+        "tests/test_optax.py tests/test_compact_optax.py -k 'eps_placements or invalid or what_optax_takes or "
+        "update_dtype or converges or state_matches or (bit_exact and not MultiSteps and not clipping) or "
+        "codes_and_scales or compact_state_cannot_take'",
         timeout=300,
     ),
 ]
