@@ -496,7 +496,7 @@ def score(scope: Scope, copy: Path, elapsed: float | None) -> dict:
     }
 
 
-def recheck(scope: Scope, result: dict, copy: Path, timeout: float | None) -> None:
+def recheck(scope: Scope, result: dict, copy: Path, timeout: float | None, tests: str | None = None) -> None:
     """Run a scope's survivors again against the tests as they are now, in a fresh scratch copy: each survivor's
     line is found by its text (lines move as the code changes) and replaced by the mutant's.  Marks each survivor
     ``now`` = "killed", "survives", or "not found" (its line changed or is no longer unique)."""
@@ -515,7 +515,8 @@ def recheck(scope: Scope, result: dict, copy: Path, timeout: float | None) -> No
         mutated[at[0]] = text[: len(text) - len(text.lstrip())] + survivor["change"] + "\n"
         module.write_text("".join(mutated))
         try:
-            done = subprocess.run(f"{PYTEST} {scope.tests}", shell=True, cwd=copy, env=env, capture_output=True,
+            command = f"{PYTEST} {tests or scope.tests}"
+            done = subprocess.run(command, shell=True, cwd=copy, env=env, capture_output=True,
                                   timeout=timeout or scope.timeout)  # fmt: skip
             survivor["now"] = "survives" if done.returncode == 0 else "killed"
         except subprocess.TimeoutExpired:
@@ -538,6 +539,8 @@ def main() -> None:
     parser.add_argument("--recheck", action="store_true", help="with --report: run the survivors against the tests "
                         "as they are now (score_now)")  # fmt: skip
     parser.add_argument("--equivalents", action="store_true", help="print the equivalent mutants as a Markdown table")
+    parser.add_argument("--tests", help="with --recheck: pytest arguments to run the survivors against instead of "
+                        "each scope's (a wider selection)")  # fmt: skip
     parser.add_argument("--minutes", type=float, help="run each scope for this long at most: a random sample of its "
                         "mutants, scored with a 95%% interval (default: all of them)")  # fmt: skip
     parser.add_argument("--functions", nargs="*", help="only the mutants inside these top-level functions or classes "
@@ -558,7 +561,9 @@ def main() -> None:
             with tempfile.TemporaryDirectory(prefix="adamax-recheck-") as fresh:
                 scratch_copy(Path(fresh))
                 for scope, result in zip(scopes, results):
-                    recheck(scope, result, Path(fresh), args.timeout)
+                    recheck(scope, result, Path(fresh), args.timeout, args.tests)
+                    if args.tests:
+                        result["rechecked_against"] = args.tests
         Path(args.json).write_text(json.dumps(results, indent=1))
         summary(results)
         return
