@@ -3,6 +3,8 @@ state's rounding of the full state's, conversions, and training."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -66,7 +68,7 @@ def test_convert_state_is_exact_to_full_and_rounds_up_to_compact():
     rng = np.random.default_rng(1)
     for t in range(10):
         _, state = tx.update(gradients(rng, t), state)
-    full = convert_state(state, "full")
+    full = convert_state(state, json.loads('"full"'))  # a format read from a configuration: equal, not the literal
     assert isinstance(full[0], ScaleByAdamaxState) and int(full[0].count) == 10
     for k in PARAMS:
         leaf = compact.CompactState(
@@ -74,7 +76,7 @@ def test_convert_state_is_exact_to_full_and_rounds_up_to_compact():
         )
         _, m, u = compact.to_full(leaf)
         assert np.array_equal(np.asarray(full[0].m[k]), m) and np.array_equal(np.asarray(full[0].u[k]), u)
-    back = convert_state(full, "compact")
+    back = convert_state(full, json.loads('"compact"'))
     assert isinstance(back[0], ScaleByAdamaxCompactState)
     for k in PARAMS:
         assert np.array_equal(np.asarray(back[0].m[k]), np.asarray(state[0].m[k]))

@@ -223,6 +223,8 @@ EQUIVALENT: dict[tuple[str, str], str] = {
     ): "a temporary name one character longer",
     (_DIST, "if _rank() <= 0:"): "ranks are never negative",
     (_DIST, "if _rank() <= 0 and error is None:"): "ranks are never negative",
+    (_COMPACT, "finite = np.isfinite(scales) * np.isfinite(peaks)"): "the product of boolean arrays is their and",
+    (_COMPACT, 'out["compact"].append(to_full(small)[2][ -1])'): "the demo's state has one element: [-1] is [0]",
     (_CACHED, "self.version += 2"): "any change of the version makes a cached plan stale: only equality is compared",
     (_CACHED, "and g.layout == torch.strided"): "torch's layouts are singletons: == is is",
     (
