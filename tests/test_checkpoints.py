@@ -592,8 +592,8 @@ def test_an_unsaveable_value_is_refused_before_anything_is_written(tmp_path):
     model, opt = trained(1)
     opt.param_groups[0]["note"] = object()
     with pytest.raises(CheckpointError, match=r"^cannot checkpoint object"):  # one process: no rank named
-        save_checkpoint(tmp_path, 1, model, opt)
-    assert not any(tmp_path.iterdir())
+        save_checkpoint(tmp_path / "ckpt", 1, model, opt)
+    assert not any(tmp_path.iterdir())  # not even the checkpoints' directory
 
 
 @pytest.mark.parametrize("key", ["a/b", "__tensor__", "__tuple__", 3])
@@ -660,6 +660,58 @@ def test_a_checkpoint_of_a_bigger_model_is_refused_naming_the_first_tensor_this_
     with pytest.raises(CheckpointError, match=r"a tensor at model/3\.weight, where this model and optimizer have none"):
         load_latest(tmp_path, model, opt)
     assert_unchanged(model, opt, before)
+
+
+def test_a_save_makes_missing_parent_directories_and_takes_step_0_and_keep_1(tmp_path):
+    model, opt = trained(1)
+    root = tmp_path / "runs" / "a" / "checkpoints"
+    assert save_checkpoint(root, 0, model, opt, keep=1) == root / "step-00000000" and latest_step(root) == 0
+
+
+@pytest.mark.parametrize("error", [RuntimeError("disk full"), dcp.api.CheckpointException("disk full", {})])
+def test_a_failing_dcp_save_raises_checkpoint_error_and_moves_nothing(tmp_path, monkeypatch, error):
+    """DCP's own errors derive from BaseException; both kinds come out as CheckpointError, the pointer unmoved."""
+    model, opt = trained(1)
+    save_checkpoint(tmp_path, 1, model, opt)
+
+    def failing_save(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(distributed.dcp, "save", failing_save)
+    with pytest.raises(CheckpointError, match=r"^saving step-00000002: ") as caught:
+        save_checkpoint(tmp_path, 2, model, opt)
+    assert caught.value.__cause__ is error and latest_step(tmp_path) == 1
+
+
+def test_checkpoints_are_kept_by_save_order_not_by_step(tmp_path):
+    """A run resumed from an earlier step saves lower steps after higher ones: keep counts saves, newest first."""
+    model, opt = trained(1)
+    for step in (5, 8, 3):
+        save_checkpoint(tmp_path, step, model, opt, keep=2)
+    assert latest_step(tmp_path) == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest", "step-00000003", "step-00000008"]
+
+
+def test_a_checkpoint_deleted_by_hand_and_saved_again_counts_once(tmp_path):
+    model, opt = trained(1)
+    save_checkpoint(tmp_path, 1, model, opt, keep=2)
+    save_checkpoint(tmp_path, 2, model, opt, keep=2)
+    shutil.rmtree(tmp_path / "step-00000002")  # the pointer's recent list still names it
+    assert save_checkpoint(tmp_path, 2, model, opt, keep=2) == tmp_path / "step-00000002"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest", "step-00000001", "step-00000002"]
+    assert json.loads((tmp_path / "latest").read_text())["recent"] == ["step-00000002", "step-00000001"]
+
+
+def test_a_pointer_whose_recent_list_holds_other_values_loads_and_the_next_save_drops_them(tmp_path):
+    model, opt = trained(2)
+    save_checkpoint(tmp_path, 2, model, opt)
+    pointer = json.loads((tmp_path / "latest").read_text())
+    pointer["recent"] = [5, None, "../elsewhere", *pointer["recent"]]
+    (tmp_path / "latest").write_text(json.dumps(pointer))
+    fresh_model, fresh_opt = worker.make()
+    assert load_latest(tmp_path, fresh_model, fresh_opt) == 2
+    save_checkpoint(tmp_path, 3, model, opt)
+    assert json.loads((tmp_path / "latest").read_text())["recent"] == ["step-00000003", "step-00000002"]
 
 
 # --- a crash inside a save, in this process -------------------------------------------------------------------

@@ -131,7 +131,19 @@ SCOPES = [
 # Mutants no behaviour can tell apart from the original, by module and the mutated line's text (robust to lines
 # moving).  Each says why; docs/testing.md lists them.
 _FMA, _CPU, _ALG = "src/adamax/_exact.py", "src/adamax/kernels/cpu.py", "src/adamax/_algorithm.py"
-_BLOCK_SIZES = ("1 << 21", "1 << 23", "2 << 22", "1 % 22", "1 + 22", "1 - 22", "1 * 22", "1 ** 22", "1 | 22", "1 ^ 22")
+_BLOCK_SIZES = (
+    "1 << 21",
+    "1 << 23",
+    "2 << 22",
+    " 2 << 22",
+    "1 % 22",
+    "1 + 22",
+    "1 - 22",
+    "1 * 22",
+    "1 ** 22",
+    "1 | 22",
+    "1 ^ 22",
+)
 _DIST, _NUMPY = "src/adamax/distributed.py", "src/adamax/numpy.py"
 _CACHED, _COMPACT = "src/adamax/torch/_cached.py", "src/adamax/compact.py"
 _SAME_ENTRIES = (
@@ -223,6 +235,22 @@ EQUIVALENT: dict[tuple[str, str], str] = {
     ): "a temporary name one character longer",
     (_DIST, "if _rank() <= 0:"): "ranks are never negative",
     (_DIST, "if _rank() <= 0 and error is None:"): "ranks are never negative",
+    (_DIST, "if tree is None or isinstance(tree, (bool, int, str)) or type(tree) == float:"): (
+        "types compare by identity: == is is"
+    ),
+    (_DIST, 'tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[: 7]}")'): (
+        "a temporary file's random suffix a digit shorter is still fresh: it lives for one write, by one rank"
+    ),
+    (_DIST, "files = sorted(p.name for p in directory.iterdir() if p.is_file() or p.name != MANIFEST)"): (
+        "the directory holds files only (DCP's and state.json), and no manifest yet"
+    ),
+    **{
+        (
+            _DIST,
+            f'_write_atomically(directory / MANIFEST, json.dumps({{"format": FORMAT, "files": entries}}, indent= {n}))',
+        ): "the manifest's indentation: it reads back as the same JSON"
+        for n in (0, 2)
+    },
     (_COMPACT, "finite = np.isfinite(scales) * np.isfinite(peaks)"): "the product of boolean arrays is their and",
     (_COMPACT, 'out["compact"].append(to_full(small)[2][ -1])'): "the demo's state has one element: [-1] is [0]",
     (_CACHED, "self.version += 2"): "any change of the version makes a cached plan stale: only equality is compared",
