@@ -55,6 +55,7 @@ def test_codes_and_scales_are_the_definitions_and_the_direction_is_within_roundi
             zero = np.zeros(PARAMS[k].shape, np.float32)
             _, reference[k] = compact.update(zero, np.asarray(g[k]), reference[k], config)
             assert np.array_equal(np.asarray(state.code[k]), reference[k].exp_inf_code)
+            assert np.array_equal(np.asarray(state.m[k]).view(np.uint16), reference[k].exp_avg)  # the same hash
             assert np.array_equal(np.asarray(state.scale[k]), reference[k].exp_inf_scale)
             # bfloat16 m (8 bits) and the coded u: within a few percent of the direction's scale
             a, b = np.asarray(direction[k]), np.asarray(full_direction[k])
