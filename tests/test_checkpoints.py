@@ -245,6 +245,10 @@ ATTACKS = {
     ),
     "manifest a JSON list": lambda path, other, marker: (path / "manifest.json").write_text("[1]"),
     "manifest of format 1.0": lambda path, other, marker: _edit_manifest(path, lambda m: m.__setitem__("format", 1.0)),
+    "manifest of format 2": lambda path, other, marker: _edit_manifest(path, lambda m: m.__setitem__("format", 2)),
+    "state.json of format 2, forged manifest": lambda path, other, marker: _overwrite(
+        path, "state.json", json.dumps({**json.loads((path / "state.json").read_text()), "format": 2})
+    ),
     "a file removed": lambda path, other, marker: (path / "__0_0.distcp").unlink(),
     "a directory in the manifest": lambda path, other, marker: _directory_in_manifest(path),
     "a manifest entry not an object": lambda path, other, marker: _edit_manifest(
@@ -298,6 +302,8 @@ REASONS = {  # why each is refused: the first line of defence that catches it
     "manifest nested too deep to parse": r"step-00000004/manifest\.json: maximum recursion depth",
     "manifest a JSON list": r"step-00000004/manifest\.json: not a format-1 manifest",
     "manifest of format 1.0": r"step-00000004/manifest\.json: not a format-1 manifest",
+    "manifest of format 2": r"step-00000004/manifest\.json: not a format-1 manifest",
+    "state.json of format 2, forged manifest": r"step-00000004/state\.json: not a format-1 adamax checkpoint",
     "a file removed": r"files differ from its manifest \(missing \['__0_0\.distcp'\], unexpected \[\]\)",
     "a directory in the manifest": r"step-00000004/sub: not a file of the manifest",
     "a manifest entry not an object": r"step-00000004/state\.json: not a file of the manifest",

@@ -235,6 +235,14 @@ EQUIVALENT: dict[tuple[str, str], str] = {
     ): "a temporary name one character longer",
     (_DIST, "if _rank() <= 0:"): "ranks are never negative",
     (_DIST, "if _rank() <= 0 and error is None:"): "ranks are never negative",
+    (
+        _DIST,
+        'return isinstance(document, dict) and type(document.get("format")) == int and document["format"] == FORMAT',
+    ): "types compare by identity: == is is",
+    (
+        _DIST,
+        'return isinstance(document, dict) and type(document.get("format")) is int and document["format"] is FORMAT',
+    ): "CPython keeps one object for each small integer, so an int equal to FORMAT (1) is FORMAT",
     (_DIST, "if tree is None or isinstance(tree, (bool, int, str)) or type(tree) == float:"): (
         "types compare by identity: == is is"
     ),
