@@ -146,6 +146,7 @@ _BLOCK_SIZES = (
 )
 _DIST, _NUMPY = "src/adamax/distributed.py", "src/adamax/numpy.py"
 _CACHED, _COMPACT = "src/adamax/torch/_cached.py", "src/adamax/compact.py"
+_OPTAX = "src/adamax/optax.py"
 _SAME_ENTRIES = (
     "the restore first puts back the optimizer's own state dict object, and loads (torch's included) give an "
     "optimizer a new state dict rather than new entries in the old one, so each entry is already in place"
@@ -261,6 +262,10 @@ EQUIVALENT: dict[tuple[str, str], str] = {
     },
     (_COMPACT, "finite = np.isfinite(scales) * np.isfinite(peaks)"): "the product of boolean arrays is their and",
     (_COMPACT, 'out["compact"].append(to_full(small)[2][ -1])'): "the demo's state has one element: [-1] is [0]",
+    (_OPTAX, 'if isinstance(node, ScaleByAdamaxState) and state_format <= "compact":'): _FORMATS,
+    (_OPTAX, "direction = jnp.where(d == 0, 0.0, m_hat / jnp.where(d == 0, 0.0, d))"): (
+        "where d is 0 the outer where gives 0 whatever the quotient (an update is not differentiated)"
+    ),
     (_CACHED, "self.version += 2"): "any change of the version makes a cached plan stale: only equality is compared",
     (_CACHED, "and g.layout == torch.strided"): "torch's layouts are singletons: == is is",
     (
