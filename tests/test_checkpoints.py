@@ -246,6 +246,13 @@ ATTACKS = {
     "manifest a JSON list": lambda path, other, marker: (path / "manifest.json").write_text("[1]"),
     "manifest of format 1.0": lambda path, other, marker: _edit_manifest(path, lambda m: m.__setitem__("format", 1.0)),
     "manifest of format 2": lambda path, other, marker: _edit_manifest(path, lambda m: m.__setitem__("format", 2)),
+    "manifest of format 0": lambda path, other, marker: _edit_manifest(path, lambda m: m.__setitem__("format", 0)),
+    "manifest without state.json": lambda path, other, marker: _edit_manifest(
+        path, lambda m: m["files"].pop("state.json")
+    ),
+    "state.json whose optimizer lacks its groups, forged manifest": lambda path, other, marker: _state_json(
+        path, lambda tree: tree["optim"].pop("param_groups")
+    ),
     "state.json of format 2, forged manifest": lambda path, other, marker: _overwrite(
         path, "state.json", json.dumps({**json.loads((path / "state.json").read_text()), "format": 2})
     ),
@@ -303,6 +310,9 @@ REASONS = {  # why each is refused: the first line of defence that catches it
     "manifest a JSON list": r"step-00000004/manifest\.json: not a format-1 manifest",
     "manifest of format 1.0": r"step-00000004/manifest\.json: not a format-1 manifest",
     "manifest of format 2": r"step-00000004/manifest\.json: not a format-1 manifest",
+    "manifest of format 0": r"step-00000004/manifest\.json: not a format-1 manifest",
+    "manifest without state.json": r"step-00000004/manifest\.json: not a format-1 manifest",
+    "state.json whose optimizer lacks its groups, forged manifest": r"state\.json: expected the optimizer's keys",
     "state.json of format 2, forged manifest": r"step-00000004/state\.json: not a format-1 adamax checkpoint",
     "a file removed": r"files differ from its manifest \(missing \['__0_0\.distcp'\], unexpected \[\]\)",
     "a directory in the manifest": r"step-00000004/sub: not a file of the manifest",
