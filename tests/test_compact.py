@@ -356,3 +356,11 @@ def test_fused_true_refuses_what_the_compact_kernel_cannot_take():
     opt = Adamax([param], state_format="compact", fused=True)
     with pytest.raises(ValueError, match="fused=True cannot update"):
         opt.step([np.ones((4, 3), F32)])
+
+
+def test_check_state_refuses_an_entry_with_other_keys():
+    state = compact.init(np.zeros(3, F32))._asdict()
+    compact.check_state(state, (3,), "entry")
+    for keys in (set(state) - {"exp_inf_scale"}, {*state, "extra"}):
+        with pytest.raises(ValueError, match=r"entry must have exactly the keys"):
+            compact.check_state({k: state.get(k, 0) for k in keys}, (3,), "entry")
