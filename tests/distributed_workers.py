@@ -273,10 +273,14 @@ def refused(args) -> None:
     if rank == 0:
         leftover.mkdir(parents=True)
         (leftover / "__7_0.distcp").write_bytes(b"stale")  # a shard of a bigger world
-    else:  # rank 0 alone deletes it, before any rank writes there (were this rank to try, it would raise)
+    rmtree = shutil.rmtree
+    if rank != 0:  # rank 0 alone deletes it, before any rank writes there (were this rank to try, it would raise)
         shutil.rmtree = lambda *a, **k: (_ for _ in ()).throw(RuntimeError(f"rank {rank} deleted {a[0]}"))
     dist.barrier()
-    distributed.save_checkpoint(args.ckpt_dir, 1, model, opt)
+    try:
+        distributed.save_checkpoint(args.ckpt_dir, 1, model, opt)
+    finally:
+        shutil.rmtree = rmtree
     latest = distributed.latest_step(args.ckpt_dir)
     files = sorted(p.name for p in distributed.latest_checkpoint(args.ckpt_dir).iterdir())
     torch.save({"seen": seen, "seen_by_all": seen_by_all, "written": written, "latest": latest, "files": files,
