@@ -449,6 +449,13 @@ def run_scope(scope: Scope, copy: Path, cosmic: Path, timeout: float | None, min
         '[cosmic-ray.distributor]\nname = "local"\n'
     )
     env = scratch_env(copy)
+    # the tests must pass on the unmutated code (pytest exits 5 when the selection collects nothing): otherwise every
+    # mutant would count as killed
+    baseline = subprocess.run(f"{PYTEST} {scope.tests}", shell=True, cwd=copy, env=env, capture_output=True, text=True)
+    if baseline.returncode:
+        sys.exit(
+            f"{scope.name}: the tests fail without a mutant (exit {baseline.returncode}):\n{baseline.stdout[-2000:]}"
+        )
     subprocess.run([str(cosmic), "init", str(config), str(session)], cwd=copy, env=env, check=True)
     source = (copy / scope.module).read_text().splitlines()
     inside = function_lines(copy / scope.module, scope.functions) if scope.functions else None
@@ -522,7 +529,7 @@ def score(scope: Scope, copy: Path, elapsed: float | None) -> dict:
         from scipy.stats import binomtest
 
         low, high = binomtest(killed, total).proportion_ci(confidence_level=0.95, method="wilson")
-        interval = [round(low, 4), round(high, 4)]
+        interval = [round(float(low), 4), round(float(high), 4)]
     return {
         "scope": scope.name,
         "module": scope.module,
