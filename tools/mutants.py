@@ -118,6 +118,17 @@ SCOPES = [
         timeout=300,
     ),
     Scope("compact", "src/adamax/compact.py", "tests/test_compact.py", timeout=120),
+    Scope("_lazy", "src/adamax/_lazy.py", "tests/test_lazy.py", timeout=120),
+    Scope("kernels.lazy", "src/adamax/kernels/lazy.py", "tests/test_lazy.py tests/test_lazy_torch.py", timeout=240),
+    Scope(
+        "kernels.compact",
+        "src/adamax/kernels/compact.py",
+        "tests/test_compact.py tests/test_compact_torch.py",
+        timeout=240,
+    ),
+    Scope("torch adapter: lazy rows", "src/adamax/torch/_lazy.py", "tests/test_lazy_torch.py", timeout=240),
+    Scope("torch adapter: compact", "src/adamax/torch/_compact.py", "tests/test_compact_torch.py", timeout=240),
+    Scope("torch adapter: optimizer", "src/adamax/torch/_optimizer.py", "tests/test_torch.py", timeout=300),
     Scope(
         "optax",
         "src/adamax/optax.py",  # the quicker tests against optax itself and the reference (each jits its own steps)
