@@ -550,7 +550,7 @@ def score(scope: Scope, copy: Path, elapsed: float | None) -> dict:
         "skipped": skipped,
         "equivalent": equivalent,
         "not_run": not_run,
-        "score": killed / total if total else 1.0,
+        "score": killed / total if total else None,  # None: no mutant ran (not a perfect score)
         "interval": interval,  # 95% (Wilson) for the whole scope's score, when only a sample ran
         "seconds": None if elapsed is None else round(elapsed),
         "survivors": sorted(survivors, key=lambda s: s["line"]),
@@ -587,7 +587,7 @@ def recheck(scope: Scope, result: dict, copy: Path, timeout: float | None, tests
         print(f"   {scope.module}:{survivor['line']} {survivor['now']}: {survivor['change']}", flush=True)
     killed_now = sum(s.get("now") == "killed" for s in result["survivors"])
     total = result["killed"] + result["survived"]
-    result["score_now"] = (result["killed"] + killed_now) / total if total else 1.0
+    result["score_now"] = (result["killed"] + killed_now) / total if total else None
 
 
 def main() -> None:
@@ -646,8 +646,8 @@ def main() -> None:
             results.append(run_scope(scope, work, cosmic, args.timeout, args.minutes))
             r = results[-1]
             print(f"   killed {r['killed']}, survived {r['survived']}, skipped {r['skipped']}, equivalent "
-                  f"{r['equivalent']}, not run {r['not_run']}: score {r['score']:.1%}{sampled(r)} in {r['seconds']} s",
-                  flush=True)  # fmt: skip
+                  f"{r['equivalent']}, not run {r['not_run']}: score {percent(r['score']).strip()}{sampled(r)} "
+                  f"in {r['seconds']} s", flush=True)  # fmt: skip
             for s in r["survivors"]:
                 print(f"   survivor {scope.module}:{s['line']} {s['operator']}: {s['change']}", flush=True)
     finally:
@@ -655,6 +655,11 @@ def main() -> None:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
     summary(results)
+
+
+def percent(score: float | None) -> str:
+    """A score for printing; "-" when no mutant ran."""
+    return f"{score:7.1%}" if score is not None else f"{'-':>7}"
 
 
 def sampled(result: dict) -> str:
@@ -674,11 +679,11 @@ def summary(results: list[dict]) -> None:
     print(f"\n{'scope':32} {'killed':>7} {'survived':>9} {'equivalent':>11} {'not run':>8} {'score':>7} {'now':>7} "
           f"{'seconds':>8}")  # fmt: skip
     for r in results:
-        now = f"{r['score_now']:7.1%}" if "score_now" in r else f"{'-':>7}"
+        now = percent(r.get("score_now"))
         seconds = r["seconds"] if r["seconds"] is not None else "-"
         print(f"{r['scope']:32} {r['killed']:7d} {r['survived']:9d} {r['equivalent']:11d} {r['not_run']:8d} "
-              f"{r['score']:7.1%} {now} {seconds:>8}{sampled(r)}")  # fmt: skip
-    print(f"{'all':32} {killed:7d} {total - killed:9d} {'':11} {'':8} {killed / total if total else 1:7.1%}")
+              f"{percent(r['score'])} {now:>7} {seconds:>8}{sampled(r)}")  # fmt: skip
+    print(f"{'all':32} {killed:7d} {total - killed:9d} {'':11} {'':8} {percent(killed / total if total else None)}")
 
 
 if __name__ == "__main__":
