@@ -274,8 +274,12 @@ def refused(args) -> None:
         leftover.mkdir(parents=True)
         (leftover / "__7_0.distcp").write_bytes(b"stale")  # a shard of a bigger world
     rmtree = shutil.rmtree
+
+    def refuse(path, *args, **kwargs):
+        raise RuntimeError(f"rank {rank} deleted {path}")
+
     if rank != 0:  # rank 0 alone deletes it, before any rank writes there (were this rank to try, it would raise)
-        shutil.rmtree = lambda *a, **k: (_ for _ in ()).throw(RuntimeError(f"rank {rank} deleted {a[0]}"))
+        shutil.rmtree = refuse
     dist.barrier()
     try:
         distributed.save_checkpoint(args.ckpt_dir, 1, model, opt)

@@ -166,6 +166,8 @@ _FRESH_TABLE = (
     "a fresh table's clock and every row's last step start at the same count; values depend only on their "
     "differences (the sweeps' timing depends on the count, and a sweep changes no value)"
 )
+_RANKS = "ranks are never negative"
+_TYPES = "types compare by identity: == is is"
 _FUSED = "fused is validated to be True, False or None, for which != False and is not False agree"
 _GRAD_DTYPE = "_matching_grads has already refused a gradient whose dtype is not the param's"
 _FORMATS = 'state_format is validated to be "compact" or "full", and "full" > "compact"'
@@ -245,19 +247,17 @@ EQUIVALENT: dict[tuple[str, str], str] = {
         _DIST,
         'tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[: 9]}")',
     ): "a temporary name one character longer",
-    (_DIST, "if _rank() <= 0:"): "ranks are never negative",
-    (_DIST, "if _rank() <= 0 and error is None:"): "ranks are never negative",
+    (_DIST, "if _rank() <= 0:"): _RANKS,
+    (_DIST, "if _rank() <= 0 and error is None:"): _RANKS,
     (
         _DIST,
         'return isinstance(document, dict) and type(document.get("format")) == int and document["format"] == FORMAT',
-    ): "types compare by identity: == is is",
+    ): _TYPES,
     (
         _DIST,
         'return isinstance(document, dict) and type(document.get("format")) is int and document["format"] is FORMAT',
     ): "CPython keeps one object for each small integer, so an int equal to FORMAT (1) is FORMAT",
-    (_DIST, "if tree is None or isinstance(tree, (bool, int, str)) or type(tree) == float:"): (
-        "types compare by identity: == is is"
-    ),
+    (_DIST, "if tree is None or isinstance(tree, (bool, int, str)) or type(tree) == float:"): _TYPES,
     (_DIST, 'tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[: 7]}")'): (
         "a temporary file's random suffix a digit shorter is still fresh: it lives for one write, by one rank"
     ),
@@ -296,7 +296,7 @@ EQUIVALENT: dict[tuple[str, str], str] = {
     (_DIST, "files = sorted(p.name for p in directory.iterdir() if p.is_file() and p.name is not MANIFEST)"): (
         "the manifest is written last into a directory emptied before the save, so no file has its name yet"
     ),
-    (_DIST, "if _rank() <= 0 and partial.exists():"): "ranks are never negative",
+    (_DIST, "if _rank() <= 0 and partial.exists():"): _RANKS,
     (_DIST, "if _rank() >= 0 and error is None:"): (
         "the other ranks choose a name too, and drop it for rank 0's broadcast; the root exists (exist_ok)"
     ),
