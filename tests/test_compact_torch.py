@@ -213,8 +213,9 @@ def test_a_step_that_cannot_finish_writes_nothing():
 def test_what_compact_state_cannot_do_is_refused():
     with pytest.raises(ValueError, match="Invalid state_format"):
         Adamax(model().parameters(), state_format="bfloat16")
-    with pytest.raises(RuntimeError, match="does not support differentiable"):
-        Adamax(model().parameters(), state_format="compact", differentiable=True)
+    for flag in ("differentiable", "capturable"):
+        with pytest.raises(RuntimeError, match="does not support differentiable=True or capturable=True"):
+            Adamax(model().parameters(), state_format="compact", **{flag: True})
     net = model(torch.float64)
     opt = Adamax(net.parameters(), state_format="compact")
     torch.nn.functional.mse_loss(net(torch.randn(4, 12).double()), torch.zeros(4, 3).double()).backward()

@@ -7,8 +7,9 @@ import dataclasses
 import numpy as np
 import pytest
 
-from adamax import _lazy
+from adamax import _lazy, reference
 from adamax.numpy import Adamax, RowGradient
+from adamax.reference import AdamaxState
 from adamax.spec import AdamaxConfig
 
 ROWS, DIM = 60, 3
@@ -102,8 +103,45 @@ def test_catch_up_refuses_rows_older_than_the_window():
     clock = _lazy.Clock(AdamaxConfig(betas=(0.5, 0.9)))
     for _ in range(clock.W + 2):
         clock.advance(*clock.step_scalars(0.01, clock.t + 1))
-    with pytest.raises(ValueError, match="steps old"):
+    with pytest.raises(ValueError, match=rf"between {clock.t - clock.W} and {clock.t} steps old, got 0\.\.0"):
         _lazy.catch_up(clock, np.ones((1, 2)), np.ones((1, 2)), np.ones((1, 2)), np.array([0]))
+
+
+def boundary_states(clock: _lazy.Clock) -> np.ndarray:
+    """``u`` values at which a step ``k`` of the gap switches to eps (``b2^k u`` within a few ulps of eps, where the
+    logarithm's guess of the last ``k`` with ``b2^k u >= eps`` is one off), and ``u = 0``."""
+    us = [0.0]
+    for k in range(1, clock.W + 1):
+        u = clock.eps / clock.pow_b2[k]
+        us += [u, *(np.nextafter(u, np.inf * side) for side in (-1, 1))]
+        us.append(np.nextafter(us[-2], -np.inf))
+    return np.asarray(us)
+
+
+@pytest.mark.parametrize("placement", ["max", "denominator", "none"])
+def test_a_catch_up_is_zero_gradient_steps_of_the_reference_at_the_switch_to_eps_and_at_u_zero(placement):
+    """A row caught up over ``K`` steps lands where ``K`` reference steps with a zero gradient take it, for every
+    ``u`` at which the "max" sum's split is decided by rounding, and for ``u = 0`` with ``m != 0`` (a state loaded
+    from elsewhere: the reference then takes no step for "none", as its guard on a zero denominator says)."""
+    config = AdamaxConfig(lr=0.01, eps_placement=placement, **CASES["short window"])
+    clock = _lazy.Clock(config)
+    us = boundary_states(clock)
+    guesses = np.floor(np.log(us[1:] / clock.eps) / -np.log(clock.b2))
+    above = clock.pow_b2[guesses.astype(int)] * us[1:] >= clock.eps
+    assert (~above).any() and (np.minimum(guesses + 1, clock.W) < clock.W).any()  # the guess is too high somewhere
+    rng = np.random.default_rng(3)
+    p, m = rng.standard_normal((2, len(us), 1))
+    n = clock.W
+    for t in range(n):
+        clock.advance(*clock.step_scalars(config.lr, t + 1))
+    for gap in (1, 7, clock.W // 2, clock.W):
+        got = _lazy.catch_up(clock, p, m, us[:, None], np.full(len(us), n - gap))
+        want_p, state = p.copy(), AdamaxState(n - gap, m.copy(), us[:, None].copy())
+        for _ in range(gap):
+            want_p, state = reference.update(want_p, np.zeros_like(p), state, config)
+        assert scale_error(got.p, want_p) < 1e-13, gap
+        np.testing.assert_allclose(got.m, state.exp_avg, rtol=1e-13, atol=0)
+        np.testing.assert_allclose(got.u, state.exp_inf, rtol=1e-13, atol=0)
 
 
 @pytest.mark.parametrize(

@@ -167,6 +167,33 @@ def test_a_param_that_sits_out_keeps_its_own_step_count():
         assert scale_error(a.detach(), b.detach()) < 1e-12
 
 
+@pytest.mark.parametrize("fused", [None, False])
+@pytest.mark.parametrize("dense_steps", [(5,), (5, 6), (5, 9)])
+def test_a_dense_gradient_on_a_lazy_table_steps_every_row_and_sparse_steps_go_on_after_it(dense_steps, fused):
+    """A tied weight gives a lazy table a dense gradient at some steps: those step every row as dense Adamax
+    does, and the sparse steps after them go on as dense Adamax's (a step read from the lazy history after it
+    would be off by the dense step, or refused as a write from outside)."""
+    lazy_model, dense_model = Model(True, torch.float64), Model(False, torch.float64)
+    lazy = Adamax(lazy_model.parameters(), lr=0.05, fused=fused)  # the kernel's dense step, or torch's ops
+    dense = Adamax(dense_model.parameters(), lr=0.05)
+    lazy_embeddings(lazy_model, lazy)
+    rng = np.random.default_rng(4)
+    for step in range(14):
+        words, bag, target = batch(rng, step, torch.float64)
+        tied = torch.from_numpy(rng.standard_normal((VOCAB, DIM)))
+        for model, opt in ((lazy_model, lazy), (dense_model, dense)):
+            opt.zero_grad()
+            torch.nn.functional.mse_loss(model(words, bag), target).backward()
+            if step in dense_steps:  # the table's gradient as a tied output layer would make it: dense
+                model.words.weight.grad = tied + model.words.weight.grad.to_dense()
+            opt.step()
+        rows = torch.unique(words)
+        assert scale_error(lazy_model.words(rows), dense_model.words.weight[rows]) < 1e-12, step
+    lazy.flush()
+    for a, b in zip(lazy_model.parameters(), dense_model.parameters()):
+        assert scale_error(a.detach(), b.detach()) < 1e-12
+
+
 def test_coupled_weight_decay_is_refused_before_anything_is_hooked():
     model = Model(True, torch.float32)
     opt = Adamax(model.parameters(), weight_decay=0.1)

@@ -328,6 +328,39 @@ def test_capturable_is_refused_on_cpu_like_torch(foreach):
     assert messages[0] == messages[1]
 
 
+@pytest.mark.parametrize(("cpu", "gpu"), [(True, False), (False, True), (False, False)])
+def test_fused_true_is_taken_while_either_kernel_is_there(monkeypatch, cpu, gpu):
+    """fused=True needs numba or triton: without triton (the common CPU install) the numba kernel steps as torch
+    does; without numba, triton may still serve CUDA tensors; without both it is refused at construction."""
+    optimizer = importlib.import_module("adamax.torch._optimizer")
+    for name, present in (("cpu_kernels", cpu), ("gpu_kernels", gpu)):
+        if not present:
+            monkeypatch.setattr(optimizer, name, lambda: None)
+    p = torch.ones(4, requires_grad=True)
+    if not (cpu or gpu):
+        with pytest.raises(RuntimeError, match=r"fused=True needs numba \(CPU\) or triton \(CUDA\)"):
+            Adamax([p], fused=True)
+        return
+    opt, theirs = Adamax([p], lr=0.1, fused=True), torch.optim.Adamax([q := p.detach().clone()], lr=0.1)
+    assert Adamax([p]).defaults["fused"] is None  # the default is taken with either
+    if cpu:
+        p.grad = q.grad = torch.linspace(-1, 1, 4)
+        opt.step()
+        theirs.step()
+        assert torch.equal(p, q) and opt.last_step_paths == {"numba": 1}
+
+
+def test_last_step_paths_add_up_the_params_of_every_group():
+    groups = [{"params": [torch.ones(3, requires_grad=True) for _ in range(n)]} for n in (1, 1, 2)]
+    for options, path in ((dict(foreach=True), "foreach"), (dict(foreach=False, fused=False), "forloop")):
+        opt = Adamax(copy.deepcopy(groups), **options)
+        for group in opt.param_groups:
+            for p in group["params"]:
+                p.grad = torch.ones(3)
+        opt.step()
+        assert opt.last_step_paths == {path: 4}
+
+
 @pytest.mark.parametrize("foreach", [False, True], ids=["forloop", "foreach"])
 def test_capturable_math_matches_torch(monkeypatch, foreach):
     """With the device check lifted, the device-side step count gives torch's capturable bits."""

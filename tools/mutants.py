@@ -128,7 +128,13 @@ SCOPES = [
     ),
     Scope("torch adapter: lazy rows", "src/adamax/torch/_lazy.py", "tests/test_lazy_torch.py", timeout=240),
     Scope("torch adapter: compact", "src/adamax/torch/_compact.py", "tests/test_compact_torch.py", timeout=240),
-    Scope("torch adapter: optimizer", "src/adamax/torch/_optimizer.py", "tests/test_torch.py", timeout=300),
+    Scope(
+        "torch adapter: optimizer",
+        "src/adamax/torch/_optimizer.py",
+        "tests/test_torch.py tests/test_compact_torch.py::test_what_compact_state_cannot_do_is_refused "
+        "tests/test_lazy_torch.py::test_a_dense_gradient_on_a_lazy_table_steps_every_row_and_sparse_steps_go_on_after_it",
+        timeout=300,
+    ),
     Scope(
         "optax",
         "src/adamax/optax.py",  # the quicker tests against optax itself and the reference (each jits its own steps)
@@ -158,6 +164,7 @@ _BLOCK_SIZES = (
 _DIST, _NUMPY = "src/adamax/distributed.py", "src/adamax/numpy.py"
 _CACHED, _COMPACT = "src/adamax/torch/_cached.py", "src/adamax/compact.py"
 _OPTAX = "src/adamax/optax.py"
+_LAZY, _KLAZY, _KCOMPACT = "src/adamax/_lazy.py", "src/adamax/kernels/lazy.py", "src/adamax/kernels/compact.py"
 _SAME_ENTRIES = (
     "the restore first puts back the optimizer's own state dict object, and loads (torch's included) give an "
     "optimizer a new state dict rather than new entries in the old one, so each entry is already in place"
@@ -387,6 +394,16 @@ EQUIVALENT: dict[tuple[str, str], str] = {
         _NUMPY,
         "if param.flags.c_contiguous and grad.flags.c_contiguous and grad.dtype <= param.dtype:",
     ): _GRAD_DTYPE,
+    (_LAZY, "kstar = np.where(~above & (kstar > 0), kstar - 2, kstar)"): (
+        "the logarithm's guess of k* is at most one too high, and the step up by one that follows lands on k*"
+    ),
+    (_KLAZY, "line = max(1, 64 + p.itemsize)  # elements per cache line"): (
+        "prefetching is a hint: the stride between the cache lines asked for changes speed only"
+    ),
+    (_KLAZY, "for i in range(1, rows.shape[ -1]):  # noqa: SIM110 (numba compiles a plain loop)"): (
+        "rows is one-dimensional: shape[-1] is shape[0]"
+    ),
+    (_KCOMPACT, "if kind is BF16:"): "numba compiles is between two integers as ==",
     **{
         (_DIST, f'for block in iter(lambda: f.read({size}), b""):'): (
             "any positive block size (or a negative one: read all) hashes the same bytes; only the speed differs"
