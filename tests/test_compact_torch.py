@@ -174,6 +174,7 @@ def test_a_full_optimizer_loads_a_compact_checkpoint_as_its_exact_values():
         (lambda e: e.update(exp_inf_scale=torch.zeros(3)), ValueError, "'exp_inf_scale' must be torch.float32 of"),
         (lambda e: e.update(exp_inf_code=e["exp_inf_code"].float()), ValueError, "'exp_inf_code' must be"),
         (lambda e: e.update(step=torch.tensor(2.5)), ValueError, "whole number"),
+        (lambda e: e.update(step=-1), ValueError, "whole number >= 0, got -1"),
         (lambda e: e.update(exp_inf_scale=-e["exp_inf_scale"] - 1), ValueError, "must not be negative"),
         (lambda e: e.update(exp_avg=[1, 2]), TypeError, "must be a tensor"),
         (lambda e: e.pop("exp_inf_scale"), ValueError, "expected the keys"),
@@ -266,16 +267,31 @@ def test_on_a_character_language_model_compact_state_matches_float32_state():
     assert loss["bfloat16"] > loss["full"] * 1.005
 
 
+@pytest.mark.parametrize("fused", [None, False], ids=["kernel", "numpy"])
 @pytest.mark.parametrize(
     ("key", "bad"),
-    [("exp_inf_code", lambda t: t.float()), ("exp_inf_scale", lambda t: t[:-1]), ("exp_avg", lambda t: t.t())],
-    ids=["dtype", "shape", "layout"],
+    [
+        ("exp_inf_code", lambda t: t.float()),
+        ("exp_inf_scale", lambda t: t[:-1]),
+        ("exp_avg", lambda t: t.t()),
+        ("step", lambda t: int(t)),
+        ("step", lambda t: t.to(torch.complex64)),
+        ("step", lambda t: t.long()),
+        ("step", lambda t: t.reshape(1)[:0]),
+        ("step", lambda t: t.repeat(2)),
+    ],
+    ids=["dtype", "shape", "layout", "step a number", "step complex", "step an integer tensor", "no step", "2 steps"],
 )
-def test_live_compact_state_that_does_not_fit_is_refused_before_any_write(key, bad):
+def test_live_compact_state_that_does_not_fit_is_refused_before_any_write(key, bad, fused):
+    """A weight's state goes wrong between steps: the step names it, and nothing moves, step counts included (a
+    count the kernel cannot read used to fail it after the others had advanced)."""
     net, opt = trained("compact", steps=2)
+    opt.param_groups[0]["fused"] = fused
     torch.nn.functional.mse_loss(net(torch.randn(4, 12)), torch.zeros(4, 3)).backward()
-    opt.state[net[0].weight][key] = bad(opt.state[net[0].weight][key])
+    weight = net[0].weight
+    opt.state[weight][key] = bad(opt.state[weight][key])
     before = [p.detach().clone() for p in net.parameters()]
     with pytest.raises(ValueError, match=f"'{key}' must be"):
         opt.step()
     assert all(torch.equal(p, q) for p, q in zip(net.parameters(), before))
+    assert all(float(opt.state[p]["step"]) == 2 for p in net.parameters() if p is not weight)

@@ -770,7 +770,9 @@ def test_a_group_of_300_params_takes_the_cached_path_and_its_checkpoint_loads():
 
 
 BAD_LIVE_STATE = {  # a state entry edited by hand between steps, and what the refusal says
-    "a step of two elements": ("step", lambda p: torch.ones(2), r"'step' must be a 1-element tensor"),
+    "a step of two elements": ("step", lambda p: torch.ones(2), r"'step' must be a 1-element real tensor"),
+    "a boolean step": ("step", lambda p: torch.tensor(True), r"'step' must be a 1-element real tensor"),
+    "a complex step": ("step", lambda p: torch.tensor(1 + 0j), r"'step' must be a 1-element real tensor"),
     "exp_avg of another shape": ("exp_avg", lambda p: torch.zeros(4), r"'exp_avg' does not match the param's shape"),
     "exp_inf of another dtype": ("exp_inf", lambda p: torch.zeros(3, dtype=torch.float64), r"'exp_inf' does not"),
     "exp_inf on another device": ("exp_inf", lambda p: torch.zeros(3, device="meta"), r"'exp_inf' does not match"),
@@ -793,3 +795,22 @@ def test_live_state_edited_into_a_wrong_form_is_refused_before_any_param_moves(b
     with pytest.raises(ValueError, match=rf"state of param 1 of its group: {message}"):
         opt.step()
     assert all(torch.equal(p, q) for p, q in zip(params, before))
+    assert float(opt.state[params[0]]["step"]) == 1  # nor its step count
+
+
+@pytest.mark.parametrize("options", [{"fused": False, "foreach": False}, {}], ids=str)
+def test_an_integer_step_count_steps_as_torchs_does(options):
+    """A checkpoint may hold its step count as an integer tensor, which torch's loader keeps: the kernel, which
+    counts in floating point, leaves such a param to torch's ops, and it steps as torch's own optimizer does."""
+    params = [torch.nn.Parameter(torch.linspace(-1, 1, 3)) for _ in range(2)]
+    theirs = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    opts = Adamax(params, lr=0.1, **options), torch.optim.Adamax(theirs, lr=0.1, foreach=False)
+    for step in range(3):
+        for opt, ps in zip(opts, (params, theirs)):
+            for p in ps:
+                p.grad = torch.full((3,), step - 0.5)
+            opt.step()
+            if step == 0:
+                opt.state[ps[1]]["step"] = torch.tensor(1)
+    assert all(torch.equal(p, q) for p, q in zip(params, theirs))
+    assert int(opts[0].state[params[1]]["step"]) == 3

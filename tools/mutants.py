@@ -82,6 +82,28 @@ SCOPES = [
         timeout=240,
     ),
     Scope(
+        "kernels.cpu",
+        "src/adamax/kernels/cpu.py",  # the rest: chunking, 16-bit conversions, the launch and its arguments
+        "tests/test_kernels.py tests/test_torch.py -k 'not no_per_step_allocation and (kernel or fused or 16 or "
+        "bfloat16 or float16 or chunk or automatic or numba)'",
+        exclude=("_element", "_maximum"),
+        timeout=240,
+    ),
+    Scope(
+        "kernels.gpu",
+        "src/adamax/kernels/gpu.py",  # Triton's interpreter runs the kernels on CPU tensors
+        "tests/test_triton.py -k 'not prepared_gpu_check and not freezes'",
+        timeout=240,
+    ),
+    Scope(
+        "torch adapter: fused",
+        "src/adamax/torch/_fused.py",
+        "tests/test_kernels.py tests/test_triton.py -k 'not no_per_step_allocation and not prepared_gpu_check and "
+        "not freezes'",
+        timeout=240,
+    ),
+    Scope("torch adapter: ops", "src/adamax/torch/_ops.py", "tests/test_torch.py", timeout=240),
+    Scope(
         "torch adapter: plan and cache",
         "src/adamax/torch/_cached.py",
         "tests/test_kernels.py tests/test_torch.py -k 'cached or non_contiguous or skip_nonfinite or second_group'",
@@ -164,6 +186,11 @@ _BLOCK_SIZES = (
 _DIST, _NUMPY = "src/adamax/distributed.py", "src/adamax/numpy.py"
 _CACHED, _COMPACT = "src/adamax/torch/_cached.py", "src/adamax/compact.py"
 _OPTAX = "src/adamax/optax.py"
+_TCOMPACT = "src/adamax/torch/_compact.py"
+_FAST_CHECK = (
+    "the fast check of live compact state only spares check_state, which takes every state the fast check takes: "
+    "a stricter one falls back to it, and the same states are taken"
+)
 _LAZY, _KLAZY, _KCOMPACT = "src/adamax/_lazy.py", "src/adamax/kernels/lazy.py", "src/adamax/kernels/compact.py"
 _SAME_ENTRIES = (
     "the restore first puts back the optimizer's own state dict object, and loads (torch's included) give an "
@@ -404,6 +431,27 @@ EQUIVALENT: dict[tuple[str, str], str] = {
         "rows is one-dimensional: shape[-1] is shape[0]"
     ),
     (_KCOMPACT, "if kind is BF16:"): "numba compiles is between two integers as ==",
+    (_TCOMPACT, "def check_state(p: Tensor, state: Mapping[str, Any], where: str, /, loading: bool) -> None:"): (
+        "every call passes loading by keyword, which both signatures take"
+    ),
+    (_TCOMPACT, "def _check_step(step: Any, where: str, /, loading: bool) -> None:"): (
+        "every call passes loading by keyword, which both signatures take"
+    ),
+    (_TCOMPACT, "len(state) == 3"): _FAST_CHECK,
+    (_TCOMPACT, "len(state) == 5"): _FAST_CHECK,
+    (_TCOMPACT, "and m.device is p.device"): _FAST_CHECK,
+    (_TCOMPACT, "and q.device is p.device"): _FAST_CHECK,
+    (_TCOMPACT, "and s.device is p.device"): _FAST_CHECK,
+    (_TCOMPACT, 'if (keys == COMPACT_KEYS) is (state_format == "compact"):  # already in that format'): (
+        "both sides are bools, for which is is =="
+    ),
+    (_TCOMPACT, 'if (keys >= COMPACT_KEYS) == (state_format == "compact"):  # already in that format'): (
+        "keys is one of the two key sets (checked just before), and the full set is no superset of the compact one"
+    ),
+    (_TCOMPACT, 'if name >= "triton":'): (
+        'a route is "triton", "numba" or "numpy", of which only "triton" sorts at or after "triton"'
+    ),
+    (_TCOMPACT, 'if self.state_format <= "compact" and entry:'): _FORMATS,
     **{
         (_DIST, f'for block in iter(lambda: f.read({size}), b""):'): (
             "any positive block size (or a negative one: read all) hashes the same bytes; only the speed differs"

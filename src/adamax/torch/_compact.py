@@ -77,15 +77,7 @@ def check_state(p: Tensor, state: Mapping[str, Any], where: str, *, loading: boo
     if not isinstance(state, Mapping) or set(state) != COMPACT_KEYS:
         keys = sorted(state) if isinstance(state, Mapping) else type(state).__name__
         raise ValueError(f"{where}: expected the keys {sorted(COMPACT_KEYS)}, got {keys}")
-    step = state["step"]
-    if isinstance(step, Tensor):
-        if step.numel() != 1 or step.is_complex():
-            raise ValueError(f"{where}: 'step' must be a single real number")
-        step = step.item()
-    if isinstance(step, bool) or not isinstance(step, (int, float)) or not (math.isfinite(step) and step >= 0):
-        raise ValueError(f"{where}: 'step' must be a whole number >= 0, got {step!r}")
-    if step != int(step):
-        raise ValueError(f"{where}: 'step' must be a whole number >= 0, got {step!r}")
+    _check_step(state["step"], where, loading=loading)
     want = {
         "exp_avg": (torch.bfloat16, tuple(p.shape)),
         "exp_inf_code": (torch.uint16, tuple(p.shape)),
@@ -105,6 +97,23 @@ def check_state(p: Tensor, state: Mapping[str, Any], where: str, *, loading: boo
         raise ValueError(f"{where}: 'exp_inf_scale' must not be negative")
 
 
+def _check_step(step: Any, where: str, *, loading: bool) -> None:
+    """A live step count is a 1-element floating-point tensor, checked by its form alone (no value is read, as for
+    the full format); a checkpoint's is a whole number >= 0, or a 1-element tensor holding one."""
+    if not loading:
+        if not isinstance(step, Tensor) or step.numel() != 1 or not step.is_floating_point():
+            raise ValueError(f"{where}: 'step' must be a 1-element floating-point tensor")
+        return
+    if isinstance(step, Tensor):
+        if step.numel() != 1 or step.is_complex():
+            raise ValueError(f"{where}: 'step' must be a single real number")
+        step = step.item()
+    if isinstance(step, bool) or not isinstance(step, (int, float)) or not (math.isfinite(step) and step >= 0):
+        raise ValueError(f"{where}: 'step' must be a whole number >= 0, got {step!r}")
+    if step != int(step):
+        raise ValueError(f"{where}: 'step' must be a whole number >= 0, got {step!r}")
+
+
 def _live_state_fits(p: Tensor, state: Mapping[str, Any]) -> bool:
     """:func:`check_state` for live state, in the fewest reads (it runs for every param at every step)."""
     m, q, s, step = state.get("exp_avg"), state.get("exp_inf_code"), state.get("exp_inf_scale"), state.get("step")
@@ -115,6 +124,7 @@ def _live_state_fits(p: Tensor, state: Mapping[str, Any]) -> bool:
         and type(q) in _PLAIN
         and type(s) in _PLAIN
         and step.numel() == 1
+        and step.is_floating_point()
         and m.dtype is torch.bfloat16
         and q.dtype is torch.uint16
         and s.dtype is torch.float32

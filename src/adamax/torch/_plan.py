@@ -128,6 +128,8 @@ def _kernel_can_take(p: Tensor, g: Tensor, state: Mapping[str, Any] | None, capt
         return "a non-contiguous tensor"
     if state and not (state["exp_avg"].is_contiguous() and state["exp_inf"].is_contiguous()):
         return "non-contiguous state"
+    if state and not state["step"].is_floating_point():
+        return f"a {state['step'].dtype} step count; the kernel counts in floating point"
     return None
 
 
@@ -184,6 +186,7 @@ def _check_live_state(p: Tensor, state: Mapping[str, Any], index: int) -> None:
         len(state) == 3
         and type(state.get("step")) in _KERNEL_TYPES
         and state["step"].numel() == 1
+        and state["step"].is_floating_point()
         and m is not None
         and u is not None
         and m.shape == p.shape
@@ -207,8 +210,9 @@ def _check_state(p: Tensor, state: Mapping[str, Any], where: str, *, loading: bo
         keys = sorted(state) if isinstance(state, Mapping) else type(state).__name__
         raise ValueError(f"{where}: expected the keys {sorted(_STATE_KEYS)}, got {keys}")
     if not loading:
-        if not isinstance(state["step"], Tensor) or state["step"].numel() != 1:
-            raise ValueError(f"{where}: 'step' must be a 1-element tensor")
+        step = state["step"]
+        if not isinstance(step, Tensor) or step.numel() != 1 or step.is_complex() or step.dtype is torch.bool:
+            raise ValueError(f"{where}: 'step' must be a 1-element real tensor")
         for key in ("exp_avg", "exp_inf"):
             value = state[key]
             matches = isinstance(value, Tensor) and value.shape == p.shape and value.dtype == p.dtype
