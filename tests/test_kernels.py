@@ -56,6 +56,29 @@ def test_kernel_with_eps_zero_and_lerp_large_weight():
         kernel_run(np.float32, config, [1, 17, 5000], steps=5)
 
 
+def test_kernel_with_an_eps_that_rounds_to_zero_in_float32_divides_as_torch_does():
+    """eps = 1e-50 is positive, so nothing guards the division, but it is 0 in float32: where the gradient has been
+    0, u = 0 and m = 0, and the step is 0 / 0, NaN, in the reference and in torch's own Adamax alike."""
+    from adamax.spec import AdamaxConfig
+    from adamax.torch import Adamax
+
+    with np.errstate(invalid="ignore"):  # the reference's 0 / 0
+        kernel_run(np.float32, AdamaxConfig(eps=1e-50), [1, 17, 5000], steps=3)
+    params = [torch.zeros(3, requires_grad=True) for _ in range(2)]
+    ours, theirs = Adamax([params[0]], eps=1e-50, fused=True), torch.optim.Adamax([params[1]], eps=1e-50)
+    for opt, p in zip((ours, theirs), params):
+        p.grad = torch.tensor([0.0, 1.0, -2.0])
+        opt.step()
+    torch.testing.assert_close(params[0], params[1], rtol=0, atol=0, equal_nan=True)
+    assert params[0][0].isnan() and ours.last_step_paths == {"numba": 1}
+    low = [torch.zeros(3, dtype=dtype, requires_grad=True) for dtype in (torch.bfloat16, torch.float16)]
+    ours = Adamax(low, eps=1e-50, fused=True)  # the 16-bit kernel, with float32 state: eps is 0 there too
+    for p in low:
+        p.grad = torch.tensor([0.0, 1.0, -2.0], dtype=p.dtype)
+    ours.step()
+    assert all(p[0].isnan() and not p[1:].isnan().any() for p in low) and ours.last_step_paths == {"numba": 2}
+
+
 def test_kernel_with_lerp_weight_exactly_one_half():
     """beta1 = 0.5: torch's lerp takes its second FMA form at weight 0.5 (``weight < 0.5`` picks the first); where
     g - m rounds, the two forms differ in the last bit, so the form chosen must be torch's."""

@@ -431,6 +431,10 @@ EQUIVALENT: dict[tuple[str, str], str] = {
         "rows is one-dimensional: shape[-1] is shape[0]"
     ),
     (_KCOMPACT, "if kind is BF16:"): "numba compiles is between two integers as ==",
+    (_CPU, "if a >= np.uint32( 1199566849):  # 65520 and up round to infinity"): (
+        "65520 itself, the one value moved, rounds to infinity (0x7C00) by the path below as well: its tie goes to "
+        "the even 0x7C00"
+    ),
     (_TCOMPACT, "def check_state(p: Tensor, state: Mapping[str, Any], where: str, /, loading: bool) -> None:"): (
         "every call passes loading by keyword, which both signatures take"
     ),
