@@ -191,6 +191,11 @@ _FAST_CHECK = (
     "the fast check of live compact state only spares check_state, which takes every state the fast check takes: "
     "a stricter one falls back to it, and the same states are taken"
 )
+_TFUSED = "src/adamax/torch/_fused.py"
+_CPU_COUNT = (
+    "the numba path steps CPU tensors only: a step count made on the param's device (capturable's) is made on the "
+    "CPU, as the host's is (on torch's default device, which only torch.set_default_device moves)"
+)
 _LAZY, _KLAZY, _KCOMPACT = "src/adamax/_lazy.py", "src/adamax/kernels/lazy.py", "src/adamax/kernels/compact.py"
 _SAME_ENTRIES = (
     "the restore first puts back the optimizer's own state dict object, and loads (torch's included) give an "
@@ -441,6 +446,16 @@ EQUIVALENT: dict[tuple[str, str], str] = {
     (_TCOMPACT, "def _check_step(step: Any, where: str, /, loading: bool) -> None:"): (
         "every call passes loading by keyword, which both signatures take"
     ),
+    (_TFUSED, 'on_triton = [_KERNEL_FOR_DEVICE[p.device.type] >= "triton" for p in params]'): (
+        'a kernel is "numba" or "triton", of which only "triton" sorts at or after "triton"'
+    ),
+    (_TFUSED, "chosen = [(p, s or self._init_state(p, True)) for p, s in zip(params, states) if p.dtype is dtype]"): (
+        _CPU_COUNT
+    ),
+    (
+        _TFUSED,
+        "(p, s or self._init_state(p, True, torch.float32)) for p, s in zip(params, states) if p.dtype is dtype",
+    ): _CPU_COUNT,
     (_TCOMPACT, "len(state) == 3"): _FAST_CHECK,
     (_TCOMPACT, "len(state) == 5"): _FAST_CHECK,
     (_TCOMPACT, "and m.device is p.device"): _FAST_CHECK,
