@@ -63,6 +63,61 @@ def test_codes_and_scales_are_the_definitions_and_the_direction_is_within_roundi
     assert int(state.count) == 30
 
 
+def test_an_eps_that_rounds_to_zero_in_float32_divides_as_optax_does():
+    """eps = 1e-50 is positive, so no guard is chosen, but it is 0 in float32: an element whose gradient has been 0
+    has u = 0 and m = 0, and its direction is 0 / 0, NaN, in optax's adamax and in the compact state's alike."""
+    g = {"a": jnp.asarray([0.0, 1.0, -2.0, 0.5], jnp.float32)}
+    directions = []
+    for tx in (optax.scale_by_adamax(eps=1e-50), scale_by_adamax(eps=1e-50, state_format="compact")):
+        state = tx.init({"a": jnp.zeros(4)})
+        for _ in range(2):
+            direction, state = tx.update(g, state)
+        directions.append(np.asarray(direction["a"]))
+    theirs, ours = directions
+    assert np.isnan(theirs[0]) and np.isnan(ours[0]) and not np.isnan(ours[1:]).any()
+    np.testing.assert_allclose(ours[1:], theirs[1:], rtol=0.03)  # the state's rounding
+
+
+def one_step_both_ways(placement, grad, codes, scale, b2=0.999):
+    """One update of a leaf in state ``(codes, scale)`` (m = 0, count 1) by the compact optax transform and by the
+    definition, :func:`adamax.compact.update`; returns both new (codes, scales)."""
+    tx = scale_by_adamax(b2=b2, eps_placement=placement, state_format="compact")
+    state = tx.init({"a": jnp.zeros(grad.shape)})
+    state = state._replace(
+        count=jnp.asarray(1, jnp.int32), code={"a": jnp.asarray(codes)}, scale={"a": jnp.asarray(scale)}
+    )
+    _, new = jax.jit(tx.update)({"a": jnp.asarray(grad)}, state)
+    leaf = compact.CompactState(1, np.zeros(grad.shape, np.uint16), codes, scale)
+    config = AdamaxConfig(betas=(0.9, b2), eps_placement=placement)
+    _, definition = compact.update(np.zeros_like(grad), grad, leaf, config)
+    return (np.asarray(new.code["a"]), np.asarray(new.scale["a"])), (definition.exp_inf_code, definition.exp_inf_scale)
+
+
+def test_a_scale_moved_up_to_the_largest_float32_stays_finite_as_in_the_definition():
+    """A block's scale re-based by ``2**k`` onto exactly the largest float32 (a significand of all ones, a peak
+    near 2**128): finite in the definition, and in the transform."""
+    scale = np.uint32(0x3FFFFFFF).view(np.float32)  # just below 2: every significand bit set; b2 = 0.5 halves it
+    grad = np.array([3e38, 0.0, 1e30, 0.0, 0.0], np.float32)
+    codes = np.full(5, compact.ONE - 7, np.uint16)
+    ours, definition = one_step_both_ways("max", grad, codes, np.array([scale], np.float32), b2=0.5)
+    assert definition[1][0] == np.finfo(np.float32).max
+    for a, b in zip(ours, definition):
+        assert np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("placement", ["denominator", "none"])
+def test_codes_shifted_below_the_smallest_stay_the_smallest_as_in_the_definition(placement):
+    """A block re-based up by ``2**k``, ``k >= 1``: codes below ``k << 10`` would fall below the smallest value
+    (2**-63 of the scale); they stay at the smallest code, not at zero, where no gradient raises them (eps outside
+    the max)."""
+    grad = np.array([4.0, 0.0, 0.0, 0.0], np.float32)
+    codes = np.array([compact.ONE, 5, 1024, 2000], np.uint16)
+    ours, definition = one_step_both_ways(placement, grad, codes, np.array([1.0], np.float32))
+    assert list(definition[0][1:3]) == [1, 1]
+    for a, b in zip(ours, definition):
+        assert np.array_equal(a, b)
+
+
 def test_convert_state_is_exact_to_full_and_rounds_up_to_compact():
     tx = adamax(1e-2, state_format="compact")
     state = tx.init(PARAMS)
