@@ -242,8 +242,9 @@ COMPACT_OPTIONS = {
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
 @pytest.mark.parametrize("options", COMPACT_OPTIONS.values(), ids=COMPACT_OPTIONS.keys())
 def test_the_compact_kernel_is_the_definition_bit_for_bit(dtype, options):
-    """Compact state (adamax.compact): one launch over tensors of whole and part blocks; a spike at step 3 re-bases
-    blocks up; params, m's bits, codes and scales equal adamax.compact.update's after every step."""
+    """Compact state (adamax.compact): one launch over tensors of whole and part blocks, of gradients of three
+    magnitudes (scales below 1 included); a spike at step 3 re-bases blocks up, and a NaN at step 5 re-bases its
+    block onto NaN; params, m's bits, codes and scales equal adamax.compact.update's after every step."""
     from adamax import compact
 
     config = AdamaxConfig(lr=1e-2, **options)
@@ -256,7 +257,11 @@ def test_the_compact_kernel_is_the_definition_bit_for_bit(dtype, options):
     scales = [torch.zeros(compact.blocks(n)) for n in sizes]
     for t in range(1, 6):
         scale = 100 if t == 3 else 1
-        values = [rng.standard_normal(n) * scale * (rng.random(n) > 0.1) for n in sizes]
+        values = [
+            rng.standard_normal(n) * scale * size * (rng.random(n) > 0.1) for n, size in zip(sizes, (1e-3, 1, 10))
+        ]
+        if t == 5:
+            values[2][7] = np.nan
         grads = [torch.from_numpy(v.astype(np.float32)).to(dtype) for v in values]
         sizes_t = torch.tensor([-(config.lr / (1 - config.beta1**t))] * len(sizes), dtype=torch.float64)
         gpu.compact_step(params, grads, ms, codes, scales, sizes_t, torch.tensor([t] * len(sizes)), config)

@@ -192,7 +192,7 @@ _FAST_CHECK = (
     "the fast check of live compact state only spares check_state, which takes every state the fast check takes: "
     "a stricter one falls back to it, and the same states are taken"
 )
-_TFUSED = "src/adamax/torch/_fused.py"
+_TFUSED, _GPU = "src/adamax/torch/_fused.py", "src/adamax/kernels/gpu.py"
 _CPU_COUNT = (
     "the numba path steps CPU tensors only: a step count made on the param's device (capturable's) is made on the "
     "CPU, as the host's is (on torch's default device, which only torch.set_default_device moves)"
@@ -446,6 +446,13 @@ EQUIVALENT: dict[tuple[str, str], str] = {
     ),
     (_TCOMPACT, "def _check_step(step: Any, where: str, /, loading: bool) -> None:"): (
         "every call passes loading by keyword, which both signatures take"
+    ),
+    (_GPU, 'INTERPRETED = type(_adamax_chunks).__name__ >= "InterpretedFunction"'): (
+        "on a GPU (a JITFunction) the mutant takes _fma's soft form, which is a * b + c rounded once, exactly as "
+        "tl.fma: the same bits, more slowly; under the interpreter both say True"
+    ),
+    (_GPU, "q = tl.where(q <= 0, 0, tl.maximum(q - (octaves << 10), 1))"): (
+        "codes are loaded from uint16, never negative: <= 0 is == 0"
     ),
     (_TFUSED, 'on_triton = [_KERNEL_FOR_DEVICE[p.device.type] >= "triton" for p in params]'): (
         'a kernel is "numba" or "triton", of which only "triton" sorts at or after "triton"'
