@@ -278,8 +278,12 @@ def refused(args) -> None:
     def refuse(path, *args, **kwargs):
         raise RuntimeError(f"rank {rank} deleted {path}")
 
-    if rank != 0:  # rank 0 alone deletes it, before any rank writes there (were this rank to try, it would raise)
-        shutil.rmtree = refuse
+    def slowly(path, *args, **kwargs):  # the other rank looks while the directory is still there
+        time.sleep(2.0)
+        rmtree(path, *args, **kwargs)
+
+    # rank 0 alone deletes it, before any rank writes there: were another rank to look and try, it would raise
+    shutil.rmtree = slowly if rank == 0 else refuse
     dist.barrier()
     try:
         distributed.save_checkpoint(args.ckpt_dir, 1, model, opt)
