@@ -6,6 +6,7 @@ import copy
 import subprocess
 import sys
 import textwrap
+from collections import defaultdict
 
 import numpy as np
 import pytest
@@ -432,6 +433,112 @@ def test_a_param_removed_from_a_cached_group_is_no_longer_stepped(index):
     for a, b in zip(ours, theirs):
         assert torch.equal(a, b)
         assert all(torch.equal(opt.state[a][key], oracle.state[b][key]) for key in ("step", "exp_avg", "exp_inf"))
+
+
+def twins(n=3, seed=6):
+    """Params for ours and (copies) for torch's forloop Adamax, with both optimizers."""
+    torch.manual_seed(seed)
+    ours = [torch.nn.Parameter(torch.randn(5)) for _ in range(n)]
+    theirs = [torch.nn.Parameter(p.detach().clone()) for p in ours]
+    return ours, theirs, Adamax(ours, lr=0.01), torch.optim.Adamax(theirs, lr=0.01, foreach=False)
+
+
+def step_twins(ours, theirs, opt, oracle):
+    for a, b in zip(ours, theirs):
+        g = torch.randn(a.shape)
+        a.grad, b.grad = g.clone(), g.clone()
+    opt.step()
+    oracle.step()
+
+
+def assert_twins(ours, theirs, opt, oracle):
+    for a, b in zip(ours, theirs):
+        assert torch.equal(a, b)
+        for key in ("step", "exp_avg", "exp_inf"):
+            assert torch.equal(opt.state[a][key], oracle.state[b][key]), key
+            assert opt.state[a][key].dtype is oracle.state[b][key].dtype, key
+
+
+def test_a_param_appended_to_a_cached_group_is_stepped():
+    ours, theirs, opt, oracle = twins()
+    for step in range(4):
+        if step == 2:
+            extra = torch.nn.Parameter(torch.randn(5))
+            ours.append(extra)
+            theirs.append(torch.nn.Parameter(extra.detach().clone()))
+            opt.param_groups[0]["params"].append(ours[-1])
+            oracle.param_groups[0]["params"].append(theirs[-1])
+        step_twins(ours, theirs, opt, oracle)
+    assert_twins(ours, theirs, opt, oracle)
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "path"),
+    [
+        ("fused", False, "forloop"),
+        ("foreach", True, "foreach"),
+        ("foreach", False, "forloop"),
+        ("fused", True, "numba"),
+    ],
+)
+def test_a_flag_set_on_a_cached_group_takes_effect_at_the_next_step(flag, value, path):
+    """A group's fused or foreach changed between cached steps: the next step takes the path it names."""
+    ours, theirs, opt, oracle = twins()
+    for step in range(4):
+        if step == 2:
+            opt.param_groups[0][flag] = value
+        step_twins(ours, theirs, opt, oracle)
+    assert opt.last_step_paths == {path: 3}
+    assert_twins(ours, theirs, opt, oracle)
+
+
+def test_a_group_set_back_from_differentiable_leaves_the_full_plan_as_it_came():
+    ours, theirs, opt, oracle = twins()
+    opt.param_groups[0]["differentiable"] = True
+    for step in range(4):
+        if step == 2:
+            opt.param_groups[0]["differentiable"] = False
+        step_twins(ours, theirs, opt, oracle)
+        assert opt.last_step_paths == {"forloop" if step < 2 else "numba": 3}
+    assert_twins(ours, theirs, opt, oracle)
+
+
+def test_step_counts_in_float64_under_a_float64_default_dtype_stay_float64_as_torchs(monkeypatch):
+    """torch makes step counts in its default dtype's precision (float64 here); the cached path keeps float32
+    counts in one buffer, and must leave float64 ones alone."""
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        ours, theirs, opt, oracle = twins()
+        for _ in range(4):
+            step_twins(ours, theirs, opt, oracle)
+        assert opt.state[ours[0]]["step"].dtype is torch.float64
+        assert_twins(ours, theirs, opt, oracle)
+    finally:
+        torch.set_default_dtype(default)
+
+
+def test_a_state_dict_assigned_by_hand_between_cached_steps_is_stepped_as_torchs():
+    """``opt.state = defaultdict(dict, opt.state)`` (a copy, as some training loops reset or wrap state): torch's
+    step takes it, and so does ours, whose cached plan no longer applies (it used to fail after the step)."""
+    ours, theirs, opt, oracle = twins()
+    for step in range(5):
+        if step == 2:
+            opt.state = defaultdict(dict, opt.state)
+            oracle.state = defaultdict(dict, oracle.state)
+        step_twins(ours, theirs, opt, oracle)
+    assert opt.last_step_paths == {"numba": 3}
+    assert_twins(ours, theirs, opt, oracle)
+
+
+def test_a_step_count_replaced_by_an_equal_tensor_between_cached_steps_counts_on():
+    ours, theirs, opt, oracle = twins()
+    for step in range(5):
+        if step == 3:
+            opt.state[ours[1]]["step"] = opt.state[ours[1]]["step"].clone()
+        step_twins(ours, theirs, opt, oracle)
+    assert int(opt.state[ours[1]]["step"]) == 5
+    assert_twins(ours, theirs, opt, oracle)
 
 
 def test_cached_groups_add_up_their_params_in_last_step_paths():

@@ -331,8 +331,16 @@ EQUIVALENT: dict[tuple[str, str], str] = {
         "only CPU and CUDA params reach the kernel (the full plan sends the others elsewhere), and for their "
         'kernels, "numba" and "triton", > "numba" is != "numba"'
     ),
-    (_CACHED, "if plan.rest or plan.lazy or len(plan.fused) < len(params) or not params:"): (
+    (_CACHED, "if len(plan.fused) < len(params) or not params:  # params without gradients, or not all on the kernel"): (
         "the fused params are some of the group's, never more: < is !="
+    ),
+    (_CACHED, "or state.version > cached.state_version"): "the version only grows: > is !=",
+    (
+        _CACHED,
+        'p.dtype is not dtype and type(p) not in _KERNEL_TYPES or _KERNEL_FOR_DEVICE.get(p.device.type) != "numba"',
+    ): (
+        "the cached plan's own per-param check (p.dtype is dtype) refuses a param of another dtype, so such a group "
+        "takes the full plan every step either way (with the same step counts, now in a buffer)"
     ),
     (
         _CACHED,

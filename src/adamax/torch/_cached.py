@@ -153,7 +153,9 @@ class _CachedSteps:
     def _fused_group(self, plan: _Plan) -> _FusedGroup | None:
         """After a full-plan step: cache the group if the kernel stepped all of it, in one dtype."""
         params = plan.group["params"]
-        if plan.rest or plan.lazy or len(plan.fused) != len(params) or not params:
+        if len(plan.fused) != len(params) or not params:  # params without gradients, or not all on the kernel
+            return None
+        if not isinstance(self.state, _TrackedState):  # ``opt.state`` assigned by hand: its changes are not counted
             return None
         if any(p in self._lazy_tables() for p in params):  # a lazy table's dense steps go through _run
             return None
