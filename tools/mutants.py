@@ -331,10 +331,15 @@ EQUIVALENT: dict[tuple[str, str], str] = {
         "only CPU and CUDA params reach the kernel (the full plan sends the others elsewhere), and for their "
         'kernels, "numba" and "triton", > "numba" is != "numba"'
     ),
-    (_CACHED, "if len(plan.fused) < len(params) or not params:  # params without gradients, or not all on the kernel"): (
+    (_CACHED, "if len(plan.fused) < len(params) or not params:  # a param without a gradient, or off the kernel"): (
         "the fused params are some of the group's, never more: < is !="
     ),
     (_CACHED, "or state.version > cached.state_version"): "the version only grows: > is !=",
+    (_CACHED, "self.version = 1"): "only changes of the version are compared, never its value",
+    (_CACHED, "self.version += 0  # (an insertion only where the key is missing)"): (
+        "setdefault inserts nothing for a cached group's params, which all have state; for another param it "
+        "changes no cached group"
+    ),
     (
         _CACHED,
         'p.dtype is not dtype and type(p) not in _KERNEL_TYPES or _KERNEL_FOR_DEVICE.get(p.device.type) != "numba"',

@@ -63,7 +63,7 @@ class _TrackedState(defaultdict):
         super().update(*args, **kwargs)
 
     def setdefault(self, key: Any, default: Any = None) -> Any:
-        self.version += 1
+        self.version += 1  # (an insertion only where the key is missing)
         return super().setdefault(key, default)
 
 
@@ -153,7 +153,7 @@ class _CachedSteps:
     def _fused_group(self, plan: _Plan) -> _FusedGroup | None:
         """After a full-plan step: cache the group if the kernel stepped all of it, in one dtype."""
         params = plan.group["params"]
-        if len(plan.fused) != len(params) or not params:  # params without gradients, or not all on the kernel
+        if len(plan.fused) != len(params) or not params:  # a param without a gradient, or off the kernel
             return None
         if not isinstance(self.state, _TrackedState):  # ``opt.state`` assigned by hand: its changes are not counted
             return None
