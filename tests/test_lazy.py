@@ -287,6 +287,38 @@ def test_changing_the_betas_mid_run_brings_rows_up_to_date_under_the_old_ones():
     assert scale_error(lazy_params["t"], dense_params["t"]) < 1e-12
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_a_lazy_table_is_stepped_by_the_closed_form_in_its_own_dtype(dtype):
+    """The NumPy optimizer's lazy table, bit for bit, is adamax._lazy.Table at the table's dtype: the catch-up's
+    constants (a = 1 - (1 - b1), b2, eps) rounded as the dtype rounds them, as the kernel and torch's tables."""
+    config = AdamaxConfig(lr=0.01, **CASES["short window"])
+    rng = np.random.default_rng(5)
+    start = rng.standard_normal((40, 3)).astype(dtype)
+    params = {"table": start.copy()}
+    opt = Adamax(params, lr=0.01, lazy=["table"], **CASES["short window"])
+    arrays, table = [start.copy(), np.zeros_like(start), np.zeros_like(start)], _lazy.Table(40, config, dtype)
+    for t in range(150):
+        rows = np.unique(rng.integers(0, 40, size=4))
+        values = rng.standard_normal((len(rows), 3)).astype(dtype)
+        opt.step({"table": RowGradient(rows, values)})
+        stale = np.setdiff1d(table.clock.stale(table.last), rows)
+        table.step(*arrays, rows, values, config, t, stale)()
+    np.testing.assert_array_equal(params["table"], arrays[0])
+    opt.flush()
+    table.bring_up_to_date(*arrays, np.arange(40))
+    np.testing.assert_array_equal(params["table"], arrays[0])
+    np.testing.assert_array_equal(opt.state["table"].exp_inf, arrays[2])
+
+
+def test_fused_true_refuses_an_array_the_kernel_cannot_take_after_a_lazy_table():
+    """The lazy table takes its own path; an array after it that the kernel cannot take is still refused."""
+    params = {"table": np.zeros((4, 2), np.float32), "w": np.zeros(3, np.float16)}
+    opt = Adamax(params, lazy=["table"], fused=True)
+    with pytest.raises(ValueError, match="fused=True cannot update 'w'"):
+        opt.step({"table": RowGradient(np.array([1]), np.ones((1, 2), np.float32)), "w": np.ones(3, np.float16)})
+    assert not params["table"].any() and not params["w"].any()
+
+
 def test_an_empty_gradient_still_counts_a_step():
     params = {"t": np.ones((3, 2))}
     opt = Adamax(params, lr=0.1, lazy=["t"])
