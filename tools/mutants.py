@@ -141,7 +141,13 @@ SCOPES = [
     ),
     Scope("compact", "src/adamax/compact.py", "tests/test_compact.py", timeout=120),
     Scope("_lazy", "src/adamax/_lazy.py", "tests/test_lazy.py", timeout=120),
-    Scope("kernels.lazy", "src/adamax/kernels/lazy.py", "tests/test_lazy.py tests/test_lazy_torch.py", timeout=240),
+    Scope(
+        "kernels.lazy",
+        "src/adamax/kernels/lazy.py",
+        "tests/test_lazy.py tests/test_lazy_torch.py -k 'not stay_within and not (equal_dense and (maximize or "
+        "decoupled))'",
+        timeout=240,
+    ),
     Scope(
         "kernels.compact",
         "src/adamax/kernels/compact.py",
