@@ -147,6 +147,19 @@ def test_one_spike_does_not_freeze_compact_state_as_it_freezes_bfloat16_state():
     assert np.all(shown["bfloat16"] == 100.0)  # frozen: 100 * 0.999 rounds back to 100 in bfloat16
 
 
+def test_the_demos_bfloat16_state_is_torchs_for_a_bfloat16_param():
+    """The demo's naive bfloat16 u is what torch's own Adamax keeps for a bfloat16 param (gradients exact in
+    bfloat16, and small enough that eps = 1e-8 moves u)."""
+    torch = pytest.importorskip("torch")
+    shown = compact.freeze_demo(steps=30, spike=2.0**-20, grad=2.0**-26)
+    p = torch.zeros(1, dtype=torch.bfloat16, requires_grad=True)
+    opt = torch.optim.Adamax([p], lr=1e-3, foreach=False)
+    for t in range(30):
+        p.grad = torch.full((1,), 2.0**-20 if t == 0 else 2.0**-26, dtype=torch.bfloat16)
+        opt.step()
+        assert shown["bfloat16"][t] == float(opt.state[p]["exp_inf"][0]), t
+
+
 def test_rounding_to_nearest_bfloat16_breaks_ties_to_even_as_ml_dtypes_does():
     """Every float32 halfway between two bfloat16 values, next to an even and an odd one, both signs, and the
     largest finite float32 (which rounds to infinity); ml_dtypes' bfloat16 cast is the oracle."""

@@ -341,6 +341,14 @@ EQUIVALENT: dict[tuple[str, str], str] = {
         "the fused params are some of the group's, never more: < is !="
     ),
     (_CACHED, "or state.version > cached.state_version"): "the version only grows: > is !=",
+    (
+        _CACHED,
+        'p.dtype is not dtype or type(p) not in _KERNEL_TYPES and _KERNEL_FOR_DEVICE.get(p.device.type) != "numba"',
+    ): (
+        "a tensor subclass on the CPU (a DTensor) is then cached, but the cached plan's own check refuses its "
+        "gradient (type(g) in _KERNEL_TYPES; FSDP2 gives a DTensor param a DTensor gradient), so it takes the "
+        "full plan every step either way"
+    ),
     (_CACHED, "self.version = 1"): "only changes of the version are compared, never its value",
     (_CACHED, "self.version += 0  # (an insertion only where the key is missing)"): (
         "setdefault inserts nothing for a cached group's params, which all have state; for another param it "

@@ -311,7 +311,7 @@ def check_state(state: Mapping[str, Any] | CompactState, shape: tuple[int, ...],
 # ----- the freeze, shown -----
 
 
-def freeze_demo(steps: int = 3000, spike: float = 100.0, grad: float = 0.01, beta2: float = 0.999) -> dict:
+def freeze_demo(*, steps: int, spike: float, grad: float, beta2: float = 0.999) -> dict:
     """u of one element after one spike gradient and ``steps - 1`` small ones, three ways: float32 state (the
     reference), compact state, and naive bfloat16 state (u rounded to bfloat16 at every step, as torch's
     Adamax keeps it for bfloat16 params).  Returns ``{"step", "float32", "compact", "bfloat16"}`` arrays."""
