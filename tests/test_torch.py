@@ -471,6 +471,9 @@ BAD_CHECKPOINTS = {
     "a string as fused": lambda sd: (sd["param_groups"][0].__setitem__("fused", "no"), sd)[1],
     "missing param": lambda sd: (sd["param_groups"][0]["params"].pop(), sd)[1],
     "extra group": lambda sd: (sd["param_groups"].append(dict(sd["param_groups"][0])), sd)[1],
+    "no param groups": lambda sd: (sd.pop("param_groups"), sd)[1],
+    "no state": lambda sd: (sd.pop("state"), sd)[1],
+    "not a dict": lambda sd: list(sd.items()),
 }
 
 

@@ -293,3 +293,22 @@ def test_the_optimizer_routes_compact_state_to_triton(cpu_as_triton):
         assert torch.equal(a, b)
         for key in ("exp_avg", "exp_inf_code", "exp_inf_scale"):
             assert torch.equal(opt.state[a][key], reference_opt.state[b][key])
+
+
+def test_bfloat16_state_from_a_torch_checkpoint_is_stepped_on_the_triton_path(cpu_as_triton):
+    """A torch checkpoint holds bfloat16 state for a bfloat16 param: the Triton kernel takes it as it is (the numba
+    kernel would not, and leaves it to torch's ops)."""
+    torch.manual_seed(0)
+    p = torch.randn(50).to(torch.bfloat16).requires_grad_()
+    q = p.detach().clone().requires_grad_()
+    theirs = torch.optim.Adamax([q], lr=0.01)  # foreach None: its checkpoint leaves the choice to the optimizer
+    for _ in range(2):
+        q.grad = torch.randn(50).to(torch.bfloat16)
+        theirs.step()
+    opt = cpu_as_triton.Adamax([p], lr=0.01)
+    opt.load_state_dict(theirs.state_dict())
+    for _ in range(2):
+        p.grad = torch.randn(50).to(torch.bfloat16)
+        opt.step()
+        assert opt.last_step_paths == {"triton": 1}
+    assert opt.state[p]["exp_avg"].dtype is torch.bfloat16 and int(opt.state[p]["step"]) == 4

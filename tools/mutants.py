@@ -203,6 +203,7 @@ _FAST_CHECK = (
     "the fast check of live compact state only spares check_state, which takes every state the fast check takes: "
     "a stricter one falls back to it, and the same states are taken"
 )
+_PLAN = "src/adamax/torch/_plan.py"
 _TFUSED, _GPU = "src/adamax/torch/_fused.py", "src/adamax/kernels/gpu.py"
 _CPU_COUNT = (
     "the numba path steps CPU tensors only: a step count made on the param's device (capturable's) is made on the "
@@ -330,6 +331,10 @@ EQUIVALENT: dict[tuple[str, str], str] = {
     ),
     (_CACHED, "self.version += 2"): "any change of the version makes a cached plan stale: only equality is compared",
     (_CACHED, "and g.layout == torch.strided"): "torch's layouts are singletons: == is is",
+    (
+        _PLAN,
+        'if kernel == "numba" and p.dtype in _LOW_PRECISION and state and state["exp_avg"].dtype is not torch.float32:',
+    ): "torch's dtypes are singletons: != is is not",
     (
         _CACHED,
         'p.dtype is not dtype or type(p) not in _KERNEL_TYPES or _KERNEL_FOR_DEVICE.get(p.device.type) > "numba"',
