@@ -315,7 +315,7 @@ def test_differentiable_refuses_foreach():
     assert not opt.state
 
 
-@pytest.mark.parametrize("foreach", [False, True], ids=["forloop", "foreach"])
+@pytest.mark.parametrize("foreach", [False, True, None], ids=["forloop", "foreach", "automatic"])
 def test_capturable_is_refused_on_cpu_like_torch(foreach):
     messages = []
     for cls in (Adamax, torch.optim.Adamax):

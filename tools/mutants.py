@@ -335,6 +335,9 @@ EQUIVALENT: dict[tuple[str, str], str] = {
         _PLAN,
         'if kernel == "numba" and p.dtype in _LOW_PRECISION and state and state["exp_avg"].dtype is not torch.float32:',
     ): "torch's dtypes are singletons: != is is not",
+    (_PLAN, 'supported = _torch_optimizer._get_capturable_supported_devices(supports_xla=backend >= "forloop")'): (
+        'the backend is "forloop" or "foreach", and "foreach" sorts before "forloop": >= is =='
+    ),
     (
         _CACHED,
         'p.dtype is not dtype or type(p) not in _KERNEL_TYPES or _KERNEL_FOR_DEVICE.get(p.device.type) > "numba"',
