@@ -349,6 +349,10 @@ EQUIVALENT: dict[tuple[str, str], str] = {
         "the fused params are some of the group's, never more: < is !="
     ),
     (_CACHED, "or state.version > cached.state_version"): "the version only grows: > is !=",
+    (_CACHED, "and torch.compiler.is_compiling()"): (
+        "under torch 2.13 (the pinned version) torch.compile breaks the graph at Optimizer.step's profiling "
+        "wrapper and runs the step eagerly, where is_compiling() is False: the kernel steps it either way"
+    ),
     (
         _CACHED,
         'p.dtype is not dtype or type(p) not in _KERNEL_TYPES and _KERNEL_FOR_DEVICE.get(p.device.type) != "numba"',
