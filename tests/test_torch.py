@@ -468,6 +468,7 @@ BAD_CHECKPOINTS = {
     "unknown eps_placement": lambda sd: (sd["param_groups"][0].__setitem__("eps_placement", "after"), sd)[1],
     "fractional step": lambda sd: _spoil_state(sd, 2, "step", torch.tensor(2.5)),
     "fractional step as a number": lambda sd: _spoil_state(sd, 2, "step", 2.5),
+    "a step of no elements": lambda sd: _spoil_state(sd, 2, "step", torch.zeros(0)),
     "a string as fused": lambda sd: (sd["param_groups"][0].__setitem__("fused", "no"), sd)[1],
     "missing param": lambda sd: (sd["param_groups"][0]["params"].pop(), sd)[1],
     "extra group": lambda sd: (sd["param_groups"].append(dict(sd["param_groups"][0])), sd)[1],
