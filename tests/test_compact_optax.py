@@ -105,6 +105,17 @@ def test_a_scale_moved_up_to_the_largest_float32_stays_finite_as_in_the_definiti
         assert np.array_equal(a, b)
 
 
+def test_a_scale_of_exactly_the_smallest_normal_float32_is_re_based_as_in_the_definition():
+    """A scale decayed onto 2**-126 exactly (the least normal float32, TINY): re-based up, codes and all, as any
+    normal scale; only a smaller one counts as zero."""
+    grad = np.array([1.0, 0.0, 0.0], np.float32)
+    codes = np.array([compact.ONE, 3000, 40000], np.uint16)
+    ours, definition = one_step_both_ways("none", grad, codes, np.array([2.0**-125], np.float32), b2=0.5)
+    assert definition[0][2] != 0
+    for a, b in zip(ours, definition):
+        assert np.array_equal(a, b)
+
+
 @pytest.mark.parametrize("placement", ["denominator", "none"])
 def test_codes_shifted_below_the_smallest_stay_the_smallest_as_in_the_definition(placement):
     """A block re-based up by ``2**k``, ``k >= 1``: codes below ``k << 10`` would fall below the smallest value

@@ -130,6 +130,8 @@ def test_every_option_matches_the_reference(foreach, placement, decoupled):
 
 def test_adamaxw_is_decoupled_weight_decay():
     p = torch.tensor([2.0, -4.0], requires_grad=True)
+    ours, theirs = AdamaxW([p]).defaults, torch.optim.Adamax([p]).defaults
+    assert all(ours[k] == theirs[k] for k in ("lr", "betas", "eps"))  # torch's defaults, but the decay
     opt = AdamaxW([p], lr=0.1, eps_placement="none")
     assert opt.defaults["weight_decay"] == 1e-2 and opt.defaults["decoupled_weight_decay"]
     p.grad = torch.zeros(2)
@@ -353,7 +355,8 @@ def test_fused_true_is_taken_while_either_kernel_is_there(monkeypatch, cpu, gpu)
 
 def test_last_step_paths_add_up_the_params_of_every_group():
     groups = [{"params": [torch.ones(3, requires_grad=True) for _ in range(n)]} for n in (1, 1, 2)]
-    for options, path in ((dict(foreach=True), "foreach"), (dict(foreach=False, fused=False), "forloop")):
+    paths = ((dict(foreach=True), "foreach"), (dict(foreach=False, fused=False), "forloop"), ({}, "numba"))
+    for options, path in paths:
         opt = Adamax(copy.deepcopy(groups), **options)
         for group in opt.param_groups:
             for p in group["params"]:
