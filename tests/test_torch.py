@@ -6,6 +6,7 @@ import copy
 import importlib
 import io
 import math
+import pickle
 
 import numpy as np
 import pytest
@@ -733,6 +734,27 @@ def test_options_of_the_optimizer_survive_loading_a_checkpoint():
     compact = Adamax(make_model().parameters(), lr=0.01, state_format="compact")
     compact.load_state_dict(compact.state_dict())
     assert compact.state_format == "compact" and compact.skip_nonfinite is False
+
+
+def test_a_pickle_without_the_optimizers_own_options_unpickles_with_their_defaults():
+    """An optimizer pickled before skip_nonfinite, skipped_steps and state_format existed (here: torch's Adamax,
+    pickled and read back as ours) takes their defaults, and steps as torch's."""
+    model, twin = make_model(), make_model()
+    theirs = torch.optim.Adamax(twin.parameters(), lr=0.01, foreach=False)
+    train(twin, theirs, batches(2))
+    model.load_state_dict(twin.state_dict())
+
+    class AsOurs(pickle.Unpickler):
+        def find_class(self, module, name):
+            return Adamax if (module, name) == ("torch.optim.adamax", "Adamax") else super().find_class(module, name)
+
+    ours = AsOurs(io.BytesIO(pickle.dumps(theirs))).load()
+    assert type(ours) is Adamax and (ours.skip_nonfinite, ours.skipped_steps, ours.state_format) == (False, 0, "full")
+    ours.param_groups[0]["params"] = list(model.parameters())  # the pickle's params are copies: point at the model
+    ours.state = type(ours.state)(dict, zip(model.parameters(), ours.state.values()))
+    train(model, ours, batches(2))
+    train(twin, theirs, batches(2))
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), twin.parameters()))
 
 
 def test_a_checkpoint_without_the_later_flags_loads_with_torchs_defaults_and_steps_as_torchs():

@@ -203,7 +203,7 @@ _FAST_CHECK = (
     "the fast check of live compact state only spares check_state, which takes every state the fast check takes: "
     "a stricter one falls back to it, and the same states are taken"
 )
-_PLAN = "src/adamax/torch/_plan.py"
+_PLAN, _OPT = "src/adamax/torch/_plan.py", "src/adamax/torch/_optimizer.py"
 _TFUSED, _GPU = "src/adamax/torch/_fused.py", "src/adamax/kernels/gpu.py"
 _CPU_COUNT = (
     "the numba path steps CPU tensors only: a step count made on the param's device (capturable's) is made on the "
@@ -335,6 +335,14 @@ EQUIVALENT: dict[tuple[str, str], str] = {
         _PLAN,
         'if kernel == "numba" and p.dtype in _LOW_PRECISION and state and state["exp_avg"].dtype is not torch.float32:',
     ): "torch's dtypes are singletons: != is is not",
+    (_OPT, 'if state_format <= "compact" and (differentiable or capturable):'): _FORMATS,
+    (_OPT, "if len({id(p) for p in params}) < len(params):  # torch only warns, then steps it twice"): (
+        "a set of the params' ids is never larger than their list: < is !="
+    ),
+    (_OPTAX, "jnp.where(d == 0, jnp.zeros_like(m_hat), m_hat / jnp.where(d < 0, jnp.ones_like(d), d))"): (
+        "d is never negative, so the inner where changes nothing; where d is 0 the outer where gives 0 whatever the "
+        "quotient (an update is not differentiated)"
+    ),
     (_PLAN, 'supported = _torch_optimizer._get_capturable_supported_devices(supports_xla=backend >= "forloop")'): (
         'the backend is "forloop" or "foreach", and "foreach" sorts before "forloop": >= is =='
     ),
