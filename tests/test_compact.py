@@ -377,3 +377,47 @@ def test_check_state_refuses_an_entry_with_other_keys():
     for keys in (set(state) - {"exp_inf_scale"}, {*state, "extra"}):
         with pytest.raises(ValueError, match=r"entry must have exactly the keys"):
             compact.check_state({k: state.get(k, 0) for k in keys}, (3,), "entry")
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("exp_inf_code", np.zeros(3, np.uint8)), ("exp_avg", np.zeros(3, np.int16)), ("exp_inf_scale", np.zeros(1))],
+    ids=["codes of a narrower type", "m of a signed type", "scales in float64"],
+)
+def test_check_state_refuses_arrays_of_any_other_dtype(key, value):
+    """Narrower, signed and wider dtypes alike: a compact entry's arrays are exactly uint16, uint16 and float32."""
+    state = compact.init(np.zeros(3, F32))._asdict()
+    with pytest.raises(ValueError, match=rf"entry: {key} must be"):
+        compact.check_state({**state, key: value}, (3,), "entry")
+
+
+@pytest.mark.parametrize("size", [1, 255, 256, 257, 512, 513])
+def test_an_array_has_one_scale_per_256_elements_or_part(size):
+    """Blocks of 256 elements share a scale: a whole number of blocks has no extra one (the 4 bytes a param)."""
+    assert compact.init(np.zeros(size, F32)).exp_inf_scale.shape == (-(-size // 256),) == (compact.blocks(size),)
+    assert compact.blocks(size) == int(np.ceil(size / 256))
+
+
+def test_scaling_by_a_power_of_two_is_exact_up_to_the_largest_float32_and_infinite_past_it():
+    """``scaled`` against NumPy's ldexp in float32: exact for every normal result, the largest float32 included
+    (a significand of all ones moved to the top exponent), and infinity past it."""
+    scales = np.array([1.0, 1.5, 2.0**-126, np.uint32(0x3FFFFFFF).view(F32), np.uint32(0x00FFFFFF).view(F32)], F32)
+    for k in (0, 1, 100, 127, 128, 200):
+        with np.errstate(over="ignore"):
+            want = np.ldexp(scales, k).astype(F32)
+        assert np.array_equal(compact.scaled(scales, np.full(len(scales), k)), want), k
+    assert compact.scaled(np.uint32(0x3FFFFFFF).view(F32), 127) == np.finfo(F32).max
+
+
+def test_a_placement_read_from_a_config_file_steps_as_the_literal():
+    """eps_placement parsed from JSON: equal to "max", not the same object."""
+    import json
+
+    literal, parsed = "max", json.loads('"max"')
+    assert parsed == literal and parsed is not literal
+    g = np.array([0.0, 1e-3, -2.0], F32)
+    outs = []
+    for placement in (literal, parsed):
+        config = AdamaxConfig(eps=0.1, eps_placement=placement)
+        outs.append(compact.update(np.zeros(3, F32), g, compact.init(np.zeros(3, F32)), config))
+    assert np.array_equal(outs[0][0], outs[1][0]) and np.array_equal(outs[0][1].exp_inf_code, outs[1][1].exp_inf_code)

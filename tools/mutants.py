@@ -479,6 +479,10 @@ EQUIVALENT: dict[tuple[str, str], str] = {
         _NUMPY,
         "if param.flags.c_contiguous and grad.flags.c_contiguous and grad.dtype <= param.dtype:",
     ): _GRAD_DTYPE,
+    (_COMPACT, "SMALLEST = float(np.uint32((1 << 13) | OFFSET).view(np.float32))  # v(1) = 2**-63 (1 + 2**-10)"): (
+        "OFFSET has no bit below bit 23 set: | is +"
+    ),
+    (_LAZY, "if a <= 0:"): "a = 1 - (1 - b1) is never negative (b1 is validated to [0, 1))",
     (_LAZY, "kstar = np.where(~above & (kstar > 0), kstar - 2, kstar)"): (
         "the logarithm's guess of k* is at most one too high, and the step up by one that follows lands on k*"
     ),
