@@ -107,6 +107,27 @@ def test_catch_up_refuses_rows_older_than_the_window():
         _lazy.catch_up(clock, np.ones((1, 2)), np.ones((1, 2)), np.ones((1, 2)), np.array([0]))
 
 
+@pytest.mark.parametrize("betas", [(0.5, 0.9), (0.8, 0.99)], ids=["W = 71", "W = 196"])
+def test_no_row_ever_lags_more_than_the_window(betas):
+    """Rows no gradient touches, brought up to date only as the optimizers bring them: the NumPy optimizer's
+    (``stale``, every step) and the torch adapter's (``due``, a sweep every H = W // 2 steps). Before every step,
+    no row is more than W steps behind, which a catch-up needs (an odd and an even W); and no row is brought up
+    to date before it must be: every W steps, or every other sweep."""
+    clock = _lazy.Clock(AdamaxConfig(betas=betas))
+    every_step, sweeps = np.zeros(7, np.int64), np.zeros(7, np.int64)
+    caught = {"stale": 0, "due": 0}
+    steps = 3 * clock.W + 5
+    for t in range(steps):
+        assert (clock.t - every_step).max() <= clock.W and (clock.t - sweeps).max() <= clock.W, t
+        for name, last in (("stale", every_step), ("due", sweeps)):
+            rows = clock.stale(last) if name == "stale" else clock.due(last)
+            last[rows] = clock.t
+            caught[name] += len(rows)
+        clock.advance(*clock.step_scalars(0.01, t + 1))
+    period = clock.W // 2
+    assert caught == {"stale": 7 * (steps // clock.W), "due": 7 * (steps // (2 * period))}
+
+
 def boundary_states(clock: _lazy.Clock) -> np.ndarray:
     """``u`` values at which a step ``k`` of the gap switches to eps (``b2^k u`` within a few ulps of eps, where the
     logarithm's guess of the last ``k`` with ``b2^k u >= eps`` is one off), and ``u = 0``."""
@@ -123,6 +144,10 @@ def test_a_catch_up_is_zero_gradient_steps_of_the_reference_at_the_switch_to_eps
     """A row caught up over ``K`` steps lands where ``K`` reference steps with a zero gradient take it, for every
     ``u`` at which the "max" sum's split is decided by rounding, and for ``u = 0`` with ``m != 0`` (a state loaded
     from elsewhere: the reference then takes no step for "none", as its guard on a zero denominator says)."""
+    try:
+        from adamax.kernels import lazy as kernel
+    except ImportError:  # numba missing: the reference alone
+        kernel = None
     config = AdamaxConfig(lr=0.01, eps_placement=placement, **CASES["short window"])
     clock = _lazy.Clock(config)
     us = boundary_states(clock)
@@ -142,6 +167,11 @@ def test_a_catch_up_is_zero_gradient_steps_of_the_reference_at_the_switch_to_eps
         assert scale_error(got.p, want_p) < 1e-13, gap
         np.testing.assert_allclose(got.m, state.exp_avg, rtol=1e-13, atol=0)
         np.testing.assert_allclose(got.u, state.exp_inf, rtol=1e-13, atol=0)
+        if kernel is not None:  # and the kernel's catch-up, bit for bit: the same k* at every boundary
+            arrays = [p.copy(), m.copy(), us[:, None].copy()]
+            kernel.step_rows(clock, *arrays, np.full(len(us), n - gap), np.arange(len(us)))
+            for a, b in zip(arrays, got):
+                np.testing.assert_array_equal(a, b)
 
 
 @pytest.mark.parametrize(

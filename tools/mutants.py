@@ -483,6 +483,28 @@ EQUIVALENT: dict[tuple[str, str], str] = {
         "OFFSET has no bit below bit 23 set: | is +"
     ),
     (_LAZY, "if a <= 0:"): "a = 1 - (1 - b1) is never negative (b1 is validated to [0, 1))",
+    (_LAZY, "return max( 2, math.ceil(60 * math.log(2) / -math.log(a / b2)))"): (
+        "a is 0 (returned above) or at least 2^-53 (2^-24 in float32), so a / b2 > 2^-53 and the ceiling is at least 2"
+    ),
+    (_LAZY, "shape = (- 2,) + (1,) * (p.ndim - 1)"): "NumPy's reshape reads any negative size as the one unknown",
+    (
+        _LAZY,
+        "guess = np.floor(np.log(u / clock.eps) / -np.log(clock.b2)) if clock.b2 <= 1 else np.full(u.shape, W)",
+    ): "b2 is validated below 1",
+    (_LAZY, "kstar = np.clip(np.nan_to_num(guess, nan= 1.0, posinf=W, neginf=0.0), 0, Kb).astype(np.int64)"): (
+        "the guess is NaN only where u is NaN, which only a NaN gradient makes, and that makes m NaN too: the "
+        "row's p is NaN whatever k* is"
+    ),
+    (_LAZY, "kstar = np.where((nxt > kstar) & (clock.pow_b2[nxt] * u > clock.eps), nxt, kstar)"): (
+        "where b2^k u equals eps exactly, max(b2^k u, eps) is the same number on either side of the split (the "
+        "kernel, bit for bit the same at every boundary the tests build, takes >=)"
+    ),
+    (_LAZY, "kstar = np.where((nxt >= kstar) & (clock.pow_b2[nxt] * u >= clock.eps), nxt, kstar)"): (
+        "nxt is k* + 1, or k* itself where k* is the gap: moving k* to itself changes nothing"
+    ),
+    (_TFUSED, "chosen = [(p, s or self._init_state(p, False)) for p, s in zip(params, states) if p.dtype == dtype]"): (
+        "torch's dtypes are singletons: == is is"
+    ),
     (_LAZY, "kstar = np.where(~above & (kstar > 0), kstar - 2, kstar)"): (
         "the logarithm's guess of k* is at most one too high, and the step up by one that follows lands on k*"
     ),
