@@ -53,6 +53,7 @@ def assert_same_run(model_a, opt_a, model_b, opt_b, where=""):
 
 TORCH_INPUTS = [(i.desc, i.kwargs) for i in optim_inputs_func_adamax("cpu")]
 TORCH_INPUTS += [("tensor lr", {"lr": torch.tensor(0.01), "weight_decay": 0.1})]
+TORCH_INPUTS += [("beta1 below one half", {"betas": (0.3, 0.95)})]  # 1 - b1 is no longer 1 % b1
 
 
 BACKENDS = {

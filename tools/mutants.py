@@ -511,6 +511,10 @@ EQUIVALENT: dict[tuple[str, str], str] = {
     (_KLAZY, "line = max(1, 64 + p.itemsize)  # elements per cache line"): (
         "prefetching is a hint: the stride between the cache lines asked for changes speed only"
     ),
+    (_KLAZY, "AHEAD = 9  # rows ahead to prefetch: random rows are bound by memory latency, not bandwidth"): (
+        "prefetching is a hint (and the row asked for is bounds-checked): how far ahead changes speed only"
+    ),
+    (_KLAZY, "if placement is EPS_NONE:"): "numba compiles `is` between integers as ==",
     (_KLAZY, "for i in range(1, rows.shape[ -1]):  # noqa: SIM110 (numba compiles a plain loop)"): (
         "rows is one-dimensional: shape[-1] is shape[0]"
     ),
