@@ -298,3 +298,14 @@ def test_a_tied_weight_read_before_the_lookup_is_caught_by_autograd():
     opt.zero_grad()
     head = table.weight.pow(2)
     (table(torch.tensor([3])).sum() + head.sum()).backward()  # every row current: nothing changes, no error
+
+
+def test_a_state_format_read_from_a_config_file_is_taken_as_the_literal():
+    """state_format parsed from JSON: equal to "full", not the same object, and lazy tables take it."""
+    import json
+
+    literal, parsed = "full", json.loads('"full"')
+    assert parsed == literal and parsed is not literal
+    model = Model(True, torch.float32)
+    opt = Adamax(model.parameters(), state_format=parsed)
+    assert len(lazy_embeddings(model, opt)) == 2

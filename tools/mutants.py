@@ -198,7 +198,7 @@ _BLOCK_SIZES = (
 _DIST, _NUMPY = "src/adamax/distributed.py", "src/adamax/numpy.py"
 _CACHED, _COMPACT = "src/adamax/torch/_cached.py", "src/adamax/compact.py"
 _OPTAX = "src/adamax/optax.py"
-_TCOMPACT = "src/adamax/torch/_compact.py"
+_TCOMPACT, _TLAZY = "src/adamax/torch/_compact.py", "src/adamax/torch/_lazy.py"
 _FAST_CHECK = (
     "the fast check of live compact state only spares check_state, which takes every state the fast check takes: "
     "a stricter one falls back to it, and the same states are taken"
@@ -546,6 +546,17 @@ EQUIVALENT: dict[tuple[str, str], str] = {
         _TFUSED,
         "(p, s or self._init_state(p, True, torch.float32)) for p, s in zip(params, states) if p.dtype is dtype",
     ): _CPU_COUNT,
+    (
+        _TLAZY,
+        "def lazy_embeddings(model: torch.nn.Module, optimizer, /, huge_pages: bool = True) -> list[torch.nn.Module]:",
+    ): "every call passes huge_pages by keyword, which both signatures take",
+    (_TLAZY, "if not kernel is not None:"): (
+        "with numba installed (as in every run here) the NumPy expression gives the kernel's answer: whether the "
+        "rows strictly increase"
+    ),
+    (_TLAZY, "if kernel is None and p.dim() != 2:"): (
+        "lazy_embeddings registers embedding weights, which are always 2-d"
+    ),
     (_TCOMPACT, "len(state) == 3"): _FAST_CHECK,
     (_TCOMPACT, "len(state) == 5"): _FAST_CHECK,
     (_TCOMPACT, "and m.device is p.device"): _FAST_CHECK,
