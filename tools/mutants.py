@@ -519,6 +519,9 @@ EQUIVALENT: dict[tuple[str, str], str] = {
         "rows is one-dimensional: shape[-1] is shape[0]"
     ),
     (_KCOMPACT, "if kind is BF16:"): "numba compiles `is` between integers as ==",
+    (_KCOMPACT, "gi = _fma(_load(p, lo | j, kind), wd, gi)"): (
+        "lo is a block's start, a multiple of BLOCK = 256, and j < 256: lo | j is lo + j"
+    ),
     (_CPU, "if a >= np.uint32( 1199566849):  # 65520 and up round to infinity"): (
         "65520 itself, the one value moved, rounds to infinity (0x7C00) by the path below as well: its tie goes to "
         "the even 0x7C00"
