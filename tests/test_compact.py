@@ -234,7 +234,7 @@ def test_a_subnormal_scale_that_a_gradient_only_equals_keeps_its_codes_in_the_ke
     sides = [([np.zeros(3, F32)], fused) for fused in (True, False)]
     sides = [(params, Adamax(params, fused=fused, **config)) for params, fused in sides]
     codes, scale = np.array([ONE, 3000, 0], np.uint16), np.array([2.0**-139], F32)
-    for params, opt in sides:
+    for _, opt in sides:
         opt.step([np.zeros(3, F32)])
         (key,) = opt.state
         opt.state[key] = compact.CompactState(1, np.zeros(3, np.uint16), codes.copy(), scale.copy())
