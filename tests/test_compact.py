@@ -226,21 +226,30 @@ def test_after_a_nan_gradient_the_kernel_and_the_definition_keep_the_same_state(
     assert np.isfinite(b.exp_inf_scale).all() and all(np.array_equal(x, y) for x, y in zip(a[1:], b[1:]))
 
 
-def test_a_subnormal_scale_that_a_gradient_only_equals_keeps_its_codes_in_the_kernel_as_in_the_definition():
-    """A block's scale decayed to a subnormal (2**-140) and a gradient whose peak is exactly that: not above the
-    scale, so no re-base, and the block's codes stay (a re-base from a subnormal scale would clear them)."""
+@pytest.mark.parametrize(
+    ("scale", "peak", "expected"),
+    [(2.0**-139, 2.0**-140, 2.0**-140), (3.0, 1.75 * 2.0**127, np.inf)],
+    ids=["a subnormal scale a gradient only equals", "a re-base past the largest float32"],
+)
+def test_edge_scales_in_the_kernel_as_in_the_definition(scale, peak, expected):
+    """A block's scale (decayed by b2 = 0.5) against a gradient's peak: a subnormal scale the peak only equals is
+    not re-based (which would clear the block's codes); a re-base whose scale * 2**k passes the largest float32
+    makes the scale infinite (not a NaN from the overflowing bits). Kernel and definition keep the same state."""
     pytest.importorskip("numba")
     config = dict(lr=1e-2, betas=(0.9, 0.5), eps_placement="none", state_format="compact")
     sides = [([np.zeros(3, F32)], fused) for fused in (True, False)]
     sides = [(params, Adamax(params, fused=fused, **config)) for params, fused in sides]
-    codes, scale = np.array([ONE, 3000, 0], np.uint16), np.array([2.0**-139], F32)
+    codes = np.array([ONE, 3000, 0], np.uint16)
     for _, opt in sides:
         opt.step([np.zeros(3, F32)])
         (key,) = opt.state
-        opt.state[key] = compact.CompactState(1, np.zeros(3, np.uint16), codes.copy(), scale.copy())
-        opt.step([np.array([2.0**-140, 0.0, 0.0], F32)])
+        opt.state[key] = compact.CompactState(1, np.zeros(3, np.uint16), codes.copy(), np.array([scale], F32))
+        with np.errstate(invalid="ignore", over="ignore"):
+            opt.step([np.array([peak, 0.0, 0.0], F32)])
     (a,), (b,) = (opt.state.values() for _, opt in sides)
-    assert list(b.exp_inf_code) == [ONE, 3000, 0] and b.exp_inf_scale[0] == F32(2.0**-140)
+    assert b.exp_inf_scale[0] == F32(expected)
+    if expected < 1:
+        assert list(b.exp_inf_code) == [ONE, 3000, 0]
     assert all(np.array_equal(x, y) for x, y in zip(a[1:], b[1:]))
 
 
