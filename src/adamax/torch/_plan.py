@@ -115,6 +115,8 @@ def _kernel_can_take(p: Tensor, g: Tensor, state: Mapping[str, Any] | None, capt
         return f"{state['exp_avg'].dtype} state; the numba kernel keeps float32 state for {p.dtype} params"
     if capturable and kernel == "numba":
         return "capturable=True: the CPU kernel keeps step counts on the host"
+    if state and not state["step"].is_floating_point():
+        return f"a {state['step'].dtype} step count; the kernel counts in floating point"
     dtensor = _dtensor_type()
     if dtensor is not None and isinstance(p, dtensor):  # FSDP2 and friends: step the local shards
         tensors = [p, g, *((state["exp_avg"], state["exp_inf"]) if state else ())]
@@ -128,8 +130,6 @@ def _kernel_can_take(p: Tensor, g: Tensor, state: Mapping[str, Any] | None, capt
         return "a non-contiguous tensor"
     if state and not (state["exp_avg"].is_contiguous() and state["exp_inf"].is_contiguous()):
         return "non-contiguous state"
-    if state and not state["step"].is_floating_point():
-        return f"a {state['step'].dtype} step count; the kernel counts in floating point"
     return None
 
 
