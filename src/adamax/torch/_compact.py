@@ -99,18 +99,24 @@ def check_state(p: Tensor, state: Mapping[str, Any], where: str, *, loading: boo
 
 def _check_step(step: Any, where: str, *, loading: bool) -> None:
     """A live step count is a 1-element floating-point tensor, checked by its form alone (no value is read, as for
-    the full format); a checkpoint's is a whole number >= 0, or a 1-element tensor holding one."""
-    if not loading:
-        if not isinstance(step, Tensor) or step.numel() != 1 or not step.is_floating_point():
-            raise ValueError(f"{where}: 'step' must be a 1-element floating-point tensor")
-        return
+    the full format); a checkpoint's as :func:`check_saved_step` says."""
+    if loading:
+        check_saved_step(step, where)
+    elif not isinstance(step, Tensor) or step.numel() != 1 or not step.is_floating_point():
+        raise ValueError(f"{where}: 'step' must be a 1-element floating-point tensor")
+
+
+def check_saved_step(step: Any, where: str) -> None:
+    """A checkpoint's step count, in either format: a whole number >= 0, or a 1-element real tensor holding one."""
     if isinstance(step, Tensor):
         if step.numel() != 1 or step.is_complex():
-            raise ValueError(f"{where}: 'step' must be a single real number")
+            raise ValueError(f"{where}: 'step' must be a single real number, got a tensor of shape {tuple(step.shape)}")
         step = step.item()
-    if isinstance(step, bool) or not isinstance(step, (int, float)) or not (math.isfinite(step) and step >= 0):
-        raise ValueError(f"{where}: 'step' must be a whole number >= 0, got {step!r}")
-    if step != int(step):
+    if (
+        isinstance(step, bool)
+        or not isinstance(step, (int, float))
+        or not (math.isfinite(step) and step >= 0 and step == int(step))
+    ):
         raise ValueError(f"{where}: 'step' must be a whole number >= 0, got {step!r}")
 
 

@@ -4,7 +4,6 @@ steps each param.  Nothing here writes to a param or its state."""
 from __future__ import annotations
 
 import functools
-import math
 from collections.abc import Mapping
 from itertools import chain
 from typing import Any, NamedTuple
@@ -16,7 +15,7 @@ from torch import Tensor
 
 from adamax.kernels import cpu_kernels, gpu_kernels
 from adamax.spec import AdamaxConfig
-from adamax.torch._compact import COMPACT_KEYS
+from adamax.torch._compact import COMPACT_KEYS, check_saved_step
 from adamax.torch._compact import check_state as check_compact_state
 
 _FLAG_DEFAULTS = {
@@ -219,17 +218,7 @@ def _check_state(p: Tensor, state: Mapping[str, Any], where: str, *, loading: bo
             if not (matches and value.device == p.device):
                 raise ValueError(f"{where}: {key!r} does not match the param's shape, dtype and device")
         return
-    step = state["step"]
-    if isinstance(step, Tensor):
-        if step.numel() != 1 or step.is_complex():
-            raise ValueError(f"{where}: 'step' must be a single real number, got a tensor of shape {tuple(step.shape)}")
-        step = step.item()
-    if (
-        isinstance(step, bool)
-        or not isinstance(step, (int, float))
-        or not (math.isfinite(step) and step >= 0 and step == int(step))
-    ):
-        raise ValueError(f"{where}: 'step' must be a whole number >= 0, got {step!r}")
+    check_saved_step(state["step"], where)
     for key in ("exp_avg", "exp_inf"):
         value = state[key]
         if not isinstance(value, Tensor):
