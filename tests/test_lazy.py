@@ -445,3 +445,31 @@ def test_a_lazy_optimizer_loads_a_fresh_state_dict_and_then_steps_as_a_fresh_one
     ours, theirs = opt.state_dict()["state"]["table"], fresh.state_dict()["state"]["table"]
     for key in ("exp_avg", "exp_inf"):
         np.testing.assert_array_equal(ours[key], theirs[key])
+
+
+@pytest.mark.parametrize("betas", [(0.5, 0.9), (0.8, 0.99)], ids=["W = 71", "W = 196"])
+def test_rows_first_touched_at_every_phase_of_the_sweep_never_lag_past_the_window(betas):
+    """The torch adapter's sweeps (``due``, every H = W // 2 steps) against rows last touched at every step of a
+    whole window, so that some reach a sweep exactly at the lag where they fall due: none is ever more than W
+    steps behind before a step, and each is caught up at the first sweep that finds it more than W - H behind."""
+    clock = _lazy.Clock(AdamaxConfig(betas=betas))
+    period = clock.W // 2
+    phases = clock.W + 2
+    last = np.zeros(phases, np.int64)
+    caught_at = {}
+    for t in range(phases + 2 * clock.W):
+        assert (clock.t - last).max() <= clock.W, t
+        due = clock.due(last)
+        for row in due:
+            assert clock.t - last[row] > clock.W - period, (t, row)
+            if row < t:  # touched already (at step ``row``): its first catch-up after that
+                caught_at.setdefault(int(row), clock.t)
+        last[due] = clock.t
+        touched = t if t < phases else None  # row r last touched at step r
+        clock.advance(*clock.step_scalars(0.01, t + 1))
+        if touched is not None:
+            last[touched] = clock.t
+    for row in range(phases):
+        first_due = row + 1 + clock.W - period + 1  # last = row + 1; due once more than W - H behind
+        expected = -(-first_due // period) * period  # the first sweep at or after it
+        assert caught_at[row] == expected, row

@@ -309,3 +309,270 @@ def test_a_state_format_read_from_a_config_file_is_taken_as_the_literal():
     model = Model(True, torch.float32)
     opt = Adamax(model.parameters(), state_format=parsed)
     assert len(lazy_embeddings(model, opt)) == 2
+
+
+# --- bad rows, writes from outside, resume and pretrained weights (issue: lazy rows that hold under real use) ---
+
+
+def _stepped_table(rows=20, **options):
+    """A lazy 20 x 3 embedding beside a dense bias in a second group, both stepped once (every row current)."""
+    torch.manual_seed(1)
+    emb = torch.nn.Embedding(rows, 3, sparse=True)
+    bias = torch.nn.Parameter(torch.ones(3))
+    opt = Adamax([{"params": [bias]}, {"params": emb.parameters()}], lr=0.05, **options)
+    lazy_embeddings(emb, opt)
+    (emb(torch.tensor([1, 2])).sum() + bias.sum()).backward()
+    opt.step()
+    return emb, bias, opt
+
+
+def _snapshot(opt, *params):
+    values = [p.detach().clone() for p in params]
+    state = {id(p): {k: v.clone() for k, v in s.items()} for p, s in opt.state.items()}
+    return values, state
+
+
+def _unchanged(opt, before, *params):
+    values, state = before
+    assert all(torch.equal(p, v) for p, v in zip(params, values))
+    for p, s in opt.state.items():
+        assert all(torch.equal(v, state[id(p)][k]) for k, v in s.items())
+
+
+@pytest.mark.parametrize("row", [10**9, 20, 25, -1, -21])
+@pytest.mark.parametrize("fused", [None, False])
+def test_a_sparse_gradient_row_outside_the_table_is_refused_before_any_write(row, fused):
+    """torch does not check a hand-built sparse tensor's rows against its size: a row past the table would be
+    written past it, a negative one on a row counted from the end.  Refused, naming the row; nothing moves (the
+    dense param of the first group included)."""
+    emb, bias, opt = _stepped_table(fused=fused)
+    bias.grad = torch.ones(3)
+    rows = torch.tensor([[3, row]])
+    emb.weight.grad = torch.sparse_coo_tensor(rows, torch.ones(2, 3), (20, 3), check_invariants=False)
+    before = _snapshot(opt, bias, emb.weight)
+    with pytest.raises(IndexError, match=rf"row {row} is outside the table's 20 rows"):
+        opt.step()
+    _unchanged(opt, before, bias, emb.weight)
+    emb.weight.grad = torch.sparse_coo_tensor(torch.tensor([[3]]), torch.ones(1, 3), (20, 3))
+    opt.step()  # and a good gradient steps as ever
+
+
+@pytest.mark.parametrize("row", [20, -1])
+def test_a_lookup_outside_the_table_is_refused_before_its_rows_are_brought_up_to_date(row):
+    emb, bias, opt = _stepped_table()
+    before = _snapshot(opt, emb.weight)
+    with pytest.raises(IndexError, match=rf"row {row} is outside"):
+        emb(torch.tensor([5, row]))
+    _unchanged(opt, before, emb.weight)
+    assert opt._lazy_tables()[emb.weight].last[5] == 0  # row 5 was not brought up to date either
+
+
+def _coalesce_cases():
+    from hypothesis import strategies as st
+
+    rows = st.lists(st.integers(0, 7), min_size=0, max_size=12)
+    return st.tuples(rows, st.sampled_from(["as drawn", "sorted", "sorted, claimed coalesced"]))
+
+
+@pytest.mark.filterwarnings("ignore:Sparse invariant checks")
+def test_repeated_rows_are_summed_however_the_gradient_is_ordered_or_marked():
+    """A batch with a repeated token gives a sparse gradient with a repeated row; sorted (``[3, 3, 5]``), or built
+    with ``is_coalesced=True``, it is still summed: the lazy table steps as dense Adamax on the summed gradient."""
+    from hypothesis import given, settings
+
+    @settings(max_examples=40, deadline=None)
+    @given(st_steps=__import__("hypothesis").strategies.lists(_coalesce_cases(), min_size=1, max_size=4))
+    def check(st_steps):
+        torch.manual_seed(0)
+        lazy_table = torch.nn.Parameter(torch.randn(8, 2, dtype=torch.float64))
+        dense_table = torch.nn.Parameter(lazy_table.detach().clone())
+        holder = torch.nn.Embedding.from_pretrained(lazy_table, freeze=False, sparse=True)
+        lazy = Adamax(holder.parameters(), lr=0.1)
+        dense = Adamax([dense_table], lr=0.1)
+        lazy_embeddings(holder, lazy, huge_pages=False)
+        for step, (rows, order) in enumerate(st_steps):
+            rows = sorted(rows) if order != "as drawn" else rows
+            values = torch.arange(1, 2 * len(rows) + 1, dtype=torch.float64).reshape(-1, 2) * (-1) ** step
+            index = torch.tensor([rows], dtype=torch.long).reshape(1, -1)
+            claim = {"is_coalesced": True} if order.endswith("claimed coalesced") else {}
+            grad = torch.sparse_coo_tensor(index, values, (8, 2), check_invariants=False, **claim)
+            holder.weight.grad, dense_table.grad = grad, grad.to_dense() if not claim else _summed(index, values)
+            lazy.step()
+            dense.step()
+        lazy.flush()
+        assert scale_error(holder.weight, dense_table) < 1e-13
+        for key in ("exp_avg", "exp_inf"):
+            assert scale_error(lazy.state[holder.weight][key], dense.state[dense_table][key]) < 1e-13
+
+    check()
+
+
+def _summed(index: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    dense = torch.zeros(8, 2, dtype=values.dtype)
+    dense.index_add_(0, index[0], values)
+    return dense
+
+
+@pytest.mark.parametrize("sparse_first", [True, False])
+def test_skip_nonfinite_sees_repeated_rows_whose_sum_overflows(sparse_first):
+    """Two finite values on one row can sum to inf: the step sees the sum, so skip_nonfinite skips it, as it
+    skips a dense twin of the same gradient."""
+    emb, bias, opt = _stepped_table(skip_nonfinite=True)
+    twin = torch.nn.Parameter(torch.zeros(20, 3))
+    twin_opt = Adamax([twin], lr=0.05, skip_nonfinite=True)
+    grad = torch.sparse_coo_tensor(torch.tensor([[2, 2]] if sparse_first else [[2, 5, 2]]),
+                                   torch.full((2 if sparse_first else 3, 3), 3e38), (20, 3))  # fmt: skip
+    emb.weight.grad, twin.grad = grad, grad.to_dense()
+    assert not torch.isfinite(twin.grad).all()
+    before = _snapshot(opt, emb.weight, bias)
+    opt.step()
+    twin_opt.step()
+    assert opt.skipped_steps == twin_opt.skipped_steps == 1
+    _unchanged(opt, before, emb.weight, bias)
+
+
+def _resume_model(dtype=torch.float32):
+    class M(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            torch.manual_seed(0)
+            self.words = torch.nn.Embedding(50, 4, sparse=True)
+            self.head = torch.nn.Linear(4, 1)
+
+        def forward(self, x):
+            return self.head(self.words(x)).square().sum()
+
+    model = M().to(dtype)
+    opt = Adamax(model.parameters(), lr=0.05, betas=(0.5, 0.9))  # a 71-step window: sweeps and catch-ups
+    lazy_embeddings(model, opt)
+    return model, opt
+
+
+def _train(model, opt, start, stop):
+    for step in range(start, stop):
+        x = torch.randint(0, 50, (3,), generator=torch.Generator().manual_seed(step))
+        opt.zero_grad()
+        model(x).backward()
+        opt.step()
+
+
+def test_a_lazy_model_resumes_through_load_latest_bit_for_bit(tmp_path):
+    """save_checkpoint then load_latest into a new model and optimizer: the model's load comes after the
+    optimizer's, a write while every row is current, which must be accepted; the resumed run is the saving one."""
+    pytest.importorskip("torch.distributed.checkpoint")
+    from adamax.distributed import load_latest, save_checkpoint
+
+    model, opt = _resume_model()
+    _train(model, opt, 0, 37)
+    save_checkpoint(tmp_path, 37, model, opt)
+    _train(model, opt, 37, 200)
+    resumed_model, resumed = _resume_model()
+    _train(resumed_model, resumed, 0, 5)  # a run that had started: its rows are behind when it loads
+    assert load_latest(tmp_path, resumed_model, resumed) == 37
+    _train(resumed_model, resumed, 37, 200)
+    opt.flush()
+    resumed.flush()
+    for a, b in zip(model.parameters(), resumed_model.parameters()):
+        assert torch.equal(a, b)
+    for p, q in zip(model.parameters(), resumed_model.parameters()):
+        assert all(torch.equal(opt.state[p][k], resumed.state[q][k]) for k in ("step", "exp_avg", "exp_inf"))
+
+
+@pytest.mark.parametrize("order", ["optimizer, then model", "model, then optimizer"])
+def test_state_dicts_loaded_in_either_order_resume_bit_for_bit(order):
+    model, opt = _resume_model()
+    _train(model, opt, 0, 37)
+    saved_model, saved_opt = copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict())
+    _train(model, opt, 37, 120)
+    resumed_model, resumed = _resume_model()
+    if order == "optimizer, then model":
+        resumed.load_state_dict(saved_opt)
+        resumed_model.load_state_dict(saved_model)
+    else:
+        resumed_model.load_state_dict(saved_model)
+        resumed.load_state_dict(saved_opt)
+    _train(resumed_model, resumed, 37, 120)
+    opt.flush()
+    resumed.flush()
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), resumed_model.parameters()))
+
+
+@pytest.mark.parametrize("how", ["load_state_dict", "copy_", "data"])
+def test_pretrained_weights_loaded_after_lazy_embeddings_train_as_dense_adamax_from_them(how):
+    """The usual start from pretrained embeddings: the table written after lazy_embeddings, before the first
+    step (every row current).  Then training is dense Adamax's from those weights."""
+    pretrained = {"words.weight": torch.randn(50, 4, generator=torch.Generator().manual_seed(7), dtype=torch.float64)}
+    model, opt = _resume_model(torch.float64)
+    if how == "load_state_dict":
+        model.load_state_dict(pretrained, strict=False)
+    elif how == "copy_":
+        with torch.no_grad():
+            model.words.weight.copy_(pretrained["words.weight"])
+    else:
+        model.words.weight.data = pretrained["words.weight"].clone()
+    dense_model, _ = _resume_model(torch.float64)
+    dense_model.words.sparse = False
+    dense_model.load_state_dict(pretrained, strict=False)
+    dense = Adamax(dense_model.parameters(), lr=0.05, betas=(0.5, 0.9))
+    _train(model, opt, 0, 150)
+    _train(dense_model, dense, 0, 150)
+    opt.flush()
+    for a, b in zip(model.parameters(), dense_model.parameters()):
+        assert scale_error(a, b) < 1e-9  # float64: 1e-14 a step, grown by 150 steps of a nonlinear model
+
+
+def test_a_write_while_every_row_is_current_is_accepted_and_one_while_rows_are_behind_is_refused():
+    emb, bias, opt = _stepped_table()
+    for step in range(3):  # rows 1 and 2 stepped, the rest behind
+        emb(torch.tensor([1, 2])).sum().backward()
+        opt.step()
+    with torch.no_grad():
+        emb.weight[5] = 0.0  # torch's version counter sees this one
+    before = _snapshot(opt, emb.weight, bias)
+    with pytest.raises(RuntimeError, match="written outside the optimizer while some of its rows were behind"):
+        opt.flush()
+    _unchanged(opt, before, emb.weight, bias)
+    emb2, bias2, opt2 = _stepped_table()
+    opt2.flush()  # every row current: a write now keeps the bookkeeping true
+    with torch.no_grad():
+        emb2.weight[5] = 0.0
+    emb2(torch.tensor([5])).sum().backward()
+    opt2.step()
+    assert opt2.state[emb2.weight]["step"] == 2
+
+
+def test_a_table_replaced_while_rows_are_behind_or_by_another_shape_is_refused_before_any_write():
+    """``weight.data = ...`` is invisible to the version counter; its new address (or shape) is seen."""
+    emb, bias, opt = _stepped_table()
+    emb(torch.tensor([1])).sum().backward()
+    opt.step()
+    replaced = emb.weight.detach().clone()
+    emb.weight.data = replaced
+    before = _snapshot(opt, emb.weight, bias)
+    with pytest.raises(RuntimeError, match="while some of its rows were behind"):
+        emb(torch.tensor([3]))
+    _unchanged(opt, before, emb.weight, bias)
+    emb.weight.data = torch.zeros(10, 3)  # smaller: a catch-up sweep would write past it
+    emb.weight.grad = torch.sparse_coo_tensor(torch.tensor([[3]]), torch.ones(1, 3), (10, 3))
+    with pytest.raises(RuntimeError, match=r"replaced by one of shape \(10, 3\); its state has shape \(20, 3\)"):
+        opt.step()
+    assert torch.equal(emb.weight, torch.zeros(10, 3))
+
+
+def test_a_table_resized_before_its_first_step_gets_bookkeeping_of_its_new_size():
+    torch.manual_seed(1)
+    emb = torch.nn.Embedding(20, 3, sparse=True)
+    opt = Adamax(emb.parameters(), lr=0.05)
+    lazy_embeddings(emb, opt)
+    emb.weight.data = torch.randn(30, 3)
+    dense = torch.nn.Parameter(emb.weight.detach().clone())
+    dense_opt = Adamax([dense], lr=0.05)
+    for step in range(80):
+        rows = torch.tensor([step % 30, 29])
+        emb.weight.grad = torch.sparse_coo_tensor(rows[None], torch.ones(2, 3), (30, 3))
+        dense.grad = emb.weight.grad.to_dense()
+        opt.step()
+        dense_opt.step()
+    opt.flush()
+    assert len(opt._lazy_tables()[emb.weight].last) == 30
+    assert scale_error(emb.weight, dense) < 4e-6

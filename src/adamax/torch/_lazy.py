@@ -32,30 +32,38 @@ from adamax._algorithm import step_size
 from adamax.kernels import lazy_kernels
 from adamax.spec import AdamaxConfig
 from adamax.torch._plan import _config_of
+from adamax.torch._sparse import check_lookup, check_rows, coalesced
 
 _LAZY_DTYPES = (torch.float32, torch.float64)
 _MODULES = (torch.nn.Embedding, torch.nn.EmbeddingBag)
 
 
 class _Table(_lazy.Table):
-    """A lazy table's bookkeeping (:class:`adamax._lazy.Table`), the table's version counter after the
-    optimizer's last write, by which a write from outside is noticed, and where its state is kept."""
+    """A lazy table's bookkeeping (:class:`adamax._lazy.Table`); the table's version counter, address, shape and
+    strides after the optimizer's last write, by which a write from outside is noticed; and where its state is
+    kept."""
 
     def __init__(self, p: Tensor, config: AdamaxConfig, step: int, huge_pages: bool = False) -> None:
         super().__init__(p.shape[0], config, np.dtype(str(p.dtype).removeprefix("torch.")), step)
-        self.version = p._version
+        self.mark(p)
         self.huge_pages = huge_pages  # the table's state (and ``last``) is kept on memory advised for huge pages
         if huge_pages:
             last = _memory.zeros(self.last.shape, self.last.dtype)
             last[:] = self.last
             self.last = last
 
-    def check_unchanged(self, p: Tensor) -> None:
-        if self.version != p._version:
-            raise RuntimeError(
-                "a lazily stepped embedding was written outside the optimizer; its rows' bookkeeping no longer "
-                "holds (call opt.flush() before writing to it, and write only between steps)"
-            )
+    def mark(self, p: Tensor) -> None:
+        """Record ``p`` as the optimizer last left it."""
+        self.version = p._version
+        self.where = (p.data_ptr(), tuple(p.shape), p.stride(), p.dtype)
+
+    def changed(self, p: Tensor) -> bool:
+        """Whether ``p`` was written, replaced or reshaped since :meth:`mark` (as far as torch lets us see)."""
+        return self.version != p._version or self.where != (p.data_ptr(), tuple(p.shape), p.stride(), p.dtype)
+
+    def current(self) -> bool:
+        """Whether every row is up to date: then a write from outside leaves the bookkeeping true."""
+        return bool((self.last == self.clock.t).all())
 
 
 def lazy_embeddings(model: torch.nn.Module, optimizer, *, huge_pages: bool = True) -> list[torch.nn.Module]:
@@ -105,7 +113,9 @@ def _make_lookup_hook(optimizer):
     def bring_rows_up_to_date(module: torch.nn.Module, args: tuple) -> None:
         indices = args[0] if args else None
         if isinstance(indices, Tensor):
-            optimizer._bring_rows_up_to_date(module.weight, torch.unique(indices.detach()).cpu().numpy())
+            rows = torch.unique(indices.detach())
+            check_lookup(rows, module.weight.shape[0], f"a lookup in {type(module).__name__}")
+            optimizer._bring_rows_up_to_date(module.weight, rows.cpu().numpy())
 
     return bring_rows_up_to_date
 
@@ -154,8 +164,7 @@ class _LazyRows:
         """``p``'s bookkeeping under ``config``; when the betas, eps or placement changed, every row is brought up
         to date under the old ones first (no row's value changes, only where it is stored)."""
         tables = self._lazy_tables()
-        table = tables[p]
-        table.check_unchanged(p)
+        table = self._checked_table(p)
         if not table.recorded_with(config):
             self._bring_rows_up_to_date(p, np.arange(p.shape[0]))
             table = tables[p] = _Table(p, config, table.clock.t, table.huge_pages)
@@ -165,7 +174,31 @@ class _LazyRows:
     def _accept_write(self, p: Tensor) -> None:
         table = self._lazy_tables().get(p)
         if table is not None:
-            table.version = p._version
+            table.mark(p)
+
+    def _checked_table(self, p: Tensor) -> _Table:
+        """``p``'s bookkeeping, after a write from outside the optimizer: accepted while every row is up to
+        date, refused (before anything is written) while some are behind or when the state no longer fits."""
+        tables = self._lazy_tables()
+        table = tables[p]
+        if not table.changed(p):
+            return table
+        state = self.state.get(p)
+        if state and tuple(state["exp_avg"].shape) != tuple(p.shape):
+            raise RuntimeError(
+                f"a lazily stepped embedding was replaced by one of shape {tuple(p.shape)}; its state has shape "
+                f"{tuple(state['exp_avg'].shape)} (load a state dict that fits it, or build a new optimizer)"
+            )
+        if not table.current():
+            raise RuntimeError(
+                "a lazily stepped embedding was written outside the optimizer while some of its rows were "
+                "behind; its rows' bookkeeping no longer holds (call opt.flush() before writing to it)"
+            )
+        if not state:  # never stepped: the bookkeeping anew, for the table as it is now (its shape, dtype)
+            self._fresh_table(p)
+            return tables[p]
+        table.mark(p)
+        return table
 
     def flush(self) -> None:
         """Bring every row of every lazy table up to date (see :func:`adamax.torch.lazy_embeddings`)."""
@@ -177,8 +210,7 @@ class _LazyRows:
         state = self.state.get(p)
         if p not in tables or not state:
             return  # never stepped: nothing is stale
-        table = tables[p]
-        table.check_unchanged(p)
+        table = self._checked_table(p)
         rows = table.behind(rows)
         if not len(rows):
             return
@@ -197,10 +229,11 @@ class _LazyRows:
                 f"param {index} of its group is a lazy table of shape {tuple(p.shape)}, {p.dtype}: its gradient "
                 f"must be a sparse COO tensor of that shape and dtype with one sparse dimension"
             )
+        check_rows(g, p.shape[0], f"the sparse gradient of lazy param {index} of its group")
         state = self.state.get(p)
         if state and (state["exp_avg"].dtype != p.dtype or state["exp_avg"].layout is not torch.strided):
             raise ValueError(f"state of lazy param {index} of its group must be dense and of the param's dtype")
-        self._lazy_tables()[p].check_unchanged(p)
+        self._checked_table(p)
 
     def _run_lazy(self, group: dict, config: AdamaxConfig, params: list[Tensor]) -> None:
         """One step of each lazy table: rows the gradient touches, brought up to date and updated as dense Adamax
@@ -258,19 +291,9 @@ def _written(p: Tensor) -> int:
 
 def _coalesced(grad: Tensor) -> tuple[np.ndarray, np.ndarray]:
     """A sparse COO gradient's rows (unique, ascending) and their values, as NumPy arrays.  A gradient whose rows
-    are already unique and ascending (torch does not always mark one so) is taken as it is: no sort, no copy."""
-    rows = grad._indices()[0].numpy()
-    if not grad.is_coalesced() and not _increasing(rows):
-        grad = grad.coalesce()
-        rows = grad._indices()[0].numpy()
-    return rows, grad._values().numpy()
-
-
-def _increasing(rows: np.ndarray) -> bool:
-    kernel = lazy_kernels()
-    if kernel is not None:
-        return kernel.strictly_increasing(rows)
-    return len(rows) < 2 or bool((rows[1:] > rows[:-1]).all())
+    are already unique and ascending is taken as it is: no sort, no copy."""
+    grad = coalesced(grad)
+    return grad._indices()[0].numpy(), grad._values().numpy()
 
 
 def _on_huge_pages(t: Tensor, copy: bool = True) -> Tensor:

@@ -17,6 +17,7 @@ from adamax.kernels import cpu_kernels, gpu_kernels
 from adamax.spec import AdamaxConfig
 from adamax.torch._compact import COMPACT_KEYS, check_saved_step
 from adamax.torch._compact import check_state as check_compact_state
+from adamax.torch._sparse import coalesced
 
 _FLAG_DEFAULTS = {
     "foreach": None,
@@ -230,9 +231,18 @@ def _check_state(p: Tensor, state: Mapping[str, Any], where: str, *, loading: bo
 
 
 def _all_finite(tensors: list[Tensor]) -> bool:
+    """Whether every gradient is finite; a sparse one as the step sees it, its repeated rows summed (two finite
+    values on one row may sum to inf)."""
     if not tensors:
         return True
-    return bool(torch.stack([torch.isfinite(t._values() if t.is_sparse else t).all() for t in tensors]).all())
+    return bool(torch.stack([torch.isfinite(_summed_values(t) if t.is_sparse else t).all() for t in tensors]).all())
+
+
+def _summed_values(grad: Tensor) -> Tensor:
+    values = grad._values()
+    if not torch.isfinite(values).all():
+        return values
+    return coalesced(grad)._values()
 
 
 class _Planning:
