@@ -359,7 +359,7 @@ def test_a_sparse_gradient_row_outside_the_table_is_refused_before_any_write(row
 
 @pytest.mark.parametrize("row", [20, -1])
 def test_a_lookup_outside_the_table_is_refused_before_its_rows_are_brought_up_to_date(row):
-    emb, bias, opt = _stepped_table()
+    emb, _bias, opt = _stepped_table()
     before = _snapshot(opt, emb.weight)
     with pytest.raises(IndexError, match=rf"row {row} is outside"):
         emb(torch.tensor([5, row]))
@@ -523,7 +523,7 @@ def test_pretrained_weights_loaded_after_lazy_embeddings_train_as_dense_adamax_f
 
 def test_a_write_while_every_row_is_current_is_accepted_and_one_while_rows_are_behind_is_refused():
     emb, bias, opt = _stepped_table()
-    for step in range(3):  # rows 1 and 2 stepped, the rest behind
+    for _step in range(3):  # rows 1 and 2 stepped, the rest behind
         emb(torch.tensor([1, 2])).sum().backward()
         opt.step()
     with torch.no_grad():
@@ -532,7 +532,7 @@ def test_a_write_while_every_row_is_current_is_accepted_and_one_while_rows_are_b
     with pytest.raises(RuntimeError, match="written outside the optimizer while some of its rows were behind"):
         opt.flush()
     _unchanged(opt, before, emb.weight, bias)
-    emb2, bias2, opt2 = _stepped_table()
+    emb2, _bias2, opt2 = _stepped_table()
     opt2.flush()  # every row current: a write now keeps the bookkeeping true
     with torch.no_grad():
         emb2.weight[5] = 0.0
