@@ -295,3 +295,72 @@ def test_live_compact_state_that_does_not_fit_is_refused_before_any_write(key, b
         opt.step()
     assert all(torch.equal(p, q) for p, q in zip(net.parameters(), before))
     assert all(float(opt.state[p]["step"]) == 2 for p in net.parameters() if p is not weight)
+
+
+# --- loads that a later step could not take are refused (or made fit) at the load -------------------------------
+
+
+def _two_groups_stepped(state_format="compact"):
+    ps = [torch.nn.Parameter(torch.linspace(-1, 1, 300).reshape(20, 15)), torch.nn.Parameter(torch.ones(3))]
+    opt = Adamax([{"params": [ps[0]]}, {"params": [ps[1]]}], lr=0.01, state_format=state_format)
+    for p in ps:
+        p.grad = torch.ones_like(p)
+    opt.step()
+    return ps, opt
+
+
+@pytest.mark.parametrize("state_format", ["compact", "full"])
+@pytest.mark.parametrize("step", [1e19, 2.0**53, 2**63])
+def test_a_step_count_no_step_can_count_is_refused_at_the_load(state_format, step):
+    """A forged count of 1e19 used to load; every later step then advanced the other params' counts and raised
+    OverflowError halfway.  Refused at the load, changing nothing."""
+    ps, opt = _two_groups_stepped(state_format)
+    saved = copy.deepcopy(opt.state_dict())
+    saved["state"][1]["step"] = torch.tensor(float(step)) if isinstance(step, float) else step
+    before = copy.deepcopy(opt.state_dict())
+    with pytest.raises(
+        ValueError, match=r"state of param 1: 'step' must be a whole number >= 0, got .* \(counts stop at 2\*\*53 - 1\)"
+    ):
+        opt.load_state_dict(saved)
+    for key, entry in before["state"].items():
+        assert all(torch.equal(v, opt.state_dict()["state"][key][k]) for k, v in entry.items())
+    saved["state"][1]["step"] = torch.tensor(2.0**53 - 1, dtype=torch.float64)  # the largest count taken
+    opt.load_state_dict(saved)
+
+
+def test_a_non_contiguous_compact_checkpoint_is_loaded_into_memory_a_step_takes():
+    ps, opt = _two_groups_stepped()
+    saved = copy.deepcopy(opt.state_dict())
+    entry = saved["state"][0]
+    for key in ("exp_avg", "exp_inf_code"):  # the same values in column-major order (dense, not contiguous)
+        entry[key] = entry[key].reshape(20, 15).t().contiguous().t().reshape(20, 15)
+        assert not entry[key].is_contiguous()
+    opt.load_state_dict(saved)
+    twin_ps, twin = _two_groups_stepped()
+    for p in (*ps, *twin_ps):
+        p.grad = torch.full_like(p, -0.5)
+    opt.step()
+    twin.step()
+    assert all(torch.equal(a, b) for a, b in zip(ps, twin_ps))
+    assert opt.state[ps[0]]["exp_avg"].data_ptr() != saved["state"][0]["exp_avg"].data_ptr()  # not the caller's
+
+
+def test_codes_above_the_largest_are_refused_at_the_load():
+    _, opt = _two_groups_stepped()
+    saved = copy.deepcopy(opt.state_dict())
+    saved["state"][0]["exp_inf_code"][1, 7] = compact.ONE + 1
+    with pytest.raises(ValueError, match=rf"'exp_inf_code' holds codes above {compact.ONE}"):
+        opt.load_state_dict(saved)
+    saved["state"][0]["exp_inf_code"][1, 7] = compact.ONE
+    opt.load_state_dict(saved)
+
+
+def test_a_full_entry_with_a_negative_infinity_norm_has_no_compact_form():
+    ps, full = _two_groups_stepped("full")
+    saved = copy.deepcopy(full.state_dict())
+    saved["state"][0]["exp_inf"][0, 3] = -1.0
+    with pytest.raises(ValueError, match="exp_inf must not be negative"):
+        convert_state_dict(saved, "compact")
+    _, opt = _two_groups_stepped()
+    with pytest.raises(ValueError, match="exp_inf must not be negative"):
+        opt.load_state_dict(saved)

@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from adamax import compact, reference
-from adamax.numpy import Adamax
+from adamax.numpy import Adamax, RowGradient
 from adamax.spec import AdamaxConfig
 
 
@@ -206,6 +206,22 @@ BAD_CHECKPOINTS = {  # the spoiling, and the error a user is shown
     "not an array": (lambda sd: _set(sd, "head/1", "exp_avg", 0.0), "'head/1': exp_avg must be a numpy array"),
     "negative step": (lambda sd: _set(sd, "encoder/b", "step", -3), "'encoder/b': step must be a non-negative"),
     "float step": (lambda sd: _set(sd, "encoder/b", "step", 2.5), "'encoder/b': step must be a non-negative"),
+    "a step no step can count": (
+        lambda sd: _set(sd, "encoder/b", "step", 2**63),
+        r"'encoder/b': step must be a non-negative integer, got 9223372036854775808 \(counts stop at 2\*\*53 - 1\)",
+    ),
+    "a compact step as a string": (
+        lambda sd: _set(_compact_entry(sd, "head/0"), "head/0", "step", "3"),
+        r"'head/0': step must be a whole number >= 0, got '3'",
+    ),
+    "a compact step no step can count": (
+        lambda sd: _set(_compact_entry(sd, "head/0"), "head/0", "step", 1e19),
+        r"'head/0': step must be a whole number >= 0, got 1e\+19 \(counts stop",
+    ),
+    "a compact code above the largest": (
+        lambda sd: _set(_compact_entry(sd, "head/0"), "head/0", "exp_inf_code", np.full(2, compact.ONE + 1, np.uint16)),
+        "'head/0': exp_inf_code holds codes above",
+    ),
     "missing key": (
         lambda sd: {**sd, "state": {**sd["state"], "head/1": {"step": 1, "exp_avg": np.zeros(())}}},
         "'head/1' must have exactly the keys",
@@ -384,3 +400,53 @@ def test_without_numba_fused_true_is_refused_and_the_rest_steps_by_the_reference
         opt.step([np.full(3, 2.0)])
         want, _ = reference.update(np.ones(3), np.full(3, 2.0), reference.init(np.ones(3)), opt.config)
         np.testing.assert_array_equal(params[0], want)
+
+
+@pytest.mark.parametrize("fused", [None, False])
+@pytest.mark.parametrize("state_format", ["full", "compact"])
+def test_a_param_made_read_only_after_construction_is_refused_before_any_write(fused, state_format):
+    """The fused kernel writes through an array's address, whatever its flags say: a param made read-only after
+    construction (the first param here steps before it) is refused before anything is written."""
+    params = {"a": np.linspace(-1, 1, 300, dtype=np.float32), "b": np.ones(300, np.float32)}
+    opt = Adamax(params, lr=0.01, fused=fused, state_format=state_format)
+    grads = {"a": np.ones(300, np.float32), "b": np.ones(300, np.float32)}
+    opt.step(grads)
+    params["b"].flags.writeable = False
+    before = {k: v.copy() for k, v in params.items()}, copy.deepcopy(opt.state)
+    with pytest.raises(ValueError, match="param 'b' is read-only"):
+        opt.step(grads)
+    assert all(np.array_equal(params[k], before[0][k]) for k in params)
+    for path, entry in opt.state.items():
+        assert all(np.array_equal(a, b) for a, b in zip(entry, before[1][path]))
+
+
+@pytest.mark.parametrize("state_format", ["full", "compact", "lazy"])
+def test_state_dict_hands_out_no_array_of_the_optimizers(state_format):
+    """Every array of every entry is a copy: writing into a saved state dict never reaches the optimizer."""
+    params = {"w": np.linspace(-1, 1, 300).astype(np.float32), "t": np.ones((6, 2), np.float32)}
+    kwargs = {"lazy": ["t"]} if state_format == "lazy" else {"state_format": state_format}
+    opt = Adamax(params, lr=0.01, **kwargs)
+    grads = {"w": np.ones(300, np.float32), "t": np.ones((6, 2), np.float32)}
+    if state_format == "lazy":
+        grads["t"] = RowGradient(np.array([1, 4]), np.ones((2, 2), np.float32))
+    opt.step(grads)
+    saved = opt.state_dict()
+    for path, entry in saved["state"].items():
+        for key, value in entry.items():
+            if isinstance(value, np.ndarray):
+                live = getattr(opt.state[path], key)
+                assert not np.shares_memory(value, live), (path, key)
+
+
+def test_a_lazy_table_refused_beside_a_fused_array_leaves_the_fused_array_unwritten():
+    """A lazy table's bad gradient is refused before the fused kernel writes the arrays stepped before it."""
+    pytest.importorskip("numba")
+    params = {"w": np.linspace(-1, 1, 300).astype(np.float32), "t": np.ones((6, 2), np.float32)}
+    opt = Adamax(params, lr=0.01, lazy=["t"], fused=True)
+    grads = {"w": np.ones(300, np.float32), "t": RowGradient(np.array([1, 4]), np.ones((2, 2), np.float32))}
+    opt.step(grads)
+    opt.config = opt.config.replace(weight_decay=0.1)  # coupled decay: the lazy step is refused
+    before = snapshot(opt)
+    with pytest.raises(ValueError, match="decoupled_weight_decay=True"):
+        opt.step(grads)
+    assert_unchanged(opt, before)

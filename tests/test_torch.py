@@ -845,3 +845,22 @@ def test_an_integer_step_count_steps_as_torchs_does(options):
                 opt.state[ps[1]]["step"] = torch.tensor(1)
     assert all(torch.equal(p, q) for p, q in zip(params, theirs))
     assert int(opts[0].state[params[1]]["step"]) == 3
+
+
+@pytest.mark.parametrize("key", ["initial_lr", "max_lr", "min_lr", "base_lr"])
+@pytest.mark.parametrize("value", [math.nan, -math.inf, -0.5, "0.1", True])
+def test_a_loaded_groups_scheduler_learning_rates_are_checked_as_lr_is(key, value):
+    """A scheduler reads ``initial_lr`` (and its kin) from the group later: a forged NaN would reach every step's
+    lr.  Refused at the load, the group unchanged; a good value loads."""
+    p = torch.nn.Parameter(torch.ones(3))
+    opt = Adamax([p], lr=0.01)
+    p.grad = torch.ones(3)
+    opt.step()
+    saved = copy.deepcopy(opt.state_dict())
+    saved["param_groups"][0][key] = value
+    with pytest.raises(ValueError, match=rf"param group 0 of the loaded state dict: '{key}' must be a finite number"):
+        opt.load_state_dict(saved)
+    assert key not in opt.param_groups[0]
+    saved["param_groups"][0][key] = torch.tensor(0.02)
+    opt.load_state_dict(saved)
+    assert float(opt.param_groups[0][key]) == pytest.approx(0.02)

@@ -71,7 +71,7 @@ import numpy as np
 
 from adamax._algorithm import step_size
 from adamax._exact import fma
-from adamax.spec import AdamaxConfig
+from adamax.spec import MAX_STEP, AdamaxConfig
 
 BLOCK = 256  # elements sharing one scale
 ZERO = 0  # the code of u = 0
@@ -278,6 +278,8 @@ def from_full(step: int, m: np.ndarray, u: np.ndarray) -> CompactState:
     block's largest value (the block's scale)."""
     m32 = np.asarray(m, dtype=_F32)
     u32 = np.asarray(u, dtype=_F32).ravel()
+    if (u32 < 0).any():
+        raise ValueError("exp_inf must not be negative (it is a maximum of magnitudes): it has no compact form")
     scales = _block_max(u32).astype(_F32)
     scale_e = _per_element(scales, u32.size)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -292,8 +294,16 @@ def check_state(state: Mapping[str, Any] | CompactState, shape: tuple[int, ...],
     if set(entry) != set(KEYS):
         raise ValueError(f"{what} must have exactly the keys {sorted(KEYS)}, got {sorted(entry)}")
     step = entry["step"]
-    if isinstance(step, bool) or not float(np.asarray(step)).is_integer() or float(np.asarray(step)) < 0:
-        raise ValueError(f"{what}: step must be a whole number >= 0, got {step!r}")
+    number = np.asarray(step) if isinstance(step, (int, float, np.integer, np.floating, np.ndarray)) else None
+    if (
+        isinstance(step, bool)
+        or number is None
+        or number.shape != ()
+        or number.dtype.kind not in "iuf"
+        or not float(number).is_integer()
+        or not 0 <= float(number) < MAX_STEP
+    ):
+        raise ValueError(f"{what}: step must be a whole number >= 0, got {step!r} (counts stop at 2**53 - 1)")
     size = int(np.prod(shape, dtype=np.int64))
     for key, dtype, want in (
         ("exp_avg", np.uint16, shape),
@@ -306,6 +316,8 @@ def check_state(state: Mapping[str, Any] | CompactState, shape: tuple[int, ...],
                              f"{value.dtype} of shape {value.shape}")  # fmt: skip
     if (np.asarray(entry["exp_inf_scale"]) < 0).any():
         raise ValueError(f"{what}: exp_inf_scale must not be negative")
+    if (np.asarray(entry["exp_inf_code"]) > ONE).any():
+        raise ValueError(f"{what}: exp_inf_code holds codes above {ONE}, the largest (u = the block's scale)")
 
 
 # ----- the freeze, shown -----

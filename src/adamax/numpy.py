@@ -205,7 +205,10 @@ class Adamax:
         return chosen
 
     def step(self, grads: Tree) -> None:
-        """Update every param in place from ``grads``, a tree shaped like the params."""
+        """Update every param in place from ``grads``, a tree shaped like the params; all or nothing."""
+        for path, leaf in self._leaves.items():  # made read-only after construction: refused before any write
+            if not leaf.flags.writeable:
+                raise ValueError(f"param {path!r} is read-only; Adamax updates params in place")
         flat = self._matching_grads(grads)
         fused = self._kernel_paths(flat)
         taken = set(fused)

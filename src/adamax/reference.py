@@ -53,7 +53,7 @@ from typing import NamedTuple
 import numpy as np
 
 from adamax._algorithm import NumpyOps, adamax_update, step_size
-from adamax.spec import AdamaxConfig
+from adamax.spec import MAX_STEP, AdamaxConfig
 
 SUPPORTED_DTYPES = (np.float16, np.float32, np.float64, np.complex64, np.complex128)
 _DEFAULT = AdamaxConfig()
@@ -97,8 +97,8 @@ def check_update_args(param: np.ndarray, grad: np.ndarray, state: AdamaxState) -
     for name, arr in (("grad", grad), ("exp_avg", state.exp_avg), ("exp_inf", state.exp_inf)):
         check_like_param(name, arr, param)
     step = state.step
-    if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 0:
-        raise ValueError(f"step must be a non-negative integer, got {step!r}")
+    if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or not 0 <= step < MAX_STEP:
+        raise ValueError(f"step must be a non-negative integer, got {step!r} (counts stop at 2**53 - 1)")
 
 
 def update(

@@ -50,6 +50,8 @@ from typing import Any, Literal
 
 EpsPlacement = Literal["max", "denominator", "none"]
 EPS_PLACEMENTS: tuple[str, ...] = ("max", "denominator", "none")
+MAX_STEP = 2**53  # step counts are refused from here on: float64 counts no further exactly, and the kernels'
+# 64-bit counters and torch's float step tensors run out beyond it (a checkpoint cannot hold a real run's count)
 
 
 def _real(value: Any, what: str) -> float:

@@ -23,7 +23,7 @@ from torch import Tensor
 from adamax import compact
 from adamax._algorithm import step_size
 from adamax.kernels import compact_kernels, gpu_kernels
-from adamax.spec import AdamaxConfig
+from adamax.spec import MAX_STEP, AdamaxConfig
 
 COMPACT_KEYS = frozenset(compact.KEYS)
 FULL_KEYS = frozenset({"step", "exp_avg", "exp_inf"})
@@ -95,6 +95,8 @@ def check_state(p: Tensor, state: Mapping[str, Any], where: str, *, loading: boo
             raise ValueError(f"{where}: {key!r} must be contiguous, on the param's device")
     if loading and bool((state["exp_inf_scale"] < 0).any()):
         raise ValueError(f"{where}: 'exp_inf_scale' must not be negative")
+    if loading and bool((state["exp_inf_code"].to(torch.int32) > compact.ONE).any()):
+        raise ValueError(f"{where}: 'exp_inf_code' holds codes above {compact.ONE}, the largest (u = the scale)")
 
 
 def _check_step(step: Any, where: str, *, loading: bool) -> None:
@@ -115,9 +117,9 @@ def check_saved_step(step: Any, where: str) -> None:
     if (
         isinstance(step, bool)
         or not isinstance(step, (int, float))
-        or not (math.isfinite(step) and step >= 0 and step == int(step))
+        or not (math.isfinite(step) and 0 <= step < MAX_STEP and step == int(step))
     ):
-        raise ValueError(f"{where}: 'step' must be a whole number >= 0, got {step!r}")
+        raise ValueError(f"{where}: 'step' must be a whole number >= 0, got {step!r} (counts stop at 2**53 - 1)")
 
 
 def _live_state_fits(p: Tensor, state: Mapping[str, Any]) -> bool:
@@ -303,7 +305,10 @@ class _CompactSteps:
             if self.state_format == "compact" and entry:
                 p = id_map[key]
                 step = torch.tensor(float(entry["step"]), dtype=_torch_optimizer._get_scalar_dtype())
-                compact_entries[p] = {k: step if k == "step" else v.to(p.device) for k, v in entry.items()}
+                compact_entries[p] = {  # its own memory, contiguous, where the param is: what a step takes
+                    k: step if k == "step" else v.to(p.device).clone(memory_format=torch.contiguous_format)
+                    for k, v in entry.items()
+                }
             else:
                 to_torch[key] = entry
         return {**state_dict, "state": to_torch}, compact_entries

@@ -4,6 +4,7 @@ steps each param.  Nothing here writes to a param or its state."""
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Mapping
 from itertools import chain
 from typing import Any, NamedTuple
@@ -230,6 +231,21 @@ def _check_state(p: Tensor, state: Mapping[str, Any], where: str, *, loading: bo
             raise TypeError(f"{where}: {key!r} has dtype {value.dtype}, which cannot hold state for {p.dtype}")
 
 
+_SCHEDULE_KEYS = ("initial_lr", "max_lr", "min_lr", "base_lr")  # what torch's and others' schedulers keep in a group
+
+
+def _check_schedule_keys(group: Mapping[str, Any]) -> None:
+    """A loaded group's learning rates that a scheduler reads later: finite numbers >= 0, as ``lr`` must be."""
+    for key in _SCHEDULE_KEYS:
+        if key not in group:
+            continue
+        value = group[key]
+        if isinstance(value, Tensor) and value.numel() == 1 and not value.is_complex():
+            value = value.item()
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value >= 0):
+            raise ValueError(f"{key!r} must be a finite number >= 0, got {group[key]!r}")
+
+
 def _all_finite(tensors: list[Tensor]) -> bool:
     """Whether every gradient is finite; a sparse one as the step sees it, its repeated rows summed (two finite
     values on one row may sum to inf)."""
@@ -261,6 +277,7 @@ class _Planning:
                 )
             try:
                 _config_of({**_FLAG_DEFAULTS, **saved})
+                _check_schedule_keys(saved)
             except (TypeError, ValueError, KeyError) as err:
                 raise type(err)(f"param group {i} of the loaded state dict: {err}") from None
         id_map = dict(
