@@ -314,7 +314,7 @@ def _two_groups_stepped(state_format="compact"):
 def test_a_step_count_no_step_can_count_is_refused_at_the_load(state_format, step):
     """A forged count of 1e19 used to load; every later step then advanced the other params' counts and raised
     OverflowError halfway.  Refused at the load, changing nothing."""
-    ps, opt = _two_groups_stepped(state_format)
+    _ps, opt = _two_groups_stepped(state_format)
     saved = copy.deepcopy(opt.state_dict())
     saved["state"][1]["step"] = torch.tensor(float(step)) if isinstance(step, float) else step
     before = copy.deepcopy(opt.state_dict())
@@ -356,7 +356,7 @@ def test_codes_above_the_largest_are_refused_at_the_load():
 
 
 def test_a_full_entry_with_a_negative_infinity_norm_has_no_compact_form():
-    ps, full = _two_groups_stepped("full")
+    _ps, full = _two_groups_stepped("full")
     saved = copy.deepcopy(full.state_dict())
     saved["state"][0]["exp_inf"][0, 3] = -1.0
     with pytest.raises(ValueError, match="exp_inf must not be negative"):
