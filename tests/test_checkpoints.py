@@ -11,6 +11,7 @@ import pickle
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -550,14 +551,13 @@ DAMAGED_POINTERS = {
 
 @pytest.mark.parametrize("damage", DAMAGED_POINTERS.values(), ids=DAMAGED_POINTERS.keys())
 def test_a_damaged_pointer_is_refused_at_load_and_replaced_by_the_next_save(tmp_path, damage):
-    """Refused naming the file, and quoting at most its first 80 characters; the next save writes a good one."""
+    """Refused naming the file, never quoting it (it may be any file); the next save writes a good one."""
     model, opt = trained(2)
     save_checkpoint(tmp_path, 2, model, opt)
     damage(tmp_path / "latest")
     with pytest.raises(CheckpointError, match="latest does not name a checkpoint") as caught:
         load_latest(tmp_path, *worker.make())
-    if damage is DAMAGED_POINTERS["garbage"]:
-        assert str(caught.value).endswith(f": {'garbage ' * 10!r}")
+    assert "garbage" not in str(caught.value) and "step-00000002" not in str(caught.value).split("latest")[-1]
     save_checkpoint(tmp_path, 3, model, opt)
     assert latest_step(tmp_path) == 3
     fresh_model, fresh_opt = worker.make()
@@ -723,6 +723,7 @@ def test_a_pointer_whose_recent_list_holds_other_values_loads_and_the_next_save_
     save_checkpoint(tmp_path, 2, model, opt)
     pointer = json.loads((tmp_path / "latest").read_text())
     pointer["recent"] = [5, None, "../elsewhere", *pointer["recent"]]
+    pointer["sha256"] = distributed._pointer_digest(pointer)  # forged whole: its checksum matches
     (tmp_path / "latest").write_text(json.dumps(pointer))
     fresh_model, fresh_opt = worker.make()
     assert load_latest(tmp_path, fresh_model, fresh_opt) == 2
@@ -925,3 +926,250 @@ def test_compact_state_round_trips_through_a_checkpoint_and_resumes_exactly(tmp_
         for key in opt.state[a]:
             assert opt.state[a][key].dtype == again_opt.state[b][key].dtype
             assert torch.equal(opt.state[a][key], again_opt.state[b][key]), key
+
+
+# --- retention deletes only its own; one writer at a time; only regular files inside the root are read ----------
+
+
+def test_a_folder_of_the_users_named_as_a_checkpoint_is_never_deleted(tmp_path):
+    model, opt = trained(1)
+    mine = tmp_path / "step-00000001"
+    mine.mkdir(parents=True)
+    (mine / "notes.txt").write_text("my own work")
+    partial = tmp_path / ".partial-mine"
+    partial.mkdir()
+    for step in (2, 3, 4, 5):
+        save_checkpoint(tmp_path, step, model, opt, keep=1)
+    assert (mine / "notes.txt").read_text() == "my own work"
+    assert partial.is_dir()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".partial-mine", "latest", "step-00000001", "step-00000005"]
+
+
+def test_keep_none_deletes_nothing_not_even_an_interrupted_save(tmp_path, monkeypatch):
+    model, opt = trained(1)
+    crash_at(monkeypatch, "saved")
+    with pytest.raises(Crash):
+        save_checkpoint(tmp_path, 1, model, opt)
+    monkeypatch.undo()
+    for step in (2, 3, 4, 5):
+        save_checkpoint(tmp_path, step, model, opt, keep=None)
+    assert (tmp_path / ".partial-step-00000001").is_dir()
+    assert len(list(tmp_path.glob("step-*"))) == 4
+    save_checkpoint(tmp_path, 6, model, opt, keep=2)  # with keep set, this module's interrupted save goes too
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest", "step-00000005", "step-00000006"]
+
+
+LOST_POINTERS = {
+    "missing": lambda path: path.unlink(),
+    "unreadable": lambda path: path.write_text("garbage"),
+    "an empty recent list": lambda path: path.write_text(
+        json.dumps({"checkpoint": "step-00000004", "step": 4, "recent": []})
+    ),
+    "a recent list of junk": lambda path: path.write_text(
+        json.dumps({"checkpoint": "step-00000004", "step": 4, "recent": [7, "step-99999999"]})
+    ),
+}
+
+
+@pytest.mark.parametrize("lose", LOST_POINTERS.values(), ids=LOST_POINTERS.keys())
+def test_a_lost_pointer_never_costs_the_last_good_checkpoints(tmp_path, lose):
+    """The next save keeps the newest ``keep`` sealed checkpoints, by when they were sealed; it used to keep
+    only itself."""
+    model, opt = trained(1)
+    for step in (1, 2, 3, 4):
+        save_checkpoint(tmp_path, step, model, opt, keep=None)
+    lose(tmp_path / "latest")
+    save_checkpoint(tmp_path, 5, model, opt, keep=3)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest", "step-00000003", "step-00000004", "step-00000005"]
+    assert json.loads((tmp_path / "latest").read_text())["recent"] == [
+        "step-00000005",
+        "step-00000004",
+        "step-00000003",
+    ]
+
+
+def test_a_save_that_dies_while_the_pointer_is_written_with_keep_1_leaves_the_old_checkpoint(tmp_path, monkeypatch):
+    """Deleting past ``keep`` comes only after ``latest`` has moved: with keep=1 and a death while the pointer is
+    written, the checkpoint the old pointer names is still there, and loads."""
+    model, opt = trained(2)
+    save_checkpoint(tmp_path, 2, model, opt, keep=1)
+    good_model, good_opt = worker.make()
+    load_latest(tmp_path, good_model, good_opt)
+    worker.train_step(model, opt, 2)
+    write = distributed._write_atomically
+
+    def die_on_the_pointer(path, text):
+        if path.name == "latest":
+            raise Crash("writing latest")
+        write(path, text)
+
+    monkeypatch.setattr(distributed, "_write_atomically", die_on_the_pointer)
+    with pytest.raises(Crash):
+        save_checkpoint(tmp_path, 3, model, opt, keep=1)
+    monkeypatch.undo()
+    fresh_model, fresh_opt = worker.make()
+    assert load_latest(tmp_path, fresh_model, fresh_opt) == 2
+    assert_same(good_model, good_opt, fresh_model, fresh_opt)
+    assert not (tmp_path / ".lock").exists()  # the dead save's lock went with it
+
+
+def test_a_save_waits_for_another_save_into_the_same_root_and_refuses_after_lock_timeout(tmp_path):
+    import fcntl
+
+    model, opt = trained(1)
+    save_checkpoint(tmp_path, 1, model, opt)
+    with open(tmp_path / ".lock", "w") as held:  # another save in progress
+        fcntl.flock(held, fcntl.LOCK_EX)
+        held.write("4242\n")
+        held.flush()
+        with pytest.raises(
+            CheckpointError, match=r"another save into .* has held .*\.lock for 0\.2 s \(process 4242\)"
+        ):
+            save_checkpoint(tmp_path, 2, model, opt, lock_timeout=0.2)
+    assert latest_step(tmp_path) == 1 and sorted(p.name for p in tmp_path.iterdir() if p.name != ".lock") == [
+        "latest",
+        "step-00000001",
+    ]
+    save_checkpoint(tmp_path, 2, model, opt)  # released: it saves, and leaves no lock file behind
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest", "step-00000001", "step-00000002"]
+
+
+@pytest.mark.parametrize("keep", [0, 2])
+def test_two_processes_saving_into_one_root_each_get_a_checkpoint_that_loads(tmp_path, keep):
+    """A restarted job whose predecessor still runs: two writers, ten saves each, at once, some of the same step.
+    Every save that returned holds a checkpoint that loads as that writer's model; ``latest`` names one."""
+    root = tmp_path / "ckpt"
+    procs = []
+    try:
+        for seed in (1, 2):
+            out = tmp_path / f"writer{seed}.json"
+            cmd = [sys.executable, "-m", "tests.writer_worker", "--ckpt", str(root), "--out", str(out), "--saves", "10",
+                   "--seed", str(seed), "--keep", str(keep)]  # fmt: skip
+            procs.append(subprocess.Popen(cmd, cwd=ROOT))
+        while not all(Path(f"{tmp_path}/writer{seed}.json.ready").exists() for seed in (1, 2)):
+            assert all(p.poll() is None for p in procs), "a writer ended before it started saving"
+            time.sleep(0.05)
+        Path(f"{root}.go").touch()
+        for p in procs:
+            assert p.wait(timeout=600) == 0
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    returned = [r for seed in (1, 2) for r in json.loads((tmp_path / f"writer{seed}.json").read_text())]
+    if keep == 0:
+        assert len({r["name"] for r in returned}) == 20  # each save a directory of its own
+    on_disk = sorted(p.name for p in root.iterdir() if p.name.startswith("step-"))
+    assert len(on_disk) == (20 if keep == 0 else keep)
+
+    def loads_as_saved(name: str, r: dict) -> bool:  # through a root of its own whose pointer names it
+        alone = tmp_path / "alone" / f"{name}-{r['seed']}"
+        if not alone.exists():
+            shutil.copytree(root / name, alone / name)
+            (alone / "latest").write_text(name)
+        model, opt = worker.make(r["seed"])
+        for i in range(r["saves"]):
+            worker.train_step(model, opt, i)
+        fresh_model, fresh_opt = worker.make(99)
+        if load_latest(alone, fresh_model, fresh_opt) != r["step"]:
+            return False
+        return all(torch.equal(a, b) for a, b in zip(model.parameters(), fresh_model.parameters()))
+
+    for name in on_disk:  # a name freed by retention may be taken again: one of the saves that returned it
+        assert any(loads_as_saved(name, r) for r in returned if r["name"] == name), name
+    fresh_model, fresh_opt = worker.make(99)
+    assert load_latest(root, fresh_model, fresh_opt) in {r["step"] for r in returned}
+    assert not (root / ".lock").exists()
+
+
+def _outside(tmp_path: Path) -> Path:
+    """A good checkpoint of its own, outside the root."""
+    model, opt = trained(3)
+    return save_checkpoint(tmp_path / "elsewhere", 3, model, opt)
+
+
+def _alarm(seconds: int):
+    import signal
+
+    def fail(*_):
+        raise Crash("load_latest blocked")  # not an OSError, which a reader's handlers would take for a bad file
+
+    signal.signal(signal.SIGALRM, fail)
+    signal.alarm(seconds)
+
+
+SPECIAL_POINTERS = {
+    "a FIFO": lambda root, outside: os.mkfifo(root / "latest"),
+    "a link to /dev/zero": lambda root, outside: os.symlink("/dev/zero", root / "latest"),
+    "a link to a file outside": lambda root, outside: os.symlink(outside.parent / "latest", root / "latest"),
+    "a link to a secret": lambda root, outside: (
+        (outside.parent / "secret").write_text("root:x:0:0:secret-words\n"),
+        os.symlink(outside.parent / "secret", root / "latest"),
+    ),
+    "too big": lambda root, outside: (root / "latest").write_bytes(b" " * (2 << 20)),
+}
+
+
+@pytest.mark.parametrize("make", SPECIAL_POINTERS.values(), ids=SPECIAL_POINTERS.keys())
+def test_a_pointer_that_is_not_a_regular_file_inside_the_root_is_refused_at_once(tmp_path, make):
+    outside = _outside(tmp_path)
+    root = tmp_path / "root"
+    model, opt = trained(2)
+    save_checkpoint(root, 2, model, opt)
+    (root / "latest").unlink()
+    make(root, outside)
+    fresh_model, fresh_opt = worker.make()
+    before = snapshot(fresh_model, fresh_opt)
+    _alarm(10)
+    try:
+        with pytest.raises(CheckpointError, match="latest does not name a checkpoint") as caught:
+            load_latest(root, fresh_model, fresh_opt)
+    finally:
+        import signal
+
+        signal.alarm(0)
+    assert "secret" not in str(caught.value)
+    assert_unchanged(fresh_model, fresh_opt, before)
+
+
+@pytest.mark.parametrize("what", ["the step directory", "state.json", "a shard"])
+def test_a_checkpoint_linked_in_from_outside_the_root_is_refused(tmp_path, what):
+    outside = _outside(tmp_path)
+    root = tmp_path / "root"
+    model, opt = trained(2)
+    here = save_checkpoint(root, 3, model, opt)  # a checkpoint of step 3 here, as the one outside
+    if what == "the step directory":
+        shutil.rmtree(here)
+        os.symlink(outside, here)
+    else:
+        name = "state.json" if what == "state.json" else "__0_0.distcp"
+        shutil.copyfile(outside / name, here / name)
+        (here / "manifest.json").unlink()
+        distributed._write_manifest(here)  # a manifest that matches the linked file's contents
+        (here / name).unlink()
+        os.symlink(outside / name, here / name)
+    fresh_model, fresh_opt = worker.make()
+    before = snapshot(fresh_model, fresh_opt)
+    with pytest.raises(CheckpointError, match=r"symbolic link|not a file of the manifest"):
+        load_latest(root, fresh_model, fresh_opt)
+    assert_unchanged(fresh_model, fresh_opt, before)
+
+
+def test_a_flipped_digit_in_the_pointer_is_refused_rather_than_followed(tmp_path):
+    model, opt = trained(2)
+    save_checkpoint(tmp_path, 2, model, opt)
+    save_checkpoint(tmp_path, 3, model, opt)
+    text = (tmp_path / "latest").read_text()
+    (tmp_path / "latest").write_text(text.replace('"checkpoint": "step-00000003"', '"checkpoint": "step-00000002"'))
+    with pytest.raises(CheckpointError, match="its SHA-256 differs from its contents'"):
+        load_latest(tmp_path, *worker.make())
+    (tmp_path / "latest").write_text(json.dumps({"checkpoint": "step-00000002"}))  # an earlier version's: no digest
+    assert load_latest(tmp_path, *worker.make()) == 2
+
+
+@pytest.mark.parametrize("name", [b"save", b"load", b"Tensor", b"nn", b"from_file", b"set_default_dtype"])
+def test_metadata_unpickler_takes_torchs_dtypes_and_no_other_attribute_of_torch(name):
+    """A ``.metadata`` that could call ``torch.save`` could write a file anywhere: only dtypes come from torch."""
+    with pytest.raises(pickle.UnpicklingError, match="refused to load"):
+        distributed._MetadataUnpickler(io.BytesIO(b"ctorch\n" + name + b"\n.")).load()

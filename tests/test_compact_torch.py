@@ -43,6 +43,8 @@ def round_to(values: np.ndarray, dtype: torch.dtype) -> np.ndarray:
 )  # fmt: skip
 @pytest.mark.parametrize(("fused", "path"), [(None, "numba compact"), (False, "compact")], ids=["kernel", "numpy"])
 def test_every_step_is_the_numpy_definitions_bit_for_bit(dtype, options, fused, path):
+    """Every param after every step, against the definitions; two params sit out some steps (no gradient), so one
+    kernel call steps tensors whose counts differ."""
     if fused is None:
         pytest.importorskip("numba")
     net = model(dtype)
@@ -50,12 +52,18 @@ def test_every_step_is_the_numpy_definitions_bit_for_bit(dtype, options, fused, 
     config = AdamaxConfig(lr=1e-2, **options)
     ref = {name: p.detach().float().numpy().copy() for name, p in net.named_parameters()}
     states = {name: compact.init(p) for name, p in ref.items()}
-    for x, y in batches(25, dtype):
+    sits_out = {0: lambda t: t % 4 == 1, 2: lambda t: t % 3 == 1}  # by the param's index
+    for t, (x, y) in enumerate(batches(25, dtype)):
         opt.zero_grad()
         torch.nn.functional.mse_loss(net(x), y).backward()
-        grads = {name: p.grad.float().numpy() for name, p in net.named_parameters()}
+        for i, p in enumerate(net.parameters()):
+            if i in sits_out and sits_out[i](t):
+                p.grad = None
+        grads = {name: p.grad.float().numpy() for name, p in net.named_parameters() if p.grad is not None}
         opt.step()
         for name, p in net.named_parameters():
+            if name not in grads:
+                continue
             new_p, states[name] = compact.update(ref[name], grads[name], states[name], config)
             ref[name] = round_to(new_p, dtype)
             assert np.array_equal(p.detach().float().numpy(), ref[name]), name

@@ -864,3 +864,19 @@ def test_a_loaded_groups_scheduler_learning_rates_are_checked_as_lr_is(key, valu
     saved["param_groups"][0][key] = torch.tensor(0.02)
     opt.load_state_dict(saved)
     assert float(opt.param_groups[0][key]) == pytest.approx(0.02)
+
+
+@pytest.mark.parametrize("how", ["deepcopy", "pickle"])
+def test_a_copy_of_the_optimizer_keeps_its_options_and_its_count_of_skipped_steps(how):
+    p = torch.nn.Parameter(torch.ones(300))
+    state_format = "compact" if how == "deepcopy" else "full"  # plain pickle cannot hold torch's uint16 tensors
+    opt = Adamax([p], lr=0.01, skip_nonfinite=True, state_format=state_format)
+    for g in (torch.ones(300), torch.full((300,), math.nan), torch.full((300,), math.inf)):
+        p.grad = g
+        opt.step()
+    assert opt.skipped_steps == 2
+    if how == "deepcopy":
+        clone = copy.deepcopy(opt)
+    else:
+        clone = pickle.loads(pickle.dumps(opt))
+    assert (clone.skipped_steps, clone.skip_nonfinite, clone.state_format) == (2, True, state_format)

@@ -8,6 +8,24 @@ never the directory of an earlier save), and only then has rank 0 point
 deleted after ``latest`` has moved.  SIGKILL at any point of a save leaves
 ``latest`` naming a complete checkpoint.
 
+One save at a time per root: rank 0 holds an exclusive lock (``flock`` on
+``.lock`` in the root, removed when the save ends) from choosing the name to
+the last deletion, so a second job saving into the same root (a restarted job
+whose predecessor still runs) waits for it (``lock_timeout``), then saves
+under a name of its own.  ``flock`` holds between processes of one machine
+and, on Linux, across NFS clients (the client maps it onto NFS byte-range
+locks) and on most cluster file systems; a file system that refuses it
+(some FUSE mounts) gets a warning, and there two writers into one root are
+not safe.
+
+Retention deletes only what this module wrote: checkpoint directories sealed
+by its manifest (never a folder of yours that happens to be named
+``step-00000001``), and, when ``keep`` is set, directories of its own
+interrupted saves.  ``keep=None`` deletes nothing.  Which saves are newest
+comes from ``latest``'s list of recent saves; checkpoints it does not name
+(the pointer lost or damaged) follow, newest sealed first, so that a lost
+pointer never costs the last good checkpoints.
+
 :func:`load_latest` verifies that checkpoint before reading anything from it,
 loads it into copies, and changes the model and optimizer only once
 everything has loaded; any failure raises :class:`CheckpointError` and leaves
@@ -30,7 +48,12 @@ What is in a checkpoint, and why a hostile one cannot run code:
 
 The trust boundary: a checkpoint from a source you do not trust cannot make
 :func:`load_latest` run code, read files outside the checkpoint, or change
-the model and optimizer unless it loads whole.  The manifest detects
+the model and optimizer unless it loads whole.  Only regular files and
+directories inside the root are read: a symbolic link, FIFO or device in
+place of ``latest``, a step directory or any of its files is refused, and
+sizes are known before anything is read.  Error messages name files, never
+quote their contents.  ``latest`` carries the SHA-256 of its own fields, so a
+damaged pointer is refused rather than followed to another checkpoint.  The manifest detects
 accidents, not forgeries: whoever can write the files can write a matching
 manifest, and so can hand you well-formed but wrong weights and
 hyperparameters (checked for validity, not for provenance), or a checkpoint
@@ -49,12 +72,16 @@ and optimizer state besides the live one until it commits.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
 import os
 import pickle
 import re
 import shutil
+import stat
+import time
 import uuid
 import warnings
 from collections.abc import Mapping
@@ -83,10 +110,14 @@ __all__ = ["CheckpointError", "latest_checkpoint", "latest_step", "load_latest",
 LATEST = "latest"
 MANIFEST = "manifest.json"
 STATE = "state.json"
+LOCK = ".lock"
 FORMAT = 1
 KEEP = 3
+LOCK_TIMEOUT = 600.0  # seconds a save waits for another save into the same root
 _NAME = re.compile(r"step-(\d{8,})(?:\.(\d+))?")
 _PARTIAL = ".partial-"
+_POINTER_BYTES = 1 << 20  # the most a pointer may hold
+_JSON_BYTES = 1 << 30  # the most a manifest may hold (state.json's size is the manifest's)
 _TENSOR = "__tensor__"  # state.json's marker for a value stored by DCP
 _TUPLE = "__tuple__"  # ... and for a tuple, which JSON would turn into a list
 
@@ -208,9 +239,43 @@ def _has_format(document: Any) -> bool:
     return isinstance(document, dict) and type(document.get("format")) is int and document["format"] == FORMAT
 
 
+def _read_regular(path: Path, limit: int) -> bytes:
+    """The bytes of ``path``, a regular file of at most ``limit`` bytes (not a link, FIFO, device or directory:
+    refused with an ``OSError`` before a byte is read)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise OSError(errno.ELOOP, "a symbolic link, which is not followed", str(path)) from None
+        raise
+    try:
+        info = os.fstat(fd)
+        if stat.S_ISDIR(info.st_mode):
+            raise IsADirectoryError(errno.EISDIR, "Is a directory", str(path))
+        if not stat.S_ISREG(info.st_mode):
+            raise OSError(errno.EINVAL, "not a regular file (a FIFO, device or socket)", str(path))
+        if info.st_size > limit:
+            raise OSError(errno.EFBIG, f"{info.st_size} bytes, more than the {limit} this file may hold", str(path))
+        with os.fdopen(os.dup(fd), "rb") as f:
+            data = f.read(limit + 1)
+        if len(data) > limit:
+            raise OSError(errno.EFBIG, f"more than the {limit} bytes this file may hold", str(path))
+        return data
+    finally:
+        os.close(fd)
+
+
+def _is_real_dir(path: Path) -> bool:
+    """A directory itself, not a symbolic link to one."""
+    try:
+        return stat.S_ISDIR(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
 def _read_state(directory: Path) -> dict:
     try:
-        state = json.loads((directory / STATE).read_text())
+        state = json.loads(_read_regular(directory / STATE, _JSON_BYTES))
     except _UNREADABLE as err:
         raise CheckpointError(f"{directory / STATE}: {err}") from None
     if not (_has_format(state) and isinstance(state.get("tree"), dict)):
@@ -228,7 +293,8 @@ def _read_state(directory: Path) -> dict:
 
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    with os.fdopen(fd, "rb") as f:
         for block in iter(lambda: f.read(1 << 22), b""):
             digest.update(block)
     return digest.hexdigest()
@@ -268,8 +334,10 @@ def _verify(directory: Path) -> list[str]:
     """Check every file of the checkpoint against its manifest; returns the file names.  Reads no pickle."""
     if not directory.is_dir():
         raise CheckpointError(f"{directory} does not exist")
+    if not _is_real_dir(directory):
+        raise CheckpointError(f"{directory} is a symbolic link: only directories inside the root are read")
     try:
-        manifest = json.loads((directory / MANIFEST).read_text())
+        manifest = json.loads(_read_regular(directory / MANIFEST, _JSON_BYTES))
     except FileNotFoundError:
         raise CheckpointError(f"{directory} has no {MANIFEST}: not a complete adamax checkpoint") from None
     except _UNREADABLE as err:
@@ -283,9 +351,10 @@ def _verify(directory: Path) -> list[str]:
         raise CheckpointError(f"{directory}: files differ from its manifest (missing {missing}, unexpected {extra})")
     for name, entry in files.items():
         path = directory / name
-        if not (isinstance(entry, dict) and path.is_file()):
-            raise CheckpointError(f"{path}: not a file of the manifest")
-        size = path.stat().st_size
+        if not (isinstance(entry, dict) and stat.S_ISREG(os.lstat(path).st_mode)):
+            raise CheckpointError(f"{path}: not a file of the manifest (a link, directory or device: only regular "
+                                  "files are read)")  # fmt: skip
+        size = os.lstat(path).st_size
         if size != entry.get("bytes"):
             raise CheckpointError(f"{path}: {size} bytes, the manifest says {entry.get('bytes')}")
         if _sha256(path) != entry.get("sha256"):
@@ -387,20 +456,31 @@ def _order(name: str) -> tuple[int, int] | None:
     return None if match is None else (int(match[1]), int(match[2] or 0))
 
 
+def _pointer_digest(pointer: Mapping) -> str:
+    """The SHA-256 a pointer carries: of its other fields, as canonical JSON."""
+    fields = {k: v for k, v in pointer.items() if k != "sha256"}
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
+
+
 def _read_pointer(root: Path) -> dict | None:
+    where = root / LATEST
     try:
-        text = (root / LATEST).read_text()
+        text = _read_regular(where, _POINTER_BYTES).decode()
     except FileNotFoundError:
         return None
-    except (OSError, ValueError) as err:  # a directory, unreadable, or not UTF-8
-        raise CheckpointError(f"{root / LATEST} does not name a checkpoint: {err}") from None
+    except (OSError, ValueError) as err:  # a directory, a link, a FIFO, too big, unreadable, or not UTF-8
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else type(err).__name__
+        raise CheckpointError(f"{where} does not name a checkpoint: {reason}") from None
     try:
         pointer = json.loads(text)
     except (ValueError, RecursionError):  # the plain name that earlier versions wrote (or worse: refused below)
         pointer = {"checkpoint": text.strip(), "recent": [text.strip()]}
     name = pointer.get("checkpoint") if isinstance(pointer, dict) else None
     if not isinstance(name, str) or _order(name) is None:
-        raise CheckpointError(f"{root / LATEST} does not name a checkpoint: {text[:80]!r}")
+        raise CheckpointError(f"{where} does not name a checkpoint: not a pointer this library wrote "
+                              f"({len(text)} characters; its contents are not shown)")  # fmt: skip
+    if "sha256" in pointer and pointer["sha256"] != _pointer_digest(pointer):
+        raise CheckpointError(f"{where} does not name a checkpoint: its SHA-256 differs from its contents' (damaged)")
     recent = pointer.get("recent")
     pointer["recent"] = [n for n in recent if isinstance(n, str) and _order(n)] if isinstance(recent, list) else []
     return pointer
@@ -427,31 +507,129 @@ def _fresh_name(root: Path, step: int) -> str:
     return f"step-{step:08d}" + (f".{n}" if n else "")
 
 
-def _prune(root: Path, keep: int | None, recent: list[str]) -> None:
-    """Delete interrupted saves, and complete checkpoints that ``latest``'s recent list no longer holds."""
+def _sealed(path: Path) -> bool:
+    """Whether ``path`` is a checkpoint this module wrote and sealed: a directory (not a link) named as one,
+    holding a manifest of this format that lists a ``state.json``."""
+    if _order(path.name) is None or not _is_real_dir(path):
+        return False
+    try:
+        manifest = json.loads(_read_regular(path / MANIFEST, _JSON_BYTES))
+    except _UNREADABLE:
+        return False
+    return _has_format(manifest) and isinstance(manifest.get("files"), dict) and STATE in manifest["files"]
+
+
+def _newest_first(root: Path, name: str, earlier: list[str]) -> list[str]:
+    """Every sealed checkpoint under ``root``, newest save first: ``name`` (this save), then those ``latest``'s
+    recent list names, in its order, then any others (a lost or damaged pointer's), by when they were sealed."""
+    sealed = {p.name: p for p in root.iterdir() if p.name != name and _sealed(p)}
+    named = [n for n in dict.fromkeys(earlier) if n in sealed]
+    others = sorted(set(sealed) - set(named), key=lambda n: (os.lstat(sealed[n] / MANIFEST).st_mtime_ns, _order(n)))
+    return [name, *named, *reversed(others)]
+
+
+def _prune(root: Path, keep: int, recent: list[str]) -> None:
+    """Delete sealed checkpoints past the ``keep`` newest, and this module's interrupted saves (under the lock)."""
     for path in root.iterdir():
-        interrupted = path.name.startswith(_PARTIAL)
-        dropped = keep is not None and _order(path.name) is not None and path.name not in recent
-        if (interrupted or dropped) and path.is_dir():
+        interrupted = path.name.startswith(_PARTIAL) and _order(path.name[len(_PARTIAL) :]) is not None
+        dropped = path.name not in recent[:keep] and _sealed(path)
+        if (interrupted and _is_real_dir(path)) or dropped:
             shutil.rmtree(path, ignore_errors=True)
+
+
+class _SaveLock:
+    """An exclusive ``flock`` on ``root/.lock``, held by rank 0 for a whole save and removed at its end.  A waiter
+    that got the lock on a file already removed (its holder finished) tries again on the new one."""
+
+    def __init__(self, root: Path, timeout: float) -> None:
+        import fcntl
+
+        self.path, self.fd = root / LOCK, None
+        deadline = time.monotonic() + timeout
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+            try:
+                while True:
+                    try:
+                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                        break
+                    except BlockingIOError:
+                        if time.monotonic() > deadline:
+                            raise CheckpointError(
+                                f"another save into {root} has held {self.path} for {timeout:g} s "
+                                f"(process {self._holder(fd)}); not saving beside it"
+                            ) from None
+                        time.sleep(0.05)
+                try:
+                    same = os.path.samestat(os.fstat(fd), os.lstat(self.path))
+                except FileNotFoundError:
+                    same = False
+            except BaseException:
+                os.close(fd)
+                raise
+            if same:
+                break
+            os.close(fd)  # the file this lock was on was removed by the save that held it: lock the new one
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self.fd = fd
+
+    @staticmethod
+    def _holder(fd: int) -> str:
+        try:
+            return os.pread(fd, 32, 0).decode().strip() or "unknown"
+        except (OSError, ValueError):
+            return "unknown"
+
+    def release(self) -> None:
+        if self.fd is None:
+            return
+        with contextlib.suppress(OSError):
+            os.unlink(self.path)  # while still held: a waiter sees its file gone and locks a fresh one
+        os.close(self.fd)  # releases the flock
+        self.fd = None
+
+
+def _lock(root: Path, timeout: float) -> _SaveLock | None:
+    try:
+        return _SaveLock(root, timeout)
+    except OSError as err:
+        if err.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+            warnings.warn(
+                f"{root}'s file system refuses flock ({err.strerror}): this save is not protected from another "
+                "save into the same root",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            return None
+        raise
 
 
 # --- saving and loading ----------------------------------------------------------------------------------------
 
 
 def save_checkpoint(
-    root: str | os.PathLike, step: int, model: torch.nn.Module, optimizer, *, keep: int | None = KEEP
+    root: str | os.PathLike,
+    step: int,
+    model: torch.nn.Module,
+    optimizer,
+    *,
+    keep: int | None = KEEP,
+    lock_timeout: float = LOCK_TIMEOUT,
 ) -> Path:
     """Save model and optimizer state after ``step`` steps; a collective call on every rank.
 
     Returns the checkpoint's directory.  ``keep``: how many checkpoints to
     keep, the newest first (``None``: all); older ones are deleted after
-    ``latest`` has moved to the new one.
+    ``latest`` has moved to the new one.  ``lock_timeout``: how many seconds
+    to wait for another save into ``root`` to end before refusing.
     """
     if isinstance(step, bool) or not isinstance(step, int) or step < 0:
         raise ValueError(f"step must be an integer >= 0, got {step!r}")
     if keep is not None and (isinstance(keep, bool) or not isinstance(keep, int) or keep < 1):
         raise ValueError(f"keep must be an integer >= 1 or None, got {keep!r}")
+    if isinstance(lock_timeout, bool) or not isinstance(lock_timeout, (int, float)) or not lock_timeout >= 0:
+        raise ValueError(f"lock_timeout must be a number of seconds >= 0, got {lock_timeout!r}")
     root = Path(root)
     model_state, optim_state = get_state_dict(model, optimizer)
     tensors: dict[str, torch.Tensor] = {}
@@ -460,15 +638,28 @@ def save_checkpoint(
         tree = _split({"model": model_state, "optim": optim_state}, (), tensors)
     except TypeError as err:
         error = str(err)
-    name = None
-    if _rank() == 0 and error is None:
-        root.mkdir(parents=True, exist_ok=True)
-        name = _fresh_name(root, step)
-    _agree(error)
-    name = _broadcast(name)
+    _agree(error)  # refused on every rank before anything is written, the lock file included
+    name, lock = None, None
+    if _rank() == 0:
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            lock = _lock(root, lock_timeout)  # held until this save has pointed and pruned
+            name = _fresh_name(root, step)
+        except (OSError, CheckpointError) as err:
+            error = f"saving into {root}: {err}"
+    try:
+        _agree(error)
+        return _save_locked(root, _broadcast(name), step, tensors, tree, keep)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _save_locked(root: Path, name: str, step: int, tensors: dict, tree: Any, keep: int | None) -> Path:
+    """The save once its name is chosen (rank 0 holding the root's lock): shards, seal, rename, pointer, prune."""
     partial = root / f"{_PARTIAL}{name}"
     if _rank() == 0 and partial.exists():
-        shutil.rmtree(partial)  # left by a save killed before its rename
+        shutil.rmtree(partial)  # left by a save killed before its rename (saves into this root are one at a time)
     _barrier()
     try:
         with warnings.catch_warnings():
@@ -491,13 +682,13 @@ def save_checkpoint(
                 previous = _read_pointer(root)
             except CheckpointError:  # an unreadable pointer is replaced, not a reason to fail the save
                 previous = None
-            earlier = (previous or {}).get("recent", [])
-            recent = [name, *(n for n in earlier if n != name and (root / n).is_dir())]
-            recent = recent[:keep] if keep is not None else recent
-            pointer = {"checkpoint": name, "step": step, "recent": recent}
+            recent = _newest_first(root, name, (previous or {}).get("recent", []))
+            pointer = {"checkpoint": name, "step": step, "recent": recent[:keep] if keep is not None else recent}
+            pointer["sha256"] = _pointer_digest(pointer)
             _write_atomically(root / LATEST, json.dumps(pointer))  # atomic: the old pointer or the new one
             _reached("pointed")
-            _prune(root, keep, recent)
+            if keep is not None:
+                _prune(root, keep, recent)
         except (OSError, CheckpointError) as err:
             error = f"saving {name}: {err}"
     _agree(error)
