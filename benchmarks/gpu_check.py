@@ -173,6 +173,28 @@ def timings(sizes: list[int], with_compile: bool) -> dict[str, dict[str, float]]
     return results
 
 
+def automatic_probe() -> dict[str, str]:
+    """The verdict of the probe the automatic choice runs before it trusts the kernel (adamax.torch._probe), per
+    param dtype and a few option sets: "agrees" or why not."""
+    from adamax.spec import AdamaxConfig
+    from adamax.torch import _probe
+
+    verdicts = {}
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
+        state = torch.float32
+        for name, config in {
+            "defaults": AdamaxConfig(),
+            "coupled decay": AdamaxConfig(weight_decay=0.1),
+            "decoupled, maximize": AdamaxConfig(weight_decay=0.1, decoupled_weight_decay=True, maximize=True),
+            "denominator": AdamaxConfig(eps=1e-3, eps_placement="denominator"),
+            "none": AdamaxConfig(eps_placement="none"),
+        }.items():
+            p = torch.zeros(1, dtype=dtype, device=DEVICE)
+            verdict = _probe._probe(_probe.gpu_kernels(), p.device, dtype, state, config)
+            verdicts[f"{dtype} {name}"] = verdict or "agrees"
+    return verdicts
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", default="gpu_check.json")
@@ -195,6 +217,7 @@ def main() -> None:
         "triton": triton.__version__,
         "python": platform.python_version(),
         "correctness": correctness(),
+        "automatic_probe": automatic_probe(),
         "cases": {},
     }
     cases = {"10M": [10_000_000], "100M": [100_000_000], "model-like 10M": model_like_sizes()}

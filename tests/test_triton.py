@@ -8,6 +8,7 @@ kernel against ``torch.optim.Adamax`` on CUDA.
 
 from __future__ import annotations
 
+import math
 import os
 
 import numpy as np
@@ -312,3 +313,82 @@ def test_bfloat16_state_from_a_torch_checkpoint_is_stepped_on_the_triton_path(cp
         opt.step()
         assert opt.last_step_paths == {"triton": 1}
     assert opt.state[p]["exp_avg"].dtype is torch.bfloat16 and int(opt.state[p]["step"]) == 4
+
+
+# --- the automatic choice trusts the kernel only after a probe agreed with torch's ops ---------------------------
+
+
+@pytest.fixture
+def fresh_verdicts(monkeypatch):
+    from adamax.torch import _probe
+
+    monkeypatch.setattr(_probe, "_VERDICTS", {})
+    return _probe
+
+
+def _train_beside_torch(adamax_torch, steps=4, dtype=torch.float32, **options):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.Tanh(), torch.nn.Linear(16, 3)).to(dtype)
+    oracle_model = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.Tanh(), torch.nn.Linear(16, 3)).to(dtype)
+    oracle_model.load_state_dict(model.state_dict())
+    opt = adamax_torch.Adamax(model.parameters(), lr=0.01, **options)
+    oracle = torch.optim.Adamax(oracle_model.parameters(), lr=0.01, foreach=False)
+    for _ in range(steps):
+        x, y = torch.randn(8, 6).to(dtype), torch.randn(8, 3).to(dtype)
+        for m, o in ((model, opt), (oracle_model, oracle)):
+            o.zero_grad()
+            torch.nn.functional.mse_loss(m(x), y).backward()
+            o.step()
+    return model, opt, oracle_model
+
+
+def test_a_kernel_that_agrees_with_torchs_ops_on_the_probe_is_the_automatic_path(cpu_as_triton, fresh_verdicts):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no warning: the probe agreed
+        model, opt, oracle_model = _train_beside_torch(cpu_as_triton)
+    assert opt.last_step_paths == {"triton": 4}
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), oracle_model.parameters()))
+    assert list(fresh_verdicts._VERDICTS.values()) == [None]  # probed once, for float32 params on the CPU
+
+
+@pytest.mark.parametrize("fault", ["wrong values", "a compile error"])
+def test_a_kernel_that_disagrees_with_torchs_ops_is_left_with_one_warning(cpu_as_triton, fresh_verdicts, monkeypatch,
+                                                                          fault):  # fmt: skip
+    """A deliberately wrong kernel (one ulp off in one element, or failing to compile): the automatic choice
+    warns once and steps with torch's ops, bit-exact with torch.optim.Adamax; fused=True still takes the kernel."""
+    real_step = gpu.step
+
+    def wrong_step(params, *args, **kwargs):
+        if fault == "a compile error":
+            raise RuntimeError("PassManager::run failed\n(and more lines)")
+        real_step(params, *args, **kwargs)
+        last = params[-1].view(-1)
+        last[-1:] = torch.nextafter(last[-1:], torch.full_like(last[-1:], math.inf))
+
+    monkeypatch.setattr(gpu, "step", wrong_step)
+    with pytest.warns(RuntimeWarning, match="the Triton kernel did not match torch's ops on a probe") as caught:
+        model, opt, oracle_model = _train_beside_torch(cpu_as_triton)
+        _train_beside_torch(cpu_as_triton)  # a second optimizer of the same kind: no second warning
+    assert len([w for w in caught if "Triton kernel" in str(w.message)]) == 1
+    expected = "param differs in 1 of" if fault == "wrong values" else "the kernel failed: RuntimeError: PassManager"
+    assert expected in str(caught[0].message)
+    assert opt.last_step_paths == {"forloop": 4}
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), oracle_model.parameters()))
+    if fault == "wrong values":
+        model, opt, oracle_model = _train_beside_torch(cpu_as_triton, fused=True)  # explicit: the kernel, as asked
+        assert opt.last_step_paths == {"triton": 4}
+        assert not all(torch.equal(a, b) for a, b in zip(model.parameters(), oracle_model.parameters()))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_the_probe_of_low_precision_params_agrees_with_float32_ops_rounded_on_store(cpu_as_triton, fresh_verdicts,
+                                                                                    dtype):  # fmt: skip
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _, opt, _ = _train_beside_torch(cpu_as_triton, steps=2, dtype=dtype)
+    assert opt.last_step_paths == {"triton": 4}
+    assert list(fresh_verdicts._VERDICTS.values()) == [None]

@@ -18,6 +18,7 @@ from adamax.kernels import cpu_kernels, gpu_kernels
 from adamax.spec import AdamaxConfig
 from adamax.torch._compact import COMPACT_KEYS, check_saved_step
 from adamax.torch._compact import check_state as check_compact_state
+from adamax.torch._probe import triton_verdict
 from adamax.torch._sparse import coalesced
 
 _FLAG_DEFAULTS = {
@@ -134,6 +135,13 @@ def _kernel_can_take(p: Tensor, g: Tensor, state: Mapping[str, Any] | None, capt
     return None
 
 
+def _triton_state_dtype(p: Tensor, state: Mapping[str, Any] | None) -> torch.dtype:
+    """The dtype of ``p``'s state on the Triton path: its own, or the one it will be made in."""
+    if state:
+        return state["exp_avg"].dtype
+    return torch.float32 if p.dtype in _LOW_PRECISION else p.dtype
+
+
 def _kernel_mode(group: Mapping[str, Any]) -> str:
     """The one place that decides whether fused kernels step a group: "always", "where possible" or "never".
 
@@ -141,7 +149,9 @@ def _kernel_mode(group: Mapping[str, Any]) -> str:
       can take is refused, not silently stepped another way); ``fused=False``
       or an explicit ``foreach`` is "never".
     * Otherwise (``fused=None`` and ``foreach=None``) the kernels take every
-      param they can: numba's on the CPU, Triton's on CUDA, where installed.
+      param they can: numba's on the CPU, Triton's on CUDA, where installed;
+      Triton's only once a probe of its kind agreed with torch's ops bit for
+      bit (:mod:`adamax.torch._probe`).
       The rest follow torch's own default (foreach where every tensor is on a
       device with foreach kernels, i.e. not the CPU).  Results are the same
       bits either way.
@@ -332,6 +342,8 @@ class _Planning:
                 rest.append(p)
                 continue
             reason = _kernel_can_take(p, g, s, group["capturable"])
+            if reason is None and mode == "where possible" and _KERNEL_FOR_DEVICE[p.device.type] == "triton":
+                reason = triton_verdict(p, _triton_state_dtype(p, s), config)  # probed once per kind (_probe)
             if reason is None:
                 fused.append(p)
                 fused_states.append(s)
