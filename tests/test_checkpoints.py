@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from tests import processes
+
 torch = pytest.importorskip("torch")
 if not torch.distributed.is_available():
     pytest.skip("torch.distributed is not available", allow_module_level=True)
@@ -822,7 +824,7 @@ def test_a_save_that_dies_while_writing_the_pointer_leaves_the_old_pointer_whole
 
 def run_worker(ckpt: Path, out: Path, *options: str) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "tests.checkpoint_worker", "--ckpt", str(ckpt), "--out", str(out), *options]
-    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    return processes.run(cmd, cwd=ROOT)
 
 
 @pytest.fixture(scope="module")
@@ -1045,18 +1047,16 @@ def test_two_processes_saving_into_one_root_each_get_a_checkpoint_that_loads(tmp
             out = tmp_path / f"writer{seed}.json"
             cmd = [sys.executable, "-m", "tests.writer_worker", "--ckpt", str(root), "--out", str(out), "--saves", "10",
                    "--seed", str(seed), "--keep", str(keep)]  # fmt: skip
-            procs.append(subprocess.Popen(cmd, cwd=ROOT))
+            procs.append(processes.popen(cmd, cwd=ROOT))
         while not all(Path(f"{tmp_path}/writer{seed}.json.ready").exists() for seed in (1, 2)):
             assert all(p.poll() is None for p in procs), "a writer ended before it started saving"
             time.sleep(0.05)
         Path(f"{root}.go").touch()
         for p in procs:
-            assert p.wait(timeout=600) == 0
+            assert p.wait(timeout=processes.TIMEOUT) == 0
     finally:
         for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
+            processes.end_group(p)
     returned = [r for seed in (1, 2) for r in json.loads((tmp_path / f"writer{seed}.json").read_text())]
     if keep == 0:
         assert len({r["name"] for r in returned}) == 20  # each save a directory of its own

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import subprocess
 import sys
 
 import pytest
 
 from adamax.cli import main
+from tests import processes
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -50,7 +50,7 @@ def test_demo_without_a_plot(tmp_path, capsys):
     ],
 )
 def test_bad_arguments_get_one_line(args, message):
-    result = subprocess.run([sys.executable, "-m", "adamax", *args], capture_output=True, text=True, timeout=120)
+    result = processes.run([sys.executable, "-m", "adamax", *args])
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     lines = result.stderr.strip().splitlines()
@@ -117,7 +117,7 @@ def test_bench_gives_every_method_its_own_fixed_colour():
     ],
 )
 def test_bench_bad_arguments_get_one_line(args, message):
-    result = subprocess.run([sys.executable, "-m", "adamax", *args], capture_output=True, text=True, timeout=120)
+    result = processes.run([sys.executable, "-m", "adamax", *args])
     assert result.returncode == 2 and "Traceback" not in result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], result.stderr
@@ -178,14 +178,14 @@ def test_check_lists_missing_backends_as_absent(monkeypatch, capsys):
 
 
 def test_bare_adamax_prints_the_help():
-    result = subprocess.run([sys.executable, "-m", "adamax"], capture_output=True, text=True, timeout=120)
+    result = processes.run([sys.executable, "-m", "adamax"])
     assert result.returncode == 0 and not result.stderr
     assert "usage: adamax" in result.stdout and "demo" in result.stdout and "check" in result.stdout
 
 
 @pytest.mark.parametrize("verb", ["demo", "lp", "compare", "check", "bench", "freeze"])
 def test_help_shows_where_the_plot_goes(verb):
-    result = subprocess.run([sys.executable, "-m", "adamax", verb, "--help"], capture_output=True, text=True)
+    result = processes.run([sys.executable, "-m", "adamax", verb, "--help"])
     assert result.returncode == 0
     assert f"(default adamax-{verb}.png)" in " ".join(result.stdout.split())
 
@@ -234,12 +234,8 @@ def test_check_progress_counts_the_checks_that_run(monkeypatch):
 
 
 def test_check_piped_into_head_stops_quietly():
-    result = subprocess.run(
-        f"{sys.executable} -m adamax check --backends numpy --all --no-plot | head -3",
-        shell=True,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    result = processes.run(
+        ["/bin/sh", "-c", f"{sys.executable} -m adamax check --backends numpy --all --no-plot | head -3"]
     )
     assert "Traceback" not in result.stderr and "BrokenPipe" not in result.stderr, result.stderr
 

@@ -20,6 +20,7 @@ if not torch.distributed.is_available():
 
 from adamax import distributed  # noqa: E402
 from tests import distributed_workers as workers  # noqa: E402
+from tests import processes  # noqa: E402
 
 pytestmark = pytest.mark.distributed
 ROOT = Path(__file__).resolve().parent.parent
@@ -31,20 +32,20 @@ def launch(scenario: str, out: Path, *options: str) -> list[subprocess.Popen]:
     for rank in range(workers.WORLD):
         env = {**os.environ, "RANK": str(rank), "WORLD_SIZE": str(workers.WORLD), "ADAMAX_TEST_STORE": str(store)}
         cmd = [sys.executable, "-m", "tests.distributed_workers", scenario, "--out", str(out), *options]
-        procs.append(subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
+        procs.append(processes.popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
     return procs
 
 
-def wait(procs: list[subprocess.Popen], timeout: float = 90) -> None:
+def wait(procs: list[subprocess.Popen], timeout: float = processes.TIMEOUT) -> None:
+    """Wait for every rank (a hang, not a slow machine, runs out ``timeout``); whatever happens, none is left."""
     outputs = []
-    for proc in procs:
-        try:
+    try:
+        for proc in procs:
             out, _ = proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            for p in procs:
-                p.kill()
-            out, _ = proc.communicate()
-        outputs.append(out.decode()[-3000:])
+            outputs.append(out.decode()[-3000:])
+    finally:
+        for p in procs:
+            processes.end_group(p)
     assert all(p.returncode == 0 for p in procs), "\n---\n".join(outputs)
 
 
@@ -137,14 +138,15 @@ def test_a_save_refused_on_one_rank_is_refused_on_every_rank_and_writes_nothing(
 def test_a_killed_rank_restarts_from_the_last_checkpoint(tmp_path, straight_12):
     ckpt = tmp_path / "ckpt"
     procs = launch("train", tmp_path / "never.pt", "--steps", "12", "--ckpt-dir", str(ckpt), "--stall-at", "6")
-    deadline = time.monotonic() + 60
-    while not (ckpt / "stalled").exists():
-        assert time.monotonic() < deadline and all(p.poll() is None for p in procs), "the run ended early"
-        time.sleep(0.1)
-    os.kill(procs[1].pid, signal.SIGKILL)  # rank 1 dies mid-training
-    procs[0].kill()  # rank 0, blocked in the next all-reduce, is torn down as a launcher would
-    for p in procs:
-        p.wait(timeout=30)
+    try:
+        deadline = time.monotonic() + processes.TIMEOUT
+        while not (ckpt / "stalled").exists():
+            assert time.monotonic() < deadline and all(p.poll() is None for p in procs), "the run ended early"
+            time.sleep(0.1)
+        os.kill(procs[1].pid, signal.SIGKILL)  # rank 1 dies mid-training
+    finally:
+        for p in procs:  # rank 0, blocked in the next all-reduce, is torn down as a launcher would
+            processes.end_group(p)
     run("train", tmp_path / "resumed.pt", "--steps", "12", "--ckpt-dir", str(ckpt), "--resume")
     resumed = torch.load(tmp_path / "resumed.pt")
     assert resumed["start"] == 4  # the last checkpoint before step 6
@@ -154,8 +156,12 @@ def test_a_killed_rank_restarts_from_the_last_checkpoint(tmp_path, straight_12):
 def test_a_save_cut_short_never_replaces_the_good_checkpoint(tmp_path, straight_12):
     ckpt = tmp_path / "ckpt"
     procs = launch("train", tmp_path / "never.pt", "--steps", "12", "--ckpt-dir", str(ckpt), "--die-in-save-at", "8")
-    for p in procs:
-        p.wait(timeout=90)
+    try:
+        for p in procs:
+            p.wait(timeout=processes.TIMEOUT)
+    finally:
+        for p in procs:
+            processes.end_group(p)
     assert {p.returncode for p in procs} == {-signal.SIGKILL}
     assert {p.name for p in ckpt.iterdir()} >= {"died-0", "died-1"}, "both ranks died inside save_checkpoint"
     assert any((ckpt / ".partial-step-00000008").glob("*.distcp")), "the shards of the cut save were written"
@@ -199,12 +205,10 @@ def test_the_ddp_example_trains_checkpoints_and_resumes(tmp_path):
         "--ckpt-every",
         "3",
     ]
-    first = subprocess.run([*cmd, *example, "--resume"], capture_output=True, text=True, timeout=120)
+    first = processes.run([*cmd, *example, "--resume"])  # torchrun and its workers, ended together whatever happens
     assert first.returncode == 0, first.stderr[-3000:]
     assert f"no checkpoint in {tmp_path}/: starting at step 0" in first.stdout
     assert "step 6/6" in first.stdout and "checkpoint step-00000006" in first.stdout
-    again = subprocess.run(
-        [*cmd, *example[:2], "10", *example[3:], "--resume"], capture_output=True, text=True, timeout=120
-    )
+    again = processes.run([*cmd, *example[:2], "10", *example[3:], "--resume"])
     assert again.returncode == 0, again.stderr[-3000:]
     assert "resumed from step 6" in again.stdout and "step 10/10" in again.stdout

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import subprocess
 import sys
 import textwrap
 from collections import defaultdict
@@ -13,6 +12,7 @@ import pytest
 
 from adamax import kernels, reference
 from adamax.numpy import Adamax as NumpyAdamax
+from tests import processes
 from tests.test_conformance import CONFIGS
 
 numba = pytest.importorskip("numba")
@@ -228,7 +228,7 @@ def test_without_numba_everything_falls_back(monkeypatch):
 
 
 def run_python(code: str) -> str:
-    result = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=300)
+    result = processes.run([sys.executable, "-c", textwrap.dedent(code)])
     assert result.returncode == 0, result.stderr[-3000:]
     return result.stdout
 

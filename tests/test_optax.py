@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 import textwrap
 
 import numpy as np
 import pytest
+
+from tests import processes
 
 jax = pytest.importorskip("jax")
 optax = pytest.importorskip("optax")
@@ -282,13 +283,7 @@ def test_what_optax_takes_and_steps_wrongly_with_we_refuse():
 
 
 def run_python(code: str, **env: str) -> str:
-    result = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, **env},
-    )
+    result = processes.run([sys.executable, "-c", textwrap.dedent(code)], env={**os.environ, **env})
     assert result.returncode == 0, result.stderr[-3000:]
     return result.stdout
 

@@ -14,6 +14,8 @@ import os
 import numpy as np
 import pytest
 
+from tests import processes
+
 torch = pytest.importorskip("torch")
 pytest.importorskip("triton")
 
@@ -165,17 +167,13 @@ def test_capturable_keeps_the_step_count_on_the_device(cpu_as_triton):
 def test_the_prepared_gpu_check_runs_dry_on_the_cpu(tmp_path):
     """benchmarks/gpu_check.py is meant for a lent GPU; its --dry-run keeps its code honest without one."""
     import json
-    import subprocess
     import sys
     from pathlib import Path
 
     root = Path(__file__).resolve().parent.parent
     out = tmp_path / "gpu_check.json"
-    result = subprocess.run(
+    result = processes.run(
         [sys.executable, str(root / "benchmarks" / "gpu_check.py"), "--dry-run", "--no-compile", "--out", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=300,
         env={**os.environ, "TRITON_INTERPRET": "1"},
     )
     assert result.returncode == 0, result.stderr[-3000:]
