@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import gc
 
 import torch
 import torch.distributed as dist
@@ -47,7 +48,7 @@ def main() -> None:
     parser.add_argument("--resume", action="store_true", help="continue from the last complete checkpoint")
     args = parser.parse_args()
 
-    dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=120))
+    dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=600))
     rank, world = dist.get_rank(), dist.get_world_size()
     torch.manual_seed(0)
     model = torch.nn.parallel.DistributedDataParallel(
@@ -82,6 +83,11 @@ def main() -> None:
             if rank == 0:
                 print(f"checkpoint {path.name}", flush=True)
     dist.barrier()  # every rank done before the group is torn down
+    # DDP's reducer holds the process group. Freed after destroy_process_group, it would tear the group down
+    # itself, holding the GIL, while gloo's threads may wait for it (a hang at exit, seen on a loaded machine):
+    # free it first, so that destroy_process_group tears the group down.
+    del model
+    gc.collect()
     dist.destroy_process_group()
 
 

@@ -319,7 +319,8 @@ def main() -> None:
     parser.add_argument("--die-in-save-at", type=int, default=-1)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    faulthandler.dump_traceback_later(80, exit=True)  # a hang shows where it hung, in the test's output
+    # a hang shows where it hung, in the test's output; long enough that a loaded machine is not taken for one
+    faulthandler.dump_traceback_later(600, exit=True)
     try:
         scenarios = {
             "ddp": ddp,

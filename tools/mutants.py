@@ -51,7 +51,8 @@ class Scope:
 
 ANNOTATION = "in an annotation, which nothing evaluates"  # the note on such mutants (see annotation_spans)
 _LOADING = ("_join", "_join_items", "_has_format", "_read_state", "_verify", "_MetadataUnpickler", "_layout",
-            "_VerifiedReader", "_Snapshot", "_group_params", "load_latest")  # fmt: skip
+            "_VerifiedReader", "_Snapshot", "_group_params", "load_latest", "_read_regular", "_is_real_dir",
+            "_sha256")  # fmt: skip
 _COLLECTIVES = ("_rank", "_distributed", "_barrier", "_agree", "_broadcast")
 SCOPES = [
     Scope("_exact", "src/adamax/_exact.py", "tests/test_exact.py", timeout=60),
@@ -161,6 +162,18 @@ SCOPES = [
         timeout=240,
     ),
     Scope("torch adapter: compact", "src/adamax/torch/_compact.py", "tests/test_compact_torch.py", timeout=240),
+    Scope(
+        "torch adapter: sparse rows",
+        "src/adamax/torch/_sparse.py",  # rows checked against the table, coalesced whatever the tensor claims
+        "tests/test_lazy_torch.py -k 'not stay_within and not (equal_dense and (maximize or decoupled))'",
+        timeout=240,
+    ),
+    Scope(
+        "torch adapter: probe",
+        "src/adamax/torch/_probe.py",  # the automatic choice's probe of the (interpreted) Triton kernel
+        "tests/test_triton.py -k 'probe or automatic or disagrees'",
+        timeout=240,
+    ),
     Scope(
         "torch adapter: optimizer",
         "src/adamax/torch/_optimizer.py",
