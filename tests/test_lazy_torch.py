@@ -347,10 +347,13 @@ def test_a_sparse_gradient_row_outside_the_table_is_refused_before_any_write(row
     dense param of the first group included)."""
     emb, bias, opt = _stepped_table(fused=fused)
     bias.grad = torch.ones(3)
-    rows = torch.tensor([[3, row]])
-    emb.weight.grad = torch.sparse_coo_tensor(rows, torch.ones(2, 3), (20, 3), check_invariants=False)
+    rows = torch.tensor([[3, row, 7, 22]])  # the first row outside is named
+    emb.weight.grad = torch.sparse_coo_tensor(rows, torch.ones(4, 3), (20, 3), check_invariants=False)
     before = _snapshot(opt, bias, emb.weight)
-    with pytest.raises(IndexError, match=rf"row {row} is outside the table's 20 rows"):
+    message = (
+        rf"the sparse gradient of lazy param 0 of its group: row {row} is outside the table's 20 rows \(0 to 19\)$"
+    )
+    with pytest.raises(IndexError, match=message):
         opt.step()
     _unchanged(opt, before, bias, emb.weight)
     emb.weight.grad = torch.sparse_coo_tensor(torch.tensor([[3]]), torch.ones(1, 3), (20, 3))
@@ -405,6 +408,33 @@ def test_repeated_rows_are_summed_however_the_gradient_is_ordered_or_marked():
             assert scale_error(lazy.state[holder.weight][key], dense.state[dense_table][key]) < 1e-13
 
     check()
+
+
+def test_without_numba_repeated_rows_are_summed_too(monkeypatch):
+    """The rows' order is checked without the compiled check too (NumPy): an unsorted or repeated gradient is
+    coalesced, a strictly increasing one taken as it is; the table steps as dense Adamax."""
+    from adamax.torch import _lazy as torch_lazy
+    from adamax.torch import _sparse
+
+    monkeypatch.setattr(_sparse, "lazy_kernels", lambda: None)
+    monkeypatch.setattr(torch_lazy, "lazy_kernels", lambda: None)
+    assert not _sparse.strictly_increasing(np.array([1, 3, 3])) and not _sparse.strictly_increasing(np.array([1, 3, 2]))
+    assert _sparse.strictly_increasing(np.array([1, 3, 4])) and _sparse.strictly_increasing(np.array([5]))
+    torch.manual_seed(0)
+    table = torch.nn.Parameter(torch.randn(8, 2, dtype=torch.float64))
+    dense = torch.nn.Parameter(table.detach().clone())
+    holder = torch.nn.Embedding.from_pretrained(table, freeze=False, sparse=True)
+    lazy, reference = Adamax(holder.parameters(), lr=0.1), Adamax([dense], lr=0.1)
+    lazy_embeddings(holder, lazy, huge_pages=False)
+    for rows in ([1, 3, 3], [1, 3, 2], [0, 4, 6], [5, 5, 5]):
+        index = torch.tensor([rows])
+        values = torch.arange(1.0, 7.0, dtype=torch.float64).reshape(3, 2)
+        holder.weight.grad = torch.sparse_coo_tensor(index, values, (8, 2))
+        dense.grad = holder.weight.grad.to_dense()
+        lazy.step()
+        reference.step()
+    lazy.flush()
+    assert scale_error(holder.weight, dense) < 1e-13
 
 
 def _summed(index: torch.Tensor, values: torch.Tensor) -> torch.Tensor:

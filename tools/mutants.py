@@ -594,6 +594,16 @@ EQUIVALENT: dict[tuple[str, str], str] = {
         )
         for size in _BLOCK_SIZES
     },
+    (
+        "src/adamax/torch/_sparse.py",
+        "grad = torch.sparse_coo_tensor(grad._indices(), grad._values(), grad.shape, check_invariants=True)",
+    ): (
+        "the plan checked the rows against the table before (check_rows): torch's invariant check, which checks the "
+        "same bounds, finds nothing to refuse and only costs a pass"
+    ),
+    ("src/adamax/torch/_sparse.py", "bad = int(flat[(flat < 0) ^ (flat >= rows)][0])"): (
+        "no row is both negative and at least the row count (which is never negative): or and xor agree"
+    ),
 }
 
 
