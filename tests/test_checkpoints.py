@@ -1173,3 +1173,28 @@ def test_metadata_unpickler_takes_torchs_dtypes_and_no_other_attribute_of_torch(
     """A ``.metadata`` that could call ``torch.save`` could write a file anywhere: only dtypes come from torch."""
     with pytest.raises(pickle.UnpicklingError, match="refused to load"):
         distributed._MetadataUnpickler(io.BytesIO(b"ctorch\n" + name + b"\n.")).load()
+
+
+@pytest.mark.parametrize("refusal", ["flock refused", "no fcntl"])
+def test_a_file_system_or_platform_without_flock_saves_with_a_warning(tmp_path, monkeypatch, refusal):
+    import errno
+    import fcntl
+
+    if refusal == "flock refused":
+
+        def refuse(fd, operation):
+            raise OSError(errno.ENOLCK, "No locks available")
+
+        monkeypatch.setattr(fcntl, "flock", refuse)
+    else:
+
+        def no_fcntl(root, timeout):
+            raise ImportError("No module named 'fcntl'")
+
+        monkeypatch.setattr(distributed, "_SaveLock", no_fcntl)
+    model, opt = trained(2)
+    with pytest.warns(RuntimeWarning, match="not protected from another save"):
+        save_checkpoint(tmp_path, 2, model, opt)
+    fresh_model, fresh_opt = worker.make()
+    assert load_latest(tmp_path, fresh_model, fresh_opt) == 2
+    assert_same(model, opt, fresh_model, fresh_opt)

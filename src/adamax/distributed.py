@@ -593,6 +593,10 @@ class _SaveLock:
 def _lock(root: Path, timeout: float) -> _SaveLock | None:
     try:
         return _SaveLock(root, timeout)
+    except ImportError:  # no fcntl (Windows)
+        warnings.warn(f"no flock on this platform: a save into {root} is not protected from another save into it",
+                      RuntimeWarning, stacklevel=3)  # fmt: skip
+        return None
     except OSError as err:
         if err.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
             warnings.warn(
