@@ -213,7 +213,7 @@ BAD_GRADIENTS = {
     "an index out of range": (
         {"table": RowGradient(np.array([4]), np.ones((1, 2))), "bias": np.ones(2)},
         IndexError,
-        r"\[0, 4\)",
+        r"\[0, 4\), got row 4$",
     ),
     "values of the wrong shape": (
         {"table": RowGradient(np.array([0, 1]), np.ones((1, 2))), "bias": np.ones(2)},
@@ -231,14 +231,14 @@ BAD_GRADIENTS = {
         "1-d integer array",
     ),
     "a negative index": (
-        {"table": RowGradient(np.array([0, -1]), np.ones((2, 2))), "bias": np.ones(2)},
+        {"table": RowGradient(np.array([0, -1, 9]), np.ones((3, 2))), "bias": np.ones(2)},
         IndexError,
-        r"\[0, 4\)",
+        r"\[0, 4\), got row -1$",  # the first row outside
     ),
     "an index far out of range": (
         {"table": RowGradient(np.array([0, 7]), np.ones((2, 2))), "bias": np.ones(2)},
         IndexError,
-        r"\[0, 4\)",
+        r"\[0, 4\), got row 7$",
     ),
     "2-d indices": (
         {"table": RowGradient(np.array([[0], [1]]), np.ones((2, 2))), "bias": np.ones(2)},

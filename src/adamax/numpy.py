@@ -411,7 +411,8 @@ def _coalesced(path: str, grad: Any, param: np.ndarray) -> RowGradient:
     if not (isinstance(indices, np.ndarray) and indices.ndim == 1 and np.issubdtype(indices.dtype, np.integer)):
         raise TypeError(f"RowGradient for {path!r}: indices must be a 1-d integer array")
     if indices.size and (indices.min() < 0 or indices.max() >= len(param)):
-        raise IndexError(f"RowGradient for {path!r}: indices must lie in [0, {len(param)})")
+        bad = int(indices[(indices < 0) | (indices >= len(param))][0])
+        raise IndexError(f"RowGradient for {path!r}: indices must lie in [0, {len(param)}), got row {bad}")
     reference.check_like_param(
         f"RowGradient values for {path!r}", values, np.empty((len(indices), *param.shape[1:]), param.dtype)
     )
