@@ -347,8 +347,8 @@ def test_a_sparse_gradient_row_outside_the_table_is_refused_before_any_write(row
     dense param of the first group included)."""
     emb, bias, opt = _stepped_table(fused=fused)
     bias.grad = torch.ones(3)
-    rows = torch.tensor([[3, row, 7, 22]])  # the first row outside is named
-    emb.weight.grad = torch.sparse_coo_tensor(rows, torch.ones(4, 3), (20, 3), check_invariants=False)
+    rows = torch.tensor([[0, 3, row, 7, 22]])  # the first row outside is named (row 0 is inside)
+    emb.weight.grad = torch.sparse_coo_tensor(rows, torch.ones(5, 3), (20, 3), check_invariants=False)
     before = _snapshot(opt, bias, emb.weight)
     message = (
         rf"the sparse gradient of lazy param 0 of its group: row {row} is outside the table's 20 rows \(0 to 19\)$"
