@@ -1198,3 +1198,22 @@ def test_a_file_system_or_platform_without_flock_saves_with_a_warning(tmp_path, 
     fresh_model, fresh_opt = worker.make()
     assert load_latest(tmp_path, fresh_model, fresh_opt) == 2
     assert_same(model, opt, fresh_model, fresh_opt)
+
+
+def test_a_file_longer_than_its_size_says_is_refused_not_cut(tmp_path, monkeypatch):
+    """A size is known before a byte is read, and no more than the limit is read even where ``fstat`` says less
+    than the file holds (a file growing while it is read, say)."""
+    path = tmp_path / "latest"
+    path.write_bytes(b"x" * 20)
+    assert distributed._read_regular(path, 20) == b"x" * 20
+    with pytest.raises(OSError, match="20 bytes, more than the 10 this file may hold"):
+        distributed._read_regular(path, 10)
+    real_fstat = os.fstat
+
+    def smaller(fd):
+        info = real_fstat(fd)
+        return os.stat_result((*info[:6], 5, *info[7:]))  # st_size: 5
+
+    monkeypatch.setattr(os, "fstat", smaller)
+    with pytest.raises(OSError, match="more than the 10 bytes this file may hold"):
+        distributed._read_regular(path, 10)

@@ -292,9 +292,9 @@ def _read_state(directory: Path) -> dict:
 
 
 def _sha256(path: Path) -> str:
+    """The SHA-256 of a file that :func:`_verify` found regular by ``lstat`` (or that this save wrote)."""
     digest = hashlib.sha256()
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
-    with os.fdopen(fd, "rb") as f:
+    with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 22), b""):
             digest.update(block)
     return digest.hexdigest()
