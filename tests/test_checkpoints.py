@@ -1217,3 +1217,11 @@ def test_a_file_longer_than_its_size_says_is_refused_not_cut(tmp_path, monkeypat
     monkeypatch.setattr(os, "fstat", smaller)
     with pytest.raises(OSError, match="more than the 10 bytes this file may hold"):
         distributed._read_regular(path, 10)
+
+
+def test_only_a_directory_itself_is_a_real_directory(tmp_path):
+    (tmp_path / "dir").mkdir()
+    (tmp_path / "file").write_text("")
+    os.symlink(tmp_path / "dir", tmp_path / "link")
+    assert distributed._is_real_dir(tmp_path / "dir")
+    assert not any(distributed._is_real_dir(tmp_path / name) for name in ("file", "link", "missing"))
