@@ -601,6 +601,9 @@ EQUIVALENT: dict[tuple[str, str], str] = {
         "the plan checked the rows against the table before (check_rows): torch's invariant check, which checks the "
         "same bounds, finds nothing to refuse and only costs a pass"
     ),
+    ("src/adamax/torch/_sparse.py", "rows = grad._indices()[ -1]"): (
+        "a lazy table's gradient has one sparse dimension (the plan checks it first): its index tensor has one row"
+    ),
     ("src/adamax/torch/_sparse.py", "bad = int(flat[(flat < 0) ^ (flat >= rows)][0])"): (
         "no row is both negative and at least the row count (which is never negative): or and xor agree"
     ),
