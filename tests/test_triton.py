@@ -390,3 +390,56 @@ def test_the_probe_of_low_precision_params_agrees_with_float32_ops_rounded_on_st
         _, opt, _ = _train_beside_torch(cpu_as_triton, steps=2, dtype=dtype)
     assert opt.last_step_paths == {"triton": 4}
     assert list(fresh_verdicts._VERDICTS.values()) == [None]
+
+
+def _elements(kind: str, g: torch.Tensor, call: int) -> torch.Tensor:
+    """Where a kernel wrong in the way ``kind`` says goes wrong, in a tensor with gradient ``g`` (flat)."""
+    n = g.numel()
+    if kind == "a zero gradient":
+        return (g == 0).nonzero().flatten()[:1]
+    if kind == "past the first block":
+        return torch.arange(gpu.BLOCK, max(gpu.BLOCK, min(n, gpu.BLOCK + 1)))
+    if kind == "the third step":
+        return torch.arange(min(n, 1) if call == 3 else 0)
+    if kind == "a gradient above 10":
+        return (g.abs() > 10).nonzero().flatten()[:1]
+    if kind == "a one-element tensor":
+        return torch.arange(n if n == 1 else 0)
+    return torch.arange(0)
+
+
+def _wrong_where(kind: str, real_step):
+    """A kernel wrong in one way only: the probe's data must reach every such place."""
+    calls = {"n": 0}
+
+    def step(params, grads, ms, us, step_sizes, config):
+        calls["n"] += 1
+        real_step(params, grads, ms, us, step_sizes, config)
+        for p, g, u in zip(params, grads, us):
+            flat_p, flat_g, flat_u = p.view(-1), g.view(-1), u.view(-1)
+            n = flat_p.numel()
+            where = _elements(kind, flat_g, calls["n"])
+            if kind == "exp_inf only" and n > 1:
+                flat_u[-1:] = torch.nextafter(flat_u[-1:], torch.full_like(flat_u[-1:], math.inf))
+            if len(where):
+                flat_p[where] = torch.nextafter(flat_p[where], torch.full_like(flat_p[where], -math.inf))
+
+    return step
+
+
+@pytest.mark.parametrize(
+    "kind",
+    ["a zero gradient", "past the first block", "the third step", "a gradient above 10", "a one-element tensor",
+     "exp_inf only"],
+)  # fmt: skip
+def test_the_probe_reaches_every_kind_of_element_a_kernel_can_get_wrong(cpu_as_triton, fresh_verdicts, monkeypatch,
+                                                                         kind):  # fmt: skip
+    """Zero gradients (the 0/0 guard), a tensor past one program's block, the third step, large gradients, a
+    one-element tensor, the state alone: a kernel one ulp off (downwards) in any of them is found."""
+    monkeypatch.setattr(gpu, "step", _wrong_where(kind, gpu.step))
+    p = torch.nn.Parameter(torch.ones(3))
+    opt = cpu_as_triton.Adamax([p], lr=0.01)
+    p.grad = torch.ones(3)
+    with pytest.warns(RuntimeWarning, match=r"(param|exp_inf) differs in 1 of"):
+        opt.step()
+    assert opt.last_step_paths == {"forloop": 1}
