@@ -54,6 +54,7 @@ _LOADING = ("_join", "_join_items", "_has_format", "_read_state", "_verify", "_M
             "_VerifiedReader", "_Snapshot", "_group_params", "load_latest", "_read_regular", "_is_real_dir",
             "_sha256")  # fmt: skip
 _COLLECTIVES = ("_rank", "_distributed", "_barrier", "_agree", "_broadcast")
+_RETENTION = ("_pointer_digest", "_read_pointer", "_sealed", "_newest_first", "_prune", "_SaveLock", "_lock")
 SCOPES = [
     Scope("_exact", "src/adamax/_exact.py", "tests/test_exact.py", timeout=60),
     Scope(
@@ -127,8 +128,16 @@ SCOPES = [
         "distributed: saving",
         "src/adamax/distributed.py",  # the rest of the module, constants included; hostile checkpoints test loads
         "tests/test_checkpoints.py -k 'not sigkill and not hostile'",
-        exclude=_COLLECTIVES + _LOADING,
+        exclude=_COLLECTIVES + _LOADING + _RETENTION,
         timeout=300,
+    ),
+    Scope(
+        "distributed: retention and the lock",
+        "src/adamax/distributed.py",  # which checkpoints are kept, the pointer, one writer at a time
+        "tests/test_checkpoints.py -k 'keep or kept or lock or lost or folder or pointer or two_processes or flock "
+        "or partial or re_saving or deleted or dies or flipped'",
+        functions=_RETENTION,
+        timeout=120,  # a broken lock waits out its timeout: a mutant that hangs is killed here
     ),
     Scope(
         "distributed: collectives",
