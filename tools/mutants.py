@@ -613,6 +613,12 @@ EQUIVALENT: dict[tuple[str, str], str] = {
     ("src/adamax/torch/_sparse.py", "rows = grad._indices()[ -1]"): (
         "a lazy table's gradient has one sparse dimension (the plan checks it first): its index tensor has one row"
     ),
+    ("src/adamax/torch/_sparse.py", "check_lookup(indices[ -1], rows, where)"): (
+        "a lazy table's gradient has one sparse dimension (the plan checks it first): its index tensor has one row"
+    ),
+    ("src/adamax/torch/_sparse.py", "bad = int(flat[(flat < 0) + (flat >= rows)][0])"): (
+        "boolean tensors added are their logical or (never both: a row is not both negative and past the table)"
+    ),
     ("src/adamax/torch/_sparse.py", "bad = int(flat[(flat < 0) ^ (flat >= rows)][0])"): (
         "no row is both negative and at least the row count (which is never negative): or and xor agree"
     ),
