@@ -1225,3 +1225,62 @@ def test_only_a_directory_itself_is_a_real_directory(tmp_path):
     os.symlink(tmp_path / "dir", tmp_path / "link")
     assert distributed._is_real_dir(tmp_path / "dir")
     assert not any(distributed._is_real_dir(tmp_path / name) for name in ("file", "link", "missing"))
+
+
+def test_a_save_waits_for_a_lock_released_within_its_timeout(tmp_path):
+    import fcntl
+    import threading
+
+    model, opt = trained(1)
+    save_checkpoint(tmp_path, 1, model, opt)
+    held = open(tmp_path / ".lock", "w")  # noqa: SIM115 (released by the thread)
+    fcntl.flock(held, fcntl.LOCK_EX)
+
+    def release():
+        time.sleep(0.3)
+        os.unlink(tmp_path / ".lock")  # as a save that ends removes it
+        held.close()
+
+    releaser = threading.Thread(target=release)
+    releaser.start()
+    started = time.monotonic()
+    save_checkpoint(tmp_path, 2, model, opt, lock_timeout=0.9)  # waits, then saves
+    releaser.join()
+    assert time.monotonic() - started >= 0.3 and latest_step(tmp_path) == 2
+
+
+def test_a_lock_file_that_is_a_link_is_refused_and_its_target_untouched(tmp_path):
+    model, opt = trained(1)
+    save_checkpoint(tmp_path / "ckpt", 1, model, opt)
+    target = tmp_path / "precious"
+    target.write_text("keep me")
+    os.symlink(target, tmp_path / "ckpt" / ".lock")
+    with pytest.raises(CheckpointError, match="symbolic links"):
+        save_checkpoint(tmp_path / "ckpt", 2, model, opt, lock_timeout=1)
+    assert target.read_text() == "keep me" and latest_step(tmp_path / "ckpt") == 1
+
+
+def test_a_sealed_checkpoint_under_a_name_of_the_users_is_never_deleted(tmp_path):
+    model, opt = trained(1)
+    first = save_checkpoint(tmp_path, 1, model, opt)
+    shutil.copytree(first, tmp_path / "my-copy")  # sealed, but not named as a checkpoint: the user's
+    for step in (2, 3):
+        save_checkpoint(tmp_path, step, model, opt, keep=1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest", "my-copy", "step-00000003"]
+
+
+@pytest.mark.parametrize("field", ["checkpoint", "step", "recent"])
+def test_every_edit_of_the_pointers_fields_is_refused(tmp_path, field):
+    model, opt = trained(1)
+    for step in (1, 2, 3):
+        save_checkpoint(tmp_path, step, model, opt)
+    pointer = json.loads((tmp_path / "latest").read_text())
+    edits = {
+        "checkpoint": ["step-00000001", "step-00000002", "step-00000003.1"],
+        "step": [0, 1, 2, 4],
+        "recent": [[], ["step-00000003"], ["step-00000003", "step-00000001"]],
+    }[field]
+    for value in edits:
+        (tmp_path / "latest").write_text(json.dumps({**pointer, field: value}))
+        with pytest.raises(CheckpointError, match="its SHA-256 differs"):
+            load_latest(tmp_path, *worker.make())

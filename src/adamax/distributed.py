@@ -570,6 +570,8 @@ class _SaveLock:
             if same:
                 break
             os.close(fd)  # the file this lock was on was removed by the save that held it: lock the new one
+            if time.monotonic() > deadline:  # never locking the file that is there (it is not the one opened)
+                raise CheckpointError(f"could not lock {self.path} within {timeout:g} s: it keeps changing")
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         self.fd = fd
