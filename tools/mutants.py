@@ -52,7 +52,7 @@ class Scope:
 ANNOTATION = "in an annotation, which nothing evaluates"  # the note on such mutants (see annotation_spans)
 _LOADING = ("_join", "_join_items", "_has_format", "_read_state", "_verify", "_MetadataUnpickler", "_layout",
             "_VerifiedReader", "_Snapshot", "_group_params", "load_latest", "_read_regular", "_is_real_dir",
-            "_sha256")  # fmt: skip
+            "_sha256", "_is_manifest")  # fmt: skip
 _COLLECTIVES = ("_rank", "_distributed", "_barrier", "_agree", "_broadcast")
 _RETENTION = ("_pointer_digest", "_read_pointer", "_sealed", "_newest_first", "_prune", "_SaveLock", "_lock")
 SCOPES = [

@@ -330,6 +330,11 @@ def _write_manifest(directory: Path) -> None:
     _write_atomically(directory / MANIFEST, json.dumps({"format": FORMAT, "files": entries}, indent=1))
 
 
+def _is_manifest(document: Any) -> bool:
+    """A manifest of this format: its files, by name, ``state.json`` among them."""
+    return _has_format(document) and isinstance(document.get("files"), dict) and STATE in document["files"]
+
+
 def _verify(directory: Path) -> list[str]:
     """Check every file of the checkpoint against its manifest; returns the file names.  Reads no pickle."""
     if not directory.is_dir():
@@ -342,19 +347,20 @@ def _verify(directory: Path) -> list[str]:
         raise CheckpointError(f"{directory} has no {MANIFEST}: not a complete adamax checkpoint") from None
     except _UNREADABLE as err:
         raise CheckpointError(f"{directory / MANIFEST}: {err}") from None
-    files = manifest.get("files") if isinstance(manifest, dict) else None
-    if not _has_format(manifest) or not isinstance(files, dict) or STATE not in files:
+    if not _is_manifest(manifest):
         raise CheckpointError(f"{directory / MANIFEST}: not a format-{FORMAT} manifest")
+    files = manifest["files"]
     present = {p.name for p in directory.iterdir()} - {MANIFEST}
     if present != set(files):
         extra, missing = sorted(present - set(files)), sorted(set(files) - present)
         raise CheckpointError(f"{directory}: files differ from its manifest (missing {missing}, unexpected {extra})")
     for name, entry in files.items():
         path = directory / name
-        if not (isinstance(entry, dict) and stat.S_ISREG(os.lstat(path).st_mode)):
+        info = os.lstat(path)
+        if not (isinstance(entry, dict) and stat.S_ISREG(info.st_mode)):
             raise CheckpointError(f"{path}: not a file of the manifest (a link, directory or device: only regular "
                                   "files are read)")  # fmt: skip
-        size = os.lstat(path).st_size
+        size = info.st_size
         if size != entry.get("bytes"):
             raise CheckpointError(f"{path}: {size} bytes, the manifest says {entry.get('bytes')}")
         if _sha256(path) != entry.get("sha256"):
@@ -516,7 +522,7 @@ def _sealed(path: Path) -> bool:
         manifest = json.loads(_read_regular(path / MANIFEST, _JSON_BYTES))
     except _UNREADABLE:
         return False
-    return _has_format(manifest) and isinstance(manifest.get("files"), dict) and STATE in manifest["files"]
+    return _is_manifest(manifest)
 
 
 def _newest_first(root: Path, name: str, earlier: list[str]) -> list[str]:
@@ -528,13 +534,16 @@ def _newest_first(root: Path, name: str, earlier: list[str]) -> list[str]:
     return [name, *named, *reversed(others)]
 
 
-def _prune(root: Path, keep: int, recent: list[str]) -> None:
-    """Delete sealed checkpoints past the ``keep`` newest, and this module's interrupted saves (under the lock)."""
-    for path in root.iterdir():
-        interrupted = path.name.startswith(_PARTIAL) and _order(path.name[len(_PARTIAL) :]) is not None
-        dropped = path.name not in recent[:keep] and _sealed(path)
-        if (interrupted and _is_real_dir(path)) or dropped:
-            shutil.rmtree(path, ignore_errors=True)
+def _prune(root: Path, keep: int, newest_first: list[str]) -> None:
+    """Delete the sealed checkpoints past the ``keep`` newest (``newest_first``: every sealed one, from
+    :func:`_newest_first`), and this module's interrupted saves (under the lock)."""
+    interrupted = [
+        path
+        for path in root.iterdir()
+        if path.name.startswith(_PARTIAL) and _order(path.name[len(_PARTIAL) :]) is not None and _is_real_dir(path)
+    ]
+    for path in [*interrupted, *(root / name for name in newest_first[keep:])]:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 class _SaveLock:

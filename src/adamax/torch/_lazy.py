@@ -54,12 +54,11 @@ class _Table(_lazy.Table):
 
     def mark(self, p: Tensor) -> None:
         """Record ``p`` as the optimizer last left it."""
-        self.version = p._version
-        self.where = (p.data_ptr(), tuple(p.shape), p.stride(), p.dtype)
+        self.seen = _identity(p)
 
     def changed(self, p: Tensor) -> bool:
         """Whether ``p`` was written, replaced or reshaped since :meth:`mark` (as far as torch lets us see)."""
-        return self.version != p._version or self.where != (p.data_ptr(), tuple(p.shape), p.stride(), p.dtype)
+        return self.seen != _identity(p)
 
     def current(self) -> bool:
         """Whether every row is up to date: then a write from outside leaves the bookkeeping true."""
@@ -219,7 +218,8 @@ class _LazyRows:
             kernel.step_rows(table.clock, *_arrays(p, state), table.last, rows)
         else:
             table.bring_up_to_date(*_arrays(p, state), rows)
-        table.version = _written(p)
+        _written(p)
+        table.mark(p)
 
     def _check_lazy_step(self, p: Tensor, g: Tensor, index: int, config: AdamaxConfig) -> None:
         """Before any write: a sparse gradient fits its lazy table, and the group's hyperparameters can be lazy."""
@@ -263,7 +263,8 @@ class _LazyRows:
                 table.step(*arrays, touched, values, config, t, stale)()
             with torch.no_grad():
                 state["step"] += 1
-            table.version = _written(p)
+            _written(p)
+            table.mark(p)
 
     def _dense_step_of_a_lazy_table(self, p: Tensor) -> None:
         """A dense gradient on a lazy table (a tied weight, say) updates every row: all are brought up to date
@@ -281,12 +282,17 @@ class _LazyRows:
             self._fresh_table(p)
 
 
-def _written(p: Tensor) -> int:
+def _written(p: Tensor) -> None:
     """Mark ``p`` as changed in place (its rows were written through NumPy, which torch does not see), so that
     autograd refuses a graph that read the old values (a tied weight used before the lookup that brought its
-    rows up to date); returns the new version for the bookkeeping."""
+    rows up to date)."""
     torch.autograd.graph.increment_version(p)
-    return p._version
+
+
+def _identity(p: Tensor) -> tuple:
+    """What a write from outside the optimizer changes, as far as torch lets us see: ``p``'s version counter, its
+    address, shape, strides and dtype."""
+    return p._version, p.data_ptr(), tuple(p.shape), p.stride(), p.dtype
 
 
 def _coalesced(grad: Tensor) -> tuple[np.ndarray, np.ndarray]:
