@@ -613,6 +613,13 @@ EQUIVALENT: dict[tuple[str, str], str] = {
     ("src/adamax/torch/_sparse.py", "rows = grad._indices()[ -1]"): (
         "a lazy table's gradient has one sparse dimension (the plan checks it first): its index tensor has one row"
     ),
+    (
+        "src/adamax/torch/_lazy.py",
+        "def __init__(self, p: Tensor, config: AdamaxConfig, step: int, huge_pages: bool = True) -> None:",
+    ): ("every caller passes huge_pages (a fresh table keeps the one before): the default is never used"),
+    ("src/adamax/torch/_lazy.py", "return bool((self.last >= self.clock.t).all())"): (
+        "a row is brought up to date at most to the clock's step: last never exceeds clock.t, so >= is =="
+    ),
     ("src/adamax/torch/_sparse.py", "check_lookup(indices[ -1], rows, where)"): (
         "a lazy table's gradient has one sparse dimension (the plan checks it first): its index tensor has one row"
     ),
