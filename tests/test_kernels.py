@@ -290,7 +290,7 @@ def test_the_cached_fast_path_notices_every_change():
 
     step()
     step()
-    assert opt._cached_plan(opt.param_groups[0], opt._fused_groups[id(opt.param_groups[0])]) is not None
+    assert opt._plans.lookup(opt.param_groups[0], opt.state) is not None
     check()
     # a state tensor swapped for an equal copy: used, and the result still exact
     opt.state[ours[0]]["exp_avg"] = opt.state[ours[0]]["exp_avg"].clone()
@@ -349,7 +349,7 @@ def cached_pair(shape=(4, 6)):
         ours.grad, theirs.grad = g.clone(), g.clone()
         opt.step()
         oracle.step()
-    assert opt._cached_plan(opt.param_groups[0], opt._fused_groups[id(opt.param_groups[0])]) is not None
+    assert opt._plans.lookup(opt.param_groups[0], opt.state) is not None
     assert opt.last_step_paths == {"numba": 1}  # the cached step says which path it took, as the full plan does
     return ours, theirs, opt, oracle
 

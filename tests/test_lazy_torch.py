@@ -135,7 +135,7 @@ def test_huge_pages_move_the_tables_not_their_values(monkeypatch):
         assert all(torch.equal(a[key], b[key]) for key in ("step", "exp_avg", "exp_inf"))
 
     def on_huge_pages(p):
-        state, table = huge.state[p], huge._lazy_tables()[p]
+        state, table = huge.state[p], huge._lazy.tables[p]
         addresses = [t.data_ptr() for t in (p, state["exp_avg"], state["exp_inf"])] + [table.last.ctypes.data]
         return all(address % _memory.HUGE_PAGE == 0 for address in addresses)
 
@@ -199,7 +199,7 @@ def test_coupled_weight_decay_is_refused_before_anything_is_hooked():
     opt = Adamax(model.parameters(), weight_decay=0.1)
     with pytest.raises(ValueError, match="decoupled_weight_decay=True"):
         lazy_embeddings(model, opt)
-    assert not model.words._forward_pre_hooks and not opt._lazy_tables()
+    assert not model.words._forward_pre_hooks and not opt._lazy.tables
 
 
 def test_a_sparse_gradient_on_an_unregistered_table_names_lazy_embeddings():
@@ -367,7 +367,7 @@ def test_a_lookup_outside_the_table_is_refused_before_its_rows_are_brought_up_to
     with pytest.raises(IndexError, match=rf"row {row} is outside"):
         emb(torch.tensor([5, row]))
     _unchanged(opt, before, emb.weight)
-    assert opt._lazy_tables()[emb.weight].last[5] == 0  # row 5 was not brought up to date either
+    assert opt._lazy.tables[emb.weight].last[5] == 0  # row 5 was not brought up to date either
 
 
 def _coalesce_cases():
@@ -606,5 +606,5 @@ def test_a_table_resized_before_its_first_step_gets_bookkeeping_of_its_new_size(
         opt.step()
         dense_opt.step()
     opt.flush()
-    assert len(opt._lazy_tables()[emb.weight].last) == 30
+    assert len(opt._lazy.tables[emb.weight].last) == 30
     assert scale_error(emb.weight, dense) < 4e-6

@@ -794,7 +794,7 @@ def test_a_group_of_300_params_takes_the_cached_path_and_its_checkpoint_loads():
             p.grad = torch.ones(2)
         opt.step()
     group = opt.param_groups[0]
-    assert opt._cached_plan(group, opt._fused_groups[id(group)]) is not None
+    assert opt._plans.lookup(group, opt.state) is not None
     again = Adamax([torch.nn.Parameter(torch.zeros(2)) for _ in range(300)], lr=0.01)
     again.load_state_dict(opt.state_dict())
     assert all(float(again.state[p]["step"]) == 3 for p in again.param_groups[0]["params"])

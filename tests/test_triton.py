@@ -134,7 +134,7 @@ def test_the_optimizer_dispatches_to_triton_and_stays_exact(cpu_as_triton, optio
             assert torch.equal(a, b)
             assert torch.equal(opt.state[a]["exp_inf"], oracle.state[b]["exp_inf"])
     assert len(opt._plan(opt.param_groups[0]).fused) == 4  # every param went through the Triton kernel
-    assert not opt._fused_groups.get(id(opt.param_groups[0]))  # the cached fast path is the CPU kernel's only
+    assert not opt._plans.groups.get(id(opt.param_groups[0]))  # the cached fast path is the CPU kernel's only
 
 
 def test_bfloat16_params_get_float32_state_on_the_triton_path(cpu_as_triton):

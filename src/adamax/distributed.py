@@ -726,6 +726,8 @@ class _Snapshot:
         self.attributes = dict(optimizer.__dict__)
         # dicts the optimizer keeps besides its state (caches, lazy tables' bookkeeping), by content
         self.contents = {k: dict(v) for k, v in self.attributes.items() if isinstance(v, dict) and k != "state"}
+        lazy = getattr(optimizer, "_lazy", None)  # adamax.torch.Adamax's lazy tables: their bookkeeping, by content
+        self.tables = dict(lazy.tables) if isinstance(getattr(lazy, "tables", None), dict) else None
         self.state = optimizer.state
         self.entries = {p: (entry, dict(entry)) for p, entry in optimizer.state.items()}
         self.groups = [(group, dict(group)) for group in optimizer.param_groups]
@@ -738,7 +740,12 @@ class _Snapshot:
         for key, items in self.contents.items():
             opt.__dict__[key].clear()
             opt.__dict__[key].update(items)
-        opt.__dict__.pop("_fused_groups", None)  # a cache; rebuilt at the next step
+        if self.tables is not None:
+            opt._lazy.tables.clear()
+            opt._lazy.tables.update(self.tables)
+        plans = getattr(opt, "_plans", None)
+        if plans is not None:
+            plans.clear()  # a cache; rebuilt at the next step
         for p in [p for p in self.state if p not in self.entries]:
             del self.state[p]
         for p, (entry, items) in self.entries.items():
@@ -754,11 +761,10 @@ class _Snapshot:
         with torch.no_grad():
             for key, value in _tensors_of(self.model):
                 value.copy_(self.values[key])
-        accept = getattr(opt, "_accept_write", None)  # lazy tables: values and bookkeeping are as they were
-        if accept is not None:
+        if self.tables is not None:  # lazy tables: values and bookkeeping are as they were
             for group in opt.param_groups:
                 for p in group["params"]:
-                    accept(p)
+                    opt._lazy.accept_write(p)
 
 
 def _group_params(optim_state: Any) -> list[list[str]]:

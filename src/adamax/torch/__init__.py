@@ -38,10 +38,10 @@ from adamax._extras import require
 require("torch", extra="torch", what="adamax.torch")
 
 from adamax.torch._compact import convert_state_dict  # noqa: E402
+from adamax.torch._devices import KERNEL_FOR_DEVICE as _KERNEL_FOR_DEVICE  # noqa: E402, F401  (tests: CPU to Triton)
 from adamax.torch._lazy import lazy_embeddings  # noqa: E402
 from adamax.torch._ops import _TensorOps as _TensorOps  # noqa: E402  (tests replace its methods)
 from adamax.torch._optimizer import Adamax, AdamaxW  # noqa: E402
-from adamax.torch._plan import _KERNEL_FOR_DEVICE as _KERNEL_FOR_DEVICE  # noqa: E402  (tests: CPU to Triton)
 
 __all__ = ["Adamax", "AdamaxW", "convert_state_dict", "lazy_embeddings"]
 

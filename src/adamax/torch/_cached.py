@@ -1,8 +1,8 @@
-"""The cached plan of a group the fused kernel steps whole, and the state mapping that tells it when it is stale."""
+"""The cached plan of a group the numba kernel steps whole: :class:`PlanCache`, which the optimizer owns, and
+:func:`step_cached`, the step it allows."""
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
@@ -13,61 +13,23 @@ from torch import Tensor
 
 from adamax.kernels import cpu_kernels
 from adamax.spec import AdamaxConfig
-from adamax.torch._fused import _host_step_sizes
-from adamax.torch._plan import _KERNEL_DTYPES, _KERNEL_FOR_DEVICE, _KERNEL_TYPES, _config_of, _Plan
+from adamax.torch._config import config_of
+from adamax.torch._devices import KERNEL_DTYPES, KERNEL_FOR_DEVICE, KERNEL_TYPES
+from adamax.torch._fused import host_step_sizes
+from adamax.torch._state import TrackedState
 
 
-class _CachedPlan(NamedTuple):
-    """A step of a group that the kernel steps whole, from a :class:`_FusedGroup` still valid."""
+class CachedPlan(NamedTuple):
+    """A step of a group that the kernel steps whole, from a :class:`FusedGroup` still valid."""
 
     group: dict
     config: AdamaxConfig
-    cached: Any  # _FusedGroup
+    cached: Any  # FusedGroup
     params: list[Tensor]
     grads: list[Tensor]
 
 
-def _planned_params(plan: _Plan | _CachedPlan) -> list[Tensor]:
-    return plan.params if isinstance(plan, _CachedPlan) else [*plan.fused, *plan.rest, *plan.lazy, *plan.compact]
-
-
-class _TrackedState(defaultdict):
-    """``Optimizer.state`` that counts replacements of its entries, so a cached plan knows when it is stale."""
-
-    def __init__(self, *args: Any) -> None:
-        super().__init__(*args)
-        self.version = 0
-
-    def __setitem__(self, key: Any, value: Any) -> None:
-        self.version += 1
-        super().__setitem__(key, value)
-
-    def __delitem__(self, key: Any) -> None:
-        self.version += 1
-        super().__delitem__(key)
-
-    def pop(self, *args: Any) -> Any:
-        self.version += 1
-        return super().pop(*args)
-
-    def popitem(self) -> Any:
-        self.version += 1
-        return super().popitem()
-
-    def clear(self) -> None:
-        self.version += 1
-        super().clear()
-
-    def update(self, *args: Any, **kwargs: Any) -> None:
-        self.version += 1
-        super().update(*args, **kwargs)
-
-    def setdefault(self, key: Any, default: Any = None) -> Any:
-        self.version += 1  # (an insertion only where the key is missing)
-        return super().setdefault(key, default)
-
-
-class _FusedGroup(NamedTuple):
+class FusedGroup(NamedTuple):
     """A group every param of which the kernel stepped last time, kept to skip re-deriving it.
 
     Every step re-checks, cheaply, everything a user could have changed:
@@ -96,12 +58,15 @@ def _group_flags(group: Mapping[str, Any]) -> tuple:
     return (group["fused"], group["foreach"], group["differentiable"], group["capturable"])
 
 
-class _CachedSteps:
-    """Later steps of a group the kernel stepped whole: a cached plan, re-checked cheaply."""
+class PlanCache:
+    """The optimizer's cached plans, one per group (by the group's id), and their one owner."""
 
-    def _cached_plan(self, group: dict, cached: _FusedGroup | None) -> _CachedPlan | None:
+    def __init__(self) -> None:
+        self.groups: dict[int, FusedGroup | None] = {}
+
+    def lookup(self, group: dict, state: Any) -> CachedPlan | None:
         """The plan of a group the kernel stepped whole last time, if nothing relevant has changed since."""
-        state = self.state
+        cached = self.groups.get(id(group))
         if (
             cached is None
             or state is not cached.state
@@ -129,7 +94,7 @@ class _CachedSteps:
         ):
             if not (
                 p is cached_p
-                and type(g) in _KERNEL_TYPES
+                and type(g) in KERNEL_TYPES
                 and g.layout is torch.strided
                 and g.dtype is dtype
                 and g.is_cpu
@@ -148,62 +113,71 @@ class _CachedSteps:
             return None
         if [u.data_ptr() for u in cached.exp_infs] != cached.u_addresses.tolist():
             return None
-        return _CachedPlan(group, _config_of(group), cached, params, grads)
+        return CachedPlan(group, config_of(group), cached, params, grads)
 
-    def _fused_group(self, plan: _Plan) -> _FusedGroup | None:
-        """After a full-plan step: cache the group if the kernel stepped all of it, in one dtype."""
-        params = plan.group["params"]
-        if len(plan.fused) != len(params) or not params:  # a param without a gradient, or off the kernel
-            return None
-        if not isinstance(self.state, _TrackedState):  # ``opt.state`` assigned by hand: its changes are not counted
-            return None
-        if any(p in self._lazy_tables() for p in params):  # a lazy table's dense steps go through _run
-            return None
-        dtype = params[0].dtype
-        if dtype not in _KERNEL_DTYPES:  # bfloat16/float16 params: the full plan each step
-            return None
-        if any(
-            p.dtype is not dtype or type(p) not in _KERNEL_TYPES or _KERNEL_FOR_DEVICE.get(p.device.type) != "numba"
-            for p in params
-        ):
-            return None
-        states = tuple(self.state[p] for p in params)
-        steps = torch.tensor([float(s["step"]) for s in states], dtype=torch.float32)
-        if any(s["step"].dtype is not torch.float32 or s["step"].device.type != "cpu" for s in states):
-            return None
-        views = tuple(steps[i] for i in range(len(states)))
-        for s, view in zip(states, views):
-            s["step"] = view  # same value, now one element of ``steps``
-        return _FusedGroup(
-            state=self.state,
-            state_version=self.state.version,
-            flags=_group_flags(plan.group),
-            params=tuple(params),
-            dtype=dtype,
-            shapes=tuple(p.shape for p in params),
-            states=states,
-            exp_avgs=tuple(s["exp_avg"] for s in states),
-            exp_infs=tuple(s["exp_inf"] for s in states),
-            step_views=views,
-            steps=steps,
-            m_addresses=np.array([s["exp_avg"].data_ptr() for s in states], dtype=np.int64),
-            u_addresses=np.array([s["exp_inf"].data_ptr() for s in states], dtype=np.int64),
-            sizes=tuple(p.numel() for p in params),
-        )
+    def remember(self, group: dict, fused: list[Tensor], state: Any, lazy_tables: Mapping) -> None:
+        """After a full-plan step of ``group`` whose ``fused`` params the kernel stepped: cache the group if the
+        kernel stepped all of it, in one dtype (else forget any plan it had)."""
+        self.groups[id(group)] = _fused_group(group, fused, state, lazy_tables)
 
-    def _run_cached(self, plan: _CachedPlan) -> None:
-        cached, config = plan.cached, plan.config
-        self.last_step_paths["numba"] = self.last_step_paths.get("numba", 0) + len(plan.params)
-        cached.steps.add_(1)
-        counts = cached.steps.tolist()
-        lr = _torch_optimizer._to_scalar(plan.group["lr"])
-        n = len(counts)
-        addresses = (
-            np.fromiter((p.data_ptr() for p in plan.params), np.int64, n),
-            np.fromiter((g.data_ptr() for g in plan.grads), np.int64, n),
-            cached.m_addresses,
-            cached.u_addresses,
-        )
-        step_sizes = np.array(_host_step_sizes(lr, config.beta1, counts))
-        kernel_dtype = _KERNEL_DTYPES[cached.dtype]
-        cpu_kernels().step(kernel_dtype, addresses, cached.sizes, step_sizes, config, threads=torch.get_num_threads())
+    def clear(self) -> None:
+        self.groups.clear()
+
+
+def _fused_group(group: dict, fused: list[Tensor], state: Any, lazy_tables: Mapping) -> FusedGroup | None:
+    params = group["params"]
+    if len(fused) != len(params) or not params:  # a param without a gradient, or off the kernel
+        return None
+    if not isinstance(state, TrackedState):  # ``opt.state`` assigned by hand: its changes are not counted
+        return None
+    if any(p in lazy_tables for p in params):  # a lazy table's dense steps go through the full plan
+        return None
+    dtype = params[0].dtype
+    if dtype not in KERNEL_DTYPES:  # bfloat16/float16 params: the full plan each step
+        return None
+    if any(
+        p.dtype is not dtype or type(p) not in KERNEL_TYPES or KERNEL_FOR_DEVICE.get(p.device.type) != "numba"
+        for p in params
+    ):
+        return None
+    states = tuple(state[p] for p in params)
+    steps = torch.tensor([float(s["step"]) for s in states], dtype=torch.float32)
+    if any(s["step"].dtype is not torch.float32 or s["step"].device.type != "cpu" for s in states):
+        return None
+    views = tuple(steps[i] for i in range(len(states)))
+    for s, view in zip(states, views):
+        s["step"] = view  # same value, now one element of ``steps``
+    return FusedGroup(
+        state=state,
+        state_version=state.version,
+        flags=_group_flags(group),
+        params=tuple(params),
+        dtype=dtype,
+        shapes=tuple(p.shape for p in params),
+        states=states,
+        exp_avgs=tuple(s["exp_avg"] for s in states),
+        exp_infs=tuple(s["exp_inf"] for s in states),
+        step_views=views,
+        steps=steps,
+        m_addresses=np.array([s["exp_avg"].data_ptr() for s in states], dtype=np.int64),
+        u_addresses=np.array([s["exp_inf"].data_ptr() for s in states], dtype=np.int64),
+        sizes=tuple(p.numel() for p in params),
+    )
+
+
+def step_cached(plan: CachedPlan) -> None:
+    """The group's step by the numba kernel, from its cached addresses and step counts."""
+    cached, config = plan.cached, plan.config
+    cached.steps.add_(1)
+    counts = cached.steps.tolist()
+    lr = _torch_optimizer._to_scalar(plan.group["lr"])
+    n = len(counts)
+    addresses = (
+        np.fromiter((p.data_ptr() for p in plan.params), np.int64, n),
+        np.fromiter((g.data_ptr() for g in plan.grads), np.int64, n),
+        cached.m_addresses,
+        cached.u_addresses,
+    )
+    step_sizes = np.array(host_step_sizes(lr, config.beta1, counts))
+    kernel_dtype = KERNEL_DTYPES[cached.dtype]
+    cpu_kernels().step(kernel_dtype, addresses, cached.sizes, step_sizes, config, threads=torch.get_num_threads())

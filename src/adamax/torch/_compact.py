@@ -1,5 +1,6 @@
 """Compact state on the torch optimizer (``state_format="compact"``, :mod:`adamax.compact`): its entries, the
-checks of a step and a checkpoint, the step, and conversions of state dicts between the two formats.
+checks of a step and a checkpoint, the step over explicit entries, and conversions of state dicts between the two
+formats.
 
 A compact entry is ``{"step", "exp_avg", "exp_inf_code", "exp_inf_scale"}``: ``exp_avg`` a bfloat16 tensor of
 the param's shape, ``exp_inf_code`` uint16 of the param's shape, ``exp_inf_scale`` float32 with one scale per
@@ -24,6 +25,7 @@ from adamax import compact
 from adamax._algorithm import step_size
 from adamax.kernels import compact_kernels, gpu_kernels
 from adamax.spec import MAX_STEP, AdamaxConfig
+from adamax.torch._devices import KERNEL_FOR_DEVICE
 
 COMPACT_KEYS = frozenset(compact.KEYS)
 FULL_KEYS = frozenset({"step", "exp_avg", "exp_inf"})
@@ -53,9 +55,7 @@ def check_param(p: Tensor, index: int) -> None:
 def route(p: Tensor, fused: bool | None, index: int) -> str:
     """How a compact param is stepped: ``"triton"`` (CUDA), ``"numba"`` (the CPU kernel) or ``"numpy"``
     (:func:`adamax.compact.update`, CPU); raises where none can."""
-    from adamax.torch._plan import _KERNEL_FOR_DEVICE  # (tests route the CPU to Triton through it)
-
-    kernel = _KERNEL_FOR_DEVICE.get(p.device.type)
+    kernel = KERNEL_FOR_DEVICE.get(p.device.type)  # (tests route the CPU to Triton through it)
     dense = p.is_contiguous() and p.grad.is_contiguous() and p.grad.dtype is p.dtype
     if kernel == "triton":
         if gpu_kernels() is None or not dense:
@@ -244,71 +244,62 @@ def _kernel_step(name: str, config: AdamaxConfig, items: list[tuple[Tensor, dict
             compact_kernels().step(_KINDS[dtype], addresses, sizes, counts, config, threads=torch.get_num_threads())
 
 
-class _CompactSteps:
-    """The optimizer's compact-state step, and loading a checkpoint of either format into either."""
+PATH_NAMES = {"triton": "triton compact", "numba": "numba compact", "numpy": "compact"}  # in last_step_paths
 
-    def _check_compact_step(self, p: Tensor, index: int, group: Mapping[str, Any]) -> str:
-        """Before any write: ``p`` (whose gradient is checked already) and its state can take a compact step;
-        returns its :func:`route`."""
-        if group["differentiable"] or group["capturable"]:
-            raise RuntimeError("compact state does not support differentiable=True or capturable=True")
-        check_param(p, index)
-        way = route(p, group["fused"], index)
-        state = self.state.get(p)
-        if state and not _live_state_fits(p, state):
-            check_state(p, state, f"state of param {index} of its group", loading=False)  # raises, and says why
-        return way
 
-    def _run_compact(self, config: AdamaxConfig, params: list[Tensor], ways: list[str]) -> None:
-        """Every param's compact step, by the route the plan chose: a kernel for dense tensors (Triton on CUDA,
-        numba on the CPU), :func:`adamax.compact.update` for the rest (computed for all first, then written)."""
-        routes = {name: [] for name in ("triton", "numba", "numpy")}
-        for p, way in zip(params, ways):
-            routes[way].append(p)
-        paths = self.last_step_paths
-        for name, key in (("triton", "triton compact"), ("numba", "numba compact"), ("numpy", "compact")):
+def check_step(p: Tensor, index: int, group: Mapping[str, Any], state: Mapping[str, Any] | None) -> str:
+    """Before any write: ``p`` (whose gradient is checked already) and its ``state`` entry (None or empty: none
+    yet) can take a compact step; returns its :func:`route`."""
+    if group["differentiable"] or group["capturable"]:
+        raise RuntimeError("compact state does not support differentiable=True or capturable=True")
+    check_param(p, index)
+    way = route(p, group["fused"], index)
+    if state and not _live_state_fits(p, state):
+        check_state(p, state, f"state of param {index} of its group", loading=False)  # raises, and says why
+    return way
+
+
+def step_compact(config: AdamaxConfig, params: list[Tensor], ways: list[str], states: list[dict]) -> None:
+    """Every param's compact step in place on it and its ``states`` entry (a fresh one where it has none yet), by
+    the route the plan chose: a kernel for dense tensors (Triton on CUDA, numba on the CPU),
+    :func:`adamax.compact.update` for the rest (computed for all first, then written)."""
+    routes = {name: [] for name in ("triton", "numba", "numpy")}
+    for p, way, state in zip(params, ways, states):
+        routes[way].append((p, state))
+    results = []
+    for p, state in routes["numpy"]:
+        p32 = p.detach().float().numpy() if p.dtype is not torch.float32 else p.detach().numpy()
+        g32 = p.grad.detach().float().numpy()
+        results.append((p, state, *compact.update(p32, g32, as_compact_state(state), config)))
+    with torch.no_grad():  # nothing above wrote; from here nothing can fail
+        for name in ("triton", "numba"):
             if routes[name]:
-                paths[key] = paths.get(key, 0) + len(routes[name])
-        results = []
-        for p in routes["numpy"]:
-            state = self.state.get(p) or fresh_state(p)
-            p32 = p.detach().float().numpy() if p.dtype is not torch.float32 else p.detach().numpy()
-            g32 = p.grad.detach().float().numpy()
-            results.append((p, state, *compact.update(p32, g32, as_compact_state(state), config)))
-        with torch.no_grad():  # nothing above wrote; from here nothing can fail
-            for name in ("triton", "numba"):
-                if routes[name]:
-                    _kernel_step(name, config, [(p, self._compact_state(p)) for p in routes[name]])
-            for p, state, new_p, new in results:
-                p.copy_(torch.from_numpy(new_p))
-                _bits(state["exp_avg"])[...] = new.exp_avg
-                _bits(state["exp_inf_code"])[...] = new.exp_inf_code
-                state["exp_inf_scale"].numpy()[...] = new.exp_inf_scale
-                state["step"] += 1
-                if not self.state.get(p):
-                    self.state[p] = state
+                _kernel_step(name, config, routes[name])
+        for p, state, new_p, new in results:
+            p.copy_(torch.from_numpy(new_p))
+            _bits(state["exp_avg"])[...] = new.exp_avg
+            _bits(state["exp_inf_code"])[...] = new.exp_inf_code
+            state["exp_inf_scale"].numpy()[...] = new.exp_inf_scale
+            state["step"] += 1
 
-    def _compact_state(self, p: Tensor) -> dict[str, Tensor]:
-        state = self.state.get(p)
-        if not state:
-            state = self.state[p] = fresh_state(p)
-        return state
 
-    def _converted_for_load(self, state_dict: Mapping[str, Any]) -> tuple[dict[str, Any], dict[Tensor, dict]]:
-        """A checked state dict, split for torch's loader: the dict to give it (entries in the full format, which
-        it casts to the params), and the compact entries to install after it (which it must not cast)."""
-        groups = [g["params"] for g in self.param_groups]
-        id_map = dict(zip(chain.from_iterable(g["params"] for g in state_dict["param_groups"]), chain(*groups)))
-        to_torch, compact_entries = {}, {}
-        for key, entry in state_dict["state"].items():
-            entry = convert_entry(entry, self.state_format)
-            if self.state_format == "compact" and entry:
-                p = id_map[key]
-                step = torch.tensor(float(entry["step"]), dtype=_torch_optimizer._get_scalar_dtype())
-                compact_entries[p] = {  # its own memory, contiguous, where the param is: what a step takes
-                    k: step if k == "step" else v.to(p.device).clone(memory_format=torch.contiguous_format)
-                    for k, v in entry.items()
-                }
-            else:
-                to_torch[key] = entry
-        return {**state_dict, "state": to_torch}, compact_entries
+def split_for_load(
+    param_groups: list[dict], state_dict: Mapping[str, Any], state_format: str
+) -> tuple[dict[str, Any], dict[Tensor, dict]]:
+    """A checked state dict, split for torch's loader: the dict to give it (entries in the full format, which
+    it casts to the params), and the compact entries to install after it (which it must not cast)."""
+    groups = [g["params"] for g in param_groups]
+    id_map = dict(zip(chain.from_iterable(g["params"] for g in state_dict["param_groups"]), chain(*groups)))
+    to_torch, compact_entries = {}, {}
+    for key, entry in state_dict["state"].items():
+        entry = convert_entry(entry, state_format)
+        if state_format == "compact" and entry:
+            p = id_map[key]
+            step = torch.tensor(float(entry["step"]), dtype=_torch_optimizer._get_scalar_dtype())
+            compact_entries[p] = {  # its own memory, contiguous, where the param is: what a step takes
+                k: step if k == "step" else v.to(p.device).clone(memory_format=torch.contiguous_format)
+                for k, v in entry.items()
+            }
+        else:
+            to_torch[key] = entry
+    return {**state_dict, "state": to_torch}, compact_entries

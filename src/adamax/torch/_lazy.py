@@ -31,7 +31,7 @@ from adamax import _lazy, _memory
 from adamax._algorithm import step_size
 from adamax.kernels import lazy_kernels
 from adamax.spec import AdamaxConfig
-from adamax.torch._plan import _config_of
+from adamax.torch._config import config_of, group_of
 from adamax.torch._sparse import check_lookup, check_rows, coalesced
 
 _LAZY_DTYPES = (torch.float32, torch.float64)
@@ -77,33 +77,36 @@ def lazy_embeddings(model: torch.nn.Module, optimizer, *, huge_pages: bool = Tru
     kept there, which saves most of the page walks of a step over scattered rows.  A tensor that shared the
     weight's old memory (a ``.numpy()`` view, say) no longer does; pass ``huge_pages=False`` to keep it.
     """
-    register = getattr(optimizer, "_register_lazy", None)
-    if register is None:
+    tables = getattr(optimizer, "_lazy", None)
+    if not isinstance(tables, LazyTables):
         raise TypeError(f"lazy_embeddings needs an adamax.torch.Adamax, got {type(optimizer).__name__}")
     modules = [m for m in model.modules() if isinstance(m, _MODULES) and m.sparse]
     if not modules:
         raise ValueError("the model has no nn.Embedding or nn.EmbeddingBag with sparse=True")
     for module in modules:  # check every one before registering any
-        optimizer._check_lazy(module.weight)
-    hooked = optimizer.__dict__.setdefault("_lazy_modules", set())
+        if optimizer.state_format != "full":
+            raise ValueError("lazy tables keep full state: use state_format='full' with lazy_embeddings")
+        tables.check_eligible(module.weight, config_of(group_of(optimizer.param_groups, module.weight)))
     for module in modules:
-        register(module.weight, huge_pages)
-        if id(module) in hooked:  # a second call: already hooked
+        weight = module.weight
+        tables.register(weight, optimizer.state.get(weight), config_of(group_of(optimizer.param_groups, weight)),
+                        huge_pages)  # fmt: skip
+        if id(module) in tables.hooked:  # a second call: already hooked
             continue
-        hooked.add(id(module))
+        tables.hooked.add(id(module))
         module.register_forward_pre_hook(_make_lookup_hook(optimizer))
-        module.register_forward_hook(_make_renorm_hook(optimizer))
+        module.register_forward_hook(_make_renorm_hook(tables))
         module.register_state_dict_pre_hook(lambda module, prefix, keep_vars, opt=optimizer: opt.flush())
     return modules
 
 
-def _make_renorm_hook(optimizer):
+def _make_renorm_hook(tables: LazyTables):
     """``max_norm`` makes the module rescale, in place, the rows it has just looked up, which the pre-hook had
     brought up to date: a write the bookkeeping may accept."""
 
     def accept_renorm(module: torch.nn.Module, args: tuple, output: Tensor) -> None:
         if module.max_norm is not None:
-            optimizer._accept_write(module.weight)
+            tables.accept_write(module.weight)
 
     return accept_renorm
 
@@ -114,75 +117,67 @@ def _make_lookup_hook(optimizer):
         if isinstance(indices, Tensor):
             rows = torch.unique(indices.detach())
             check_lookup(rows, module.weight.shape[0], f"a lookup in {type(module).__name__}")
-            optimizer._bring_rows_up_to_date(module.weight, rows.cpu().numpy())
+            weight = module.weight
+            optimizer._lazy.bring_up_to_date(weight, optimizer.state.get(weight), rows.cpu().numpy())
 
     return bring_rows_up_to_date
 
 
-class _LazyRows:
-    """The optimizer's lazy tables: registration, the step of their touched rows, and bringing rows up to date."""
+class LazyTables:
+    """An optimizer's lazy tables, their one owner: registration, the step of their touched rows, and bringing
+    rows up to date.  Every method is given the table's param, its state entry (None or empty before its first
+    step) and, where it needs them, the group's hyperparameters; it writes the param, that entry and the table's
+    bookkeeping, nothing else."""
 
-    def _lazy_tables(self) -> dict:
-        return self.__dict__.setdefault("_lazy", {})
+    def __init__(self) -> None:
+        self.tables: dict[Tensor, _Table] = {}
+        self.hooked: set[int] = set()  # ids of the modules lazy_embeddings hooked
 
-    def _group_of(self, p: Tensor) -> dict:
-        for group in self.param_groups:
-            if any(q is p for q in group["params"]):
-                return group
-        raise ValueError("lazy_embeddings: a sparse embedding's weight is not a param of this optimizer")
-
-    def _check_lazy(self, p: Tensor) -> None:
-        if self.state_format != "full":
-            raise ValueError("lazy tables keep full state: use state_format='full' with lazy_embeddings")
-        config = _config_of(self._group_of(p))
+    def check_eligible(self, p: Tensor, config: AdamaxConfig) -> None:
         if p.dtype not in _LAZY_DTYPES or p.device.type != "cpu":
             raise TypeError(f"lazy tables are float32 or float64 CPU tensors, got {p.dtype} on {p.device}")
         _lazy.check_config(config)  # refuses coupled weight decay and beta1 >= beta2
 
-    def _fresh_table(self, p: Tensor, huge_pages: bool | None = None) -> None:
-        """``p``'s bookkeeping anew, at its step count, every row up to date; its state moved to huge pages where
-        the table keeps them (``huge_pages``; by default as before)."""
-        state = self.state.get(p)
-        tables = self._lazy_tables()
-        if huge_pages is None:
-            huge_pages = tables[p].huge_pages if p in tables else False
-        tables[p] = _Table(p, _config_of(self._group_of(p)), int(state["step"]) if state else 0, huge_pages)
-        if huge_pages and state:
-            for key in ("exp_avg", "exp_inf"):
-                state[key] = _on_huge_pages(state[key])
-
-    def _register_lazy(self, p: Tensor, huge_pages: bool = False) -> None:
-        if p in self._lazy_tables():
+    def register(self, p: Tensor, state: dict | None, config: AdamaxConfig, huge_pages: bool = False) -> None:
+        if p in self.tables:
             return
         if huge_pages:
             with torch.no_grad():
                 p.data = _on_huge_pages(p.data)
-        self._fresh_table(p, huge_pages)
+        self.restart(p, state, config, huge_pages)
 
-    def _table(self, p: Tensor, config: AdamaxConfig) -> _Table:
+    def restart(self, p: Tensor, state: dict | None, config: AdamaxConfig, huge_pages: bool | None = None) -> None:
+        """``p``'s bookkeeping anew, at its step count, every row up to date; its state moved to huge pages where
+        the table keeps them (``huge_pages``; by default as before)."""
+        if huge_pages is None:
+            huge_pages = self.tables[p].huge_pages if p in self.tables else False
+        self.tables[p] = _Table(p, config, int(state["step"]) if state else 0, huge_pages)
+        if huge_pages and state:
+            for key in ("exp_avg", "exp_inf"):
+                state[key] = _on_huge_pages(state[key])
+
+    def for_step(self, p: Tensor, state: dict, config: AdamaxConfig) -> _Table:
         """``p``'s bookkeeping under ``config``; when the betas, eps or placement changed, every row is brought up
         to date under the old ones first (no row's value changes, only where it is stored)."""
-        tables = self._lazy_tables()
-        table = self._checked_table(p)
+        table = self.checked(p, state, config)
         if not table.recorded_with(config):
-            self._bring_rows_up_to_date(p, np.arange(p.shape[0]))
-            table = tables[p] = _Table(p, config, table.clock.t, table.huge_pages)
+            self.bring_up_to_date(p, state, np.arange(p.shape[0]))
+            table = self.tables[p] = _Table(p, config, table.clock.t, table.huge_pages)
         table.clock.config = config
         return table
 
-    def _accept_write(self, p: Tensor) -> None:
-        table = self._lazy_tables().get(p)
+    def accept_write(self, p: Tensor) -> None:
+        table = self.tables.get(p)
         if table is not None:
             table.mark(p)
 
-    def _checked_table(self, p: Tensor) -> _Table:
+    def checked(self, p: Tensor, state: dict | None, config: AdamaxConfig | None = None) -> _Table:
         """``p``'s bookkeeping, after a write from outside the optimizer: accepted while every row is up to
-        date, refused (before anything is written) while some are behind or when the state no longer fits."""
-        tables = self._lazy_tables()
-        table = tables[p]
+        date, refused (before anything is written) while some are behind or when the state no longer fits.  A
+        table never stepped gets fresh bookkeeping under ``config`` (by default the one it has)."""
+        table = self.tables[p]
         if not table.changed(p):
             return table
-        state = self.state.get(p)
         if state and tuple(state["exp_avg"].shape) != tuple(p.shape):
             raise RuntimeError(
                 f"a lazily stepped embedding was replaced by one of shape {tuple(p.shape)}; its state has shape "
@@ -194,22 +189,15 @@ class _LazyRows:
                 "behind; its rows' bookkeeping no longer holds (call opt.flush() before writing to it)"
             )
         if not state:  # never stepped: the bookkeeping anew, for the table as it is now (its shape, dtype)
-            self._fresh_table(p)
-            return tables[p]
+            self.restart(p, state, config if config is not None else table.clock.config)
+            return self.tables[p]
         table.mark(p)
         return table
 
-    def flush(self) -> None:
-        """Bring every row of every lazy table up to date (see :func:`adamax.torch.lazy_embeddings`)."""
-        for p in self._lazy_tables():
-            self._bring_rows_up_to_date(p, np.arange(p.shape[0]))
-
-    def _bring_rows_up_to_date(self, p: Tensor, rows: np.ndarray) -> None:
-        tables = self._lazy_tables()
-        state = self.state.get(p)
-        if p not in tables or not state:
+    def bring_up_to_date(self, p: Tensor, state: dict | None, rows: np.ndarray) -> None:
+        if p not in self.tables or not state:
             return  # never stepped: nothing is stale
-        table = self._checked_table(p)
+        table = self.checked(p, state)
         rows = table.behind(rows)
         if not len(rows):
             return
@@ -221,7 +209,7 @@ class _LazyRows:
         _written(p)
         table.mark(p)
 
-    def _check_lazy_step(self, p: Tensor, g: Tensor, index: int, config: AdamaxConfig) -> None:
+    def check_step(self, p: Tensor, g: Tensor, index: int, config: AdamaxConfig, state: dict | None) -> None:
         """Before any write: a sparse gradient fits its lazy table, and the group's hyperparameters can be lazy."""
         _lazy.check_config(config)
         if g.layout is not torch.sparse_coo or g.sparse_dim() != 1 or g.shape != p.shape or g.dtype != p.dtype:
@@ -230,56 +218,37 @@ class _LazyRows:
                 f"must be a sparse COO tensor of that shape and dtype with one sparse dimension"
             )
         check_rows(g, p.shape[0], f"the sparse gradient of lazy param {index} of its group")
-        state = self.state.get(p)
         if state and (state["exp_avg"].dtype != p.dtype or state["exp_avg"].layout is not torch.strided):
             raise ValueError(f"state of lazy param {index} of its group must be dense and of the param's dtype")
-        self._checked_table(p)
+        self.checked(p, state, config)
 
-    def _run_lazy(self, group: dict, config: AdamaxConfig, params: list[Tensor]) -> None:
-        """One step of each lazy table: rows the gradient touches, brought up to date and updated as dense Adamax
-        updates them; rows about to fall out of the window, brought up to date; then the clock moves on."""
-        self.last_step_paths["lazy"] = self.last_step_paths.get("lazy", 0) + len(params)
-        for p in params:
-            fresh = not self.state.get(p)
-            state = self._init_state(p, False)
-            table = self._table(p, config)
-            if fresh and table.huge_pages:  # new state (zeros), made where the table keeps it
-                for key in ("exp_avg", "exp_inf"):
-                    state[key] = _on_huge_pages(state[key], copy=False)
-            touched, values = _coalesced(p.grad)
-            t = int(state["step"])
-            stale = table.clock.due(table.last)
-            if len(stale):
-                stale = np.setdiff1d(stale, touched, assume_unique=True)
-            arrays = _arrays(p, state)
-            kernel = _kernel_for(p, state)
-            if kernel is not None:  # one parallel pass: catch-up and update, row by row
-                if len(stale):  # only every W/2 steps
-                    kernel.step_rows(table.clock, *arrays, table.last, stale)
-                size = step_size(config.lr, config.beta1, t + 1)
-                kernel.step_rows(table.clock, *arrays, table.last, touched, values, step_size=size, config=config)
-                kernel.advance(table.clock, *table.clock.step_scalars(config.lr, t + 1))
-            else:
-                table.step(*arrays, touched, values, config, t, stale)()
-            with torch.no_grad():
-                state["step"] += 1
-            _written(p)
-            table.mark(p)
-
-    def _dense_step_of_a_lazy_table(self, p: Tensor) -> None:
-        """A dense gradient on a lazy table (a tied weight, say) updates every row: all are brought up to date
-        first, and after the step the history starts afresh."""
-        self._bring_rows_up_to_date(p, np.arange(p.shape[0]))
-
-    def _after_dense_step(self, params: list[Tensor]) -> None:
-        for p in params:
-            if p in self._lazy_tables():
-                self._fresh_table(p)
-
-    def _reset_lazy_after_load(self) -> None:
-        """After a state dict is loaded every row is current: each table's history starts at its step count."""
-        for p in list(self._lazy_tables()):
-            self._fresh_table(p)
+    def step(self, p: Tensor, state: dict, fresh: bool, config: AdamaxConfig) -> None:
+        """One step of a lazy table (``state`` its entry, made just now when ``fresh``): rows the gradient
+        touches, brought up to date and updated as dense Adamax updates them; rows about to fall out of the
+        window, brought up to date; then the clock moves on."""
+        table = self.for_step(p, state, config)
+        if fresh and table.huge_pages:  # new state (zeros), made where the table keeps it
+            for key in ("exp_avg", "exp_inf"):
+                state[key] = _on_huge_pages(state[key], copy=False)
+        touched, values = _coalesced(p.grad)
+        t = int(state["step"])
+        stale = table.clock.due(table.last)
+        if len(stale):
+            stale = np.setdiff1d(stale, touched, assume_unique=True)
+        arrays = _arrays(p, state)
+        kernel = _kernel_for(p, state)
+        if kernel is not None:  # one parallel pass: catch-up and update, row by row
+            if len(stale):  # only every W/2 steps
+                kernel.step_rows(table.clock, *arrays, table.last, stale)
+            size = step_size(config.lr, config.beta1, t + 1)
+            kernel.step_rows(table.clock, *arrays, table.last, touched, values, step_size=size, config=config)
+            kernel.advance(table.clock, *table.clock.step_scalars(config.lr, t + 1))
+        else:
+            table.step(*arrays, touched, values, config, t, stale)()
+        with torch.no_grad():
+            state["step"] += 1
+        _written(p)
+        table.mark(p)
 
 
 def _written(p: Tensor) -> None:

@@ -1,5 +1,5 @@
 """torch's operations for the one Adamax update (:func:`adamax._algorithm.adamax_update`): one tensor at a time
-(forloop) or lists of tensors (foreach), and the step that runs them."""
+(forloop) or lists of tensors (foreach), and :func:`step_ops`, the step that runs them over explicit lists."""
 
 from __future__ import annotations
 
@@ -115,38 +115,44 @@ class _ForeachOps:
         return p
 
 
-class _OpSteps:
-    """Params stepped with torch's own ops, one tensor at a time (forloop) or by lists (foreach)."""
-
-    def _run_ops(self, group: dict, config: AdamaxConfig, params: list[Tensor], backend: str) -> None:
-        capturable = group["capturable"]
-        states = [self._init_state(p, capturable) for p in params]
-        grads = [p.grad for p in params]
-        exp_avgs = [s["exp_avg"] for s in states]
-        exp_infs = [s["exp_inf"] for s in states]
-        steps = [s["step"] for s in states]
-        beta1 = config.beta1
-        if backend == "forloop":
-            ops = _TensorOps(group["differentiable"])
-            lr = _torch_optimizer._to_scalar(group["lr"])  # a tensor lr stays a tensor here, as in torch
-            for p, g, m, u, t in zip(params, grads, exp_avgs, exp_infs, steps):
-                t += 1
-                if capturable:
-                    size = _DeviceStep((beta1**t - 1) / lr)
-                else:
-                    size = step_size(lr, beta1, _torch_optimizer._get_value(t))
-                adamax_update(ops, p, g, m, u, size, config)
-            return
-        ops = _ForeachOps()
-        lr = group["lr"] if capturable else _torch_optimizer._get_value(group["lr"])  # ... and a float here
-        buckets = Optimizer._group_tensors_by_device_and_dtype([params, grads, exp_avgs, exp_infs, steps])
-        for (ps, gs, ms, us, ts), _ in buckets.values():
-            if not torch.compiler.is_compiling() and ts[0].is_cpu:
-                torch._foreach_add_(ts, torch.tensor(1.0, device="cpu"), alpha=1.0)  # torch's fast CPU form
-            else:
-                torch._foreach_add_(ts, 1)
+def step_ops(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_infs: list[Tensor],
+    steps: list[Tensor],
+    config: AdamaxConfig,
+    *,
+    lr: float | Tensor,
+    backend: str,
+    capturable: bool,
+    differentiable: bool,
+) -> None:
+    """One step of ``params`` with torch's own ops, in place on params and state: one tensor at a time
+    (``backend="forloop"``) or by lists of one device and dtype (``"foreach"``).  ``lr`` is the group's, a float
+    or a tensor; every step count advances by one first."""
+    beta1 = config.beta1
+    if backend == "forloop":
+        ops = _TensorOps(differentiable)
+        lr = _torch_optimizer._to_scalar(lr)  # a tensor lr stays a tensor here, as in torch
+        for p, g, m, u, t in zip(params, grads, exp_avgs, exp_infs, steps):
+            t += 1
             if capturable:
-                sizes = _DeviceStep([(beta1**t - 1) / lr for t in ts])
+                size = _DeviceStep((beta1**t - 1) / lr)
             else:
-                sizes = [step_size(lr, beta1, _torch_optimizer._get_value(t)) for t in ts]
-            adamax_update(ops, ps, gs, ms, us, sizes, config)
+                size = step_size(lr, beta1, _torch_optimizer._get_value(t))
+            adamax_update(ops, p, g, m, u, size, config)
+        return
+    ops = _ForeachOps()
+    lr = lr if capturable else _torch_optimizer._get_value(lr)  # ... and a float here
+    buckets = Optimizer._group_tensors_by_device_and_dtype([params, grads, exp_avgs, exp_infs, steps])
+    for (ps, gs, ms, us, ts), _ in buckets.values():
+        if not torch.compiler.is_compiling() and ts[0].is_cpu:
+            torch._foreach_add_(ts, torch.tensor(1.0, device="cpu"), alpha=1.0)  # torch's fast CPU form
+        else:
+            torch._foreach_add_(ts, 1)
+        if capturable:
+            sizes = _DeviceStep([(beta1**t - 1) / lr for t in ts])
+        else:
+            sizes = [step_size(lr, beta1, _torch_optimizer._get_value(t)) for t in ts]
+        adamax_update(ops, ps, gs, ms, us, sizes, config)

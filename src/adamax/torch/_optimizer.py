@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+import numpy as np
 import torch
 import torch.optim.optimizer as _torch_optimizer
 from torch import Tensor
@@ -13,15 +14,18 @@ from torch.optim.optimizer import Optimizer, _use_grad_for_differentiable
 from adamax import compact
 from adamax.kernels import cpu_kernels, gpu_kernels
 from adamax.spec import EpsPlacement
-from adamax.torch._cached import _CachedPlan, _CachedSteps, _planned_params, _TrackedState
-from adamax.torch._compact import _CompactSteps
-from adamax.torch._fused import _FusedSteps
-from adamax.torch._lazy import _LazyRows
-from adamax.torch._ops import _OpSteps
-from adamax.torch._plan import _FLAG_DEFAULTS, _KERNEL_FOR_DEVICE, _all_finite, _config_of, _Plan, _Planning
+from adamax.torch import _compact
+from adamax.torch._cached import CachedPlan, PlanCache, step_cached
+from adamax.torch._config import FLAG_DEFAULTS, config_of, group_of
+from adamax.torch._devices import KERNEL_FOR_DEVICE, fused_state_dtype
+from adamax.torch._fused import step_fused
+from adamax.torch._lazy import LazyTables
+from adamax.torch._ops import step_ops
+from adamax.torch._plan import Plan, _all_finite, check_loadable, plan_group, planned_params
+from adamax.torch._state import TrackedState, init_state
 
 
-class Adamax(_Planning, _CachedSteps, _FusedSteps, _OpSteps, _LazyRows, _CompactSteps, Optimizer):
+class Adamax(Optimizer):
     r"""Adamax (Kingma & Ba 2015, section 7.1), a drop-in for ``torch.optim.Adamax``.
 
     Args:
@@ -92,15 +96,17 @@ class Adamax(_Planning, _CachedSteps, _FusedSteps, _OpSteps, _LazyRows, _Compact
             "decoupled_weight_decay": decoupled_weight_decay,
             "eps_placement": eps_placement,
         }
-        _config_of(defaults)  # refuse bad hyperparameters before anything is built
+        config_of(defaults)  # refuse bad hyperparameters before anything is built
         if not isinstance(skip_nonfinite, bool):
             raise TypeError(f"Invalid skip_nonfinite: {skip_nonfinite!r} (expected True or False)")
         self.skip_nonfinite = skip_nonfinite
         self.state_format = state_format
         self.skipped_steps = 0
         self.last_step_paths: dict[str, int] = {}  # params per path in the last step: "numba", "triton", ...
+        self._plans = PlanCache()  # the cached plans of groups the numba kernel steps whole
+        self._lazy = LazyTables()  # the lazy tables' bookkeeping (lazy_embeddings)
         super().__init__(params, defaults)
-        self.state = _TrackedState(dict, self.state)
+        self.state = TrackedState(dict, self.state)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """As torch's, and refuses integer params, a param listed twice and invalid hyperparameters,
@@ -113,7 +119,7 @@ class Adamax(_Planning, _CachedSteps, _FusedSteps, _OpSteps, _LazyRows, _Compact
         super().add_param_group(param_group)
         group = self.param_groups[-1]
         try:
-            _config_of(group)
+            config_of(group)
             for p in group["params"]:
                 if not (p.is_floating_point() or p.is_complex()):
                     raise TypeError(
@@ -137,10 +143,12 @@ class Adamax(_Planning, _CachedSteps, _FusedSteps, _OpSteps, _LazyRows, _Compact
         self.state_format = state.pop("state_format", getattr(self, "state_format", "full"))
         self.last_step_paths = {}
         super().__setstate__(state)
-        self.state = _TrackedState(dict, self.state)
-        self.__dict__.pop("_fused_groups", None)  # cached plans refer to the state just replaced
+        self.state = TrackedState(dict, self.state)
+        self._plans = PlanCache()  # cached plans refer to the state just replaced
+        if "_lazy" not in self.__dict__:  # unpickled (torch's load_state_dict keeps the tables, and resets them)
+            self._lazy = LazyTables()
         for group in self.param_groups:
-            for key, value in _FLAG_DEFAULTS.items():
+            for key, value in FLAG_DEFAULTS.items():
                 group.setdefault(key, value)
             for p in group["params"]:
                 p_state = self.state.get(p, {})
@@ -159,52 +167,79 @@ class Adamax(_Planning, _CachedSteps, _FusedSteps, _OpSteps, _LazyRows, _Compact
         shapes and dtypes.  State dicts of ``torch.optim.Adamax`` load as they are.  Entries in the other
         state format are converted (see ``state_format``).
         """
-        self._check_loadable(state_dict)
-        for_torch, compact_entries = self._converted_for_load(state_dict)
+        check_loadable(self.param_groups, state_dict)
+        for_torch, compact_entries = _compact.split_for_load(self.param_groups, state_dict, self.state_format)
         super().load_state_dict(for_torch)
         for p, entry in compact_entries.items():
             self.state[p] = entry
-        self._reset_lazy_after_load()
+        for p in list(self._lazy.tables):  # every row is current: each table's history starts at its step count
+            self._lazy.restart(p, self.state.get(p), self._config_for(p))
 
     def state_dict(self) -> dict[str, Any]:
         """As torch's; lazy tables are brought up to date first, so it is the state dense Adamax would have."""
         self.flush()
         return super().state_dict()
 
-    def _init_state(self, p: Tensor, capturable: bool, state_dtype: torch.dtype | None = None) -> dict[str, Tensor]:
-        state = self.state.get(p)
-        if state:
-            return state
-        state = self.state[p]
-        if not state:
-            dtype = _torch_optimizer._get_scalar_dtype()
-            state["step"] = torch.zeros((), dtype=dtype, device=p.device if capturable else None)
-            state["exp_avg"] = torch.zeros_like(p, dtype=state_dtype, memory_format=torch.preserve_format)
-            state["exp_inf"] = torch.zeros_like(p, dtype=state_dtype, memory_format=torch.preserve_format)
-        return state
+    def flush(self) -> None:
+        """Bring every row of every lazy table up to date (see :func:`adamax.torch.lazy_embeddings`)."""
+        for p in self._lazy.tables:
+            self._lazy.bring_up_to_date(p, self.state.get(p), np.arange(p.shape[0]))
 
-    def _run(self, plan: _Plan) -> None:
-        tables = self._lazy_tables()
+    def _config_for(self, p: Tensor):
+        return config_of(group_of(self.param_groups, p))
+
+    def _plan(self, group: dict) -> Plan:
+        """Check one group's hyperparameters, gradients and state, and choose each param's path; write nothing."""
+        return plan_group(group, self.state, self.state_format, self._lazy)
+
+    def _count(self, path: str, n: int) -> None:
+        self.last_step_paths[path] = self.last_step_paths.get(path, 0) + n
+
+    def _run(self, plan: Plan) -> None:
+        """One group's step, path by path, as ``plan`` chose (every check has passed: nothing here refuses)."""
+        state, group, config = self.state, plan.group, plan.config
+        tables = self._lazy.tables
         dense_lazy = [p for p in (*plan.fused, *plan.rest) if p in tables]
-        for p in dense_lazy:  # a lazy table with a dense gradient: every row up to date first
-            self._dense_step_of_a_lazy_table(p)
-        self._run_dense(plan)
-        self._after_dense_step(dense_lazy)
-        if plan.compact:
-            self._run_compact(plan.config, plan.compact, plan.compact_routes)
-        if plan.lazy:
-            self._run_lazy(plan.group, plan.config, plan.lazy)
-
-    def _run_dense(self, plan: _Plan) -> None:
-        paths = self.last_step_paths
-        for p in plan.fused:
-            paths[_KERNEL_FOR_DEVICE[p.device.type]] = paths.get(_KERNEL_FOR_DEVICE[p.device.type], 0) + 1
-        if plan.rest:
-            paths[plan.backend] = paths.get(plan.backend, 0) + len(plan.rest)
+        for p in dense_lazy:  # a lazy table with a dense gradient (a tied weight): every row up to date first
+            self._lazy.bring_up_to_date(p, state.get(p), np.arange(p.shape[0]))
         if plan.fused:
-            self._run_fused(plan.group, plan.config, plan.fused, plan.fused_states)
+            for p in plan.fused:
+                self._count(KERNEL_FOR_DEVICE[p.device.type], 1)
+            states = [
+                s or init_state(state, p, group["capturable"], fused_state_dtype(p))
+                for p, s in zip(plan.fused, plan.fused_states)
+            ]
+            step_fused(plan.fused, states, config, lr=group["lr"], capturable=group["capturable"])
         if plan.rest:
-            self._run_ops(plan.group, plan.config, plan.rest, plan.backend)
+            self._count(plan.backend, len(plan.rest))
+            states = [init_state(state, p, group["capturable"]) for p in plan.rest]
+            step_ops(
+                plan.rest,
+                [p.grad for p in plan.rest],
+                [s["exp_avg"] for s in states],
+                [s["exp_inf"] for s in states],
+                [s["step"] for s in states],
+                config,
+                lr=group["lr"],
+                backend=plan.backend,
+                capturable=group["capturable"],
+                differentiable=group["differentiable"],
+            )
+        for p in dense_lazy:  # after a dense step the table's history starts afresh
+            self._lazy.restart(p, state.get(p), config)
+        if plan.compact:
+            for way in plan.compact_routes:
+                self._count(_compact.PATH_NAMES[way], 1)
+            entries = [state.get(p) or _compact.fresh_state(p) for p in plan.compact]
+            _compact.step_compact(config, plan.compact, plan.compact_routes, entries)
+            for p, entry in zip(plan.compact, entries):
+                if not state.get(p):
+                    state[p] = entry
+        if plan.lazy:
+            self._count("lazy", len(plan.lazy))
+            for p in plan.lazy:
+                fresh = not state.get(p)
+                self._lazy.step(p, init_state(state, p, False), fresh, config)
 
     @_use_grad_for_differentiable
     def step(self, closure=None):
@@ -218,18 +253,18 @@ class Adamax(_Planning, _CachedSteps, _FusedSteps, _OpSteps, _LazyRows, _Compact
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        cache = self.__dict__.setdefault("_fused_groups", {})
         self.last_step_paths = {}  # how many params each path stepped: "numba", "triton", "forloop", "foreach"
-        plans = [self._cached_plan(group, cache.get(id(group))) or self._plan(group) for group in self.param_groups]
-        if self.skip_nonfinite and not _all_finite([p.grad for plan in plans for p in _planned_params(plan)]):
+        plans = [self._plans.lookup(group, self.state) or self._plan(group) for group in self.param_groups]
+        if self.skip_nonfinite and not _all_finite([p.grad for plan in plans for p in planned_params(plan)]):
             self.skipped_steps += 1
             return loss
-        for group, plan in zip(self.param_groups, plans):
-            if isinstance(plan, _CachedPlan):
-                self._run_cached(plan)
+        for plan in plans:
+            if isinstance(plan, CachedPlan):
+                self._count("numba", len(plan.params))
+                step_cached(plan)
             else:
                 self._run(plan)
-                cache[id(group)] = self._fused_group(plan)
+                self._plans.remember(plan.group, plan.fused, self.state, self._lazy.tables)
         return loss
 
 

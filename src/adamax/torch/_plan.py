@@ -3,68 +3,34 @@ steps each param.  Nothing here writes to a param or its state."""
 
 from __future__ import annotations
 
-import functools
-import math
 from collections.abc import Mapping
 from itertools import chain
 from typing import Any, NamedTuple
 
-import numpy as np
 import torch
 import torch.optim.optimizer as _torch_optimizer
 from torch import Tensor
 
-from adamax.kernels import cpu_kernels, gpu_kernels
 from adamax.spec import AdamaxConfig
-from adamax.torch._compact import COMPACT_KEYS, check_saved_step
-from adamax.torch._compact import check_state as check_compact_state
+from adamax.torch import _compact
+from adamax.torch._cached import CachedPlan
+from adamax.torch._config import FLAG_DEFAULTS, check_schedule_keys, config_of
+from adamax.torch._devices import (
+    KERNEL_FOR_DEVICE,
+    KERNEL_TYPES,
+    LOW_PRECISION,
+    NUMBA_DTYPES,
+    TRITON_DTYPES,
+    dtensor_type,
+    kernel_loader,
+)
 from adamax.torch._probe import triton_verdict
 from adamax.torch._sparse import coalesced
 
-_FLAG_DEFAULTS = {
-    "foreach": None,
-    "maximize": False,
-    "differentiable": False,
-    "capturable": False,
-    "fused": None,
-    "decoupled_weight_decay": False,
-    "eps_placement": "max",
-}
-_STATE_KEYS = frozenset({"step", "exp_avg", "exp_inf"})
+STATE_KEYS = frozenset({"step", "exp_avg", "exp_inf"})
 
 
-def _check_flags(group: Mapping[str, Any]) -> None:
-    """torch's own flags must be what they say: ``fused="no"`` is not ``fused=True``."""
-    for key in ("foreach", "fused"):
-        value = group.get(key)
-        if value is not None and not isinstance(value, bool):
-            raise TypeError(f"Invalid {key}: {value!r} (expected True, False or None)")
-    for key in ("differentiable", "capturable"):
-        value = group.get(key, False)
-        if not isinstance(value, bool):
-            raise TypeError(f"Invalid {key}: {value!r} (expected True or False)")
-
-
-def _config_of(group: Mapping[str, Any]) -> AdamaxConfig:
-    """Validate a param group's hyperparameters (torch's messages) and flags, and bundle them."""
-    _check_flags(group)
-    lr = group["lr"]
-    if isinstance(lr, Tensor):
-        if lr.numel() != 1:
-            raise ValueError("Tensor lr must be 1-element")
-        lr = lr.item()
-    return AdamaxConfig(
-        lr=lr,
-        betas=group["betas"],
-        eps=group["eps"],
-        weight_decay=group["weight_decay"],
-        decoupled_weight_decay=group.get("decoupled_weight_decay", False),
-        maximize=group.get("maximize", False),
-        eps_placement=group.get("eps_placement", "max"),
-    )
-
-
-class _Plan(NamedTuple):
+class Plan(NamedTuple):
     """What one group's step will do, decided and checked before anything is written."""
 
     group: dict
@@ -78,55 +44,31 @@ class _Plan(NamedTuple):
     compact_routes: tuple[str, ...] | list[str] = ()  # how each is stepped: "triton", "numba" or "numpy"
 
 
-_KERNEL_TYPES = (Tensor, torch.nn.Parameter)  # not subclasses (DTensor and friends): the kernel reads raw memory
-_KERNEL_DTYPES = {torch.float32: np.dtype(np.float32), torch.float64: np.dtype(np.float64)}
-_TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-_NUMBA_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)  # the last two with float32 state
-
-
-# Which fused kernel serves each device type (tests route the CPU to Triton's interpreter through this).
-_KERNEL_FOR_DEVICE = {"cpu": "numba", "cuda": "triton"}
-_LOW_PRECISION = (torch.float16, torch.bfloat16)  # their state is float32 on the Triton path
-
-
-@functools.cache
-def _dtensor_type() -> type | None:
-    try:
-        from torch.distributed.tensor import DTensor
-    except ImportError:  # torch built without distributed
-        return None
-    return DTensor
-
-
-def _kernel_loader(name: str):
-    return cpu_kernels() if name == "numba" else gpu_kernels()
-
-
 def _kernel_can_take(p: Tensor, g: Tensor, state: Mapping[str, Any] | None, capturable: bool = False) -> str | None:
     """Why no fused kernel can update ``p`` in place as it is (None: one can).
 
     Called for every param at every step, so it reads as little as it can.
     """
-    kernel = _KERNEL_FOR_DEVICE.get(p.device.type)
-    if kernel is None or _kernel_loader(kernel) is None:
+    kernel = KERNEL_FOR_DEVICE.get(p.device.type)
+    if kernel is None or kernel_loader(kernel) is None:
         return f"no fused kernel for {p.device.type} tensors here (numba for the CPU, triton for CUDA)"
-    dtypes = _NUMBA_DTYPES if kernel == "numba" else _TRITON_DTYPES
+    dtypes = NUMBA_DTYPES if kernel == "numba" else TRITON_DTYPES
     if p.dtype not in dtypes:
         return f"a {p.dtype} tensor; the {kernel} kernel takes {', '.join(map(str, dtypes))}"
-    if kernel == "numba" and p.dtype in _LOW_PRECISION and state and state["exp_avg"].dtype != torch.float32:
+    if kernel == "numba" and p.dtype in LOW_PRECISION and state and state["exp_avg"].dtype != torch.float32:
         return f"{state['exp_avg'].dtype} state; the numba kernel keeps float32 state for {p.dtype} params"
     if capturable and kernel == "numba":
         return "capturable=True: the CPU kernel keeps step counts on the host"
     if state and not state["step"].is_floating_point():
         return f"a {state['step'].dtype} step count; the kernel counts in floating point"
-    dtensor = _dtensor_type()
+    dtensor = dtensor_type()
     if dtensor is not None and isinstance(p, dtensor):  # FSDP2 and friends: step the local shards
         tensors = [p, g, *((state["exp_avg"], state["exp_inf"]) if state else ())]
         if not all(isinstance(t, dtensor) and t.placements == p.placements for t in tensors):
             return "a DTensor whose gradient or state is sharded differently"
         p, g = p.to_local(), g.to_local()
         state = {"exp_avg": state["exp_avg"].to_local(), "exp_inf": state["exp_inf"].to_local()} if state else None
-    if type(p) not in _KERNEL_TYPES or type(g) not in _KERNEL_TYPES:
+    if type(p) not in KERNEL_TYPES or type(g) not in KERNEL_TYPES:
         return "a tensor subclass"  # its memory need not be the tensor's values
     if not (p.is_contiguous() and g.is_contiguous()):
         return "a non-contiguous tensor"
@@ -139,7 +81,7 @@ def _triton_state_dtype(p: Tensor, state: Mapping[str, Any] | None) -> torch.dty
     """The dtype of ``p``'s state on the Triton path: its own, or the one it will be made in."""
     if state:
         return state["exp_avg"].dtype
-    return torch.float32 if p.dtype in _LOW_PRECISION else p.dtype
+    return torch.float32 if p.dtype in LOW_PRECISION else p.dtype
 
 
 def _kernel_mode(group: Mapping[str, Any]) -> str:
@@ -195,7 +137,7 @@ def _check_live_state(p: Tensor, state: Mapping[str, Any], index: int) -> None:
     m, u = state.get("exp_avg"), state.get("exp_inf")
     if (
         len(state) == 3
-        and type(state.get("step")) in _KERNEL_TYPES
+        and type(state.get("step")) in KERNEL_TYPES
         and state["step"].numel() == 1
         and state["step"].is_floating_point()
         and m is not None
@@ -203,7 +145,7 @@ def _check_live_state(p: Tensor, state: Mapping[str, Any], index: int) -> None:
         and m.shape == p.shape
         and u.shape == p.shape
         and m.dtype == u.dtype
-        and (m.dtype == p.dtype or (m.dtype == torch.float32 and p.dtype in _LOW_PRECISION))
+        and (m.dtype == p.dtype or (m.dtype == torch.float32 and p.dtype in LOW_PRECISION))
         and ((p.is_cpu and m.is_cpu and u.is_cpu) or (m.device == p.device and u.device == p.device))
     ):
         return
@@ -217,9 +159,9 @@ def _check_state(p: Tensor, state: Mapping[str, Any], where: str, *, loading: bo
     ``load_state_dict`` will cast to the param's dtype and device.  Otherwise
     live state, checked without reading any tensor's values.
     """
-    if not isinstance(state, Mapping) or set(state) != _STATE_KEYS:
+    if not isinstance(state, Mapping) or set(state) != STATE_KEYS:
         keys = sorted(state) if isinstance(state, Mapping) else type(state).__name__
-        raise ValueError(f"{where}: expected the keys {sorted(_STATE_KEYS)}, got {keys}")
+        raise ValueError(f"{where}: expected the keys {sorted(STATE_KEYS)}, got {keys}")
     if not loading:
         step = state["step"]
         if not isinstance(step, Tensor) or step.numel() != 1 or step.is_complex() or step.dtype is torch.bool:
@@ -230,7 +172,7 @@ def _check_state(p: Tensor, state: Mapping[str, Any], where: str, *, loading: bo
             if not (matches and value.device == p.device):
                 raise ValueError(f"{where}: {key!r} does not match the param's shape, dtype and device")
         return
-    check_saved_step(state["step"], where)
+    _compact.check_saved_step(state["step"], where)
     for key in ("exp_avg", "exp_inf"):
         value = state[key]
         if not isinstance(value, Tensor):
@@ -239,21 +181,6 @@ def _check_state(p: Tensor, state: Mapping[str, Any], where: str, *, loading: bo
             raise ValueError(f"{where}: {key!r} has shape {tuple(value.shape)}, the param {tuple(p.shape)}")
         if value.is_complex() != p.is_complex() or not (value.is_floating_point() or value.is_complex()):
             raise TypeError(f"{where}: {key!r} has dtype {value.dtype}, which cannot hold state for {p.dtype}")
-
-
-_SCHEDULE_KEYS = ("initial_lr", "max_lr", "min_lr", "base_lr")  # what torch's and others' schedulers keep in a group
-
-
-def _check_schedule_keys(group: Mapping[str, Any]) -> None:
-    """A loaded group's learning rates that a scheduler reads later: finite numbers >= 0, as ``lr`` must be."""
-    for key in _SCHEDULE_KEYS:
-        if key not in group:
-            continue
-        value = group[key]
-        if isinstance(value, Tensor) and value.numel() == 1 and not value.is_complex():
-            value = value.item()
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value >= 0):
-            raise ValueError(f"{key!r} must be a finite number >= 0, got {group[key]!r}")
 
 
 def _all_finite(tensors: list[Tensor]) -> bool:
@@ -271,88 +198,94 @@ def _summed_values(grad: Tensor) -> Tensor:
     return coalesced(grad)._values()
 
 
-class _Planning:
-    """The optimizer's checks before anything is written: a loaded state dict, and each group's step."""
+def planned_params(plan: Plan | CachedPlan) -> list[Tensor]:
+    """The params a plan steps (those with gradients)."""
+    return plan.params if isinstance(plan, CachedPlan) else [*plan.fused, *plan.rest, *plan.lazy, *plan.compact]
 
-    def _check_loadable(self, state_dict: Mapping[str, Any]) -> None:
-        if not isinstance(state_dict, Mapping) or not {"state", "param_groups"} <= set(state_dict):
-            raise ValueError("expected an optimizer state dict with 'state' and 'param_groups'")
-        saved_groups = state_dict["param_groups"]
-        if len(saved_groups) != len(self.param_groups):
-            raise ValueError("loaded state dict has a different number of parameter groups")
-        for i, (group, saved) in enumerate(zip(self.param_groups, saved_groups)):
-            if len(group["params"]) != len(saved["params"]):
-                raise ValueError(
-                    "loaded state dict contains a parameter group that doesn't match the size of optimizer's group"
-                )
-            try:
-                _config_of({**_FLAG_DEFAULTS, **saved})
-                _check_schedule_keys(saved)
-            except (TypeError, ValueError, KeyError) as err:
-                raise type(err)(f"param group {i} of the loaded state dict: {err}") from None
-        id_map = dict(
-            zip(
-                chain.from_iterable(g["params"] for g in saved_groups),
-                chain.from_iterable(g["params"] for g in self.param_groups),
+
+def check_loadable(param_groups: list[dict], state_dict: Mapping[str, Any]) -> None:
+    """Refuse a state dict that does not fit ``param_groups``: its groups, their hyperparameters, and every state
+    entry's keys, step, shapes and dtypes (either state format)."""
+    if not isinstance(state_dict, Mapping) or not {"state", "param_groups"} <= set(state_dict):
+        raise ValueError("expected an optimizer state dict with 'state' and 'param_groups'")
+    saved_groups = state_dict["param_groups"]
+    if len(saved_groups) != len(param_groups):
+        raise ValueError("loaded state dict has a different number of parameter groups")
+    for i, (group, saved) in enumerate(zip(param_groups, saved_groups)):
+        if len(group["params"]) != len(saved["params"]):
+            raise ValueError(
+                "loaded state dict contains a parameter group that doesn't match the size of optimizer's group"
             )
+        try:
+            config_of({**FLAG_DEFAULTS, **saved})
+            check_schedule_keys(saved)
+        except (TypeError, ValueError, KeyError) as err:
+            raise type(err)(f"param group {i} of the loaded state dict: {err}") from None
+    id_map = dict(
+        zip(
+            chain.from_iterable(g["params"] for g in saved_groups),
+            chain.from_iterable(g["params"] for g in param_groups),
         )
-        for key, entry in state_dict["state"].items():
-            if key not in id_map:
-                raise ValueError(f"loaded state dict has state for param {key!r}, which no param group lists")
-            if isinstance(entry, Mapping) and not entry:
-                continue  # torch leaves one where ``opt.state[p]`` was read before p had a gradient
-            if isinstance(entry, Mapping) and set(entry) == COMPACT_KEYS:
-                check_compact_state(id_map[key], entry, f"state of param {key!r}", loading=True)
-            else:
-                _check_state(id_map[key], entry, f"state of param {key!r}", loading=True)
+    )
+    for key, entry in state_dict["state"].items():
+        if key not in id_map:
+            raise ValueError(f"loaded state dict has state for param {key!r}, which no param group lists")
+        if isinstance(entry, Mapping) and not entry:
+            continue  # torch leaves one where ``opt.state[p]`` was read before p had a gradient
+        if isinstance(entry, Mapping) and set(entry) == _compact.COMPACT_KEYS:
+            _compact.check_state(id_map[key], entry, f"state of param {key!r}", loading=True)
+        else:
+            _check_state(id_map[key], entry, f"state of param {key!r}", loading=True)
 
-    def _plan(self, group: dict) -> _Plan:
-        """Check one group's hyperparameters, gradients and state, and choose backends; write nothing."""
-        config = _config_of(group)
-        mode = _kernel_mode(group)
-        state = self.state
-        fused, fused_states, rest, lazy, compact, compact_routes = [], [], [], [], [], []
-        compact_state = self.state_format == "compact"
-        for i, p in enumerate(group["params"]):
-            g = p.grad
-            if g is None:
+
+def plan_group(group: dict, state: Mapping, state_format: str, lazy) -> Plan:
+    """Check one group's hyperparameters, gradients and state (``state``: the optimizer's mapping, read only),
+    and choose each param's path; write nothing.  ``lazy``: the optimizer's
+    :class:`adamax.torch._lazy.LazyTables`, which checks the sparse gradients of its tables."""
+    config = config_of(group)
+    mode = _kernel_mode(group)
+    fused, fused_states, rest, lazy_params, compact, compact_routes = [], [], [], [], [], []
+    compact_state = state_format == "compact"
+    for i, p in enumerate(group["params"]):
+        g = p.grad
+        if g is None:
+            continue
+        if g.is_sparse:
+            if p in lazy.tables:
+                lazy.check_step(p, g, i, config, state.get(p))
+                lazy_params.append(p)
                 continue
-            if g.is_sparse:
-                if p in self._lazy_tables():
-                    self._check_lazy_step(p, g, i, config)
-                    lazy.append(p)
-                    continue
-                raise RuntimeError(
-                    "Adamax does not support sparse gradients, except on the embeddings that "
-                    "adamax.torch.lazy_embeddings(model, opt) registers"
-                )
-            if g.shape != p.shape or g.dtype != p.dtype or g.device != p.device:
-                raise RuntimeError(
-                    f"param {i} of its group has a gradient of shape {tuple(g.shape)}, {g.dtype} on {g.device}; "
-                    f"expected shape {tuple(p.shape)}, {p.dtype} on {p.device}"
-                )
-            if compact_state:
-                compact_routes.append(self._check_compact_step(p, i, group))
-                compact.append(p)
-                continue
-            s = state.get(p)
-            if s:
-                _check_live_state(p, s, i)
-            if mode == "never":
-                rest.append(p)
-                continue
-            reason = _kernel_can_take(p, g, s, group["capturable"])
-            if reason is None and mode == "where possible" and _KERNEL_FOR_DEVICE[p.device.type] == "triton":
-                reason = triton_verdict(p, _triton_state_dtype(p, s), config)  # probed once per kind (_probe)
-            if reason is None:
-                fused.append(p)
-                fused_states.append(s)
-            elif mode == "always":
-                raise RuntimeError(f"fused=True cannot update param {i} of its group: {reason}")
-            else:
-                rest.append(p)
-        backend = _torch_backend(group, rest) if rest else "forloop"
-        if group["capturable"]:
-            steps = [state[p]["step"] if state.get(p) else p for p in rest]
-            _check_capturable(rest, steps, backend)
-        return _Plan(group, config, fused, fused_states, rest, backend, lazy, compact, compact_routes)
+            raise RuntimeError(
+                "Adamax does not support sparse gradients, except on the embeddings that "
+                "adamax.torch.lazy_embeddings(model, opt) registers"
+            )
+        if g.shape != p.shape or g.dtype != p.dtype or g.device != p.device:
+            raise RuntimeError(
+                f"param {i} of its group has a gradient of shape {tuple(g.shape)}, {g.dtype} on {g.device}; "
+                f"expected shape {tuple(p.shape)}, {p.dtype} on {p.device}"
+            )
+        if compact_state:
+            compact_routes.append(_compact.check_step(p, i, group, state.get(p)))
+            compact.append(p)
+            continue
+        s = state.get(p)
+        if s:
+            _check_live_state(p, s, i)
+        if mode == "never":
+            rest.append(p)
+            continue
+        reason = _kernel_can_take(p, g, s, group["capturable"])
+        if reason is None and mode == "where possible" and KERNEL_FOR_DEVICE[p.device.type] == "triton":
+            reason = triton_verdict(p, _triton_state_dtype(p, s), config)  # probed once per kind (_probe)
+        if reason is None:
+            fused.append(p)
+            fused_states.append(s)
+        elif mode == "always":
+            raise RuntimeError(f"fused=True cannot update param {i} of its group: {reason}")
+        else:
+            rest.append(p)
+    backend = _torch_backend(group, rest) if rest else "forloop"
+    if group["capturable"]:
+        steps = [state[p]["step"] if state.get(p) else p for p in rest]
+        _check_capturable(rest, steps, backend)
+    return Plan(group, config, fused, fused_states, rest, backend, lazy_params, compact, compact_routes)
