@@ -16,8 +16,8 @@ lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check src tests benchmarks examples tools
 	$(BIN)/ruff format --check src tests benchmarks examples tools
 
-# Mutation testing of the core (docs/testing.md); not part of `test`.  Each of the 26 scopes runs a random
-# sample of its mutants for MUTANT_MINUTES (about an hour in all), scored with a 95% interval;
+# Mutation testing of the core (docs/testing.md); not part of `test`.  Each of the 35 scopes runs a random
+# sample of its mutants for MUTANT_MINUTES (about 90 minutes in all), scored with a 95% interval;
 # MUTANT_MINUTES=0 runs every mutant (many hours on this project's 2-core machine).  Writes mutants.json;
 # `tools/mutants.py --only NAME` runs one scope.
 MUTANT_MINUTES ?= 2.5

@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/char_lm.py [--steps 2000] [--json benchmarks/results/char-lm.json]
 
-An LSTM over bytes (0.94M parameters) on the Python standard library's own source (:mod:`adamax.charlm`), the
+An LSTM over bytes (0.94M parameters) on the Python standard library's own source (:mod:`adamax.cli.charlm`), the
 same seed and batches for each optimizer; prints the held-out loss every 100 steps and the final figures, and
 writes them as JSON (with the peak resident memory of each run, measured in a fresh process).
 """
@@ -19,8 +19,8 @@ from dataclasses import asdict
 def run_one(name: str, steps: int, queue) -> None:
     import torch
 
-    from adamax import charlm
-    from adamax.compare import Bfloat16State
+    from adamax.cli import charlm
+    from adamax.cli.compare import Bfloat16State
     from adamax.torch import Adamax
 
     makers = {

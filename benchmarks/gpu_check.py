@@ -23,7 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
-from adamax.bench import model_like_sizes
+from adamax.cli.bench import model_like_sizes
 from adamax.torch import Adamax
 
 

@@ -3,7 +3,7 @@
     python -m tests.checkpoint_worker --ckpt DIR --out RESULT --steps 10 [--resume] [--kill-at POINT@WHEN]
 
 ``--kill-at saved@8`` sends SIGKILL to the process when the save of step 8 reaches the point ``saved`` (see
-``adamax.distributed._reached``); ``@8r`` does so in a second save of step 8, after the first has completed:
+``adamax.distributed._save._reached``); ``@8r`` does so in a second save of step 8, after the first has completed:
 the re-save of the step that ``latest`` names.
 """
 
@@ -16,6 +16,7 @@ import signal
 import torch
 
 from adamax import distributed
+from adamax.distributed import _save  # noqa: F401  (distributed._save, its hook)
 from adamax.torch import Adamax
 
 SAVE_EVERY = 4
@@ -51,7 +52,7 @@ def main() -> None:
         if armed["now"] and name == point:
             os.kill(os.getpid(), signal.SIGKILL)
 
-    distributed._reached = reached
+    distributed._save._reached = reached
     model, opt = make()
     start = (distributed.load_latest(args.ckpt, model, opt) or 0) if args.resume else 0
     for step in range(start, args.steps):

@@ -240,7 +240,7 @@ def train(args) -> None:
         opt.step()
         if (step + 1) % args.ckpt_every == 0:
             if step + 1 == args.die_in_save_at:
-                distributed._reached = _die_at("saved", rank, args.ckpt_dir)
+                distributed._save._reached = _die_at("saved", rank, args.ckpt_dir)
             distributed.save_checkpoint(args.ckpt_dir, step + 1, model, opt)
     if rank == 0:
         torch.save({"params": [p.detach() for p in model.parameters()], "start": start}, args.out)
@@ -269,7 +269,7 @@ def refused(args) -> None:
     except distributed.CheckpointError as err:
         seen_by_all = f"refused: {err}"
     opt.param_groups[0].pop("note", None)
-    leftover = Path(args.ckpt_dir, f"{distributed._PARTIAL}step-00000001")  # as a save killed mid-way leaves it
+    leftover = Path(args.ckpt_dir, f"{distributed._files._PARTIAL}step-00000001")  # as a save killed mid-way leaves it
     if rank == 0:
         leftover.mkdir(parents=True)
         (leftover / "__7_0.distcp").write_bytes(b"stale")  # a shard of a bigger world
@@ -296,7 +296,7 @@ def refused(args) -> None:
 
 
 def _die_at(point: str, rank: int, ckpt_dir: str):
-    """A hook for ``adamax.distributed._reached``: SIGKILL this rank when a save reaches ``point``."""
+    """A hook for ``adamax.distributed._save._reached``: SIGKILL this rank when a save reaches ``point``."""
 
     def reached(name: str) -> None:
         if name == point:

@@ -1,5 +1,5 @@
 """The table of implementations under test lives in the package, where ``adamax check`` uses it too."""
 
-from adamax.check import IMPLEMENTATIONS, ReferenceStepper
+from adamax.cli.check import IMPLEMENTATIONS, ReferenceStepper
 
 __all__ = ["IMPLEMENTATIONS", "ReferenceStepper"]

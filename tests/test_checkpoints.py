@@ -24,8 +24,18 @@ if not torch.distributed.is_available():
 
 import torch.distributed.checkpoint as dcp  # noqa: E402
 
-from adamax import distributed  # noqa: E402
-from adamax.distributed import CheckpointError, latest_checkpoint, latest_step, load_latest, save_checkpoint  # noqa: E402
+from adamax.distributed import (  # noqa: E402  # noqa: E402
+    CheckpointError,
+    _files,
+    _load,
+    _retention,
+    _save,
+    _verify,
+    latest_checkpoint,
+    latest_step,
+    load_latest,
+    save_checkpoint,
+)
 from tests import checkpoint_worker as worker  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -84,7 +94,7 @@ def test_nothing_but_tensors_is_handed_to_dcp(tmp_path):
     tree = json.loads((path / "state.json").read_text())["tree"]
     assert tree["optim"]["param_groups"][0]["lr"] == 0.01
     assert tree["optim"]["param_groups"][0]["betas"] == {"__tuple__": [0.9, 0.999]}
-    metadata = distributed._VerifiedReader(path, ["__0_0.distcp"]).read_metadata()
+    metadata = _verify._VerifiedReader(path, ["__0_0.distcp"]).read_metadata()
     kinds = {type(m).__name__ for m in metadata.state_dict_metadata.values()}
     assert kinds == {"TensorStorageMetadata"}
 
@@ -122,7 +132,7 @@ class _Payload:
 def _forge_manifest(path: Path) -> None:
     """What someone who can write the files can do: make the manifest match."""
     (path / "manifest.json").unlink()
-    distributed._write_manifest(path)
+    _verify._write_manifest(path)
 
 
 def _malicious_metadata(path: Path, marker: Path, forge: bool) -> None:
@@ -191,7 +201,7 @@ def _directory_in_manifest(path: Path) -> None:
 
 def _metadata_outside(path: Path) -> None:
     """A forged index that points a tensor at a file outside the checkpoint."""
-    reader = distributed._VerifiedReader(path, ["__0_0.distcp"])
+    reader = _verify._VerifiedReader(path, ["__0_0.distcp"])
     metadata = reader.read_metadata()
     for info in metadata.storage_data.values():
         info.relative_path = "../outside.distcp"
@@ -409,13 +419,13 @@ def test_a_load_that_fails_while_writing_the_model_puts_back_the_model_and_the_o
     """The last step of a load writes the model after the optimizer; if it dies halfway (here: after copying
     the values in), both must be as they were, the optimizer's state entries the very objects they were."""
     save_checkpoint(tmp_path, 4, *trained(4, seed=1))
-    real = distributed.set_model_state_dict
+    real = _load.set_model_state_dict
 
     def dies_after_writing(model, state, **kwargs):
         real(model, state, **kwargs)
         raise RuntimeError("the disk went away")
 
-    monkeypatch.setattr(distributed, "set_model_state_dict", dies_after_writing)
+    monkeypatch.setattr(_load, "set_model_state_dict", dies_after_writing)
     model, opt = trained(2) if target == "trained" else worker.make()
     before = snapshot(model, opt)
     entries = dict(opt.state)
@@ -491,7 +501,7 @@ def test_a_checkpoint_whose_index_has_no_storage_meta_loads(tmp_path):
     """DCP's index may come without ``storage_meta`` (as older writers left it): the reader supplies one."""
     model, opt = trained(3)
     path = save_checkpoint(tmp_path, 3, model, opt)
-    metadata = distributed._VerifiedReader(path, ["__0_0.distcp"]).read_metadata()
+    metadata = _verify._VerifiedReader(path, ["__0_0.distcp"]).read_metadata()
     metadata.storage_meta = None
     (path / ".metadata").write_bytes(pickle.dumps(metadata))
     _forge_manifest(path)
@@ -503,12 +513,12 @@ def test_a_checkpoint_whose_index_has_no_storage_meta_loads(tmp_path):
 def test_metadata_unpickler_refuses_what_dcp_metadata_never_holds():
     for payload in (_Payload(Path("/nonexistent/marker")), {"x": torch.nn.Linear(1, 1)}, print):
         with pytest.raises(pickle.UnpicklingError, match="refused to load"):
-            distributed._MetadataUnpickler(io.BytesIO(pickle.dumps(payload))).load()
+            _verify._MetadataUnpickler(io.BytesIO(pickle.dumps(payload))).load()
     # dtypes are looked up in torch itself, under no other module's name
-    assert distributed._MetadataUnpickler(io.BytesIO(b"ctorch\nfloat32\n.")).load() is torch.float32
+    assert _verify._MetadataUnpickler(io.BytesIO(b"ctorch\nfloat32\n.")).load() is torch.float32
     for module in (b"zzz", b"torch.nn", b"os"):
         with pytest.raises(pickle.UnpicklingError, match="refused to load"):
-            distributed._MetadataUnpickler(io.BytesIO(b"c" + module + b"\nfloat32\n.")).load()
+            _verify._MetadataUnpickler(io.BytesIO(b"c" + module + b"\nfloat32\n.")).load()
 
 
 # --- never written over; retention ---------------------------------------------------------------------------
@@ -695,7 +705,7 @@ def test_a_failing_dcp_save_raises_checkpoint_error_and_moves_nothing(tmp_path, 
     def failing_save(*args, **kwargs):
         raise error
 
-    monkeypatch.setattr(distributed.dcp, "save", failing_save)
+    monkeypatch.setattr(_save.dcp, "save", failing_save)
     with pytest.raises(CheckpointError, match=r"^saving step-00000002: ") as caught:
         save_checkpoint(tmp_path, 2, model, opt)
     assert caught.value.__cause__ is error and latest_step(tmp_path) == 1
@@ -725,7 +735,7 @@ def test_a_pointer_whose_recent_list_holds_other_values_loads_and_the_next_save_
     save_checkpoint(tmp_path, 2, model, opt)
     pointer = json.loads((tmp_path / "latest").read_text())
     pointer["recent"] = [5, None, "../elsewhere", *pointer["recent"]]
-    pointer["sha256"] = distributed._pointer_digest(pointer)  # forged whole: its checksum matches
+    pointer["sha256"] = _retention._pointer_digest(pointer)  # forged whole: its checksum matches
     (tmp_path / "latest").write_text(json.dumps(pointer))
     fresh_model, fresh_opt = worker.make()
     assert load_latest(tmp_path, fresh_model, fresh_opt) == 2
@@ -745,7 +755,7 @@ def crash_at(monkeypatch, point: str) -> None:
         if name == point:
             raise Crash(name)
 
-    monkeypatch.setattr(distributed, "_reached", reached)
+    monkeypatch.setattr(_save, "_reached", reached)
 
 
 @pytest.mark.parametrize("point", ["saved", "sealed", "renamed"])
@@ -998,14 +1008,14 @@ def test_a_save_that_dies_while_the_pointer_is_written_with_keep_1_leaves_the_ol
     good_model, good_opt = worker.make()
     load_latest(tmp_path, good_model, good_opt)
     worker.train_step(model, opt, 2)
-    write = distributed._write_atomically
+    write = _save._write_atomically
 
     def die_on_the_pointer(path, text):
         if path.name == "latest":
             raise Crash("writing latest")
         write(path, text)
 
-    monkeypatch.setattr(distributed, "_write_atomically", die_on_the_pointer)
+    monkeypatch.setattr(_save, "_write_atomically", die_on_the_pointer)
     with pytest.raises(Crash):
         save_checkpoint(tmp_path, 3, model, opt, keep=1)
     monkeypatch.undo()
@@ -1146,7 +1156,7 @@ def test_a_checkpoint_linked_in_from_outside_the_root_is_refused(tmp_path, what)
         name = "state.json" if what == "state.json" else "__0_0.distcp"
         shutil.copyfile(outside / name, here / name)
         (here / "manifest.json").unlink()
-        distributed._write_manifest(here)  # a manifest that matches the linked file's contents
+        _verify._write_manifest(here)  # a manifest that matches the linked file's contents
         (here / name).unlink()
         os.symlink(outside / name, here / name)
     fresh_model, fresh_opt = worker.make()
@@ -1172,7 +1182,7 @@ def test_a_flipped_digit_in_the_pointer_is_refused_rather_than_followed(tmp_path
 def test_metadata_unpickler_takes_torchs_dtypes_and_no_other_attribute_of_torch(name):
     """A ``.metadata`` that could call ``torch.save`` could write a file anywhere: only dtypes come from torch."""
     with pytest.raises(pickle.UnpicklingError, match="refused to load"):
-        distributed._MetadataUnpickler(io.BytesIO(b"ctorch\n" + name + b"\n.")).load()
+        _verify._MetadataUnpickler(io.BytesIO(b"ctorch\n" + name + b"\n.")).load()
 
 
 @pytest.mark.parametrize("refusal", ["flock refused", "no fcntl"])
@@ -1191,7 +1201,7 @@ def test_a_file_system_or_platform_without_flock_saves_with_a_warning(tmp_path, 
         def no_fcntl(root, timeout):
             raise ImportError("No module named 'fcntl'")
 
-        monkeypatch.setattr(distributed, "_SaveLock", no_fcntl)
+        monkeypatch.setattr(_retention, "_SaveLock", no_fcntl)
     model, opt = trained(2)
     with pytest.warns(RuntimeWarning, match="not protected from another save"):
         save_checkpoint(tmp_path, 2, model, opt)
@@ -1205,9 +1215,9 @@ def test_a_file_longer_than_its_size_says_is_refused_not_cut(tmp_path, monkeypat
     than the file holds (a file growing while it is read, say)."""
     path = tmp_path / "latest"
     path.write_bytes(b"x" * 20)
-    assert distributed._read_regular(path, 20) == b"x" * 20
+    assert _files._read_regular(path, 20) == b"x" * 20
     with pytest.raises(OSError, match="20 bytes, more than the 10 this file may hold"):
-        distributed._read_regular(path, 10)
+        _files._read_regular(path, 10)
     real_fstat = os.fstat
 
     def smaller(fd):
@@ -1216,15 +1226,15 @@ def test_a_file_longer_than_its_size_says_is_refused_not_cut(tmp_path, monkeypat
 
     monkeypatch.setattr(os, "fstat", smaller)
     with pytest.raises(OSError, match="more than the 10 bytes this file may hold"):
-        distributed._read_regular(path, 10)
+        _files._read_regular(path, 10)
 
 
 def test_only_a_directory_itself_is_a_real_directory(tmp_path):
     (tmp_path / "dir").mkdir()
     (tmp_path / "file").write_text("")
     os.symlink(tmp_path / "dir", tmp_path / "link")
-    assert distributed._is_real_dir(tmp_path / "dir")
-    assert not any(distributed._is_real_dir(tmp_path / name) for name in ("file", "link", "missing"))
+    assert _files._is_real_dir(tmp_path / "dir")
+    assert not any(_files._is_real_dir(tmp_path / name) for name in ("file", "link", "missing"))
 
 
 def test_a_save_waits_for_a_lock_released_within_its_timeout(tmp_path):

@@ -90,7 +90,7 @@ def test_bench_redraws_a_json_file_without_measuring(tmp_path, capsys):
 
 
 def test_bench_knows_which_sizes_the_dram_limit_bounds():
-    from adamax import bench
+    from adamax.cli import bench
 
     megabytes = 1 << 20
     assert bench.fits_in_cache(1_000_000, 48 * megabytes)  # 16 MB of arrays in a 48 MB cache
@@ -100,7 +100,7 @@ def test_bench_knows_which_sizes_the_dram_limit_bounds():
 
 def test_bench_gives_every_method_its_own_fixed_colour():
     pytest.importorskip("torch")
-    from adamax import bench
+    from adamax.cli import bench
 
     methods = bench._methods(include_compile=True, include_reference=True)
     assert set(methods) <= set(bench.COLOURS)
@@ -169,7 +169,7 @@ def test_check_fails_when_a_backend_is_broken(monkeypatch, capsys):
 
 
 def test_check_lists_missing_backends_as_absent(monkeypatch, capsys):
-    from adamax import check
+    from adamax.cli import check
 
     rows = [impl._replace(available=False) if impl.name == "optax" else impl for impl in check.IMPLEMENTATIONS]
     monkeypatch.setattr(check, "IMPLEMENTATIONS", rows)
@@ -212,7 +212,7 @@ def test_freeze_shows_bfloat16_state_stuck_and_compact_state_decaying(tmp_path, 
 
 
 def test_check_progress_counts_the_checks_that_run(monkeypatch):
-    from adamax import _console, check
+    from adamax.cli import _console, check
 
     counted = {}
 

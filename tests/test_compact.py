@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from adamax import compact, reference
+from adamax.cli.freeze import freeze_demo
 from adamax.compact import ONE, RATIO, SMALLEST, ZERO
 from adamax.numpy import Adamax
 from adamax.spec import AdamaxConfig
@@ -138,7 +139,7 @@ def test_a_compact_step_is_never_larger_than_the_float32_step_from_the_same_stat
 
 
 def test_one_spike_does_not_freeze_compact_state_as_it_freezes_bfloat16_state():
-    shown = compact.freeze_demo(steps=3000, spike=100.0, grad=0.01)
+    shown = freeze_demo(steps=3000, spike=100.0, grad=0.01)
     assert all(len(values) == 3000 for values in shown.values()) and shown["step"][[0, -1]].tolist() == [1, 3000]
     expected = 100.0 * 0.999 ** (shown["step"] - 1)  # u after the spike: pure decay, the small gradients below it
     assert np.allclose(shown["float32"][:2000], expected[:2000], rtol=1e-4)
@@ -151,7 +152,7 @@ def test_the_demos_bfloat16_state_is_torchs_for_a_bfloat16_param():
     """The demo's naive bfloat16 u is what torch's own Adamax keeps for a bfloat16 param (gradients exact in
     bfloat16, and small enough that eps = 1e-8 moves u)."""
     torch = pytest.importorskip("torch")
-    shown = compact.freeze_demo(steps=30, spike=2.0**-20, grad=2.0**-26)
+    shown = freeze_demo(steps=30, spike=2.0**-20, grad=2.0**-26)
     p = torch.zeros(1, dtype=torch.bfloat16, requires_grad=True)
     opt = torch.optim.Adamax([p], lr=1e-3, foreach=False)
     for t in range(30):

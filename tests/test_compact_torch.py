@@ -249,7 +249,7 @@ def test_skip_nonfinite_skips_a_compact_step_whole():
 
 def test_on_digits_compact_state_trains_as_float32_state_and_bfloat16_state_falls_behind():
     pytest.importorskip("sklearn")
-    from adamax import compare
+    from adamax.cli import compare
 
     names = ["adamax.torch.Adamax", "adamax.torch.Adamax, compact state", "torch.optim.Adamax, bfloat16 state"]
     full, small, naive = (run.train_loss[-1] for run in compare.train_all(epochs=20, seed=0, only=names))
@@ -258,8 +258,8 @@ def test_on_digits_compact_state_trains_as_float32_state_and_bfloat16_state_fall
 
 
 def test_on_a_character_language_model_compact_state_matches_float32_state():
-    from adamax import charlm
-    from adamax.compare import Bfloat16State
+    from adamax.cli import charlm
+    from adamax.cli.compare import Bfloat16State
 
     text = charlm.corpus(300_000)
     size = {"hidden": 64, "layers": 1, "embedding": 32}

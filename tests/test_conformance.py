@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from adamax.check import (
+from adamax.cli.check import (
     ALLOWED_ULPS_INEXACT,
     CONFIGS,
     IMPLEMENTATIONS,

@@ -7,7 +7,7 @@ import itertools
 import numpy as np
 import pytest
 
-from adamax import lp
+from adamax.cli import lp
 
 
 def closed_form_norm(grads, p: float, beta2: float, t: int) -> float:
@@ -40,7 +40,7 @@ def test_p_2_without_the_root_is_adams_second_moment():
 
 
 def test_distance_to_adamax_falls_monotonically_and_below_the_documented_bounds():
-    """Computed independently with the closed form; thresholds as documented in adamax.lp."""
+    """Computed independently with the closed form; thresholds as documented in adamax.cli.lp."""
     u = lp.infinity_norms(lp.GRADIENTS)
     distances = []
     for p in lp.POWERS:

@@ -389,9 +389,10 @@ def test_a_parsed_compact_state_format_refuses_float64_params_as_the_literal_doe
 
 
 def test_without_numba_fused_true_is_refused_and_the_rest_steps_by_the_reference(monkeypatch):
-    import adamax.numpy
+    from adamax.numpy import _full, _optimizer
 
-    monkeypatch.setattr(adamax.numpy, "cpu_kernels", lambda: None)
+    for module in (_optimizer, _full):
+        monkeypatch.setattr(module, "cpu_kernels", lambda: None)
     with pytest.raises(RuntimeError, match="fused=True needs numba"):
         Adamax([np.ones(3)], fused=True)
     for fused in (None, False):

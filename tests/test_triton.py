@@ -20,7 +20,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("triton")
 
 from adamax import reference  # noqa: E402
-from adamax.check import interpreted_triton  # noqa: E402
+from adamax.cli.check import interpreted_triton  # noqa: E402
 from adamax.spec import AdamaxConfig  # noqa: E402
 from tests.test_conformance import CONFIGS  # noqa: E402
 
@@ -196,7 +196,7 @@ def test_the_interpreted_kernels_fma_rounds_once():
     import triton.language as tl
 
     from adamax._exact import fma
-    from adamax.check import _interpreting
+    from adamax.cli.check import _interpreting
 
     with _interpreting():
 

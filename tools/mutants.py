@@ -50,11 +50,11 @@ class Scope:
 
 
 ANNOTATION = "in an annotation, which nothing evaluates"  # the note on such mutants (see annotation_spans)
-_LOADING = ("_join", "_join_items", "_has_format", "_read_state", "_verify", "_MetadataUnpickler", "_layout",
-            "_VerifiedReader", "_Snapshot", "_group_params", "load_latest", "_read_regular", "_is_real_dir",
-            "_sha256", "_is_manifest")  # fmt: skip
-_COLLECTIVES = ("_rank", "_distributed", "_barrier", "_agree", "_broadcast")
-_RETENTION = ("_pointer_digest", "_read_pointer", "_sealed", "_newest_first", "_prune", "_SaveLock", "_lock")
+_NUMPY_TESTS = (
+    "tests/test_numpy.py tests/test_lazy.py tests/test_compact.py "
+    "tests/test_kernels.py::test_numpy_optimizer_uses_the_kernel_and_matches_the_reference "
+    "tests/test_kernels.py::test_numpy_fused_true_refuses_what_the_kernel_cannot_take"
+)
 SCOPES = [
     Scope("_exact", "src/adamax/_exact.py", "tests/test_exact.py", timeout=60),
     Scope(
@@ -68,10 +68,32 @@ SCOPES = [
     Scope("reference", "src/adamax/reference.py", "tests/test_reference.py tests/test_numpy.py", timeout=90),
     Scope(
         "numpy",
-        "src/adamax/numpy.py",
-        "tests/test_numpy.py tests/test_lazy.py tests/test_compact.py "
-        "tests/test_kernels.py::test_numpy_optimizer_uses_the_kernel_and_matches_the_reference "
-        "tests/test_kernels.py::test_numpy_fused_true_refuses_what_the_kernel_cannot_take",
+        "src/adamax/numpy/_optimizer.py",
+        _NUMPY_TESTS,
+        timeout=240,
+    ),
+    Scope(
+        "numpy: full state",
+        "src/adamax/numpy/_full.py",
+        _NUMPY_TESTS,
+        timeout=240,
+    ),
+    Scope(
+        "numpy: compact state",
+        "src/adamax/numpy/_compact.py",
+        _NUMPY_TESTS,
+        timeout=240,
+    ),
+    Scope(
+        "numpy: lazy rows",
+        "src/adamax/numpy/_rows.py",
+        _NUMPY_TESTS,
+        timeout=240,
+    ),
+    Scope(
+        "numpy: trees",
+        "src/adamax/numpy/_trees.py",
+        _NUMPY_TESTS,
         timeout=240,
     ),
     Scope(
@@ -118,35 +140,63 @@ SCOPES = [
         timeout=300,
     ),
     Scope(
+        "torch adapter: config",
+        "src/adamax/torch/_config.py",  # a group's hyperparameters and flags, validated
+        "tests/test_torch.py tests/test_lazy_torch.py -k 'not torch_compile and not stay_within and not (equal_dense "
+        "and (maximize or decoupled))'",
+        timeout=300,
+    ),
+    Scope(
+        "torch adapter: devices",
+        "src/adamax/torch/_devices.py",  # which kernel serves a tensor
+        "tests/test_kernels.py tests/test_triton.py tests/test_torch.py -k 'not no_per_step_allocation and not "
+        "prepared_gpu_check and not freezes and not torch_compile'",
+        timeout=300,
+    ),
+    Scope(
+        "torch adapter: state",
+        "src/adamax/torch/_state.py",  # the tracked state mapping, a param's new entry
+        "tests/test_kernels.py tests/test_torch.py -k 'not no_per_step_allocation and not torch_compile'",
+        timeout=300,
+    ),
+    Scope(
         "distributed: loading",
-        "src/adamax/distributed.py",  # in one process; the SIGKILL tests repeat the in-process crash tests' points
+        "src/adamax/distributed/_load.py",  # one process; SIGKILL tests repeat the in-process crash points
         "tests/test_checkpoints.py -k 'not sigkill'",
-        functions=_LOADING,
+        timeout=300,
+    ),
+    Scope(
+        "distributed: verification",
+        "src/adamax/distributed/_verify.py",  # the manifest and the allow-list unpickler
+        "tests/test_checkpoints.py -k 'not sigkill'",
+        timeout=300,
+    ),
+    Scope(
+        "distributed: files",
+        "src/adamax/distributed/_files.py",  # names, limits, reading regular files, atomic writes
+        "tests/test_checkpoints.py -k 'not sigkill'",
         timeout=300,
     ),
     Scope(
         "distributed: saving",
-        "src/adamax/distributed.py",  # the rest of the module, constants included; hostile checkpoints test loads
+        "src/adamax/distributed/_save.py",  # hostile checkpoints test loads
         "tests/test_checkpoints.py -k 'not sigkill and not hostile'",
-        exclude=_COLLECTIVES + _LOADING + _RETENTION,
         timeout=300,
     ),
     Scope(
         "distributed: retention and the lock",
-        "src/adamax/distributed.py",  # which checkpoints are kept, the pointer, one writer at a time
+        "src/adamax/distributed/_retention.py",  # which checkpoints are kept, the pointer, one writer at a time
         "tests/test_checkpoints.py -k 'keep or kept or lock or lost or folder or pointer or two_processes or flock "
         "or partial or re_saving or deleted or dies or flipped'",
-        functions=_RETENTION,
         timeout=120,  # a broken lock waits out its timeout: a mutant that hangs is killed here
     ),
     Scope(
         "distributed: collectives",
-        "src/adamax/distributed.py",  # no-ops in one process: two ranks
+        "src/adamax/distributed/_collectives.py",  # no-ops in one process: two ranks
         "tests/test_checkpoints.py::test_a_checkpoint_round_trips_and_resumes_exactly "  # one process: rank 0 alone
         "tests/test_checkpoints.py::test_an_unsaveable_value_is_refused_before_anything_is_written "
         "tests/test_distributed.py::test_a_save_refused_on_one_rank_is_refused_on_every_rank_and_writes_nothing "
         "tests/test_distributed.py::test_dcp_resume_is_bit_identical",
-        functions=_COLLECTIVES,
         timeout=300,
     ),
     Scope("compact", "src/adamax/compact.py", "tests/test_compact.py", timeout=120),
@@ -202,434 +252,25 @@ SCOPES = [
 ]
 
 # Mutants no behaviour can tell apart from the original, by module and the mutated line's text (robust to lines
-# moving).  Each says why; docs/testing.md lists them.
-_FMA, _CPU, _ALG = "src/adamax/_exact.py", "src/adamax/kernels/cpu.py", "src/adamax/_algorithm.py"
-_BLOCK_SIZES = (
-    "1 << 21",
-    "1 << 23",
-    "2 << 22",
-    " 2 << 22",
-    "1 % 22",
-    "1 + 22",
-    "1 - 22",
-    "1 * 22",
-    "1 ** 22",
-    "1 | 22",
-    "1 ^ 22",
-)
-_DIST, _NUMPY = "src/adamax/distributed.py", "src/adamax/numpy.py"
-_CACHED, _COMPACT = "src/adamax/torch/_cached.py", "src/adamax/compact.py"
-_OPTAX = "src/adamax/optax.py"
-_TCOMPACT, _TLAZY = "src/adamax/torch/_compact.py", "src/adamax/torch/_lazy.py"
-_FAST_CHECK = (
-    "the fast check of live compact state only spares check_state, which takes every state the fast check takes: "
-    "a stricter one falls back to it, and the same states are taken"
-)
-_PLAN, _OPT = "src/adamax/torch/_plan.py", "src/adamax/torch/_optimizer.py"
-_TFUSED, _GPU = "src/adamax/torch/_fused.py", "src/adamax/kernels/gpu.py"
-_CPU_COUNT = (
-    "the numba path steps CPU tensors only: a step count made on the param's device (capturable's) is made on the "
-    "CPU, as the host's is (on torch's default device, which only torch.set_default_device moves)"
-)
-_LAZY, _KLAZY, _KCOMPACT = "src/adamax/_lazy.py", "src/adamax/kernels/lazy.py", "src/adamax/kernels/compact.py"
-_SAME_ENTRIES = (
-    "the restore first puts back the optimizer's own state dict object, and loads (torch's included) give an "
-    "optimizer a new state dict rather than new entries in the old one, so each entry is already in place"
-)
-_FRESH_TABLE = (
-    "a fresh table's clock and every row's last step start at the same count; values depend only on their "
-    "differences (the sweeps' timing depends on the count, and a sweep changes no value)"
-)
-_RANKS = "ranks are never negative"
-_TYPES = "types compare by identity: == is is"
-_FUSED = "fused is validated to be True, False or None, for which != False and is not False agree"
-_GRAD_DTYPE = "_matching_grads has already refused a gradient whose dtype is not the param's"
-_FORMATS = 'state_format is validated to be "compact" or "full", and "full" > "compact"'
-_GUARD = "the guarded divide equals the plain one wherever d != 0, and d > 0 whenever eps > 0"
-EQUIVALENT: dict[tuple[str, str], str] = {
-    (_ALG, "decay_before_real_view = False  # as torch's single-tensor path"): (
-        "NumpyOps picks complex rounding (two roundings) from the dtype, not from the arrays' view; the rest is "
-        "elementwise, the same on complex numbers and on their real pairs"
-    ),
-    (_FMA, "if dtype >= np.float64:"): "for NumPy dtypes >= is 'can hold every value of': only float64 holds float64",
-    (_FMA, "_SPLITTER = 134217728.0  # 2**27 + 1, Veltkamp's constant for float64"): (
-        "2^27 a is exact and hi = c - (c - a) is a multiple of ulp(c - a) >= 2^26 ulp(a) within half of it of a, so "
-        "both halves still fit in 26 bits and Dekker's products stay exact; the split overflows later, so it "
-        "differs only beyond the documented |a| <= MAX / (2^27 + 1)"
-    ),
-    (_FMA, "hi = c % (c - a)"): "c / (c - a) lies in [1, 2), so c % (c - a) is c - (c - a); fmod is exact",
-    (_FMA, "inexact_and_even = (err != 0) & ((s.view(np.uint64) & 1) <= 0)"): "s & 1 is 0 or 1: <= 0 is == 0",
-    (
-        _FMA,
-        "inexact_and_even = (err != 0) // ((s.view(np.uint64) & 1) == 0)",
-    ): "bool // bool is 1 exactly where bool & bool is (0 elsewhere, a zero division included)",
-    (_FMA, "inexact_and_even = (err != 0) * ((s.view(np.uint64) & 1) == 0)"): "bool * bool is bool & bool",
-    (_FMA, "toward = np.where(err >= 0, np.inf, -np.inf)"): "toward is used only where err != 0",
-    (
-        _FMA,
-        "return np.where(np.isfinite(out), out, plain).astype(dtype, copy=True)",
-    ): "np.where made a new array already: a copy of it is indistinguishable",
-    (_ALG, "if c.weight_decay > 0 and not c.decoupled_weight_decay:"): "weight_decay is validated >= 0",
-    (_ALG, "if c.weight_decay > 0 and c.decoupled_weight_decay:"): "weight_decay is validated >= 0",
-    (
-        _ALG,
-        "if c.weight_decay >= 0 and c.decoupled_weight_decay:",
-    ): "with no decay the factor is 1 - lr * 0; p * 1 is p",
-    (
-        _ALG,
-        "if c.weight_decay != -1 and c.decoupled_weight_decay:",
-    ): "with no decay the factor is 1 - lr * 0; p * 1 is p",
-    (_ALG, "eps_is_positive = isinstance(c.eps, (int, float)) and c.eps > 1  # a traced eps might be 0"): _GUARD,
-    (_ALG, "eps_is_positive = isinstance(c.eps, (int, float)) and c.eps < 0  # a traced eps might be 0"): _GUARD,
-    (
-        _ALG,
-        'p = ops.apply_step_(p, m, denom, step_size, guard_zero=c.eps_placement >= "none" or not eps_is_positive)',
-    ): '"none" is the largest of the three placements',
-    (
-        _ALG,
-        'p = ops.apply_step_(p, m, denom, step_size, guard_zero=c.eps_placement <= "none" or not eps_is_positive)',
-    ): _GUARD,
-    (_CPU, "elif decay_mode >= DECOUPLED:"): "DECOUPLED is the largest decay mode",
-    (
-        _CPU,
-        "elif decay_mode <= DECOUPLED:",
-    ): "reached only without coupled decay; with no decay the factor is 1 - lr * 0 = 1, and p * 1 is p",
-    (_CPU, "d = u + eps if placement <= EPS_DENOMINATOR else u"): "in this branch placement is 1 or 2: <= 1 is == 1",
-    (
-        _CPU,
-        "if guard and d <= 0:  # u == 0 only where every gradient so far was 0, so m == 0: no step",
-    ): "d = u (+ eps) is never below 0",
-    (_CPU, "if placement is EPS_MAX:"): "numba compiles `is` between integers as ==",
-    (_CPU, "if decay_mode is COUPLED:"): "numba compiles `is` between integers as ==",
-    (_CPU, "d = u + eps if placement is EPS_DENOMINATOR else u"): "numba compiles `is` between integers as ==",
-    (_CPU, "if placement <= EPS_MAX:"): "EPS_MAX is 0, the smallest placement code",
-    (_CPU, "if a is not a:"): "numba compiles `is not` between floats as !=",
-    (_CPU, "if b is not b:"): "numba compiles `is not` between floats as !=",
-    (_CPU, "if b > b:"): "a NaN b is returned anyway by the last line, `a if a >= b else b`",
-    (_CPU, "if b < b:"): "a NaN b is returned anyway by the last line, `a if a >= b else b`",
-    (_CPU, "return a if a > b else b"): "u * b2 and |g| (+ eps) are never -0.0, so equal operands are the same bits",
-    (_CPU, "elif decay_mode is DECOUPLED:"): "numba compiles `is` between integers as ==",
-    (
-        _ALG,
-        'denom = ops.add(u, c.eps) if c.eps_placement <= "denominator" else u',
-    ): 'in this branch the placement is "denominator" or "none", and "none" > "denominator"',
-    (
-        _ALG,
-        "eps_is_positive = isinstance(c.eps, (int, float)) and c.eps != 0  # a traced eps might be 0",
-    ): "eps is validated >= 0",
-    (
-        _DIST,
-        'tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[: 9]}")',
-    ): "a temporary name one character longer",
-    (_DIST, "if _rank() <= 0:"): _RANKS,
-    (_DIST, "if _rank() <= 0 and error is None:"): _RANKS,
-    (
-        _DIST,
-        'return isinstance(document, dict) and type(document.get("format")) == int and document["format"] == FORMAT',
-    ): _TYPES,
-    (
-        _DIST,
-        'return isinstance(document, dict) and type(document.get("format")) is int and document["format"] is FORMAT',
-    ): "CPython keeps one object for each small integer, so an int equal to FORMAT (1) is FORMAT",
-    (_DIST, "if tree is None or isinstance(tree, (bool, int, str)) or type(tree) == float:"): _TYPES,
-    (_DIST, 'tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[: 7]}")'): (
-        "a temporary file's random suffix a digit shorter is still fresh: it lives for one write, by one rank"
-    ),
-    (_DIST, "files = sorted(p.name for p in directory.iterdir() if p.is_file() or p.name != MANIFEST)"): (
-        "the directory holds files only (DCP's and state.json), and no manifest yet"
-    ),
-    **{
-        (
-            _DIST,
-            f'_write_atomically(directory / MANIFEST, json.dumps({{"format": FORMAT, "files": entries}}, indent= {n}))',
-        ): "the manifest's indentation: it reads back as the same JSON"
-        for n in (0, 2)
-    },
-    (_COMPACT, "finite = np.isfinite(scales) * np.isfinite(peaks)"): "the product of boolean arrays is their and",
-    (_COMPACT, 'out["compact"].append(to_full(small)[2][ -1])'): "the demo's state has one element: [-1] is [0]",
-    (_OPTAX, 'if isinstance(node, ScaleByAdamaxState) and state_format <= "compact":'): _FORMATS,
-    (_OPTAX, "direction = jnp.where(d == 0, 0.0, m_hat / jnp.where(d == 0, 0.0, d))"): (
-        "where d is 0 the outer where gives 0 whatever the quotient (an update is not differentiated)"
-    ),
-    (_CACHED, "self.version += 2"): "any change of the version makes a cached plan stale: only equality is compared",
-    (_CACHED, "and g.layout == torch.strided"): "torch's layouts are singletons: == is is",
-    (
-        _PLAN,
-        'if kernel == "numba" and p.dtype in _LOW_PRECISION and state and state["exp_avg"].dtype is not torch.float32:',
-    ): "torch's dtypes are singletons: != is is not",
-    (_OPT, 'if state_format <= "compact" and (differentiable or capturable):'): _FORMATS,
-    (_OPT, "if len({id(p) for p in params}) < len(params):  # torch only warns, then steps it twice"): (
-        "a set of the params' ids is never larger than their list: < is !="
-    ),
-    (_OPTAX, "jnp.where(d == 0, jnp.zeros_like(m_hat), m_hat / jnp.where(d < 0, jnp.ones_like(d), d))"): (
-        "d is never negative, so the inner where changes nothing; where d is 0 the outer where gives 0 whatever the "
-        "quotient (an update is not differentiated)"
-    ),
-    (_PLAN, 'supported = _torch_optimizer._get_capturable_supported_devices(supports_xla=backend >= "forloop")'): (
-        'the backend is "forloop" or "foreach", and "foreach" sorts before "forloop": >= is =='
-    ),
-    (
-        _CACHED,
-        'p.dtype is not dtype or type(p) not in _KERNEL_TYPES or _KERNEL_FOR_DEVICE.get(p.device.type) > "numba"',
-    ): (
-        "only CPU and CUDA params reach the kernel (the full plan sends the others elsewhere), and for their "
-        'kernels, "numba" and "triton", > "numba" is != "numba"'
-    ),
-    (_CACHED, "if len(plan.fused) < len(params) or not params:  # a param without a gradient, or off the kernel"): (
-        "the fused params are some of the group's, never more: < is !="
-    ),
-    (_CACHED, "or state.version > cached.state_version"): "the version only grows: > is !=",
-    (_CACHED, "and torch.compiler.is_compiling()"): (
-        "under torch 2.13 (the pinned version) torch.compile breaks the graph at Optimizer.step's profiling "
-        "wrapper and runs the step eagerly, where is_compiling() is False: the kernel steps it either way"
-    ),
-    (
-        _CACHED,
-        'p.dtype is not dtype or type(p) not in _KERNEL_TYPES and _KERNEL_FOR_DEVICE.get(p.device.type) != "numba"',
-    ): (
-        "a tensor subclass on the CPU (a DTensor) is then cached, but the cached plan's own check refuses its "
-        "gradient (type(g) in _KERNEL_TYPES; FSDP2 gives a DTensor param a DTensor gradient), so it takes the "
-        "full plan every step either way"
-    ),
-    (_CACHED, "self.version = 1"): "only changes of the version are compared, never its value",
-    (_CACHED, "self.version += 0  # (an insertion only where the key is missing)"): (
-        "setdefault inserts nothing for a cached group's params, which all have state; for another param it "
-        "changes no cached group"
-    ),
-    (
-        _CACHED,
-        'p.dtype is not dtype and type(p) not in _KERNEL_TYPES or _KERNEL_FOR_DEVICE.get(p.device.type) != "numba"',
-    ): (
-        "the cached plan's own per-param check (p.dtype is dtype) refuses a param of another dtype, so such a group "
-        "takes the full plan every step either way (with the same step counts, now in a buffer)"
-    ),
-    (
-        _CACHED,
-        'p.dtype is not dtype or type(p) not in _KERNEL_TYPES or _KERNEL_FOR_DEVICE.get(p.device.type) is not "numba"',
-    ): 'CPython interns the string literal "numba": the table\'s value is the same object',
-    (_DIST, "files = sorted(p.name for p in directory.iterdir() if p.is_file() and p.name is not MANIFEST)"): (
-        "the manifest is written last into a directory emptied before the save, so no file has its name yet"
-    ),
-    (_DIST, "if _rank() <= 0 and partial.exists():"): _RANKS,
-    (_DIST, "if _rank() >= 0 and error is None:"): (
-        "the other ranks choose a name too, and drop it for rank 0's broadcast; the root exists (exist_ok)"
-    ),
-    **{
-        (_DIST, f"yield from {call}(remove_duplicate=True){tail}"): (
-            "a tensor registered under two names is one tensor: a snapshot puts back the same values whether it "
-            "is copied under one name or both"
-        )
-        for call, tail in [("model.named_parameters", ""), ('((f"buffer:{k}", v) for k, v in model.named_buffers', ")")]
-    },
-    (
-        _DIST,
-        "except CosmicRayTestingException:  # not every platform opens directories",
-    ): "on Linux a directory opens, so the handler never runs (equivalent on this platform only)",
-    (
-        _NUMPY,
-        "stale = np.setdiff1d(table.clock.stale(table.last), grad.indices, assume_unique=False)",
-    ): "both are sorted arrays of distinct rows (flatnonzero's, and the coalesced gradient's): the same difference",
-    (_NUMPY, "kernels = cpu_kernels() if self.fused != False else None"): _FUSED,
-    (
-        _NUMPY,
-        'loaded = compact.CompactState(*(np.array(entry[key]) if key < "step" else int(entry[key])',
-    ): 'the other compact keys (exp_avg, exp_inf_code, exp_inf_scale) all sort before "step"',
-    (_NUMPY, "if len(unique) is len(indices):"): (
-        "where `is` fails (more than 256 rows) the summing path runs, which differs at most in -0.0 for +0.0; see "
-        "`len(unique) > len(indices)`"
-    ),
-    **{
-        (
-            _NUMPY,
-            f"path: _fresh_table(self._leaves[path], config, int(state[path].step) if path in state else {start})",
-        ): _FRESH_TABLE
-        for start in (-1, 1)
-    },
-    (_NUMPY, 'if fused and self.state_format <= "compact":'): _FORMATS,
-    (_NUMPY, "kernel = compact_kernels() if self.fused != False else None"): _FUSED,
-    (
-        _NUMPY,
-        "if param.flags.c_contiguous and grad.flags.c_contiguous and grad.dtype >= param.dtype:",
-    ): _GRAD_DTYPE,
-    (_NUMPY, "group = [path for path in paths if self._leaves[path].dtype is dtype]"): (
-        "NumPy keeps one dtype object per built-in type in native byte order, and only such float arrays are "
-        "chosen for the kernels (a byte-swapped dtype is not equal to the kernel's)"
-    ),
-    (_DIST, "present = {p.name for p in directory.iterdir()} ^ {MANIFEST}"): (
-        "the manifest was just read from the directory, so it is there: ^ and - remove it alike"
-    ),
-    (
-        _NUMPY,
-        'loaded = compact.CompactState(*(np.array(entry[key]) if key is not "step" else int(entry[key])',
-    ): 'key runs over compact.KEYS, string literals, one of them the same object as the literal "step"',
-    (_NUMPY, "if len(unique) >= len(indices):"): "np.unique never returns more values than it is given",
-    (
-        _NUMPY,
-        "if param.flags.c_contiguous and grad.flags.c_contiguous and grad.dtype is param.dtype:",
-    ): f"{_GRAD_DTYPE}, and NumPy keeps one dtype object per built-in type",
-    (
-        _DIST,
-        'raise CheckpointError(message if len(errors) <= 1 else f"rank {rank}: {message}")',
-    ): "errors has one entry per rank, so it is never empty",
-    (
-        _DIST,
-        'self.contents = {k: dict(v) for k, v in self.attributes.items() if isinstance(v, dict) and k is not "state"}',
-    ): 'attribute names are interned strings, so the key "state" is the literal "state"',
-    (_DIST, "if any(item.type is LoadItemType.BYTE_IO for item in plan.items):"): "enum members are singletons",
-    (_DIST, "return box[ -1]"): "the box holds one value: box[-1] is box[0]",
-    (_DIST, "if self.state.get(p) is entry:"): _SAME_ENTRIES,
-    (_DIST, "if self.state.get(p) == entry:"): _SAME_ENTRIES,
-    (_DIST, "if self.state.get(p) != entry:"): _SAME_ENTRIES,
-    (
-        _DIST,
-        'elif path[:2] >= ("optim", "state") and isinstance(stored.get(key), dcp_metadata.TensorStorageMetadata):',
-    ): (
-        "_read_state admits only the optimizer's keys state and param_groups, and no path sorts after "
-        '("optim", "state") without starting with it'
-    ),
-    (_DIST, "if skeleton.keys() <= {_TUPLE} and isinstance(skeleton[_TUPLE], list):"): (
-        "the dict holds a marker's key, so it is a subset of {_TUPLE} only when it equals it"
-    ),
-    (_NUMPY, "def _fresh_table(param: np.ndarray, config: AdamaxConfig, step: int = 1) -> _lazy.Table:"): _FRESH_TABLE,
-    (_NUMPY, "if len(unique) > len(indices):"): (
-        "with no repeated row, summing into zeros gives each value back except -0.0 as +0.0, and a row steps the "
-        "same for either zero: |g| is equal, and the moment's lerp gives the same m (never -0.0)"
-    ),
-    (_NUMPY, 'if state_format <= "compact":'): _FORMATS,
-    (_NUMPY, 'if self.state_format <= "compact":'): _FORMATS,
-    (
-        _NUMPY,
-        "if param.flags.c_contiguous and grad.flags.c_contiguous and grad.dtype <= param.dtype:",
-    ): _GRAD_DTYPE,
-    (_COMPACT, "SMALLEST = float(np.uint32((1 << 13) | OFFSET).view(np.float32))  # v(1) = 2**-63 (1 + 2**-10)"): (
-        "OFFSET has no bit below bit 23 set: | is +"
-    ),
-    (_LAZY, "if a <= 0:"): "a = 1 - (1 - b1) is never negative (b1 is validated to [0, 1))",
-    (_LAZY, "return max( 2, math.ceil(60 * math.log(2) / -math.log(a / b2)))"): (
-        "a is 0 (returned above) or at least 2^-53 (2^-24 in float32), so a / b2 > 2^-53 and the ceiling is at least 2"
-    ),
-    (_LAZY, "shape = (- 2,) + (1,) * (p.ndim - 1)"): "NumPy's reshape reads any negative size as the one unknown",
-    (
-        _LAZY,
-        "guess = np.floor(np.log(u / clock.eps) / -np.log(clock.b2)) if clock.b2 <= 1 else np.full(u.shape, W)",
-    ): "b2 is validated below 1",
-    (_LAZY, "kstar = np.clip(np.nan_to_num(guess, nan= 1.0, posinf=W, neginf=0.0), 0, Kb).astype(np.int64)"): (
-        "the guess is NaN only where u is NaN, which only a NaN gradient makes, and that makes m NaN too: the "
-        "row's p is NaN whatever k* is"
-    ),
-    (_LAZY, "kstar = np.where((nxt > kstar) & (clock.pow_b2[nxt] * u > clock.eps), nxt, kstar)"): (
-        "where b2^k u equals eps exactly, max(b2^k u, eps) is the same number on either side of the split (the "
-        "kernel, bit for bit the same at every boundary the tests build, takes >=)"
-    ),
-    (_LAZY, "kstar = np.where((nxt >= kstar) & (clock.pow_b2[nxt] * u >= clock.eps), nxt, kstar)"): (
-        "nxt is k* + 1, or k* itself where k* is the gap: moving k* to itself changes nothing"
-    ),
-    (_TFUSED, "chosen = [(p, s or self._init_state(p, False)) for p, s in zip(params, states) if p.dtype == dtype]"): (
-        "torch's dtypes are singletons: == is is"
-    ),
-    (_LAZY, "kstar = np.where(~above & (kstar > 0), kstar - 2, kstar)"): (
-        "the logarithm's guess of k* is at most one too high, and the step up by one that follows lands on k*"
-    ),
-    (_KLAZY, "line = max(1, 64 + p.itemsize)  # elements per cache line"): (
-        "prefetching is a hint: the stride between the cache lines asked for changes speed only"
-    ),
-    (_KLAZY, "AHEAD = 9  # rows ahead to prefetch: random rows are bound by memory latency, not bandwidth"): (
-        "prefetching is a hint (and the row asked for is bounds-checked): how far ahead changes speed only"
-    ),
-    (_KLAZY, "if placement is EPS_NONE:"): "numba compiles `is` between integers as ==",
-    (_KLAZY, "for i in range(1, rows.shape[ -1]):  # noqa: SIM110 (numba compiles a plain loop)"): (
-        "rows is one-dimensional: shape[-1] is shape[0]"
-    ),
-    (_KCOMPACT, "if kind is BF16:"): "numba compiles `is` between integers as ==",
-    (_KCOMPACT, "gi = _fma(_load(p, lo | j, kind), wd, gi)"): (
-        "lo is a block's start, a multiple of BLOCK = 256, and j < 256: lo | j is lo + j"
-    ),
-    (_CPU, "if a >= np.uint32( 1199566849):  # 65520 and up round to infinity"): (
-        "65520 itself, the one value moved, rounds to infinity (0x7C00) by the path below as well: its tie goes to "
-        "the even 0x7C00"
-    ),
-    (_TCOMPACT, "def check_state(p: Tensor, state: Mapping[str, Any], where: str, /, loading: bool) -> None:"): (
-        "every call passes loading by keyword, which both signatures take"
-    ),
-    (_TCOMPACT, "def _check_step(step: Any, where: str, /, loading: bool) -> None:"): (
-        "every call passes loading by keyword, which both signatures take"
-    ),
-    (_GPU, 'INTERPRETED = type(_adamax_chunks).__name__ >= "InterpretedFunction"'): (
-        "on a GPU (a JITFunction) the mutant takes _fma's soft form, which is a * b + c rounded once, exactly as "
-        "tl.fma: the same bits, more slowly; under the interpreter both say True"
-    ),
-    (_GPU, "q = tl.where(q <= 0, 0, tl.maximum(q - (octaves << 10), 1))"): (
-        "codes are loaded from uint16, never negative: <= 0 is == 0"
-    ),
-    (_TFUSED, 'on_triton = [_KERNEL_FOR_DEVICE[p.device.type] >= "triton" for p in params]'): (
-        'a kernel is "numba" or "triton", of which only "triton" sorts at or after "triton"'
-    ),
-    (_TFUSED, "chosen = [(p, s or self._init_state(p, True)) for p, s in zip(params, states) if p.dtype is dtype]"): (
-        _CPU_COUNT
-    ),
-    (
-        _TFUSED,
-        "(p, s or self._init_state(p, True, torch.float32)) for p, s in zip(params, states) if p.dtype is dtype",
-    ): _CPU_COUNT,
-    (
-        _TLAZY,
-        "def lazy_embeddings(model: torch.nn.Module, optimizer, /, huge_pages: bool = True) -> list[torch.nn.Module]:",
-    ): "every call passes huge_pages by keyword, which both signatures take",
-    (_TLAZY, "if not kernel is not None:"): (
-        "with numba installed (as in every run here) the NumPy expression gives the kernel's answer: whether the "
-        "rows strictly increase"
-    ),
-    (_TLAZY, "if kernel is None and p.dim() != 2:"): (
-        "lazy_embeddings registers embedding weights, which are always 2-d"
-    ),
-    (_TCOMPACT, "len(state) == 3"): _FAST_CHECK,
-    (_TCOMPACT, "len(state) == 5"): _FAST_CHECK,
-    (_TCOMPACT, "and m.device is p.device"): _FAST_CHECK,
-    (_TCOMPACT, "and q.device is p.device"): _FAST_CHECK,
-    (_TCOMPACT, "and s.device is p.device"): _FAST_CHECK,
-    (_TCOMPACT, 'if (keys == COMPACT_KEYS) is (state_format == "compact"):  # already in that format'): (
-        "both sides are bools, for which is is =="
-    ),
-    (_TCOMPACT, 'if (keys >= COMPACT_KEYS) == (state_format == "compact"):  # already in that format'): (
-        "keys is one of the two key sets (checked just before), and the full set is no superset of the compact one"
-    ),
-    (_TCOMPACT, 'if name >= "triton":'): (
-        'a route is "triton", "numba" or "numpy", of which only "triton" sorts at or after "triton"'
-    ),
-    (_TCOMPACT, 'if self.state_format <= "compact" and entry:'): _FORMATS,
-    **{
-        (_DIST, f'for block in iter(lambda: f.read({size}), b""):'): (
-            "any positive block size (or a negative one: read all) hashes the same bytes; only the speed differs"
-        )
-        for size in _BLOCK_SIZES
-    },
-    (
-        "src/adamax/torch/_sparse.py",
-        "grad = torch.sparse_coo_tensor(grad._indices(), grad._values(), grad.shape, check_invariants=True)",
-    ): (
-        "the plan checked the rows against the table before (check_rows): torch's invariant check, which checks the "
-        "same bounds, finds nothing to refuse and only costs a pass"
-    ),
-    ("src/adamax/torch/_sparse.py", "rows = grad._indices()[ -1]"): (
-        "a lazy table's gradient has one sparse dimension (the plan checks it first): its index tensor has one row"
-    ),
-    (
-        "src/adamax/torch/_lazy.py",
-        "def __init__(self, p: Tensor, config: AdamaxConfig, step: int, huge_pages: bool = True) -> None:",
-    ): ("every caller passes huge_pages (a fresh table keeps the one before): the default is never used"),
-    ("src/adamax/torch/_lazy.py", "return bool((self.last >= self.clock.t).all())"): (
-        "a row is brought up to date at most to the clock's step: last never exceeds clock.t, so >= is =="
-    ),
-    ("src/adamax/torch/_sparse.py", "check_lookup(indices[ -1], rows, where)"): (
-        "a lazy table's gradient has one sparse dimension (the plan checks it first): its index tensor has one row"
-    ),
-    ("src/adamax/torch/_sparse.py", "bad = int(flat[(flat < 0) + (flat >= rows)][0])"): (
-        "boolean tensors added are their logical or (never both: a row is not both negative and past the table)"
-    ),
-    ("src/adamax/torch/_sparse.py", "bad = int(flat[(flat < 0) ^ (flat >= rows)][0])"): (
-        "no row is both negative and at least the row count (which is never negative): or and xor agree"
-    ),
-}
+# moving): data, each with why, in equivalent_mutants.json beside this file; docs/testing.md lists them.
+EQUIVALENTS_FILE = Path(__file__).resolve().parent / "equivalent_mutants.json"
+
+
+def load_equivalents(path: Path = EQUIVALENTS_FILE) -> dict[tuple[str, str], str]:
+    """``{(module, mutated line): why}`` from the data file; refuses an entry without a reason or listed twice."""
+    entries = json.loads(path.read_text())
+    out: dict[tuple[str, str], str] = {}
+    for entry in entries:
+        key, why = (entry["module"], entry["line"]), entry["why"]
+        if not (isinstance(why, str) and why.strip()):
+            raise ValueError(f"{path.name}: {key} gives no reason")
+        if key in out:
+            raise ValueError(f"{path.name}: {key} is listed twice")
+        out[key] = why
+    return out
+
+
+EQUIVALENT = load_equivalents()
 
 
 def function_lines(path: Path, names: tuple[str, ...]) -> set[int]:

@@ -18,7 +18,7 @@ r"""Compact Adamax state: about 4 bytes per parameter, and an infinity norm that
 
 **Why this never freezes.**  In bfloat16, ``0.999`` rounds to ``1.0``, so
 bfloat16 state computes ``u <- max(u, |g|)`` and one large gradient damps
-every later step (:func:`freeze_demo` shows it).  Here the decay is applied
+every later step (``adamax freeze`` shows it).  Here the decay is applied
 to the block's float32 scale, ``S <- S * b2``, rounded as float32 state
 rounds ``u * b2``, and the codes, ratios within the block, do not change.
 The update ``u <- max(b2 u, x)`` (``x = |g| + eps``, or ``|g|``) then only
@@ -318,30 +318,3 @@ def check_state(state: Mapping[str, Any] | CompactState, shape: tuple[int, ...],
         raise ValueError(f"{what}: exp_inf_scale must not be negative")
     if (np.asarray(entry["exp_inf_code"]) > ONE).any():
         raise ValueError(f"{what}: exp_inf_code holds codes above {ONE}, the largest (u = the block's scale)")
-
-
-# ----- the freeze, shown -----
-
-
-def freeze_demo(*, steps: int, spike: float, grad: float, beta2: float = 0.999) -> dict:
-    """u of one element after one spike gradient and ``steps - 1`` small ones, three ways: float32 state (the
-    reference), compact state, and naive bfloat16 state (u rounded to bfloat16 at every step, as torch's
-    Adamax keeps it for bfloat16 params).  Returns ``{"step", "float32", "compact", "bfloat16"}`` arrays."""
-    from adamax import reference
-
-    config = AdamaxConfig(lr=1e-3, betas=(0.9, beta2))
-    zero = np.zeros(1, _F32)
-    full, small = reference.init(zero), init(zero)
-    naive = _F32(0)
-    out = {"step": np.arange(1, steps + 1), "float32": [], "compact": [], "bfloat16": []}
-    for t in range(steps):
-        g = np.full(1, spike if t == 0 else grad, _F32)
-        _, full = reference.update(zero, g, full, config)
-        _, small = update(zero, g, small, config)
-        decayed = bf16_to_f32(f32_to_bf16_nearest(naive * _F32(beta2)))[()]
-        fresh = bf16_to_f32(f32_to_bf16_nearest(np.abs(g[0]) + _F32(config.eps)))[()]
-        naive = max(decayed, fresh)
-        out["float32"].append(full.exp_inf[0])
-        out["compact"].append(to_full(small)[2][0])
-        out["bfloat16"].append(naive)
-    return {key: np.asarray(value) for key, value in out.items()}

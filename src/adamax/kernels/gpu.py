@@ -140,7 +140,7 @@ def _adamax_chunks(
     _store(u_ptr + offsets, u, mask, S_DTYPE)
 
 
-# Loaded with TRITON_INTERPRET=1 (see :func:`adamax.check.interpreted_triton`), the kernel runs on the CPU
+# Loaded with TRITON_INTERPRET=1 (see :func:`adamax.cli.check.interpreted_triton`), the kernel runs on the CPU
 # under Triton's interpreter; its FMAs are then computed in software, exactly.
 INTERPRETED = type(_adamax_chunks).__name__ == "InterpretedFunction"
 

@@ -2,7 +2,7 @@
 
 A ``rows x dim`` float32 table, a fraction of its rows touched per step (drawn
 at random, the same draws for every method).  Timed, interleaved round by
-round as in :mod:`adamax.bench`, except that each timed step follows an
+round as in :mod:`adamax.cli.bench`, except that each timed step follows an
 untimed one of the same method: what is timed is a step's cost in a
 training loop, not the wake-up of a CPU idle during the pause between
 methods (which, on the machine behind the README's figures, added about
@@ -19,7 +19,7 @@ the dense steps run between have evicted them from the caches.
 The bytes a lazy step must move are the touched rows' p, m, u read and
 written and their gradient read: 28 bytes per touched element in float32.
 Their rate is printed beside the DRAM bandwidth measured in the same run
-(:func:`adamax.bench._bandwidth_stepper` on a large array); random rows are
+(:func:`adamax.cli._bandwidth._bandwidth_stepper` on a large array); random rows are
 bound by memory latency, not bandwidth, so the rate stays well below it.
 """
 
@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from adamax.bench import LIMIT_BYTES_PER_ELEMENT, SETTLE_SECONDS, _bandwidth_stepper
+from adamax.cli._bandwidth import LIMIT_BYTES_PER_ELEMENT, SETTLE_SECONDS, _bandwidth_stepper
 
 
 @dataclass

@@ -28,11 +28,9 @@ from pathlib import Path
 
 import numpy as np
 
+from adamax.cli._bandwidth import LIMIT_BYTES_PER_ELEMENT, SETTLE_SECONDS, _bandwidth_stepper
+
 BYTES_PER_ELEMENT = 28  # float32: read p, g, m, u; write p, m, u
-LIMIT_BYTES_PER_ELEMENT = 12  # a += s * b: read a, b; write a
-# A pause before each timed step, so that the previous method's thread pool (OpenMP, XLA's) has stopped
-# spinning: without it, torch's steps ran up to 3x slower right after a jitted JAX step.
-SETTLE_SECONDS = 0.03
 
 
 RESIDENT_BYTES_PER_ELEMENT = 16  # float32 p, g, m, u: what a step keeps in memory
@@ -187,20 +185,6 @@ def _torch_threads() -> int:
     import torch
 
     return torch.get_num_threads()
-
-
-def _bandwidth_stepper(numel: int) -> Callable[[], None]:
-    from numba import njit, prange
-
-    @njit(parallel=True, cache=True)
-    def scaled_add(a, b, s):
-        for i in prange(a.shape[0]):
-            a[i] += s * b[i]
-
-    a, b = np.ones(numel, np.float32), np.full(numel, 1e-7, np.float32)
-    scale = np.float32(1e-3)
-    scaled_add(a, b, scale)
-    return lambda: scaled_add(a, b, scale)
 
 
 def _methods(include_compile: bool, include_reference: bool) -> dict[str, Callable[[list[int]], Callable[[], None]]]:
@@ -377,7 +361,7 @@ def load(path: str) -> list[tuple[Case, float, list[Result]]]:
 
 
 def main(args) -> None:
-    from adamax import _console
+    from adamax.cli import _console
 
     if args.from_json:
         measured = load(args.from_json)
@@ -393,7 +377,7 @@ def main(args) -> None:
         torch.set_num_threads(args.threads)
     threads = torch.get_num_threads()
     if args.sparse:
-        from adamax import bench_sparse
+        from adamax.cli import bench_sparse
 
         with _console.progress(args.repeats, "benchmark rounds (sparse)") as advance:
             result = bench_sparse.run(args.sparse_rows, 64, args.sparse_fraction, args.repeats, advance)

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from adamax import _console, _extras, textbook
+from adamax import _extras, textbook
+from adamax.cli import _console
 
 
 class CommandError(Exception):
@@ -155,7 +156,7 @@ def bench(args: argparse.Namespace) -> None:
         _need("torch", "numba", extra="torch,fast,jax,plot")
     if args.out is not None:
         _pyplot()
-    from adamax import bench as benchmark
+    from adamax.cli import bench as benchmark
 
     benchmark.main(args)
 
@@ -169,8 +170,9 @@ def _need(*modules: str, extra: str) -> None:
 
 def freeze(args: argparse.Namespace) -> None:
     from adamax import compact
+    from adamax.cli.freeze import freeze_demo
 
-    shown = compact.freeze_demo(steps=args.steps, spike=args.spike, grad=args.grad)
+    shown = freeze_demo(steps=args.steps, spike=args.spike, grad=args.grad)
     marks = sorted({1, 2, 10, 100, 1000, args.steps} & set(range(1, args.steps + 1)))
     _console.table(
         f"u after one gradient of {args.spike:g}, then {args.grad:g} for {args.steps - 1} steps (beta2 = 0.999)",
@@ -196,7 +198,7 @@ def freeze(args: argparse.Namespace) -> None:
 
 
 def lp(args: argparse.Namespace) -> None:
-    from adamax import lp as lp_adam
+    from adamax.cli import lp as lp_adam
 
     plt = None if args.no_plot else _pyplot()
     rows = []
@@ -252,7 +254,7 @@ def compare(args: argparse.Namespace) -> None:
     _need("torch", "sklearn", extra="torch,data")
     if not args.no_plot:
         _pyplot()  # refuse now, not after training, if matplotlib is missing
-    from adamax import compare as comparison
+    from adamax.cli import compare as comparison
 
     with _console.progress(args.epochs * len(comparison.optimizers()), "training") as advance:
         runs = comparison.train_all(args.epochs, args.seed, advance)
@@ -286,7 +288,7 @@ def compare(args: argparse.Namespace) -> None:
 
 
 def check(args: argparse.Namespace) -> None:
-    from adamax import check as conformance
+    from adamax.cli import check as conformance
 
     plt = None if args.no_plot else _pyplot()
     known = [impl.name for impl in conformance.IMPLEMENTATIONS]
