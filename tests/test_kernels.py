@@ -731,3 +731,21 @@ def test_the_optimizer_steps_16_bit_cpu_params_in_the_kernel_with_float32_state(
     assert opt.state[p]["exp_avg"].dtype is dtype
     opt.step()
     assert opt.last_step_paths == {"forloop": 1}
+
+
+def test_a_key_added_to_a_cached_groups_state_entry_is_refused_before_anything_moves():
+    """An entry edited in place (not replaced) leaves the state mapping's version as it was: the cached plan's own
+    per-param check must still send the step to the full plan, which refuses the entry."""
+    params = [torch.nn.Parameter(torch.randn(5)) for _ in range(3)]
+    opt = Adamax(params, lr=0.1)
+    for _ in range(2):
+        for p in params:
+            p.grad = torch.ones(5)
+        opt.step()
+    assert opt._plans.lookup(opt.param_groups[0], opt.state) is not None
+    opt.state[params[1]]["extra"] = torch.zeros(())
+    before = [(p.detach().clone(), {k: v.clone() for k, v in opt.state[p].items()}) for p in params]
+    with pytest.raises(ValueError, match="expected the keys"):
+        opt.step()
+    for p, (value, entry) in zip(params, before):
+        assert torch.equal(p, value) and all(torch.equal(opt.state[p][k], v) for k, v in entry.items())

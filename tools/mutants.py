@@ -130,13 +130,16 @@ SCOPES = [
     Scope(
         "torch adapter: plan and cache",
         "src/adamax/torch/_cached.py",
-        "tests/test_kernels.py tests/test_torch.py -k 'cached or non_contiguous or skip_nonfinite or second_group'",
+        "tests/test_kernels.py tests/test_torch.py tests/test_triton.py -k 'cached or non_contiguous or "
+        "skip_nonfinite or second_group or dispatches_to_triton'",
         timeout=240,
     ),
     Scope(
         "torch adapter: checks",
         "src/adamax/torch/_plan.py",
-        "tests/test_torch.py tests/test_kernels.py -k 'not no_per_step_allocation and not torch_compile'",
+        "tests/test_torch.py tests/test_kernels.py "
+        "tests/test_triton.py::test_bfloat16_state_from_a_torch_checkpoint_is_stepped_on_the_triton_path "
+        "-k 'not no_per_step_allocation and not torch_compile'",
         timeout=300,
     ),
     Scope(

@@ -196,50 +196,60 @@ class Adamax(Optimizer):
         self.last_step_paths[path] = self.last_step_paths.get(path, 0) + n
 
     def _run(self, plan: Plan) -> None:
-        """One group's step, path by path, as ``plan`` chose (every check has passed: nothing here refuses)."""
-        state, group, config = self.state, plan.group, plan.config
-        tables = self._lazy.tables
+        """One group's step, path by path as ``plan`` chose (every check has passed: nothing here refuses); each
+        path's inputs gathered by its method below and handed to its function (the table ``_PATHS``)."""
+        state, tables = self.state, self._lazy.tables
         dense_lazy = [p for p in (*plan.fused, *plan.rest) if p in tables]
         for p in dense_lazy:  # a lazy table with a dense gradient (a tied weight): every row up to date first
             self._lazy.bring_up_to_date(p, state.get(p), np.arange(p.shape[0]))
-        if plan.fused:
-            for p in plan.fused:
-                self._count(KERNEL_FOR_DEVICE[p.device.type], 1)
-            states = [
-                s or init_state(state, p, group["capturable"], fused_state_dtype(p))
-                for p, s in zip(plan.fused, plan.fused_states)
-            ]
-            step_fused(plan.fused, states, config, lr=group["lr"], capturable=group["capturable"])
-        if plan.rest:
-            self._count(plan.backend, len(plan.rest))
-            states = [init_state(state, p, group["capturable"]) for p in plan.rest]
-            step_ops(
-                plan.rest,
-                [p.grad for p in plan.rest],
-                [s["exp_avg"] for s in states],
-                [s["exp_inf"] for s in states],
-                [s["step"] for s in states],
-                config,
-                lr=group["lr"],
-                backend=plan.backend,
-                capturable=group["capturable"],
-                differentiable=group["differentiable"],
-            )
+        for field, run in _PATHS.items():
+            params = getattr(plan, field)
+            if params:
+                run(self, plan, params)
         for p in dense_lazy:  # after a dense step the table's history starts afresh
-            self._lazy.restart(p, state.get(p), config)
-        if plan.compact:
-            for way in plan.compact_routes:
-                self._count(_compact.PATH_NAMES[way], 1)
-            entries = [state.get(p) or _compact.fresh_state(p) for p in plan.compact]
-            _compact.step_compact(config, plan.compact, plan.compact_routes, entries)
-            for p, entry in zip(plan.compact, entries):
-                if not state.get(p):
-                    state[p] = entry
-        if plan.lazy:
-            self._count("lazy", len(plan.lazy))
-            for p in plan.lazy:
-                fresh = not state.get(p)
-                self._lazy.step(p, init_state(state, p, False), fresh, config)
+            self._lazy.restart(p, state.get(p), plan.config)
+
+    def _step_fused(self, plan: Plan, params: list[Tensor]) -> None:
+        capturable = plan.group["capturable"]
+        for p in params:
+            self._count(KERNEL_FOR_DEVICE[p.device.type], 1)
+        states = [
+            s or init_state(self.state, p, capturable, fused_state_dtype(p)) for p, s in zip(params, plan.fused_states)
+        ]
+        step_fused(params, states, plan.config, lr=plan.group["lr"], capturable=capturable)
+
+    def _step_ops(self, plan: Plan, params: list[Tensor]) -> None:
+        group = plan.group
+        self._count(plan.backend, len(params))
+        states = [init_state(self.state, p, group["capturable"]) for p in params]
+        step_ops(
+            params,
+            [p.grad for p in params],
+            [s["exp_avg"] for s in states],
+            [s["exp_inf"] for s in states],
+            [s["step"] for s in states],
+            plan.config,
+            lr=group["lr"],
+            backend=plan.backend,
+            capturable=group["capturable"],
+            differentiable=group["differentiable"],
+        )
+
+    def _step_compact(self, plan: Plan, params: list[Tensor]) -> None:
+        state = self.state
+        for way in plan.compact_routes:
+            self._count(_compact.PATH_NAMES[way], 1)
+        entries = [state.get(p) or _compact.fresh_state(p) for p in params]
+        _compact.step_compact(plan.config, params, plan.compact_routes, entries)
+        for p, entry in zip(params, entries):
+            if not state.get(p):
+                state[p] = entry
+
+    def _step_lazy(self, plan: Plan, params: list[Tensor]) -> None:
+        self._count("lazy", len(params))
+        for p in params:
+            fresh = not self.state.get(p)
+            self._lazy.step(p, init_state(self.state, p, False), fresh, plan.config)
 
     @_use_grad_for_differentiable
     def step(self, closure=None):
@@ -266,6 +276,15 @@ class Adamax(Optimizer):
                 self._run(plan)
                 self._plans.remember(plan.group, plan.fused, self.state, self._lazy.tables)
         return loss
+
+
+# The dispatch table: each field of a Plan (the params a path steps) and the shell's method that runs that path.
+_PATHS = {
+    "fused": Adamax._step_fused,  # torch/_fused.py: numba (CPU), Triton (CUDA)
+    "rest": Adamax._step_ops,  # torch/_ops.py: torch's forloop or foreach ops
+    "compact": Adamax._step_compact,  # torch/_compact.py: compact state
+    "lazy": Adamax._step_lazy,  # torch/_lazy.py: lazy rows of sparse embeddings
+}
 
 
 class AdamaxW(Adamax):
