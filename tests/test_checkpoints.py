@@ -1294,3 +1294,67 @@ def test_every_edit_of_the_pointers_fields_is_refused(tmp_path, field):
         (tmp_path / "latest").write_text(json.dumps({**pointer, field: value}))
         with pytest.raises(CheckpointError, match="its SHA-256 differs"):
             load_latest(tmp_path, *worker.make())
+
+
+def test_a_load_that_fails_after_the_optimizer_loaded_puts_back_a_lazy_tables_bookkeeping(tmp_path, monkeypatch):
+    """Loading restarts a lazy table's bookkeeping (every row current at the loaded count), and DCP's reading of
+    the optimizer's state dict brings rows up to date in place; a load that then dies must leave values, state
+    and bookkeeping consistent (it failed so before: the rows' values put back, their state and bookkeeping
+    not), or later catch-ups go wrong."""
+    from adamax.torch import Adamax, lazy_embeddings
+
+    def make():
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Embedding(30, 3, sparse=True), torch.nn.Flatten(), torch.nn.Linear(6, 1))
+        opt = Adamax(model.parameters(), lr=0.05)
+        lazy_embeddings(model, opt)
+        return model, opt
+
+    def train(model, opt, steps, seed=0):
+        for step in range(steps):
+            gen = torch.Generator().manual_seed(seed + step)
+            opt.zero_grad()
+            model(torch.randint(0, 30, (2, 2), generator=gen)).pow(2).mean().backward()
+            opt.step()
+
+    saved_model, saved_opt = make()
+    train(saved_model, saved_opt, 2, seed=100)
+    save_checkpoint(tmp_path, 2, saved_model, saved_opt)
+    real = _load.set_model_state_dict
+
+    def dies_after_writing(model, state, **kwargs):
+        real(model, state, **kwargs)
+        raise RuntimeError("the disk went away")
+
+    monkeypatch.setattr(_load, "set_model_state_dict", dies_after_writing)
+    (model, opt), (twin_model, twin_opt) = make(), make()
+    train(model, opt, 6)
+    train(twin_model, twin_opt, 6)
+    with pytest.raises(CheckpointError, match="the disk went away"):
+        load_latest(tmp_path, model, opt)
+    twin_opt.flush()  # a load brings every row up to date before anything else (as its own state_dict() would)
+    train(model, opt, 7, seed=6)
+    train(twin_model, twin_opt, 7, seed=6)
+    opt.flush()
+    twin_opt.flush()
+    for a, b in zip(model.parameters(), twin_model.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_a_load_into_torchs_own_adamax_that_fails_puts_everything_back(tmp_path, monkeypatch):
+    """The restore handles optimizers without this project's bookkeeping (torch's own)."""
+    model, opt = trained(2)
+    save_checkpoint(tmp_path, 2, model, opt)
+    real = _load.set_model_state_dict
+
+    def dies_after_writing(model, state, **kwargs):
+        real(model, state, **kwargs)
+        raise RuntimeError("the disk went away")
+
+    monkeypatch.setattr(_load, "set_model_state_dict", dies_after_writing)
+    target = worker.make()[0]
+    theirs = torch.optim.Adamax(target.parameters(), lr=0.01)
+    before = [p.detach().clone() for p in target.parameters()]
+    with pytest.raises(CheckpointError, match="the disk went away"):
+        load_latest(tmp_path, target, theirs)
+    assert all(torch.equal(a, b) for a, b in zip(before, target.parameters())) and not theirs.state

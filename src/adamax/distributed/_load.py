@@ -177,6 +177,10 @@ def load_latest(root: str | os.PathLike, model: torch.nn.Module, optimizer) -> i
     if pointer is None:
         return None
     directory = root / pointer["checkpoint"]
+    if hasattr(optimizer, "_lazy") and callable(getattr(optimizer, "flush", None)):
+        # Lazy tables: every row brought up to date before the snapshot.  The load's own state_dict() would do it
+        # in place (params, state and bookkeeping), past what a snapshot taken earlier could put back.
+        optimizer.flush()
     snapshot = _Snapshot(model, optimizer)
     try:
         live_model, live_optim = get_state_dict(model, optimizer)  # a fresh optimizer's state is created here
