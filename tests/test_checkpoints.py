@@ -1225,8 +1225,9 @@ def test_a_file_longer_than_its_size_says_is_refused_not_cut(tmp_path, monkeypat
         return os.stat_result((*info[:6], 5, *info[7:]))  # st_size: 5
 
     monkeypatch.setattr(os, "fstat", smaller)
-    with pytest.raises(OSError, match="more than the 10 bytes this file may hold"):
-        _files._read_regular(path, 10)
+    for limit in (10, 11):  # an odd limit too: one byte past it is read, whatever the limit's last bit
+        with pytest.raises(OSError, match=f"more than the {limit} bytes this file may hold"):
+            _files._read_regular(path, limit)
 
 
 def test_only_a_directory_itself_is_a_real_directory(tmp_path):
