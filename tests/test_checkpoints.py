@@ -1359,3 +1359,11 @@ def test_a_load_into_torchs_own_adamax_that_fails_puts_everything_back(tmp_path,
     with pytest.raises(CheckpointError, match="the disk went away"):
         load_latest(tmp_path, target, theirs)
     assert all(torch.equal(a, b) for a, b in zip(before, target.parameters())) and not theirs.state
+
+
+def test_a_negative_lock_timeout_is_refused_and_zero_saves_without_waiting(tmp_path):
+    model, opt = trained(1)
+    with pytest.raises(ValueError, match="lock_timeout must be a number of seconds >= 0, got -1"):
+        save_checkpoint(tmp_path, 1, model, opt, lock_timeout=-1)
+    assert not any(tmp_path.iterdir())
+    assert save_checkpoint(tmp_path, 1, model, opt, lock_timeout=0).name == "step-00000001"

@@ -184,6 +184,7 @@ def test_a_full_optimizer_loads_a_compact_checkpoint_as_its_exact_values():
         (lambda e: e.update(step=torch.tensor(2.5)), ValueError, "whole number"),
         (lambda e: e.update(step=-1), ValueError, "whole number >= 0, got -1"),
         (lambda e: e.update(exp_inf_scale=-e["exp_inf_scale"] - 1), ValueError, "must not be negative"),
+        (lambda e: e.update(exp_inf_scale=e["exp_inf_scale"] * 0 - 0.5), ValueError, "must not be negative"),
         (lambda e: e.update(exp_avg=[1, 2]), TypeError, "must be a tensor"),
         (lambda e: e.pop("exp_inf_scale"), ValueError, "expected the keys"),
     ],
@@ -372,3 +373,13 @@ def test_a_full_entry_with_a_negative_infinity_norm_has_no_compact_form():
     _, opt = _two_groups_stepped()
     with pytest.raises(ValueError, match="exp_inf must not be negative"):
         opt.load_state_dict(saved)
+
+
+def test_a_key_added_to_a_live_compact_entry_is_refused_before_anything_moves():
+    net, opt = trained("compact", steps=2)
+    p = next(net.parameters())
+    opt.state[p]["extra"] = torch.zeros(())
+    before = [q.detach().clone() for q in net.parameters()]
+    with pytest.raises(ValueError, match="expected the keys"):
+        opt.step()
+    assert all(torch.equal(a, b) for a, b in zip(before, net.parameters()))

@@ -608,3 +608,14 @@ def test_a_table_resized_before_its_first_step_gets_bookkeeping_of_its_new_size(
     opt.flush()
     assert len(opt._lazy.tables[emb.weight].last) == 30
     assert scale_error(emb.weight, dense) < 4e-6
+
+
+def test_a_sparse_gradient_with_two_sparse_dimensions_is_refused_before_any_write():
+    """torch lets a (20, 3) table take a gradient sparse in both dimensions; the lazy step takes whole rows."""
+    emb, bias, opt = _stepped_table()
+    bias.grad = torch.ones(3)
+    emb.weight.grad = torch.sparse_coo_tensor(torch.tensor([[3, 4], [0, 2]]), torch.ones(2), (20, 3))
+    before = _snapshot(opt, bias, emb.weight)
+    with pytest.raises(RuntimeError, match="its gradient must be a sparse COO tensor of that shape and dtype"):
+        opt.step()
+    _unchanged(opt, before, bias, emb.weight)
