@@ -241,6 +241,7 @@ SCOPES = [
         "torch adapter: optimizer",
         "src/adamax/torch/_optimizer.py",
         "tests/test_torch.py tests/test_compact_torch.py::test_what_compact_state_cannot_do_is_refused "
+        "tests/test_compact_torch.py::test_every_step_is_the_numpy_definitions_bit_for_bit "
         "tests/test_lazy_torch.py::test_a_dense_gradient_on_a_lazy_table_steps_every_row_and_sparse_steps_go_on_after_it"
         " -k 'not torch_compile'",
         timeout=300,
