@@ -880,3 +880,22 @@ def test_a_copy_of_the_optimizer_keeps_its_options_and_its_count_of_skipped_step
     else:
         clone = pickle.loads(pickle.dumps(opt))
     assert (clone.skipped_steps, clone.skip_nonfinite, clone.state_format) == (2, True, state_format)
+
+
+@pytest.mark.parametrize(
+    ("param_dtype", "state_dtype"), [(torch.complex64, torch.float32), (torch.float32, torch.complex64)]
+)
+def test_a_checkpoint_whose_state_cannot_hold_the_params_values_is_refused(param_dtype, state_dtype):
+    """Real state for a complex param (or complex for a real one) would lose half of it when torch casts it."""
+    p = torch.zeros(3, dtype=param_dtype, requires_grad=True)
+    opt = Adamax([p], lr=0.1)
+    saved = {
+        "state": {0: {"step": torch.tensor(1.0), "exp_avg": torch.ones(3, dtype=state_dtype),
+                      "exp_inf": torch.ones(3, dtype=state_dtype)}},
+        "param_groups": [{**{k: v for k, v in opt.param_groups[0].items() if k != "params"}, "params": [0]}],
+    }  # fmt: skip
+    with pytest.raises(
+        TypeError, match=f"'exp_avg' has dtype {state_dtype}, which cannot hold state for {param_dtype}"
+    ):
+        opt.load_state_dict(saved)
+    assert not opt.state

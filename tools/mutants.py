@@ -139,6 +139,7 @@ SCOPES = [
         "src/adamax/torch/_plan.py",
         "tests/test_torch.py tests/test_kernels.py "
         "tests/test_triton.py::test_bfloat16_state_from_a_torch_checkpoint_is_stepped_on_the_triton_path "
+        "tests/test_distributed.py::test_fsdp2_steps_the_local_shards_with_the_fused_kernel "
         "-k 'not no_per_step_allocation and not torch_compile'",
         timeout=300,
     ),
