@@ -9,6 +9,7 @@ import json
 import os
 import pickle
 import shutil
+import stat
 import subprocess
 import sys
 import time
@@ -1203,8 +1204,9 @@ def test_a_file_system_or_platform_without_flock_saves_with_a_warning(tmp_path, 
 
         monkeypatch.setattr(_retention, "_SaveLock", no_fcntl)
     model, opt = trained(2)
-    with pytest.warns(RuntimeWarning, match="not protected from another save"):
+    with pytest.warns(RuntimeWarning, match="not protected from another save") as record:
         save_checkpoint(tmp_path, 2, model, opt)
+    assert [w.filename for w in record] == [__file__]  # the warning names the caller's save, not this package
     fresh_model, fresh_opt = worker.make()
     assert load_latest(tmp_path, fresh_model, fresh_opt) == 2
     assert_same(model, opt, fresh_model, fresh_opt)
@@ -1367,3 +1369,17 @@ def test_a_negative_lock_timeout_is_refused_and_zero_saves_without_waiting(tmp_p
         save_checkpoint(tmp_path, 1, model, opt, lock_timeout=-1)
     assert not any(tmp_path.iterdir())
     assert save_checkpoint(tmp_path, 1, model, opt, lock_timeout=0).name == "step-00000001"
+
+
+def test_the_lock_file_is_readable_by_all_and_writable_by_its_owner_only(tmp_path, monkeypatch):
+    modes = []
+
+    def reached(point):
+        if point == "saved":
+            modes.append(stat.S_IMODE(os.stat(tmp_path / ".lock").st_mode))
+
+    monkeypatch.setattr(_save, "_reached", reached)
+    umask = os.umask(0)
+    os.umask(umask)
+    save_checkpoint(tmp_path, 1, *trained(1))
+    assert modes == [0o644 & ~umask]
