@@ -114,6 +114,8 @@ def test_bench_gives_every_method_its_own_fixed_colour():
         (["bench", "--sizes", "0"], "expected positive whole sizes"),
         (["bench", "--repeats", "2"], "expected an integer >= 3, got '2'"),
         (["bench", "--sparse", "--sparse-fraction", "0"], "expected a fraction in (0, 1]"),
+        (["bench", "--work-ms", "-1"], "expected a finite number >= 0, got '-1'"),
+        (["bench", "--work-ms", "ten"], "expected a number >= 0, got 'ten'"),
     ],
 )
 def test_bench_bad_arguments_get_one_line(args, message):
@@ -251,3 +253,24 @@ def test_bench_sparse_runs_and_writes_json(tmp_path, capsys):
     assert result["rows"] == 20000 and result["touched_rows"] > 100
     assert {r["method"] for r in result["results"]} >= {"adamax.torch lazy (sparse gradient)", "training step, lazy"}
     assert "faster than the fused dense step" in capsys.readouterr().out
+
+
+def test_the_work_before_each_timed_step_is_calibrated_once_and_the_same_for_every_method(monkeypatch):
+    torch = pytest.importorskip("torch")
+    from adamax.cli import _work, bench
+
+    work = _work.TrainingWork(5.0)
+    assert work.count >= 1 and work.describe()["matmuls"] == work.count
+    assert f"after {work.count} matmuls" in work.sentence() and "the same for every method" in work.sentence()
+    assert _work.TrainingWork(0).count == 0 and "back to back" in _work.TrainingWork(0).sentence()
+    with pytest.raises(ValueError, match="milliseconds >= 0"):
+        _work.TrainingWork(-1)
+    calls = []  # every timed step of every method follows the same work, in order
+    monkeypatch.setattr(torch, "mm", lambda *a, **k: calls.append("work"))
+    steppers = {"bandwidth limit": lambda: calls.append("limit"), "a": lambda: calls.append("a")}
+    monkeypatch.setattr(bench, "_bandwidth_stepper", lambda numel: steppers["bandwidth limit"])
+    monkeypatch.setattr(bench, "_methods", lambda *args: {"torch foreach": lambda sizes: steppers["a"]})
+    monkeypatch.setattr(bench, "SETTLE_SECONDS", 0)
+    work.count = 2
+    bench.run_case(bench.Case("tiny", [10]), 3, False, False, lambda: None, work)
+    assert calls == ["work", "work", "limit", "work", "work", "a"] * 3

@@ -76,6 +76,16 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
+    if not (value >= 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
+    return value
+
+
 def _png_path(text: str) -> Path:
     path = Path(text)
     if path.suffix.lower() != ".png":
@@ -352,6 +362,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-startup", dest="startup", action="store_false", help="skip the start-up timings")
     p.add_argument("--repeats", type=_int_at_least(3), default=15, help="rounds (default 15)")
     p.add_argument("--threads", type=_int_at_least(1), default=None, help="torch threads (default: torch's)")
+    p.add_argument(
+        "--work-ms",
+        type=_non_negative_float,
+        default=10.0,
+        help="milliseconds of torch matmuls before every timed step, as a training loop's forward and backward "
+        "(default %(default)s; 0: steps back to back)",
+    )
     p.add_argument(
         "--sparse", action="store_true", help="lazy steps of an embedding table (1M x 64, 1%% of rows a step) instead"
     )

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from adamax.cli._bandwidth import LIMIT_BYTES_PER_ELEMENT, SETTLE_SECONDS, _bandwidth_stepper
+from adamax.cli._work import TrainingWork
 
 BYTES_PER_ELEMENT = 28  # float32: read p, g, m, u; write p, m, u
 
@@ -207,9 +208,15 @@ def _methods(include_compile: bool, include_reference: bool) -> dict[str, Callab
 
 
 def run_case(
-    case: Case, repeats: int, include_compile: bool, include_reference: bool, advance: Callable[[], None]
+    case: Case,
+    repeats: int,
+    include_compile: bool,
+    include_reference: bool,
+    advance: Callable[[], None],
+    work: Callable[[], None] = lambda: None,
 ) -> tuple[float, list[Result]]:
-    """Time every method, interleaved round by round; returns (limit GB/s, results)."""
+    """Time every method, interleaved round by round, each step after ``work()`` (other torch work, as in training:
+    :mod:`adamax.cli._work`); returns (limit GB/s, results)."""
     steppers = {"bandwidth limit": _bandwidth_stepper(case.numel)}
     for name, make in _methods(include_compile, include_reference).items():
         steppers[name] = make(case.sizes)
@@ -219,6 +226,7 @@ def run_case(
             if name == "numpy reference" and r >= 3:  # seconds per step at this size; three rounds suffice
                 continue
             time.sleep(SETTLE_SECONDS)
+            work()  # the forward and backward passes' stand-in: cores awake, caches as other work leaves them
             start = time.perf_counter()
             step()
             times[name].append(time.perf_counter() - start)
@@ -376,15 +384,18 @@ def main(args) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     threads = torch.get_num_threads()
+    work = TrainingWork(args.work_ms)
     if args.sparse:
         from adamax.cli import bench_sparse
 
         with _console.progress(args.repeats, "benchmark rounds (sparse)") as advance:
-            result = bench_sparse.run(args.sparse_rows, 64, args.sparse_fraction, args.repeats, advance)
+            result = bench_sparse.run(args.sparse_rows, 64, args.sparse_fraction, args.repeats, advance, work)
         bench_sparse.report(result, _console.table)
+        print(work.sentence())
         if args.json:
             with open(args.json, "w") as f:
-                json.dump({"environment": environment(threads), "sparse": result}, f, indent=2)
+                payload = {"environment": environment(threads), "work_before_step": work.describe(), "sparse": result}
+                json.dump(payload, f, indent=2)
             print(f"wrote {args.json}")
         return
     cases = [Case(f"{n / 1e6:g}M", [n]) for n in args.sizes]
@@ -395,9 +406,10 @@ def main(args) -> None:
     measured = []
     with _console.progress(args.repeats * len(cases), "benchmark rounds") as advance:
         for case in cases:
-            bandwidth, results = run_case(case, args.repeats, args.compile, not args.no_reference, advance)
+            bandwidth, results = run_case(case, args.repeats, args.compile, not args.no_reference, advance, work)
             measured.append((case, bandwidth, results))
     report(measured, _console.table)
+    print(work.sentence())
     startup = startup_seconds() if args.startup else {}
     for label, seconds in startup.items():
         print(f"import + first fused step, {label}: {seconds:.2f} s")
@@ -406,6 +418,7 @@ def main(args) -> None:
             "environment": environment(threads),
             "bytes_per_element": BYTES_PER_ELEMENT,
             "repeats": args.repeats,
+            "work_before_step": work.describe(),
             "cases": [
                 {
                     "name": c.name,

@@ -130,15 +130,24 @@ def steppers(rows: int, dim: int, fraction: float, draws: int = 8) -> tuple[dict
     return methods, int(np.mean([len(r) for r in touched]))
 
 
-def run(rows: int, dim: int, fraction: float, repeats: int, advance: Callable[[], None]) -> dict:
-    """Every method, interleaved round by round; medians, ratios and the bandwidth figures."""
+def run(
+    rows: int,
+    dim: int,
+    fraction: float,
+    repeats: int,
+    advance: Callable[[], None],
+    work: Callable[[], None] = lambda: None,
+) -> dict:
+    """Every method, interleaved round by round, each timed step after ``work()`` (other torch work, as in
+    training: :mod:`adamax.cli._work`); medians, ratios and the bandwidth figures."""
     methods, touched = steppers(rows, dim, fraction)
     limit = _bandwidth_stepper(rows * dim)
     times: dict[str, list[float]] = {name: [] for name in [*methods, "bandwidth limit"]}
     for _ in range(repeats):
         for name, step in [*methods.items(), ("bandwidth limit", limit)]:
             time.sleep(SETTLE_SECONDS)
-            step()  # untimed: the step before, as in a training loop (CPU awake, code warm; other rows)
+            step()  # untimed: the step before, as in a training loop (code warm; other rows)
+            work()  # then the forward and backward passes' stand-in, as before every timed step of every method
             start = time.perf_counter()
             step()
             times[name].append(time.perf_counter() - start)
