@@ -13,6 +13,7 @@ torch = pytest.importorskip("torch")
 from adamax import compact  # noqa: E402
 from adamax.spec import AdamaxConfig  # noqa: E402
 from adamax.torch import Adamax, AdamaxW, convert_state_dict  # noqa: E402
+from adamax.torch._compact import as_compact_state  # noqa: E402
 
 F32 = np.float32
 
@@ -383,3 +384,34 @@ def test_a_key_added_to_a_live_compact_entry_is_refused_before_anything_moves():
     with pytest.raises(ValueError, match="expected the keys"):
         opt.step()
     assert all(torch.equal(a, b) for a, b in zip(before, net.parameters()))
+
+
+def test_a_compact_group_the_kernel_steps_whole_takes_a_cached_plan_that_stays_the_definition():
+    """Later steps of a group the compact kernel stepped whole skip the full plan; every step, cached or not, is
+    the NumPy definition's bit for bit, and anything the cache cannot vouch for goes back to the full plan."""
+    pytest.importorskip("numba")
+    gen = torch.Generator().manual_seed(3)
+    params = [torch.nn.Parameter(torch.randn(n, generator=gen)) for n in (5, 300, 1)]
+    opt = Adamax(params, lr=1e-2, state_format="compact")
+    config = AdamaxConfig(lr=1e-2)
+    expected = [(p.detach().numpy().copy(), compact.init(p.detach().numpy())) for p in params]
+    group = opt.param_groups[0]
+    for t in range(6):
+        grads = [torch.randn(p.shape, generator=gen) * 10.0 ** (t % 3 - 1) for p in params]
+        for p, g in zip(params, grads):
+            p.grad = g
+        if t == 3:  # a state tensor replaced by an equal copy: the cache no longer vouches for it
+            opt.state[params[1]]["exp_inf_scale"] = opt.state[params[1]]["exp_inf_scale"].clone()
+            assert opt._plans.lookup(group, opt.state, "compact") is None
+        opt.step()
+        assert opt.last_step_paths == {"numba compact": 3}
+        for k, (p, g) in enumerate(zip(params, grads)):
+            value, state = compact.update(expected[k][0], g.numpy(), expected[k][1], config)
+            expected[k] = (value, state)
+            np.testing.assert_array_equal(p.detach().numpy(), value)
+            got = as_compact_state(opt.state[p])
+            assert got.step == state.step
+            for field in ("exp_avg", "exp_inf_code", "exp_inf_scale"):
+                np.testing.assert_array_equal(getattr(got, field), getattr(state, field))
+        assert opt._plans.lookup(group, opt.state, "compact") is not None
+        assert opt._plans.lookup(group, opt.state, "full") is None  # a cached compact plan serves compact state only

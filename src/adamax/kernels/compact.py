@@ -272,7 +272,8 @@ def step(
     table = block_table(sizes)
     flags, hyper = prepare(config, np.dtype(np.float32), threads)
     counts = np.asarray(counts, dtype=np.int64)
-    steps = np.array([step_size(config.lr, config.beta1, int(t)) for t in counts]).astype(np.float32)
+    by_count = {t: step_size(config.lr, config.beta1, t) for t in set(counts.tolist())}  # each distinct count once
+    steps = np.array([by_count[t] for t in counts.tolist()]).astype(np.float32)
     arrays = (*addresses, np.asarray(sizes, dtype=np.int64), *table, steps, counts, hyper, flags)
     if kind == F32:
         _step_blocks_32(*arrays)

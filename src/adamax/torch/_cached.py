@@ -1,5 +1,5 @@
-"""The cached plan of a group the numba kernel steps whole: :class:`PlanCache`, which the optimizer owns, and
-:func:`step_cached`, the step it allows."""
+"""The cached plan of a group the numba kernel steps whole (full state, or compact state by the compact kernel):
+:class:`PlanCache`, which the optimizer owns, and :func:`step_cached`, the step it allows."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ import torch
 import torch.optim.optimizer as _torch_optimizer
 from torch import Tensor
 
-from adamax.kernels import cpu_kernels
+from adamax.kernels import compact_kernels, cpu_kernels
 from adamax.spec import AdamaxConfig
+from adamax.torch._compact import KERNEL_KINDS
 from adamax.torch._config import config_of
 from adamax.torch._devices import KERNEL_DTYPES, KERNEL_FOR_DEVICE, KERNEL_TYPES
 from adamax.torch._fused import host_step_sizes
@@ -54,6 +55,29 @@ class FusedGroup(NamedTuple):
     sizes: tuple
 
 
+class CompactGroup(NamedTuple):
+    """A compact-state group every param of which the compact numba kernel stepped last time: as
+    :class:`FusedGroup`, with the compact entry's three tensors (m's bfloat16 bits, u's codes and scales)."""
+
+    state: Any
+    state_version: int
+    flags: tuple
+    params: tuple
+    dtype: torch.dtype
+    kind: int  # the compact kernel's kind for ``dtype``
+    shapes: tuple
+    states: tuple
+    exp_avgs: tuple
+    codes: tuple
+    scales: tuple
+    step_views: tuple
+    steps: Tensor  # float32 buffer
+    m_addresses: np.ndarray
+    q_addresses: np.ndarray
+    s_addresses: np.ndarray
+    sizes: tuple
+
+
 def _group_flags(group: Mapping[str, Any]) -> tuple:
     return (group["fused"], group["foreach"], group["differentiable"], group["capturable"])
 
@@ -64,11 +88,12 @@ class PlanCache:
     def __init__(self) -> None:
         self.groups: dict[int, FusedGroup | None] = {}
 
-    def lookup(self, group: dict, state: Any) -> CachedPlan | None:
+    def lookup(self, group: dict, state: Any, state_format: str = "full") -> CachedPlan | None:
         """The plan of a group the kernel stepped whole last time, if nothing relevant has changed since."""
         cached = self.groups.get(id(group))
         if (
             cached is None
+            or isinstance(cached, CompactGroup) != (state_format == "compact")
             or state is not cached.state
             or state.version != cached.state_version
             or _group_flags(group) != cached.flags
@@ -79,6 +104,8 @@ class PlanCache:
         if len(params) != len(cached.shapes):
             return None
         grads = [p.grad for p in params]
+        if isinstance(cached, CompactGroup):
+            return _compact_lookup(group, cached, params, grads)
         dtype = cached.dtype
         # Per param, the fewest reads that keep the kernel's raw-memory writes safe and its result right.
         # The gradient's shape is compared, not only its size: ``p.grad.data = ...`` bypasses torch's setter.
@@ -115,10 +142,17 @@ class PlanCache:
             return None
         return CachedPlan(group, config_of(group), cached, params, grads)
 
-    def remember(self, group: dict, fused: list[Tensor], state: Any, lazy_tables: Mapping) -> None:
-        """After a full-plan step of ``group`` whose ``fused`` params the kernel stepped: cache the group if the
-        kernel stepped all of it, in one dtype (else forget any plan it had)."""
-        self.groups[id(group)] = _fused_group(group, fused, state, lazy_tables)
+    def remember(
+        self, group: dict, fused: list[Tensor], state: Any, lazy_tables: Mapping, compact: list[Tensor] = (),
+        routes: list[str] = (),
+    ) -> None:  # fmt: skip
+        """After a full-plan step of ``group`` whose ``fused`` params the kernel stepped (or ``compact`` params,
+        by ``routes``): cache the group if one numba kernel stepped all of it, in one dtype (else forget any plan
+        it had)."""
+        if compact:
+            self.groups[id(group)] = _compact_group(group, compact, routes, state)
+        else:
+            self.groups[id(group)] = _fused_group(group, fused, state, lazy_tables)
 
     def clear(self) -> None:
         self.groups.clear()
@@ -165,9 +199,11 @@ def _fused_group(group: dict, fused: list[Tensor], state: Any, lazy_tables: Mapp
     )
 
 
-def step_cached(plan: CachedPlan) -> None:
-    """The group's step by the numba kernel, from its cached addresses and step counts."""
+def step_cached(plan: CachedPlan) -> str:
+    """The group's step by the numba kernel, from its cached addresses and step counts; returns the path's name."""
     cached, config = plan.cached, plan.config
+    if isinstance(cached, CompactGroup):
+        return _step_compact_cached(plan)
     cached.steps.add_(1)
     counts = cached.steps.tolist()
     lr = _torch_optimizer._to_scalar(plan.group["lr"])
@@ -181,3 +217,97 @@ def step_cached(plan: CachedPlan) -> None:
     step_sizes = np.array(host_step_sizes(lr, config.beta1, counts))
     kernel_dtype = KERNEL_DTYPES[cached.dtype]
     cpu_kernels().step(kernel_dtype, addresses, cached.sizes, step_sizes, config, threads=torch.get_num_threads())
+    return "numba"
+
+
+def _compact_lookup(group: dict, cached: CompactGroup, params: list, grads: list) -> CachedPlan | None:
+    """:meth:`PlanCache.lookup`'s per-param check for a compact group: the same reads, on the compact entry."""
+    dtype = cached.dtype
+    for p, cached_p, g, shape, s, m, q, sc, t in zip(
+        params,
+        cached.params,
+        grads,
+        cached.shapes,
+        cached.states,
+        cached.exp_avgs,
+        cached.codes,
+        cached.scales,
+        cached.step_views,
+    ):
+        if not (
+            p is cached_p
+            and type(g) in KERNEL_TYPES
+            and g.layout is torch.strided
+            and g.dtype is dtype
+            and g.is_cpu
+            and g.shape == shape
+            and g.is_contiguous()
+            and p.dtype is dtype
+            and p.is_contiguous()
+            and p.shape == shape
+            and len(s) == 4
+            and s.get("exp_avg") is m
+            and s.get("exp_inf_code") is q
+            and s.get("exp_inf_scale") is sc
+            and s.get("step") is t
+        ):
+            return None  # anything unusual: the full plan checks it, and explains a refusal
+    for tensors, addresses in ((cached.exp_avgs, cached.m_addresses), (cached.codes, cached.q_addresses),
+                               (cached.scales, cached.s_addresses)):  # fmt: skip
+        if [x.data_ptr() for x in tensors] != addresses.tolist():
+            return None
+    return CachedPlan(group, config_of(group), cached, params, grads)
+
+
+def _compact_group(group: dict, params: list[Tensor], routes: list[str], state: Any) -> CompactGroup | None:
+    """A compact group to cache: every param of the group stepped by the compact numba kernel, in one dtype."""
+    members = group["params"]
+    if len(params) != len(members) or not members or any(way != "numba" for way in routes):
+        return None
+    if not isinstance(state, TrackedState):  # ``opt.state`` assigned by hand: its changes are not counted
+        return None
+    dtype = members[0].dtype
+    if dtype not in KERNEL_KINDS or any(p.dtype is not dtype or type(p) not in KERNEL_TYPES for p in members):
+        return None
+    states = tuple(state[p] for p in members)
+    if any(s["step"].dtype is not torch.float32 or s["step"].device.type != "cpu" for s in states):
+        return None
+    steps = torch.tensor([float(s["step"]) for s in states], dtype=torch.float32)
+    views = tuple(steps[i] for i in range(len(states)))
+    for s, view in zip(states, views):
+        s["step"] = view  # same value, now one element of ``steps``
+    return CompactGroup(
+        state=state,
+        state_version=state.version,
+        flags=_group_flags(group),
+        params=tuple(members),
+        dtype=dtype,
+        kind=KERNEL_KINDS[dtype],
+        shapes=tuple(p.shape for p in members),
+        states=states,
+        exp_avgs=tuple(s["exp_avg"] for s in states),
+        codes=tuple(s["exp_inf_code"] for s in states),
+        scales=tuple(s["exp_inf_scale"] for s in states),
+        step_views=views,
+        steps=steps,
+        m_addresses=np.array([s["exp_avg"].data_ptr() for s in states], dtype=np.int64),
+        q_addresses=np.array([s["exp_inf_code"].data_ptr() for s in states], dtype=np.int64),
+        s_addresses=np.array([s["exp_inf_scale"].data_ptr() for s in states], dtype=np.int64),
+        sizes=tuple(p.numel() for p in members),
+    )
+
+
+def _step_compact_cached(plan: CachedPlan) -> str:
+    cached = plan.cached
+    cached.steps.add_(1)
+    counts = [int(t) for t in cached.steps.tolist()]
+    n = len(counts)
+    addresses = (
+        np.fromiter((p.data_ptr() for p in plan.params), np.int64, n),
+        np.fromiter((g.data_ptr() for g in plan.grads), np.int64, n),
+        cached.m_addresses,
+        cached.q_addresses,
+        cached.s_addresses,
+    )
+    compact_kernels().step(cached.kind, addresses, cached.sizes, counts, plan.config, threads=torch.get_num_threads())
+    return "numba compact"

@@ -219,7 +219,7 @@ def convert_entry(entry: Mapping[str, Any], state_format: str) -> dict[str, Any]
     return to_full_entry(entry) if state_format == "full" else to_compact_entry(entry)
 
 
-_KINDS = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
+KERNEL_KINDS = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}  # the numba kernel's kind per param dtype
 
 
 def _kernel_step(name: str, config: AdamaxConfig, items: list[tuple[Tensor, dict[str, Tensor]]]) -> None:
@@ -241,7 +241,8 @@ def _kernel_step(name: str, config: AdamaxConfig, items: list[tuple[Tensor, dict
             columns = (params, grads, ms, codes, scales)
             addresses = tuple(np.array([t.data_ptr() for t in column], dtype=np.int64) for column in columns)
             sizes = tuple(p.numel() for p in params)
-            compact_kernels().step(_KINDS[dtype], addresses, sizes, counts, config, threads=torch.get_num_threads())
+            threads = torch.get_num_threads()
+            compact_kernels().step(KERNEL_KINDS[dtype], addresses, sizes, counts, config, threads=threads)
 
 
 PATH_NAMES = {"triton": "triton compact", "numba": "numba compact", "numpy": "compact"}  # in last_step_paths

@@ -264,17 +264,20 @@ class Adamax(Optimizer):
             with torch.enable_grad():
                 loss = closure()
         self.last_step_paths = {}  # how many params each path stepped: "numba", "triton", "forloop", "foreach"
-        plans = [self._plans.lookup(group, self.state) or self._plan(group) for group in self.param_groups]
+        plans = [
+            self._plans.lookup(group, self.state, self.state_format) or self._plan(group) for group in self.param_groups
+        ]
         if self.skip_nonfinite and not _all_finite([p.grad for plan in plans for p in planned_params(plan)]):
             self.skipped_steps += 1
             return loss
         for plan in plans:
             if isinstance(plan, CachedPlan):
-                self._count("numba", len(plan.params))
-                step_cached(plan)
+                self._count(step_cached(plan), len(plan.params))
             else:
                 self._run(plan)
-                self._plans.remember(plan.group, plan.fused, self.state, self._lazy.tables)
+                self._plans.remember(
+                    plan.group, plan.fused, self.state, self._lazy.tables, plan.compact, plan.compact_routes
+                )
         return loss
 
 
