@@ -130,8 +130,8 @@ SCOPES = [
     Scope(
         "torch adapter: plan and cache",
         "src/adamax/torch/_cached.py",
-        "tests/test_kernels.py tests/test_torch.py tests/test_triton.py -k 'cached or non_contiguous or "
-        "skip_nonfinite or second_group or dispatches_to_triton'",
+        "tests/test_kernels.py tests/test_torch.py tests/test_triton.py tests/test_compact_torch.py -k 'cached or "
+        "non_contiguous or skip_nonfinite or second_group or dispatches_to_triton or key_added'",
         timeout=240,
     ),
     Scope(
