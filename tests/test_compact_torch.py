@@ -415,3 +415,89 @@ def test_a_compact_group_the_kernel_steps_whole_takes_a_cached_plan_that_stays_t
                 np.testing.assert_array_equal(getattr(got, field), getattr(state, field))
         assert opt._plans.lookup(group, opt.state, "compact") is not None
         assert opt._plans.lookup(group, opt.state, "full") is None  # a cached compact plan serves compact state only
+
+
+def _cached_compact(sizes=(5, 5, 300), dtypes=None, seed=4, state_format="compact"):
+    gen = torch.Generator().manual_seed(seed)
+    dtypes = dtypes or [torch.float32] * len(sizes)
+    params = [torch.nn.Parameter(torch.randn(n, generator=gen).to(d)) for n, d in zip(sizes, dtypes)]
+    opt = Adamax(params, lr=1e-2, state_format=state_format)
+    for _ in range(2):
+        for p in params:
+            p.grad = torch.randn(p.shape, generator=gen).to(p.dtype)
+        opt.step()
+    return params, opt, gen
+
+
+@pytest.mark.parametrize("state_format", ["full", "compact"])
+@pytest.mark.parametrize("change", ["a longer gradient through .data", "a shorter param through .data"])
+def test_a_cached_group_whose_shapes_changed_behind_torchs_back_is_refused(change, state_format):
+    """``.data`` assignments bypass torch's checks of a gradient against its param: the cache must see them."""
+    pytest.importorskip("numba")
+    params, opt, _ = _cached_compact(state_format=state_format)
+    assert opt._plans.lookup(opt.param_groups[0], opt.state, state_format) is not None
+    if change.startswith("a longer"):
+        params[0].grad.data = torch.ones(6)
+    else:
+        params[0].data = torch.zeros(4)
+    before = [(p.detach().clone(), {k: v.clone() for k, v in opt.state[p].items()}) for p in params]
+    with pytest.raises((RuntimeError, ValueError)):
+        opt.step()
+    for p, (value, entry) in zip(params, before):
+        assert torch.equal(p, value) and all(torch.equal(opt.state[p][k], v) for k, v in entry.items())
+
+
+def test_a_cached_compact_groups_step_count_replaced_by_an_equal_tensor_still_counts():
+    pytest.importorskip("numba")
+    params, opt, gen = _cached_compact()
+    entry = opt.state[params[1]]
+    entry["step"] = entry["step"].clone()  # equal, but not the cached buffer's element
+    for p in params:
+        p.grad = torch.randn(p.shape, generator=gen)
+    opt.step()
+    assert [int(opt.state[p]["step"]) for p in params] == [3, 3, 3]
+
+
+@pytest.mark.parametrize("key", ["exp_avg", "exp_inf_code", "exp_inf_scale"])
+def test_a_cached_compact_groups_state_moved_to_other_memory_is_followed_there(key):
+    """``t.data = ...`` keeps the tensor object and moves its memory: the cached addresses must notice, whichever
+    way the new address lies from the old (two swaps of one tensor's memory, so one each way)."""
+    pytest.importorskip("numba")
+    params, opt, gen = _cached_compact()
+    twin_params = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    twin = Adamax(twin_params, lr=1e-2, state_format="compact")
+    twin.load_state_dict(opt.state_dict())
+    for _ in range(2):
+        a, b = opt.state[params[0]][key], opt.state[params[1]][key]  # the two 5-element params' state swapped
+        a.data, b.data = b.data, a.data
+        x, y = twin.state[twin_params[0]][key], twin.state[twin_params[1]][key]
+        twin.state[twin_params[0]][key], twin.state[twin_params[1]][key] = y.clone(), x.clone()
+        for p, q in zip(params, twin_params):
+            p.grad = torch.randn(p.shape, generator=gen)
+            q.grad = p.grad.clone()
+        opt.step()
+        twin.step()
+        for p, q in zip(params, twin_params):
+            assert torch.equal(p, q)
+            assert all(torch.equal(opt.state[p][k], twin.state[q][k]) for k in compact.KEYS)
+
+
+def test_a_compact_group_of_two_dtypes_steps_each_by_its_own_kind():
+    pytest.importorskip("numba")
+    dtypes = [torch.float32, torch.bfloat16, torch.float32]
+    params, opt, gen = _cached_compact(dtypes=dtypes)
+    alone = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    opts = [Adamax([q], lr=1e-2, state_format="compact") for q in alone]
+    saved = opt.state_dict()["state"]
+    for k, o in enumerate(opts):
+        o.load_state_dict(
+            {"state": {0: saved[k]}, "param_groups": [{**o.state_dict()["param_groups"][0], "params": [0]}]}
+        )
+    for _ in range(3):
+        for p, q, o in zip(params, alone, opts):
+            p.grad = torch.randn(p.shape, generator=gen).to(p.dtype)
+            q.grad = p.grad.clone()
+            o.step()
+        opt.step()
+    for p, q in zip(params, alone):
+        assert torch.equal(p, q)
