@@ -54,6 +54,16 @@ class FusedGroup(NamedTuple):
     u_addresses: np.ndarray
     sizes: tuple
 
+    def state_intact(self) -> bool:
+        """Whether every param's entry still holds the very tensors cached here, in the same memory."""
+        for s, m, u, t in zip(self.states, self.exp_avgs, self.exp_infs, self.step_views):
+            if not (len(s) == 3 and s.get("exp_avg") is m and s.get("exp_inf") is u and s.get("step") is t):
+                return False
+        for tensors, addresses in ((self.exp_avgs, self.m_addresses), (self.exp_infs, self.u_addresses)):
+            if [x.data_ptr() for x in tensors] != addresses.tolist():
+                return False
+        return True
+
 
 class CompactGroup(NamedTuple):
     """A compact-state group every param of which the compact numba kernel stepped last time: as
@@ -76,6 +86,23 @@ class CompactGroup(NamedTuple):
     q_addresses: np.ndarray
     s_addresses: np.ndarray
     sizes: tuple
+
+    def state_intact(self) -> bool:
+        """Whether every param's compact entry still holds the very tensors cached here, in the same memory."""
+        for s, m, q, sc, t in zip(self.states, self.exp_avgs, self.codes, self.scales, self.step_views):
+            if not (
+                len(s) == 4
+                and s.get("exp_avg") is m
+                and s.get("exp_inf_code") is q
+                and s.get("exp_inf_scale") is sc
+                and s.get("step") is t
+            ):
+                return False
+        for tensors, addresses in ((self.exp_avgs, self.m_addresses), (self.codes, self.q_addresses),
+                                   (self.scales, self.s_addresses)):  # fmt: skip
+            if [x.data_ptr() for x in tensors] != addresses.tolist():
+                return False
+        return True
 
 
 def _group_flags(group: Mapping[str, Any]) -> tuple:
@@ -104,21 +131,10 @@ class PlanCache:
         if len(params) != len(cached.shapes):
             return None
         grads = [p.grad for p in params]
-        if isinstance(cached, CompactGroup):
-            return _compact_lookup(group, cached, params, grads)
         dtype = cached.dtype
         # Per param, the fewest reads that keep the kernel's raw-memory writes safe and its result right.
         # The gradient's shape is compared, not only its size: ``p.grad.data = ...`` bypasses torch's setter.
-        for p, cached_p, g, shape, s, m, u, t in zip(
-            params,
-            cached.params,
-            grads,
-            cached.shapes,
-            cached.states,
-            cached.exp_avgs,
-            cached.exp_infs,
-            cached.step_views,
-        ):
+        for p, cached_p, g, shape in zip(params, cached.params, grads, cached.shapes):
             if not (
                 p is cached_p
                 and type(g) in KERNEL_TYPES
@@ -130,15 +146,9 @@ class PlanCache:
                 and p.dtype is dtype
                 and p.is_contiguous()
                 and p.shape == shape
-                and len(s) == 3
-                and s.get("exp_avg") is m
-                and s.get("exp_inf") is u
-                and s.get("step") is t
             ):
                 return None  # anything unusual: the full plan checks it, and explains a refusal
-        if [m.data_ptr() for m in cached.exp_avgs] != cached.m_addresses.tolist():
-            return None
-        if [u.data_ptr() for u in cached.exp_infs] != cached.u_addresses.tolist():
+        if not cached.state_intact():
             return None
         return CachedPlan(group, config_of(group), cached, params, grads)
 
@@ -218,45 +228,6 @@ def step_cached(plan: CachedPlan) -> str:
     kernel_dtype = KERNEL_DTYPES[cached.dtype]
     cpu_kernels().step(kernel_dtype, addresses, cached.sizes, step_sizes, config, threads=torch.get_num_threads())
     return "numba"
-
-
-def _compact_lookup(group: dict, cached: CompactGroup, params: list, grads: list) -> CachedPlan | None:
-    """:meth:`PlanCache.lookup`'s per-param check for a compact group: the same reads, on the compact entry."""
-    dtype = cached.dtype
-    for p, cached_p, g, shape, s, m, q, sc, t in zip(
-        params,
-        cached.params,
-        grads,
-        cached.shapes,
-        cached.states,
-        cached.exp_avgs,
-        cached.codes,
-        cached.scales,
-        cached.step_views,
-    ):
-        if not (
-            p is cached_p
-            and type(g) in KERNEL_TYPES
-            and g.layout is torch.strided
-            and g.dtype is dtype
-            and g.is_cpu
-            and g.shape == shape
-            and g.is_contiguous()
-            and p.dtype is dtype
-            and p.is_contiguous()
-            and p.shape == shape
-            and len(s) == 4
-            and s.get("exp_avg") is m
-            and s.get("exp_inf_code") is q
-            and s.get("exp_inf_scale") is sc
-            and s.get("step") is t
-        ):
-            return None  # anything unusual: the full plan checks it, and explains a refusal
-    for tensors, addresses in ((cached.exp_avgs, cached.m_addresses), (cached.codes, cached.q_addresses),
-                               (cached.scales, cached.s_addresses)):  # fmt: skip
-        if [x.data_ptr() for x in tensors] != addresses.tolist():
-            return None
-    return CachedPlan(group, config_of(group), cached, params, grads)
 
 
 def _compact_group(group: dict, params: list[Tensor], routes: list[str], state: Any) -> CompactGroup | None:
