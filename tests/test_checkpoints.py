@@ -415,11 +415,8 @@ def test_a_refused_load_undoes_the_state_dcp_creates_on_a_fresh_optimizer(tmp_pa
     assert not opt.state and all(p.grad is None for p in model.parameters())
 
 
-@pytest.mark.parametrize("target", ["trained", "fresh"])
-def test_a_load_that_fails_while_writing_the_model_puts_back_the_model_and_the_optimizer(tmp_path, monkeypatch, target):
-    """The last step of a load writes the model after the optimizer; if it dies halfway (here: after copying
-    the values in), both must be as they were, the optimizer's state entries the very objects they were."""
-    save_checkpoint(tmp_path, 4, *trained(4, seed=1))
+def _model_write_dies_after_copying(monkeypatch) -> None:
+    """The load's last write (the model's values, after the optimizer's) copies the values in, then dies."""
     real = _load.set_model_state_dict
 
     def dies_after_writing(model, state, **kwargs):
@@ -427,6 +424,14 @@ def test_a_load_that_fails_while_writing_the_model_puts_back_the_model_and_the_o
         raise RuntimeError("the disk went away")
 
     monkeypatch.setattr(_load, "set_model_state_dict", dies_after_writing)
+
+
+@pytest.mark.parametrize("target", ["trained", "fresh"])
+def test_a_load_that_fails_while_writing_the_model_puts_back_the_model_and_the_optimizer(tmp_path, monkeypatch, target):
+    """The last step of a load writes the model after the optimizer; if it dies halfway (here: after copying
+    the values in), both must be as they were, the optimizer's state entries the very objects they were."""
+    save_checkpoint(tmp_path, 4, *trained(4, seed=1))
+    _model_write_dies_after_copying(monkeypatch)
     model, opt = trained(2) if target == "trained" else worker.make()
     before = snapshot(model, opt)
     entries = dict(opt.state)
@@ -1323,13 +1328,7 @@ def test_a_load_that_fails_after_the_optimizer_loaded_puts_back_a_lazy_tables_bo
     saved_model, saved_opt = make()
     train(saved_model, saved_opt, 2, seed=100)
     save_checkpoint(tmp_path, 2, saved_model, saved_opt)
-    real = _load.set_model_state_dict
-
-    def dies_after_writing(model, state, **kwargs):
-        real(model, state, **kwargs)
-        raise RuntimeError("the disk went away")
-
-    monkeypatch.setattr(_load, "set_model_state_dict", dies_after_writing)
+    _model_write_dies_after_copying(monkeypatch)
     (model, opt), (twin_model, twin_opt) = make(), make()
     train(model, opt, 6)
     train(twin_model, twin_opt, 6)
@@ -1348,13 +1347,7 @@ def test_a_load_into_torchs_own_adamax_that_fails_puts_everything_back(tmp_path,
     """The restore handles optimizers without this project's bookkeeping (torch's own)."""
     model, opt = trained(2)
     save_checkpoint(tmp_path, 2, model, opt)
-    real = _load.set_model_state_dict
-
-    def dies_after_writing(model, state, **kwargs):
-        real(model, state, **kwargs)
-        raise RuntimeError("the disk went away")
-
-    monkeypatch.setattr(_load, "set_model_state_dict", dies_after_writing)
+    _model_write_dies_after_copying(monkeypatch)
     target = worker.make()[0]
     theirs = torch.optim.Adamax(target.parameters(), lr=0.01)
     before = [p.detach().clone() for p in target.parameters()]

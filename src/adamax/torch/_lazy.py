@@ -83,14 +83,15 @@ def lazy_embeddings(model: torch.nn.Module, optimizer, *, huge_pages: bool = Tru
     modules = [m for m in model.modules() if isinstance(m, _MODULES) and m.sparse]
     if not modules:
         raise ValueError("the model has no nn.Embedding or nn.EmbeddingBag with sparse=True")
+    if optimizer.state_format != "full":
+        raise ValueError("lazy tables keep full state: use state_format='full' with lazy_embeddings")
+    configs = []
     for module in modules:  # check every one before registering any
-        if optimizer.state_format != "full":
-            raise ValueError("lazy tables keep full state: use state_format='full' with lazy_embeddings")
-        tables.check_eligible(module.weight, config_of(group_of(optimizer.param_groups, module.weight)))
-    for module in modules:
+        configs.append(config_of(group_of(optimizer.param_groups, module.weight)))
+        tables.check_eligible(module.weight, configs[-1])
+    for module, config in zip(modules, configs):
         weight = module.weight
-        tables.register(weight, optimizer.state.get(weight), config_of(group_of(optimizer.param_groups, weight)),
-                        huge_pages)  # fmt: skip
+        tables.register(weight, optimizer.state.get(weight), config, huge_pages)
         if id(module) in tables.hooked:  # a second call: already hooked
             continue
         tables.hooked.add(id(module))
