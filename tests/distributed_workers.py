@@ -321,6 +321,7 @@ def main() -> None:
     torch.set_num_threads(1)
     # a hang shows where it hung, in the test's output; long enough that a loaded machine is not taken for one
     faulthandler.dump_traceback_later(600, exit=True)
+    faulthandler.enable()  # and a crash (a segfault, an abort) where it crashed, rather than no output at all
     try:
         scenarios = {
             "ddp": ddp,

@@ -46,7 +46,8 @@ def wait(procs: list[subprocess.Popen], timeout: float = processes.TIMEOUT) -> N
     finally:
         for p in procs:
             processes.end_group(p)
-    assert all(p.returncode == 0 for p in procs), "\n---\n".join(outputs)
+    codes = [p.returncode for p in procs]
+    assert all(code == 0 for code in codes), f"exit codes by rank: {codes}\n" + "\n---\n".join(outputs)
 
 
 def run(scenario: str, out: Path, *options: str) -> None:
