@@ -21,6 +21,7 @@ LAYERS = {
     "adamax.reference": 1,
     "adamax.textbook": 1,
     "adamax.compact": 2,
+    "adamax.compact8": 2,
     "adamax._lazy": 2,
     "adamax.kernels": 3,
     "adamax.numpy": 4,

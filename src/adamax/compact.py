@@ -80,10 +80,28 @@ OFFSET = 64 << 23  # v(q) has the float32 bits (q << 13) + OFFSET
 SMALLEST = float(np.uint32((1 << 13) + OFFSET).view(np.float32))  # v(1) = 2**-63 (1 + 2**-10)
 RATIO = 1 + 2.0**-10  # the largest ratio between neighbouring codes' values
 TINY = float(np.finfo(np.float32).tiny)  # 2**-126: a smaller scale counts as zero when a block is re-based
-STATE_FORMATS = ("full", "compact")
+STATE_FORMATS = ("full", "compact", "compact8")  # compact8: adamax.compact8
 KEYS = ("step", "exp_avg", "exp_inf_code", "exp_inf_scale")
 
 _F32 = np.float32
+
+
+class Codes(NamedTuple):
+    """An unsigned code of ``u`` (or of ``|m|``) relative to a block's scale: ``v(q)`` has the float32 bits
+    ``(q << shift) + offset`` (``23 - shift`` mantissa bits, ``2**(23 - shift)`` codes per octave), ``v(one) = 1``,
+    code 0 is 0.  This module's u codes are :data:`U16`; :mod:`adamax.compact8` has 8-bit ones."""
+
+    shift: int
+    one: int  # the code of 1 (the block's scale)
+    offset: int
+    dtype: type
+
+    @property
+    def per_octave(self) -> int:
+        return 1 << (23 - self.shift)
+
+
+U16 = Codes(13, ONE, OFFSET, np.uint16)
 
 
 class CompactState(NamedTuple):
@@ -106,23 +124,23 @@ def blocks(size: int) -> int:
     return -(-size // BLOCK)
 
 
-def value(codes: np.ndarray) -> np.ndarray:
+def value(codes: np.ndarray, c: Codes = U16) -> np.ndarray:
     """``v(q)`` in float32: the code's value relative to its block's scale (``v(0) = 0``)."""
     q = np.asarray(codes, dtype=np.uint32)
-    return np.where(q == 0, _F32(0), ((q << np.uint32(13)) + np.uint32(OFFSET)).view(_F32))
+    return np.where(q == 0, _F32(0), ((q << np.uint32(c.shift)) + np.uint32(c.offset)).view(_F32))
 
 
-def encode(r: np.ndarray) -> np.ndarray:
-    """The least code ``q`` with ``v(q) >= r``, for float32 ``r`` in ``[0, 1]``: ``r`` rounded *up* to 10
-    mantissa bits (its float32 bits plus ``2**13 - 1``, cut), below ``v(1)`` to ``v(1)``; ``0`` -> 0."""
+def encode(r: np.ndarray, c: Codes = U16) -> np.ndarray:
+    """The least code ``q`` with ``v(q) >= r``, for float32 ``r`` in ``[0, 1]``: ``r`` rounded *up* to the code's
+    mantissa bits (its float32 bits plus ``2**shift - 1``, cut), below ``v(1)`` to ``v(1)``; ``0`` -> 0."""
     bits = np.asarray(r, dtype=_F32).view(np.uint32).astype(np.int64)
-    q = np.clip(((bits + 0x1FFF) >> 13) - (OFFSET >> 13), 1, 0xFFFF)
-    return np.where(bits == 0, 0, q).astype(np.uint16)
+    q = np.clip(((bits + ((1 << c.shift) - 1)) >> c.shift) - (c.offset >> c.shift), 1, c.one)
+    return np.where(bits == 0, 0, q).astype(c.dtype)
 
 
-def decode(codes: np.ndarray, scales: np.ndarray) -> np.ndarray:
+def decode(codes: np.ndarray, scales: np.ndarray, c: Codes = U16) -> np.ndarray:
     """``u = scale * v(code)`` in float32; ``scales`` per element (broadcast to ``codes``)."""
-    return (np.asarray(scales, dtype=_F32) * value(codes)).astype(_F32)
+    return (np.asarray(scales, dtype=_F32) * value(codes, c)).astype(_F32)
 
 
 def shift(scale: np.ndarray, peak: np.ndarray) -> np.ndarray:
@@ -159,11 +177,14 @@ def _block_max(x: np.ndarray) -> np.ndarray:
     return np.max(padded.reshape(-1, BLOCK), axis=1)
 
 
-def rebase(codes: np.ndarray, scales: np.ndarray, peaks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def rebase(
+    codes: np.ndarray, scales: np.ndarray, peaks: np.ndarray, c: Codes = U16
+) -> tuple[np.ndarray, np.ndarray]:
     """Blocks whose ``peak`` exceeds their scale (or either is not finite), re-based so that the scale covers
     the peak and no value moves; returns new ``codes`` (flat) and ``scales``.
 
     A finite normal scale moves up by whole octaves (:func:`shift`): ``S * 2**k``, nonzero codes ``- 1024 k``
+    (``c.per_octave`` codes an octave)
     (at least 1).  A zero or subnormal scale becomes the peak, its codes 0.  A non-finite scale or peak becomes
     the peak (the block's ``u`` are then meaningless, as its params are)."""
     up = ~(peaks <= scales)
@@ -175,9 +196,9 @@ def rebase(codes: np.ndarray, scales: np.ndarray, peaks: np.ndarray) -> tuple[np
     new_scales = np.where(whole, scaled(np.where(whole, scales, 1), k), np.where(up, peaks, scales)).astype(_F32)
     size = codes.size
     as_int = codes.astype(np.int64)
-    moved = np.where(as_int == ZERO, ZERO, np.maximum(as_int - (_per_element(k, size) << 10), 1))
+    moved = np.where(as_int == ZERO, ZERO, np.maximum(as_int - _per_element(k, size) * c.per_octave, 1))
     cleared = _per_element(up & (scales < TINY), size)
-    codes = np.where(cleared, ZERO, moved).astype(np.uint16)
+    codes = np.where(cleared, ZERO, moved).astype(c.dtype)
     return codes, new_scales
 
 
@@ -195,8 +216,8 @@ def f32_to_bf16_nearest(x: np.ndarray) -> np.ndarray:
     return np.where(np.isnan(x), np.uint32(0x7FC0), rounded).astype(np.uint16)
 
 
-def random_bits(index: np.ndarray, step: int) -> np.ndarray:
-    """16 random bits per element from its flat index and the step count: a 32-bit integer hash (the
+def hashed(index: np.ndarray, step: int) -> np.ndarray:
+    """32 random bits per element from its flat index and the step count: a 32-bit integer hash (the
     "lowbias32" mixer), the same in every backend."""
     with np.errstate(over="ignore"):
         x = np.asarray(index).astype(np.uint32) * np.uint32(0x9E3779B1) + np.uint32((step * 0x85EBCA77) & 0xFFFFFFFF)
@@ -205,7 +226,12 @@ def random_bits(index: np.ndarray, step: int) -> np.ndarray:
         x ^= x >> np.uint32(15)
         x *= np.uint32(0x846CA68B)
         x ^= x >> np.uint32(16)
-    return x & np.uint32(0xFFFF)
+    return x
+
+
+def random_bits(index: np.ndarray, step: int) -> np.ndarray:
+    """16 random bits per element: the low half of :func:`hashed`."""
+    return hashed(index, step) & np.uint32(0xFFFF)
 
 
 def f32_to_bf16_stochastic(x: np.ndarray, step: int) -> np.ndarray:
@@ -221,15 +247,10 @@ def f32_to_bf16_stochastic(x: np.ndarray, step: int) -> np.ndarray:
 # ----- the step -----
 
 
-def update(param: np.ndarray, grad: np.ndarray, state: CompactState, config: AdamaxConfig):
-    """One Adamax step with compact state; returns ``(new_param, new_state)`` and modifies nothing.
-
-    ``param`` is float16 or float32 (bfloat16 params, as float32 arrays of their values, take the torch and
-    kernel paths); the arithmetic is float32 and the new param is rounded back to the param's dtype.
-    """
+def gradient(param: np.ndarray, grad: np.ndarray, config: AdamaxConfig) -> tuple[np.ndarray, np.ndarray]:
+    """The step's float32 ``(p, g)``, flat: g negated for ``maximize`` and with coupled weight decay, p scaled by
+    decoupled decay (a copy: nothing given is modified)."""
     f = _F32
-    t = int(state.step) + 1
-    size = np.size(param)
     p = np.asarray(param, dtype=f).ravel().copy()
     g = np.asarray(grad, dtype=f).ravel()
     if config.maximize:
@@ -238,26 +259,59 @@ def update(param: np.ndarray, grad: np.ndarray, state: CompactState, config: Ada
         g = fma(p, f(config.weight_decay), g)
     elif config.weight_decay:
         p = p * f(1 - config.lr * config.weight_decay)
-    m = bf16_to_f32(np.asarray(state.exp_avg).ravel())
-    w = f(1 - config.beta1)
-    m = fma(w, g - m, m) if w < 0.5 else fma(-(g - m), f(1) - w, g)
-    x = np.abs(g) + f(config.eps) if config.eps_placement == "max" else np.abs(g)
-    # u <- b2 u: the scales decay; the codes, ratios within a block, stay
-    scales = (np.asarray(state.exp_inf_scale, dtype=f) * f(config.beta2)).astype(f)
-    codes, scales = rebase(np.asarray(state.exp_inf_code, dtype=np.uint16).ravel(), scales, _block_max(x))
-    # u <- max(u, x): an element whose x exceeds its u takes x's code (rounded up)
-    scale_e = _per_element(scales, size)
-    u = decode(codes, scale_e)
+    return p, g
+
+
+def moment(m: np.ndarray, g: np.ndarray, config: AdamaxConfig) -> np.ndarray:
+    """``m + (1 - b1)(g - m)`` in float32, as the full-state step rounds it."""
+    w = _F32(1 - config.beta1)
+    return fma(w, g - m, m) if w < 0.5 else fma(-(g - m), _F32(1) - w, g)
+
+
+def infinity_norm(
+    x: np.ndarray, codes: np.ndarray, scales: np.ndarray, config: AdamaxConfig, c: Codes = U16
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``u <- max(b2 u, x)`` on codes ``c`` (flat) below ``scales``: the scales decay, blocks re-base to cover
+    their largest ``x``, and an element whose ``x`` exceeds its ``u`` takes ``x``'s code, rounded up.  Returns the
+    new codes, scales and decoded ``u`` (per element)."""
+    f = _F32
+    scales = (np.asarray(scales, dtype=f) * f(config.beta2)).astype(f)
+    codes, scales = rebase(np.asarray(codes, dtype=c.dtype).ravel(), scales, _block_max(x), c)
+    scale_e = _per_element(scales, x.size)
+    u = decode(codes, scale_e, c)
     with np.errstate(invalid="ignore", divide="ignore"):
         r = np.where(x == 0, f(0), x / scale_e)
-    codes = np.where(x > u, np.maximum(codes, encode(r)), codes).astype(np.uint16)
-    u = decode(codes, scale_e)
+    codes = np.where(x > u, np.maximum(codes, encode(r, c)), codes).astype(c.dtype)
+    return codes, scales, decode(codes, scale_e, c)
+
+
+def moved(p: np.ndarray, m: np.ndarray, u: np.ndarray, t: int, config: AdamaxConfig) -> np.ndarray:
+    """``p - lr / (1 - b1**t) * m / d``, ``d`` the denominator of ``u`` by the eps placement (no step where
+    ``d`` is 0, which happens only where every gradient was 0)."""
+    f = _F32
     denom = u + f(config.eps) if config.eps_placement == "denominator" else u
     numer = f(step_size(config.lr, config.beta1, t)) * m
-    if config.eps_placement == "none" or config.eps == 0:  # u == 0 only where every gradient was 0: no step
-        p = p + np.divide(numer, denom, out=np.zeros_like(numer), where=denom != 0)
-    else:
-        p = p + numer / denom
+    if config.eps_placement == "none" or config.eps == 0:
+        return p + np.divide(numer, denom, out=np.zeros_like(numer), where=denom != 0)
+    return p + numer / denom
+
+
+def u_input(g: np.ndarray, config: AdamaxConfig) -> np.ndarray:
+    """What ``u`` takes the maximum with: ``|g| + eps`` (eps placement ``"max"``) or ``|g|``."""
+    return np.abs(g) + _F32(config.eps) if config.eps_placement == "max" else np.abs(g)
+
+
+def update(param: np.ndarray, grad: np.ndarray, state: CompactState, config: AdamaxConfig):
+    """One Adamax step with compact state; returns ``(new_param, new_state)`` and modifies nothing.
+
+    ``param`` is float16 or float32 (bfloat16 params, as float32 arrays of their values, take the torch and
+    kernel paths); the arithmetic is float32 and the new param is rounded back to the param's dtype.
+    """
+    t = int(state.step) + 1
+    p, g = gradient(param, grad, config)
+    m = moment(bf16_to_f32(np.asarray(state.exp_avg).ravel()), g, config)
+    codes, scales, u = infinity_norm(u_input(g, config), state.exp_inf_code, state.exp_inf_scale, config)
+    p = moved(p, m, u, t, config)
     shape = np.shape(param)
     new_state = CompactState(t, f32_to_bf16_stochastic(m, t).reshape(shape), codes.reshape(shape), scales.copy())
     return p.astype(np.asarray(param).dtype).reshape(shape), new_state
@@ -288,12 +342,8 @@ def from_full(step: int, m: np.ndarray, u: np.ndarray) -> CompactState:
     return CompactState(int(step), f32_to_bf16_nearest(m32).reshape(np.shape(m)), codes, scales)
 
 
-def check_state(state: Mapping[str, Any] | CompactState, shape: tuple[int, ...], what: str) -> None:
-    """Refuse a compact state entry that does not fit a param of ``shape``."""
-    entry = state._asdict() if isinstance(state, CompactState) else state
-    if set(entry) != set(KEYS):
-        raise ValueError(f"{what} must have exactly the keys {sorted(KEYS)}, got {sorted(entry)}")
-    step = entry["step"]
+def check_step_count(step: Any, what: str) -> None:
+    """Refuse a step count that is not a whole number in ``[0, 2**53 - 1)``."""
     number = np.asarray(step) if isinstance(step, (int, float, np.integer, np.floating, np.ndarray)) else None
     if (
         isinstance(step, bool)
@@ -304,6 +354,14 @@ def check_state(state: Mapping[str, Any] | CompactState, shape: tuple[int, ...],
         or not 0 <= float(number) < MAX_STEP
     ):
         raise ValueError(f"{what}: step must be a whole number >= 0, got {step!r} (counts stop at 2**53 - 1)")
+
+
+def check_state(state: Mapping[str, Any] | CompactState, shape: tuple[int, ...], what: str) -> None:
+    """Refuse a compact state entry that does not fit a param of ``shape``."""
+    entry = state._asdict() if isinstance(state, CompactState) else state
+    if set(entry) != set(KEYS):
+        raise ValueError(f"{what} must have exactly the keys {sorted(KEYS)}, got {sorted(entry)}")
+    check_step_count(entry["step"], what)
     size = int(np.prod(shape, dtype=np.int64))
     for key, dtype, want in (
         ("exp_avg", np.uint16, shape),

@@ -54,48 +54,83 @@ OFFSET, TINY = compact.OFFSET, np.float32(compact.TINY)
 # ----- the codes -----
 
 
+def _hash_ir(builder, index, mix):
+    """:func:`adamax.compact.hashed` in 32-bit LLVM integers (``mix``: the step's term, ``step * 0x85EBCA77`` mod
+    2**32): numba would widen them to 64 bits, whose multiplies do not vectorise well."""
+    i32 = ir.IntType(32)
+
+    def to32(value):
+        width = value.type.width
+        return builder.trunc(value, i32) if width > 32 else builder.zext(value, i32) if width < 32 else value
+
+    x = builder.add(builder.mul(to32(index), ir.Constant(i32, 0x9E3779B1)), to32(mix))
+    for shift, factor in ((16, 0x7FEB352D), (15, 0x846CA68B)):
+        x = builder.mul(builder.xor(x, builder.lshr(x, ir.Constant(i32, shift))), ir.Constant(i32, factor))
+    return builder.xor(x, builder.lshr(x, ir.Constant(i32, 16))), to32
+
+
+def _integers(*values) -> bool:
+    return all(isinstance(v, types.Integer) for v in values)
+
+
 @intrinsic
 def _stochastic_bits(typingctx, bits, index, mix):
     """``(bits + random_bits(index)) >> 16``: :func:`adamax.compact.f32_to_bf16_stochastic` of a float32's bits
-    (not NaN), with :func:`adamax.compact.random_bits` (``mix``: the step's term, ``step * 0x85EBCA77`` mod 2**32).
-    In 32-bit LLVM integers: numba would widen them to 64 bits, whose multiplies do not vectorise well."""
-    if not (isinstance(bits, types.Integer) and isinstance(index, types.Integer) and isinstance(mix, types.Integer)):
+    (not NaN), with :func:`adamax.compact.random_bits`."""
+    if not _integers(bits, index, mix):
         return None
 
     def codegen(context, builder, signature, args):
-        i32 = ir.IntType(32)
-
-        def to32(value):
-            width = value.type.width
-            return builder.trunc(value, i32) if width > 32 else builder.zext(value, i32) if width < 32 else value
-
-        x = builder.add(builder.mul(to32(args[1]), ir.Constant(i32, 0x9E3779B1)), to32(args[2]))
-        for shift, factor in ((16, 0x7FEB352D), (15, 0x846CA68B)):
-            x = builder.mul(builder.xor(x, builder.lshr(x, ir.Constant(i32, shift))), ir.Constant(i32, factor))
-        x = builder.xor(x, builder.lshr(x, ir.Constant(i32, 16)))
-        rounded = builder.add(to32(args[0]), builder.and_(x, ir.Constant(i32, 0xFFFF)))
-        return builder.trunc(builder.lshr(rounded, ir.Constant(i32, 16)), ir.IntType(16))
+        x, to32 = _hash_ir(builder, args[1], args[2])
+        rounded = builder.add(to32(args[0]), builder.and_(x, ir.Constant(ir.IntType(32), 0xFFFF)))
+        return builder.trunc(builder.lshr(rounded, ir.Constant(ir.IntType(32), 16)), ir.IntType(16))
 
     return types.uint16(bits, index, mix), codegen
+
+
+@intrinsic
+def _random20(typingctx, index, mix):
+    """The top 20 bits of :func:`adamax.compact.hashed` (as :mod:`adamax.compact8` rounds m), as an int32."""
+    if not _integers(index, mix):
+        return None
+
+    def codegen(context, builder, signature, args):
+        x, _ = _hash_ir(builder, args[0], args[1])
+        return builder.lshr(x, ir.Constant(ir.IntType(32), 12))
+
+    return types.int32(index, mix), codegen
+
+
+@njit(inline="always")
+def _code_value(code, shift, offset):
+    """:func:`adamax.compact.value` of one code, for the codes ``(shift, offset)``."""
+    v = np.int32((code << shift) + offset).view(np.float32)
+    return v if code != 0 else np.float32(0)
+
+
+@njit(inline="always")
+def _code_up(r, shift, offset, one):
+    """:func:`adamax.compact.encode` of one float32 ``r`` in (0, 1] (0 never asked for)."""
+    q = ((np.float32(r).view(np.int32) + np.int32((1 << shift) - 1)) >> shift) - np.int32(offset >> shift)
+    return min(max(q, np.int32(1)), np.int32(one))
 
 
 @njit(inline="always")
 def _value(code):
     """:func:`adamax.compact.value` of one code."""
-    v = np.int32((code << 13) + OFFSET).view(np.float32)
-    return v if code != 0 else np.float32(0)
+    return _code_value(code, 13, OFFSET)
 
 
 @njit(inline="always")
 def _encode(r):
     """:func:`adamax.compact.encode` of one float32 ``r`` in (0, 1] (0 never asked for)."""
-    return max(((np.float32(r).view(np.int32) + np.int32(0x1FFF)) >> 13) - np.int32(OFFSET >> 13), np.int32(1))
+    return _code_up(r, 13, OFFSET, compact.ONE)
 
 
 @njit(inline="always")
 def _rebase(scale, peak):
-    """:func:`adamax.compact.rebase` for one block whose peak is not covered: (new scale, how far its codes move
-    down, whether they clear)."""
+    """:func:`adamax.compact.rebase` for one block whose peak is not covered: (new scale, how many octaves its
+    codes move down, whether they clear)."""
     if scale < TINY:
         return peak, np.int32(0), True
     if math.isfinite(scale) and math.isfinite(peak):
@@ -103,7 +138,7 @@ def _rebase(scale, peak):
         k = (p >> 23) - (s >> 23) + (1 if (p & 0x7FFFFF) > (s & 0x7FFFFF) else 0)
         bits = np.int64(s) + (np.int64(k) << 23)
         new = np.int32(bits).view(np.float32) if bits < 0x7F800000 else np.float32(np.inf)
-        return new, np.int32(k << 10), False
+        return new, np.int32(k), False
     return peak, np.int32(0), False
 
 
@@ -134,6 +169,7 @@ def _block(
     clear = False
     if not peak <= scale:
         scale, down, clear = _rebase(scale, peak)
+        down = down << 10
     s[b] = scale
     for j in range(n):
         i = lo + j
@@ -253,6 +289,17 @@ def block_table(sizes: tuple[int, ...]) -> BlockTable:
     return table
 
 
+def arguments(sizes: tuple[int, ...], counts, config, threads: int | None) -> tuple[np.ndarray, ...]:
+    """The kernels' arguments after the arrays' addresses: sizes, the chunk table, each tensor's step size
+    (each distinct count computed once) and count, the hyperparameters and flags."""
+    table = block_table(sizes)
+    flags, hyper = prepare(config, np.dtype(np.float32), threads)
+    counts = np.asarray(counts, dtype=np.int64)
+    by_count = {t: step_size(config.lr, config.beta1, t) for t in set(counts.tolist())}
+    steps = np.array([by_count[t] for t in counts.tolist()]).astype(np.float32)
+    return (np.asarray(sizes, dtype=np.int64), *table, steps, counts, hyper, flags)
+
+
 def step(
     kind: int,
     addresses: tuple[np.ndarray, ...],
@@ -269,12 +316,7 @@ def step(
     """
     if not sizes:
         return
-    table = block_table(sizes)
-    flags, hyper = prepare(config, np.dtype(np.float32), threads)
-    counts = np.asarray(counts, dtype=np.int64)
-    by_count = {t: step_size(config.lr, config.beta1, t) for t in set(counts.tolist())}  # each distinct count once
-    steps = np.array([by_count[t] for t in counts.tolist()]).astype(np.float32)
-    arrays = (*addresses, np.asarray(sizes, dtype=np.int64), *table, steps, counts, hyper, flags)
+    arrays = (*addresses, *arguments(sizes, counts, config, threads))
     if kind == F32:
         _step_blocks_32(*arrays)
     else:
