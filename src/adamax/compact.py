@@ -100,6 +100,19 @@ class Codes(NamedTuple):
     def per_octave(self) -> int:
         return 1 << (23 - self.shift)
 
+    def value(self, codes: np.ndarray) -> np.ndarray:
+        q = np.asarray(codes, dtype=np.uint32)
+        return np.where(q == 0, _F32(0), ((q << np.uint32(self.shift)) + np.uint32(self.offset)).view(_F32))
+
+    def encode(self, r: np.ndarray) -> np.ndarray:
+        bits = np.asarray(r, dtype=_F32).view(np.uint32).astype(np.int64)
+        q = np.clip(((bits + ((1 << self.shift) - 1)) >> self.shift) - (self.offset >> self.shift), 1, self.one)
+        return np.where(bits == 0, 0, q).astype(self.dtype)
+
+    def down(self, codes: np.ndarray, k: np.ndarray) -> np.ndarray:
+        """Nonzero ``codes`` (int64) of values divided by ``2**k``: ``k`` octaves lower, at least code 1."""
+        return np.maximum(codes - k * self.per_octave, 1)
+
 
 U16 = Codes(13, ONE, OFFSET, np.uint16)
 
@@ -126,16 +139,13 @@ def blocks(size: int) -> int:
 
 def value(codes: np.ndarray, c: Codes = U16) -> np.ndarray:
     """``v(q)`` in float32: the code's value relative to its block's scale (``v(0) = 0``)."""
-    q = np.asarray(codes, dtype=np.uint32)
-    return np.where(q == 0, _F32(0), ((q << np.uint32(c.shift)) + np.uint32(c.offset)).view(_F32))
+    return c.value(codes)
 
 
 def encode(r: np.ndarray, c: Codes = U16) -> np.ndarray:
     """The least code ``q`` with ``v(q) >= r``, for float32 ``r`` in ``[0, 1]``: ``r`` rounded *up* to the code's
     mantissa bits (its float32 bits plus ``2**shift - 1``, cut), below ``v(1)`` to ``v(1)``; ``0`` -> 0."""
-    bits = np.asarray(r, dtype=_F32).view(np.uint32).astype(np.int64)
-    q = np.clip(((bits + ((1 << c.shift) - 1)) >> c.shift) - (c.offset >> c.shift), 1, c.one)
-    return np.where(bits == 0, 0, q).astype(c.dtype)
+    return c.encode(r)
 
 
 def decode(codes: np.ndarray, scales: np.ndarray, c: Codes = U16) -> np.ndarray:
@@ -184,7 +194,7 @@ def rebase(
     the peak and no value moves; returns new ``codes`` (flat) and ``scales``.
 
     A finite normal scale moves up by whole octaves (:func:`shift`): ``S * 2**k``, nonzero codes ``- 1024 k``
-    (``c.per_octave`` codes an octave)
+    (``c.down``: the same values, ``k`` octaves lower, rounded up)
     (at least 1).  A zero or subnormal scale becomes the peak, its codes 0.  A non-finite scale or peak becomes
     the peak (the block's ``u`` are then meaningless, as its params are)."""
     up = ~(peaks <= scales)
@@ -196,7 +206,7 @@ def rebase(
     new_scales = np.where(whole, scaled(np.where(whole, scales, 1), k), np.where(up, peaks, scales)).astype(_F32)
     size = codes.size
     as_int = codes.astype(np.int64)
-    moved = np.where(as_int == ZERO, ZERO, np.maximum(as_int - _per_element(k, size) * c.per_octave, 1))
+    moved = np.where(as_int == ZERO, ZERO, c.down(as_int, _per_element(k, size)))
     cleared = _per_element(up & (scales < TINY), size)
     codes = np.where(cleared, ZERO, moved).astype(c.dtype)
     return codes, new_scales
@@ -281,7 +291,8 @@ def infinity_norm(
     u = decode(codes, scale_e, c)
     with np.errstate(invalid="ignore", divide="ignore"):
         r = np.where(x == 0, f(0), x / scale_e)
-    codes = np.where(x > u, np.maximum(codes, encode(r, c)), codes).astype(c.dtype)
+    # x > u >= 0: x's code is at least 1, even where x / scale underflows to 0
+    codes = np.where(x > u, np.maximum(codes, np.maximum(encode(r, c), 1)), codes).astype(c.dtype)
     return codes, scales, decode(codes, scale_e, c)
 
 

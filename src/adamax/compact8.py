@@ -2,31 +2,37 @@ r"""Adamax state in about 2 bytes per parameter (``state_format="compact8"``): 8
 
 Per parameter, with :data:`BLOCK` = 256 consecutive elements (row-major) sharing two float32 scales:
 
-* **u** as an 8-bit code ``q`` below the block's scale ``S``: ``u = S * v(q)``, ``v(q)`` read as the float32
-  bits ``(q << 19) + OFFSET`` (4 mantissa bits, 16 codes an octave), ``v(255) = 1``, code 0 is ``u = 0``.  It is
-  :mod:`adamax.compact`'s u with fewer bits, and keeps every guarantee stated there:
+* **u** as an 8-bit code ``q`` below the block's scale ``S``: ``u = S * v(q)``, ``v(255) = 1``, code 0 is
+  ``u = 0``.  The codes are *tapered* (:class:`Tapered`): within 4 octaves of the scale (``v >= 2**-4``) they
+  have 5 mantissa bits, 32 codes an octave, each ``1 + 2**-5`` times its neighbour below at most (3.1%); below
+  that 3 mantissa bits, 8 an octave (12.5%), down to ``v(1) = 1.25 * 2**-20 = 1.2e-6``.  Most u of a block
+  sit within a few octaves of its largest, where the codes are fine; the coarse ones stretch the range.  Each
+  is read and rounded with a compare, a shift and an add.  The u of :mod:`adamax.compact` with fewer bits,
+  keeping every guarantee stated there:
 
   - the decay is applied to the float32 scale, ``S <- S * b2``, rounded as float32 state rounds ``u * b2``, and
     the codes do not change, so u decays exactly and **never freezes**;
   - an element whose ``x`` (``|g| + eps`` or ``|g|``) exceeds its decayed u takes the least code whose value is
     at least ``x / S``: u rounds **up**, so the denominator is never below float32 state's from the same state
-    and exceeds it by at most one code, a factor ``1 + 2**-4`` (6.25%); a compact8 step is never larger,
-    elementwise, than the float32 step from the same state, and at most 5.9% smaller;
-  - a block re-bases up by whole octaves when some ``x`` exceeds its scale (codes ``- 16 k``), so no u moves.
+    and exceeds it by at most one code: a factor ``1 + 2**-5`` for a u within 16 times its block's scale,
+    ``1 + 2**-3`` below.  A compact8 step is never larger, elementwise, than the float32 step from the same
+    state;
+  - a block re-bases up by whole octaves when some ``x`` exceeds its scale: ``S <- S * 2**k`` and each code
+    becomes the code of its value divided by ``2**k``, rounded up (exact within a region), so no u moves down.
 
-  **Range.**  The smallest code, ``v(1) = 1.125 * 2**-16 = 1.7e-5``, is 15.8 octaves below the scale: a ``u``
-  more than 58,000 times smaller than its block's largest rounds up to it (a smaller step, never a larger one).
-  Within a weight matrix's row of 256 inputs that ratio is rarely reached; an element that is always far below
-  its block's peak steps more slowly than with float32 state.
+  **Range.**  A ``u`` more than 840,000 times smaller than its block's scale rounds up to ``v(1)`` (a smaller
+  step, never a larger one).
+
 * **m** as an 8-bit code: a sign bit (``0x80``) and a 7-bit magnitude ``q`` below the block's m scale ``Sm``,
   the block's largest ``|m|`` after the step: ``|m| = Sm * w(q)``, ``w(q)`` the float32 bits
-  ``(q << 20) + OFFSET_M`` (3 mantissa bits, 8 codes an octave), ``w(127) = 1``, code 0 is ``m = 0``.  The code
+  ``(q << 19) + OFFSET_M`` (4 mantissa bits, 16 codes an octave), ``w(127) = 1``, code 0 is ``m = 0``.  The code
   is rounded *stochastically* from the step's float32 m, so it is right on average, and m follows small
-  updates (``(1 - b1)(g - m)``) that round-to-nearest would drop: ``|m| / Sm`` (times ``1 / Sm``, one reciprocal
-  per block) goes up to the next code with probability equal to its distance from the code below, by 20 random
-  bits (:func:`adamax.compact.hashed` of the element's flat index and the step count, the top 20) added to its
-  float32 bits; below the smallest code, ``w(1) = 1.25 * 2**-16``, it becomes ``w(1)`` with probability
-  ``r / w(1)``, else 0.  A block whose largest ``|m|`` is below ``2**-126`` stores 0.
+  updates (``(1 - b1)(g - m)``) that round-to-nearest would drop: ``r = |m| * (1 / Sm)`` (one reciprocal per
+  block) goes up to the next code with probability equal to its distance from the code below, by 19 random
+  bits (the top of :func:`adamax.compact.hashed` of the element's flat index and the step count) added to its
+  float32 bits; below the smallest code, ``w(1) = 1.125 * 2**-8``, it becomes ``w(1)`` with probability
+  ``r / w(1)``, else 0, so an m far below its block's largest is kept on average, with more noise.  A block whose
+  largest ``|m|`` is below ``2**-126`` stores 0.
 
 **Non-finite values.**  A NaN or infinite gradient makes its block's u scale (and m scale) NaN or infinite;
 every u and m of the block is then NaN or infinite, and so are the block's params, as the element's would be
@@ -53,17 +59,50 @@ from adamax import compact
 from adamax.compact import BLOCK, TINY, Codes, blocks
 from adamax.spec import AdamaxConfig
 
+class Tapered(NamedTuple):
+    """u's 8-bit codes: 5 mantissa bits in the top 4 octaves below the scale, 3 below them.
+
+    ``v(q)`` has the float32 bits ``(q << 18) + hi.offset`` for ``q >= BOUNDARY`` (``v(255) = 1``,
+    ``v(BOUNDARY) = 2**-4``) and ``(q << 20) + lo.offset`` below (``v(BOUNDARY)`` is ``2**-4`` by either);
+    ``v(0) = 0``.  Values are read, rounded up and moved down by octaves as :class:`adamax.compact.Codes` does,
+    region by region."""
+
+    hi: Codes
+    lo: Codes
+    boundary: int
+    one: int
+    dtype: type
+
+    def value(self, codes: np.ndarray) -> np.ndarray:
+        q = np.asarray(codes, dtype=np.uint32)
+        return np.where(q >= self.boundary, self.hi.value(q), self.lo.value(q))
+
+    def encode(self, r: np.ndarray) -> np.ndarray:
+        r = np.asarray(r, dtype=_F32)
+        return np.where(r > _F32(2.0**-4), self.hi.encode(r), self.lo.encode(r)).astype(self.dtype)
+
+    def down(self, codes: np.ndarray, k: np.ndarray) -> np.ndarray:
+        """Nonzero ``codes`` of values divided by ``2**k`` (exactly, in float32), rounded up, at least code 1."""
+        factor = np.ldexp(_F32(1), -np.minimum(np.asarray(k, np.int64), 200).astype(np.int32)).astype(_F32)
+        return np.maximum(self.encode((self.value(codes) * factor).astype(_F32)).astype(np.int64), 1)
+
+
 ONE = 255  # u's code of the block's scale: every 8-bit code is used
-OFFSET = 0x3F800000 - (ONE << 19)  # v(q) has the float32 bits (q << 19) + OFFSET
-U8 = Codes(19, ONE, OFFSET, np.uint8)
-SMALLEST = float(np.uint32((1 << 19) + OFFSET).view(np.float32))  # v(1) = 1.125 * 2**-16
-RATIO = 1 + 2.0**-4  # the largest ratio between neighbouring u codes' values
+BOUNDARY = 127  # v(BOUNDARY) = 2**-4: finer codes above, coarser below
+U8 = Tapered(
+    Codes(18, ONE, 0x3F800000 - (ONE << 18), np.uint8),
+    Codes(20, BOUNDARY, (123 << 23) - (BOUNDARY << 20), np.uint8),
+    BOUNDARY, ONE, np.uint8,
+)  # fmt: skip
+SMALLEST = float(U8.value(np.array([1]))[0])  # v(1) = 1.25 * 2**-20
+RATIO = 1 + 2.0**-3  # the largest ratio between neighbouring u codes' values (1 + 2**-5 in the top 4 octaves)
 
 ONE_M = 127  # m's magnitude code of the block's largest |m|
-OFFSET_M = 0x3F800000 - (ONE_M << 20)  # w(q) has the float32 bits (q << 20) + OFFSET_M
-M7 = Codes(20, ONE_M, OFFSET_M, np.uint8)
-SMALLEST_M = float(np.uint32((1 << 20) + OFFSET_M).view(np.float32))  # w(1) = 1.25 * 2**-16
-BELOW = np.float32(2.0**20 / SMALLEST_M)  # r * BELOW against 20 random bits: P(code 1) = r / w(1) below w(1)
+OFFSET_M = 0x3F800000 - (ONE_M << 19)  # w(q) has the float32 bits (q << 19) + OFFSET_M
+M7 = Codes(19, ONE_M, OFFSET_M, np.uint8)
+SMALLEST_M = float(np.uint32((1 << 19) + OFFSET_M).view(np.float32))  # w(1) = 1.125 * 2**-8
+BELOW = np.float32(2.0**19 / SMALLEST_M)  # r * BELOW against 19 random bits: P(code 1) = r / w(1) below w(1)
+RANDOM_BITS = 19  # the top bits of adamax.compact.hashed that round m
 SIGN = 0x80
 
 KEYS = ("step", "exp_avg_code", "exp_avg_scale", "exp_inf_code", "exp_inf_scale")
@@ -103,7 +142,7 @@ def m_scales(m: np.ndarray) -> np.ndarray:
 
 def encode_m(m: np.ndarray, scales: np.ndarray, bits: np.ndarray | None) -> np.ndarray:
     """m's codes (flat ``m``, ``scales`` from :func:`m_scales`): ``|m| * (1 / Sm)`` rounded stochastically by
-    20 random ``bits`` per element (``None``: to nearest, as a checkpoint converts), with the sign."""
+    19 random ``bits`` per element (``None``: to nearest, as a checkpoint converts), with the sign."""
     f = _F32
     size = m.size
     scale_e = compact._per_element(scales, size)
@@ -112,13 +151,14 @@ def encode_m(m: np.ndarray, scales: np.ndarray, bits: np.ndarray | None) -> np.n
         inv = np.where(finite & (scale_e > 0), f(1) / np.where(scale_e > 0, scale_e, f(1)), f(0)).astype(f)
         r = (np.abs(m).astype(f) * inv).astype(f)
     r_bits = r.view(np.uint32).astype(np.int64)
-    add = np.asarray(bits, np.int64) if bits is not None else np.int64(1 << 19)
-    above = np.clip((r_bits - OFFSET_M + add) >> 20, 1, ONE_M)
+    shift, offset = M7.shift, M7.offset
+    add = np.asarray(bits, np.int64) if bits is not None else np.int64(1 << (shift - 1))
+    above = np.clip((r_bits - offset + add) >> shift, 1, ONE_M)
     if bits is None:
         below = (r * f(2.0 / SMALLEST_M) >= f(1)).astype(np.int64)  # to nearest: half of w(1) and up
     else:
         below = (np.asarray(bits, np.int64).astype(f) < r * BELOW).astype(np.int64)
-    q = np.where(r_bits >= OFFSET_M + (1 << 20), above, below)
+    q = np.where(r_bits >= offset + (1 << shift), above, below)
     signed = np.where((q > 0) & np.signbit(m), q | SIGN, q)
     return np.where(finite, signed, ONE_M).astype(np.uint8)
 
@@ -136,7 +176,7 @@ def update(param: np.ndarray, grad: np.ndarray, state: Compact8State, config: Ad
     )
     p = compact.moved(p, m, u, t, config)
     m_scale = m_scales(m)
-    m_codes = encode_m(m, m_scale, compact.hashed(np.arange(m.size), t) >> np.uint32(12))
+    m_codes = encode_m(m, m_scale, compact.hashed(np.arange(m.size), t) >> np.uint32(32 - RANDOM_BITS))
     shape = np.shape(param)
     new = Compact8State(t, m_codes.reshape(shape), m_scale, codes.reshape(shape), scales.copy())
     return p.astype(np.asarray(param).dtype).reshape(shape), new

@@ -36,6 +36,7 @@ def optimizers() -> dict[str, Callable]:
         "SGD (momentum 0.9)": lambda ps: torch.optim.SGD(ps, lr=0.05, momentum=0.9),
         "adamax.torch.AdamaxW": lambda ps: AdamaxW(ps, lr=2e-3, weight_decay=1e-2),
         "adamax.torch.Adamax, compact state": lambda ps: Adamax(ps, lr=2e-3, state_format="compact"),
+        "adamax.torch.Adamax, compact8 state": lambda ps: Adamax(ps, lr=2e-3, state_format="compact8"),
         "torch.optim.Adamax, bfloat16 state": lambda ps: Bfloat16State(ps, lr=2e-3),
     }
 

@@ -49,3 +49,13 @@ def compact_kernels() -> ModuleType | None:
     except ImportError:
         return None
     return compact
+
+
+@functools.cache
+def compact8_kernels() -> ModuleType | None:
+    """The numba kernel for compact8 state, or ``None`` without numba."""
+    try:
+        from adamax.kernels import compact8
+    except ImportError:
+        return None
+    return compact8

@@ -89,14 +89,14 @@ def _stochastic_bits(typingctx, bits, index, mix):
 
 
 @intrinsic
-def _random20(typingctx, index, mix):
-    """The top 20 bits of :func:`adamax.compact.hashed` (as :mod:`adamax.compact8` rounds m), as an int32."""
+def _random_top(typingctx, index, mix):
+    """The top 19 bits of :func:`adamax.compact.hashed` (as :mod:`adamax.compact8` rounds m), as an int32."""
     if not _integers(index, mix):
         return None
 
     def codegen(context, builder, signature, args):
         x, _ = _hash_ir(builder, args[0], args[1])
-        return builder.lshr(x, ir.Constant(ir.IntType(32), 12))
+        return builder.lshr(x, ir.Constant(ir.IntType(32), 13))
 
     return types.int32(index, mix), codegen
 

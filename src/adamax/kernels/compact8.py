@@ -16,20 +16,34 @@ import numpy as np
 from numba import njit, prange
 
 from adamax import compact, compact8
-from adamax.kernels.compact import _code_up, _code_value, _random20, _rebase, _scalars, arguments
+from adamax.kernels.compact import _code_up, _code_value, _random_top, _rebase, _scalars, arguments
 from adamax.kernels.cpu import BF16, F16, F32, _fma, _load, _pointer, _store
 
 KINDS = {np.dtype(np.float32): F32, np.dtype(np.float16): F16}
 TINY = np.float32(compact.TINY)
-OFFSET, OFFSET_M, ONE, ONE_M = compact8.OFFSET, compact8.OFFSET_M, compact8.ONE, compact8.ONE_M
+OFFSET_M, ONE, ONE_M, BOUNDARY = compact8.OFFSET_M, compact8.ONE, compact8.ONE_M, compact8.BOUNDARY
+HI, LO = compact8.U8.hi.offset, compact8.U8.lo.offset
+SIXTEENTH = np.float32(2.0**-4)
 BELOW = compact8.BELOW
-SMALL_M_BITS = OFFSET_M + (1 << 20)  # w(1)'s bits: from there up, m's code is its bits rounded
+SMALL_M_BITS = OFFSET_M + (1 << 19)  # w(1)'s bits: from there up, m's code is its bits rounded
+
+
+@njit(inline="always")
+def _u_value(code):
+    """:meth:`adamax.compact8.Tapered.value` of one code."""
+    return _code_value(code, 18, HI) if code >= BOUNDARY else _code_value(code, 20, LO)
+
+
+@njit(inline="always")
+def _u_up(r):
+    """:meth:`adamax.compact8.Tapered.encode` of one float32 ``r`` in [0, 1], at least code 1."""
+    return _code_up(r, 18, HI, ONE) if r > SIXTEENTH else _code_up(r, 20, LO, BOUNDARY)
 
 
 @njit(inline="always")
 def _decode_m(code, scale):
     """:func:`adamax.compact8.decode_m` of one code."""
-    magnitude = scale * _code_value(np.int32(code & 0x7F), 20, OFFSET_M)
+    magnitude = scale * _code_value(np.int32(code & 0x7F), 19, OFFSET_M)
     return -magnitude if code & 0x80 else magnitude
 
 
@@ -38,8 +52,8 @@ def _encode_m(mi, inv, finite, index, mix):
     """:func:`adamax.compact8.encode_m` of one float32 moment (stochastic)."""
     r = abs(mi) * inv
     bits = np.float32(r).view(np.int32)
-    rand = _random20(index, mix)
-    above = min(max((bits - np.int32(OFFSET_M) + rand) >> 20, np.int32(1)), np.int32(ONE_M))
+    rand = _random_top(index, mix)
+    above = min(max((bits - np.int32(OFFSET_M) + rand) >> 19, np.int32(1)), np.int32(ONE_M))
     below = np.int32(1) if np.float32(rand) < r * BELOW else np.int32(0)
     q = above if bits >= SMALL_M_BITS else below
     signed = q | 0x80 if (q > 0 and np.float32(mi).view(np.int32) < 0) else q
@@ -76,21 +90,21 @@ def _block(
     finite = math.isfinite(m_scale)
     inv = np.float32(1) / m_scale if (finite and m_scale > 0) else np.float32(0)
     scale = s[b] * b2
-    down = np.int32(0)
-    clear = False
     if not peak <= scale:
         scale, down, clear = _rebase(scale, peak)
-        down = down << 4
+        factor = np.float32(math.ldexp(1.0, -min(np.int64(down), 200)))
+        for j in range(n):  # the codes of the same values, ``down`` octaves lower (rare: its own loop)
+            code = np.int32(q[lo + j])
+            q[lo + j] = np.uint8(0 if (clear or code == 0) else _u_up(_u_value(code) * factor))
     s[b] = scale
     for j in range(n):
         i = lo + j
         gi = gs[j]
         x = abs(gi) + eps_x
         code = np.int32(q[i])
-        code = np.int32(0) if (clear or code == 0) else max(code - down, np.int32(1))
-        code = max(code, _code_up(x / scale, 19, OFFSET, ONE)) if x > scale * _code_value(code, 19, OFFSET) else code
+        code = max(code, _u_up(x / scale)) if x > scale * _u_value(code) else code
         q[i] = np.uint8(code)
-        d = scale * _code_value(code, 19, OFFSET) + eps_d
+        d = scale * _u_value(code) + eps_d
         mi = mb[j]
         pi = _load(p, i, kind) * scale_p
         moved = pi + (step * mi) / d

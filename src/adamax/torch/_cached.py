@@ -11,9 +11,9 @@ import torch
 import torch.optim.optimizer as _torch_optimizer
 from torch import Tensor
 
-from adamax.kernels import compact_kernels, cpu_kernels
+from adamax.kernels import cpu_kernels
 from adamax.spec import AdamaxConfig
-from adamax.torch._compact import KERNEL_KINDS
+from adamax.torch._compact import KERNEL_KINDS, LAYOUTS, PATH_NAMES
 from adamax.torch._config import config_of
 from adamax.torch._devices import KERNEL_DTYPES, KERNEL_FOR_DEVICE, KERNEL_TYPES
 from adamax.torch._fused import host_step_sizes
@@ -66,8 +66,8 @@ class FusedGroup(NamedTuple):
 
 
 class CompactGroup(NamedTuple):
-    """A compact-state group every param of which the compact numba kernel stepped last time: as
-    :class:`FusedGroup`, with the compact entry's three tensors (m's bfloat16 bits, u's codes and scales)."""
+    """A compact-state group every param of which a compact numba kernel stepped last time: as
+    :class:`FusedGroup`, with the entries' tensors in the layout's order (``keys``) and their addresses."""
 
     state: Any
     state_version: int
@@ -77,30 +77,25 @@ class CompactGroup(NamedTuple):
     kind: int  # the compact kernel's kind for ``dtype``
     shapes: tuple
     states: tuple
-    exp_avgs: tuple
-    codes: tuple
-    scales: tuple
+    state_format: str  # "compact" or "compact8"
+    keys: tuple  # the entries' tensor keys, in the kernel's order
+    tensors: tuple  # per key, every param's tensor
     step_views: tuple
     steps: Tensor  # float32 buffer
-    m_addresses: np.ndarray
-    q_addresses: np.ndarray
-    s_addresses: np.ndarray
+    addresses: tuple  # per key, an int64 array of the tensors' addresses
     sizes: tuple
 
     def state_intact(self) -> bool:
         """Whether every param's compact entry still holds the very tensors cached here, in the same memory."""
-        for s, m, q, sc, t in zip(self.states, self.exp_avgs, self.codes, self.scales, self.step_views):
-            if not (
-                len(s) == 4
-                and s.get("exp_avg") is m
-                and s.get("exp_inf_code") is q
-                and s.get("exp_inf_scale") is sc
-                and s.get("step") is t
-            ):
+        width = len(self.keys) + 1
+        for i, (s, t) in enumerate(zip(self.states, self.step_views)):
+            if not (len(s) == width and s.get("step") is t):
                 return False
-        for tensors, addresses in ((self.exp_avgs, self.m_addresses), (self.codes, self.q_addresses),
-                                   (self.scales, self.s_addresses)):  # fmt: skip
-            if [x.data_ptr() for x in tensors] != addresses.tolist():
+            for key, column in zip(self.keys, self.tensors):
+                if s.get(key) is not column[i]:
+                    return False
+        for column, addresses in zip(self.tensors, self.addresses):
+            if [x.data_ptr() for x in column] != addresses.tolist():
                 return False
         return True
 
@@ -120,7 +115,7 @@ class PlanCache:
         cached = self.groups.get(id(group))
         if (
             cached is None
-            or isinstance(cached, CompactGroup) != (state_format == "compact")
+            or getattr(cached, "state_format", "full") != state_format
             or state is not cached.state
             or state.version != cached.state_version
             or _group_flags(group) != cached.flags
@@ -154,13 +149,13 @@ class PlanCache:
 
     def remember(
         self, group: dict, fused: list[Tensor], state: Any, lazy_tables: Mapping, compact: list[Tensor] = (),
-        routes: list[str] = (),
+        routes: list[str] = (), state_format: str = "compact",
     ) -> None:  # fmt: skip
         """After a full-plan step of ``group`` whose ``fused`` params the kernel stepped (or ``compact`` params,
         by ``routes``): cache the group if one numba kernel stepped all of it, in one dtype (else forget any plan
         it had)."""
         if compact:
-            self.groups[id(group)] = _compact_group(group, compact, routes, state)
+            self.groups[id(group)] = _compact_group(group, compact, routes, state, state_format)
         else:
             self.groups[id(group)] = _fused_group(group, fused, state, lazy_tables)
 
@@ -230,7 +225,9 @@ def step_cached(plan: CachedPlan) -> str:
     return "numba"
 
 
-def _compact_group(group: dict, params: list[Tensor], routes: list[str], state: Any) -> CompactGroup | None:
+def _compact_group(
+    group: dict, params: list[Tensor], routes: list[str], state: Any, state_format: str
+) -> CompactGroup | None:
     """A compact group to cache: every param of the group stepped by the compact numba kernel, in one dtype."""
     members = group["params"]
     if len(params) != len(members) or not members or any(way != "numba" for way in routes):
@@ -247,6 +244,8 @@ def _compact_group(group: dict, params: list[Tensor], routes: list[str], state: 
     views = tuple(steps[i] for i in range(len(states)))
     for s, view in zip(states, views):
         s["step"] = view  # same value, now one element of ``steps``
+    keys = tuple(key for key, _, _ in LAYOUTS[state_format].tensors)
+    tensors = tuple(tuple(s[key] for s in states) for key in keys)
     return CompactGroup(
         state=state,
         state_version=state.version,
@@ -256,14 +255,12 @@ def _compact_group(group: dict, params: list[Tensor], routes: list[str], state: 
         kind=KERNEL_KINDS[dtype],
         shapes=tuple(p.shape for p in members),
         states=states,
-        exp_avgs=tuple(s["exp_avg"] for s in states),
-        codes=tuple(s["exp_inf_code"] for s in states),
-        scales=tuple(s["exp_inf_scale"] for s in states),
+        state_format=state_format,
+        keys=keys,
+        tensors=tensors,
         step_views=views,
         steps=steps,
-        m_addresses=np.array([s["exp_avg"].data_ptr() for s in states], dtype=np.int64),
-        q_addresses=np.array([s["exp_inf_code"].data_ptr() for s in states], dtype=np.int64),
-        s_addresses=np.array([s["exp_inf_scale"].data_ptr() for s in states], dtype=np.int64),
+        addresses=tuple(np.array([t.data_ptr() for t in column], dtype=np.int64) for column in tensors),
         sizes=tuple(p.numel() for p in members),
     )
 
@@ -276,9 +273,8 @@ def _step_compact_cached(plan: CachedPlan) -> str:
     addresses = (
         np.fromiter((p.data_ptr() for p in plan.params), np.int64, n),
         np.fromiter((g.data_ptr() for g in plan.grads), np.int64, n),
-        cached.m_addresses,
-        cached.q_addresses,
-        cached.s_addresses,
+        *cached.addresses,
     )
-    compact_kernels().step(cached.kind, addresses, cached.sizes, counts, plan.config, threads=torch.get_num_threads())
-    return "numba compact"
+    layout = LAYOUTS[cached.state_format]
+    layout.kernels().step(cached.kind, addresses, cached.sizes, counts, plan.config, threads=torch.get_num_threads())
+    return PATH_NAMES[cached.state_format]["numba"]

@@ -1,11 +1,13 @@
-"""Compact state on the torch optimizer (``state_format="compact"``, :mod:`adamax.compact`): its entries, the
-checks of a step and a checkpoint, the step over explicit entries, and conversions of state dicts between the two
-formats.
+"""Compact state on the torch optimizer (``state_format="compact"``, :mod:`adamax.compact`, and
+``"compact8"``, :mod:`adamax.compact8`): their entries, the checks of a step and a checkpoint, the step over
+explicit entries, and conversions of state dicts between the formats.
 
 A compact entry is ``{"step", "exp_avg", "exp_inf_code", "exp_inf_scale"}``: ``exp_avg`` a bfloat16 tensor of
 the param's shape, ``exp_inf_code`` uint16 of the param's shape, ``exp_inf_scale`` float32 with one scale per
-256 elements of the param (row-major).  CPU params, float32, float16 or bfloat16; the arithmetic is float32 and
-a low-precision param is rounded to nearest when stored.
+256 elements of the param (row-major).  A compact8 entry is ``{"step", "exp_avg_code", "exp_avg_scale",
+"exp_inf_code", "exp_inf_scale"}``: the codes uint8 of the param's shape, the scales float32, one per 256
+elements.  CPU or CUDA params, float32, float16 or bfloat16; the arithmetic is float32 and a low-precision param
+is rounded to nearest when stored.
 """
 
 from __future__ import annotations
@@ -14,33 +16,65 @@ import copy
 import math
 from collections.abc import Mapping
 from itertools import chain
-from typing import Any
+from types import ModuleType
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 import torch.optim.optimizer as _torch_optimizer
 from torch import Tensor
 
-from adamax import compact
+from adamax import compact, compact8
 from adamax._algorithm import step_size
-from adamax.kernels import compact_kernels, gpu_kernels
+from adamax.kernels import compact8_kernels, compact_kernels, gpu_kernels
 from adamax.spec import MAX_STEP, AdamaxConfig
 from adamax.torch._devices import KERNEL_FOR_DEVICE
 
-COMPACT_KEYS = frozenset(compact.KEYS)
+class Layout(NamedTuple):
+    """A compact format's tensors in a torch state entry: ``(key, dtype, "param" | "blocks")`` in the kernels'
+    order, its definition module, and its numba kernel module's getter."""
+
+    name: str
+    tensors: tuple[tuple[str, torch.dtype, str], ...]
+    definition: ModuleType
+    kernels: Any
+
+    @property
+    def keys(self) -> frozenset[str]:
+        return frozenset({"step", *(key for key, _, _ in self.tensors)})
+
+    def shape(self, how: str, p: Tensor) -> tuple[int, ...]:
+        return tuple(p.shape) if how == "param" else (compact.blocks(p.numel()),)
+
+
+LAYOUTS = {
+    "compact": Layout(
+        "compact",
+        (("exp_avg", torch.bfloat16, "param"), ("exp_inf_code", torch.uint16, "param"),
+         ("exp_inf_scale", torch.float32, "blocks")),
+        compact, compact_kernels,
+    ),
+    "compact8": Layout(
+        "compact8",
+        (("exp_avg_code", torch.uint8, "param"), ("exp_avg_scale", torch.float32, "blocks"),
+         ("exp_inf_code", torch.uint8, "param"), ("exp_inf_scale", torch.float32, "blocks")),
+        compact8, compact8_kernels,
+    ),
+}  # fmt: skip
+COMPACT_KEYS = LAYOUTS["compact"].keys
 FULL_KEYS = frozenset({"step", "exp_avg", "exp_inf"})
+FORMAT_OF_KEYS = {FULL_KEYS: "full", **{layout.keys: name for name, layout in LAYOUTS.items()}}
 _PARAM_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _PLAIN = (Tensor, torch.nn.Parameter)
 
 
-def fresh_state(p: Tensor) -> dict[str, Tensor]:
-    """A param's compact state before its first step: m = 0, u = 0."""
-    return {
-        "step": torch.zeros((), dtype=_torch_optimizer._get_scalar_dtype()),
-        "exp_avg": torch.zeros(p.shape, dtype=torch.bfloat16, device=p.device),
-        "exp_inf_code": torch.full(p.shape, compact.ZERO, dtype=torch.uint16, device=p.device),
-        "exp_inf_scale": torch.zeros(compact.blocks(p.numel()), dtype=torch.float32, device=p.device),
-    }
+def fresh_state(p: Tensor, state_format: str = "compact") -> dict[str, Tensor]:
+    """A param's compact state before its first step: m = 0, u = 0 (every code and scale 0)."""
+    layout = LAYOUTS[state_format]
+    entry = {"step": torch.zeros((), dtype=_torch_optimizer._get_scalar_dtype())}
+    for key, dtype, how in layout.tensors:
+        entry[key] = torch.zeros(layout.shape(how, p), dtype=dtype, device=p.device)
+    return entry
 
 
 def check_param(p: Tensor, index: int) -> None:
@@ -52,19 +86,19 @@ def check_param(p: Tensor, index: int) -> None:
         )
 
 
-def route(p: Tensor, fused: bool | None, index: int) -> str:
+def route(p: Tensor, fused: bool | None, index: int, state_format: str = "compact") -> str:
     """How a compact param is stepped: ``"triton"`` (CUDA), ``"numba"`` (the CPU kernel) or ``"numpy"``
-    (:func:`adamax.compact.update`, CPU); raises where none can."""
+    (the definition's ``update``, CPU); raises where none can."""
     kernel = KERNEL_FOR_DEVICE.get(p.device.type)  # (tests route the CPU to Triton through it)
     dense = p.is_contiguous() and p.grad.is_contiguous() and p.grad.dtype is p.dtype
     if kernel == "triton":
         if gpu_kernels() is None or not dense:
-            raise RuntimeError(f"param {index} of its group: compact state on {p.device} needs triton and dense "
-                               f"tensors")  # fmt: skip
+            raise RuntimeError(f"param {index} of its group: {state_format} state on {p.device} needs triton and "
+                               f"dense tensors")  # fmt: skip
         return "triton"
     if p.device.type != "cpu":
-        raise TypeError(f"param {index} of its group: compact state steps CPU or CUDA tensors, got {p.device}")
-    if fused is not False and kernel == "numba" and compact_kernels() is not None and dense:
+        raise TypeError(f"param {index} of its group: {state_format} state steps CPU or CUDA tensors, got {p.device}")
+    if fused is not False and kernel == "numba" and LAYOUTS[state_format].kernels() is not None and dense:
         return "numba"
     if fused:
         raise RuntimeError(f"fused=True cannot update param {index} of its group: not a dense tensor with a dense "
@@ -72,19 +106,16 @@ def route(p: Tensor, fused: bool | None, index: int) -> str:
     return "numpy"
 
 
-def check_state(p: Tensor, state: Mapping[str, Any], where: str, *, loading: bool) -> None:
-    """Raise unless ``state`` is a well-formed compact entry for ``p`` (a checkpoint's step may be a number)."""
-    if not isinstance(state, Mapping) or set(state) != COMPACT_KEYS:
+def check_state(p: Tensor, state: Mapping[str, Any], where: str, *, loading: bool, state_format: str = "compact") -> None:
+    """Raise unless ``state`` is a well-formed ``state_format`` entry for ``p`` (a checkpoint's step may be a
+    number)."""
+    layout = LAYOUTS[state_format]
+    if not isinstance(state, Mapping) or set(state) != layout.keys:
         keys = sorted(state) if isinstance(state, Mapping) else type(state).__name__
-        raise ValueError(f"{where}: expected the keys {sorted(COMPACT_KEYS)}, got {keys}")
+        raise ValueError(f"{where}: expected the keys {sorted(layout.keys)}, got {keys}")
     _check_step(state["step"], where, loading=loading)
-    want = {
-        "exp_avg": (torch.bfloat16, tuple(p.shape)),
-        "exp_inf_code": (torch.uint16, tuple(p.shape)),
-        "exp_inf_scale": (torch.float32, (compact.blocks(p.numel()),)),
-    }
-    for key, (dtype, shape) in want.items():
-        value = state[key]
+    for key, dtype, how in layout.tensors:
+        value, shape = state[key], layout.shape(how, p)
         if not isinstance(value, Tensor):
             raise TypeError(f"{where}: {key!r} must be a tensor, got {type(value).__name__}")
         if value.dtype != dtype or tuple(value.shape) != shape:
@@ -93,10 +124,14 @@ def check_state(p: Tensor, state: Mapping[str, Any], where: str, *, loading: boo
             )
         if not loading and (value.device != p.device or not value.is_contiguous()):
             raise ValueError(f"{where}: {key!r} must be contiguous, on the param's device")
-    if loading and bool((state["exp_inf_scale"] < 0).any()):
-        raise ValueError(f"{where}: 'exp_inf_scale' must not be negative")
-    if loading and bool((state["exp_inf_code"].to(torch.int32) > compact.ONE).any()):
-        raise ValueError(f"{where}: 'exp_inf_code' holds codes above {compact.ONE}, the largest (u = the scale)")
+    if not loading:
+        return
+    for key, dtype, how in layout.tensors:
+        if how == "blocks" and bool((state[key] < 0).any()):
+            raise ValueError(f"{where}: {key!r} must not be negative")
+    one = layout.definition.ONE
+    if bool((state["exp_inf_code"].to(torch.int32) > one).any()):
+        raise ValueError(f"{where}: 'exp_inf_code' holds codes above {one}, the largest (u = the scale)")
 
 
 def _check_step(step: Any, where: str, *, loading: bool) -> None:
@@ -122,30 +157,23 @@ def check_saved_step(step: Any, where: str) -> None:
         raise ValueError(f"{where}: 'step' must be a whole number >= 0, got {step!r} (counts stop at 2**53 - 1)")
 
 
-def _live_state_fits(p: Tensor, state: Mapping[str, Any]) -> bool:
-    """:func:`check_state` for live state, in the fewest reads (it runs for every param at every step)."""
-    m, q, s, step = state.get("exp_avg"), state.get("exp_inf_code"), state.get("exp_inf_scale"), state.get("step")
-    return (
-        len(state) == 4
-        and type(step) in _PLAIN
-        and type(m) in _PLAIN
-        and type(q) in _PLAIN
-        and type(s) in _PLAIN
-        and step.numel() == 1
-        and step.is_floating_point()
-        and m.dtype is torch.bfloat16
-        and q.dtype is torch.uint16
-        and s.dtype is torch.float32
-        and m.shape == p.shape
-        and q.shape == p.shape
-        and s.shape == (compact.blocks(p.numel()),)
-        and m.device == p.device
-        and q.device == p.device
-        and s.device == p.device
-        and m.is_contiguous()
-        and q.is_contiguous()
-        and s.is_contiguous()
-    )
+def _live_state_fits(p: Tensor, state: Mapping[str, Any], layout: Layout) -> bool:
+    """:func:`check_state` for live state, in few reads (it runs for every param at every step)."""
+    step = state.get("step")
+    if not (len(state) == len(layout.tensors) + 1 and type(step) in _PLAIN and step.numel() == 1
+            and step.is_floating_point()):  # fmt: skip
+        return False
+    for key, dtype, how in layout.tensors:
+        t = state.get(key)
+        if not (
+            type(t) in _PLAIN
+            and t.dtype is dtype
+            and (t.shape == p.shape if how == "param" else t.shape == (compact.blocks(p.numel()),))
+            and t.device == p.device
+            and t.is_contiguous()
+        ):
+            return False
+    return True
 
 
 # ----- between tensors and the NumPy definition -----
@@ -156,48 +184,50 @@ def _bits(t: Tensor) -> np.ndarray:
     return t.view(torch.uint16).numpy() if t.dtype is torch.bfloat16 else t.numpy()
 
 
-def as_compact_state(state: Mapping[str, Any]) -> compact.CompactState:
-    """A compact entry as :class:`adamax.compact.CompactState` (NumPy views of CPU tensors)."""
-    return compact.CompactState(
-        int(float(state["step"])),
-        _bits(state["exp_avg"].cpu()),
-        _bits(state["exp_inf_code"].cpu()),
-        state["exp_inf_scale"].cpu().numpy(),
+def as_compact_state(state: Mapping[str, Any], state_format: str = "compact"):
+    """A compact entry as its definition's state (:class:`adamax.compact.CompactState` or
+    :class:`adamax.compact8.Compact8State`): NumPy views of CPU tensors."""
+    layout = LAYOUTS[state_format]
+    arrays = (_bits(state[key].cpu()) for key, _, _ in layout.tensors)
+    return (compact.CompactState if state_format == "compact" else compact8.Compact8State)(
+        int(float(state["step"])), *arrays
     )
 
 
-def _entry_of(state: compact.CompactState, step: Any, device: torch.device) -> dict[str, Any]:
-    return {
-        "step": step,
-        "exp_avg": torch.from_numpy(np.ascontiguousarray(state.exp_avg)).view(torch.bfloat16).to(device),
-        "exp_inf_code": torch.from_numpy(np.ascontiguousarray(state.exp_inf_code)).to(device),
-        "exp_inf_scale": torch.from_numpy(np.ascontiguousarray(state.exp_inf_scale)).to(device),
-    }
+def _entry_of(state, step: Any, device: torch.device, state_format: str) -> dict[str, Any]:
+    entry = {"step": step}
+    for key, dtype, _ in LAYOUTS[state_format].tensors:
+        t = torch.from_numpy(np.ascontiguousarray(getattr(state, key)))
+        entry[key] = (t.view(torch.bfloat16) if dtype is torch.bfloat16 else t).to(device)
+    return entry
 
 
 def _step_value(step: Any) -> Any:
     return step.clone() if isinstance(step, Tensor) else step
 
 
-def to_compact_entry(entry: Mapping[str, Any]) -> dict[str, Any]:
-    """A full entry (``step, exp_avg, exp_inf``) as compact: m rounded to the nearest bfloat16, u up."""
+def to_compact_entry(entry: Mapping[str, Any], state_format: str = "compact") -> dict[str, Any]:
+    """A full entry (``step, exp_avg, exp_inf``) in a compact format: m rounded to nearest, u up."""
     m, u = entry["exp_avg"], entry["exp_inf"]
-    state = compact.from_full(0, m.detach().float().cpu().numpy(), u.detach().float().cpu().numpy())
-    return _entry_of(state, _step_value(entry["step"]), m.device)
+    definition = LAYOUTS[state_format].definition
+    state = definition.from_full(0, m.detach().float().cpu().numpy(), u.detach().float().cpu().numpy())
+    return _entry_of(state, _step_value(entry["step"]), m.device, state_format)
 
 
-def to_full_entry(entry: Mapping[str, Any]) -> dict[str, Any]:
+def to_full_entry(entry: Mapping[str, Any], state_format: str = "compact") -> dict[str, Any]:
     """A compact entry as full float32 state, exactly (a param of another dtype casts it when it loads)."""
-    _, m, u = compact.to_full(as_compact_state(entry))
-    device = entry["exp_avg"].device
+    _, m, u = LAYOUTS[state_format].definition.to_full(as_compact_state(entry, state_format))
+    device = entry["exp_inf_code"].device
     return {"step": _step_value(entry["step"]), "exp_avg": torch.from_numpy(m).to(device),
             "exp_inf": torch.from_numpy(u).to(device)}  # fmt: skip
 
 
 def convert_state_dict(state_dict: Mapping[str, Any], state_format: str) -> dict[str, Any]:
-    """``state_dict`` (of :class:`adamax.torch.Adamax` in either state format, or of ``torch.optim.Adamax``)
-    with every state entry in ``state_format``: ``"full"`` (loads into ``torch.optim.Adamax``; exact) or
-    ``"compact"`` (m rounded to the nearest bfloat16, u up to its code).  The input is not modified."""
+    """``state_dict`` (of :class:`adamax.torch.Adamax` in any state format, or of ``torch.optim.Adamax``)
+    with every state entry in ``state_format``: ``"full"`` (loads into ``torch.optim.Adamax``; exact),
+    ``"compact"`` (m rounded to the nearest bfloat16, u up to its code) or ``"compact8"`` (m to the nearest
+    8-bit code, u up).  Between two compact formats the values go through float32 (exact), then round.  The input
+    is not modified."""
     compact.check_state_format(state_format)
     if not isinstance(state_dict, Mapping) or not {"state", "param_groups"} <= set(state_dict):
         raise ValueError("expected an optimizer state dict with 'state' and 'param_groups'")
@@ -206,23 +236,31 @@ def convert_state_dict(state_dict: Mapping[str, Any], state_format: str) -> dict
     return out
 
 
+def format_of(entry: Mapping[str, Any]) -> str:
+    """Which format a (non-empty) state entry is in, by its keys; raises for none."""
+    found = FORMAT_OF_KEYS.get(frozenset(entry))
+    if found is None:
+        known = "; ".join(f"{name} {sorted(keys)}" for keys, name in FORMAT_OF_KEYS.items())
+        raise ValueError(f"a state entry with keys {sorted(entry)} is no Adamax state (full, compact or compact8: "
+                         f"{known})")  # fmt: skip
+    return found
+
+
 def convert_entry(entry: Mapping[str, Any], state_format: str) -> dict[str, Any]:
     """One state entry in ``state_format`` (a copy; an empty entry stays empty)."""
-    keys = set(entry) if isinstance(entry, Mapping) else None
-    if not keys:
+    if not isinstance(entry, Mapping) or not entry:
         return dict(entry) if isinstance(entry, Mapping) else entry
-    if keys not in (COMPACT_KEYS, FULL_KEYS):
-        raise ValueError(f"a state entry with keys {sorted(keys)} is neither full {sorted(FULL_KEYS)} "
-                     f"nor compact {sorted(COMPACT_KEYS)} Adamax state")  # fmt: skip
-    if (keys == COMPACT_KEYS) == (state_format == "compact"):  # already in that format
+    source = format_of(entry)
+    if source == state_format:
         return {k: _step_value(v) if k == "step" else v.clone() for k, v in entry.items()}
-    return to_full_entry(entry) if state_format == "full" else to_compact_entry(entry)
+    full = entry if source == "full" else to_full_entry(entry, source)
+    return full if state_format == "full" else to_compact_entry(full, state_format)
 
 
 KERNEL_KINDS = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}  # the numba kernel's kind per param dtype
 
 
-def _kernel_step(name: str, config: AdamaxConfig, items: list[tuple[Tensor, dict[str, Tensor]]]) -> None:
+def _kernel_step(name: str, config: AdamaxConfig, items: list[tuple[Tensor, dict[str, Tensor]]], layout: Layout) -> None:
     """One kernel call per (device, param dtype) over ``(param, state)`` pairs, in place; each count advances."""
     buckets: dict[tuple, list[tuple[Tensor, dict[str, Tensor]]]] = {}
     for p, s in items:
@@ -232,38 +270,48 @@ def _kernel_step(name: str, config: AdamaxConfig, items: list[tuple[Tensor, dict
         torch._foreach_add_(step_tensors, 1.0)  # one call for the group: per-tensor adds cost microseconds each
         counts = [int(t) for t in torch.stack(step_tensors).tolist()]
         params, grads = [p for p, _ in group], [p.grad for p, _ in group]
-        ms = [s["exp_avg"].view(torch.uint16) for _, s in group]
-        codes, scales = [s["exp_inf_code"] for _, s in group], [s["exp_inf_scale"] for _, s in group]
+        columns = [params, grads] + [
+            [s[key].view(torch.uint16) if dt is torch.bfloat16 else s[key] for _, s in group]
+            for key, dt, _ in layout.tensors
+        ]
         if name == "triton":
             steps = torch.tensor([step_size(config.lr, config.beta1, t) for t in counts], dtype=torch.float64)
-            gpu_kernels().compact_step(params, grads, ms, codes, scales, steps, torch.tensor(counts), config)
+            step = gpu_kernels().compact_step if layout.name == "compact" else gpu_kernels().compact8_step
+            step(*columns, steps, torch.tensor(counts), config)
         else:
-            columns = (params, grads, ms, codes, scales)
             addresses = tuple(np.array([t.data_ptr() for t in column], dtype=np.int64) for column in columns)
             sizes = tuple(p.numel() for p in params)
             threads = torch.get_num_threads()
-            compact_kernels().step(KERNEL_KINDS[dtype], addresses, sizes, counts, config, threads=threads)
+            layout.kernels().step(KERNEL_KINDS[dtype], addresses, sizes, counts, config, threads=threads)
 
 
-PATH_NAMES = {"triton": "triton compact", "numba": "numba compact", "numpy": "compact"}  # in last_step_paths
+PATH_NAMES = {
+    "compact": {"triton": "triton compact", "numba": "numba compact", "numpy": "compact"},
+    "compact8": {"triton": "triton compact8", "numba": "numba compact8", "numpy": "compact8"},
+}  # in last_step_paths
 
 
-def check_step(p: Tensor, index: int, group: Mapping[str, Any], state: Mapping[str, Any] | None) -> str:
+def check_step(
+    p: Tensor, index: int, group: Mapping[str, Any], state: Mapping[str, Any] | None, state_format: str = "compact"
+) -> str:
     """Before any write: ``p`` (whose gradient is checked already) and its ``state`` entry (None or empty: none
     yet) can take a compact step; returns its :func:`route`."""
     if group["differentiable"] or group["capturable"]:
-        raise RuntimeError("compact state does not support differentiable=True or capturable=True")
+        raise RuntimeError(f"{state_format} state does not support differentiable=True or capturable=True")
     check_param(p, index)
-    way = route(p, group["fused"], index)
-    if state and not _live_state_fits(p, state):
-        check_state(p, state, f"state of param {index} of its group", loading=False)  # raises, and says why
+    way = route(p, group["fused"], index, state_format)
+    if state and not _live_state_fits(p, state, LAYOUTS[state_format]):
+        check_state(p, state, f"state of param {index} of its group", loading=False, state_format=state_format)
     return way
 
 
-def step_compact(config: AdamaxConfig, params: list[Tensor], ways: list[str], states: list[dict]) -> None:
+def step_compact(
+    config: AdamaxConfig, params: list[Tensor], ways: list[str], states: list[dict], state_format: str = "compact"
+) -> None:
     """Every param's compact step in place on it and its ``states`` entry (a fresh one where it has none yet), by
-    the route the plan chose: a kernel for dense tensors (Triton on CUDA, numba on the CPU),
-    :func:`adamax.compact.update` for the rest (computed for all first, then written)."""
+    the route the plan chose: a kernel for dense tensors (Triton on CUDA, numba on the CPU), the definition's
+    ``update`` for the rest (computed for all first, then written)."""
+    layout = LAYOUTS[state_format]
     routes = {name: [] for name in ("triton", "numba", "numpy")}
     for p, way, state in zip(params, ways, states):
         routes[way].append((p, state))
@@ -271,16 +319,16 @@ def step_compact(config: AdamaxConfig, params: list[Tensor], ways: list[str], st
     for p, state in routes["numpy"]:
         p32 = p.detach().float().numpy() if p.dtype is not torch.float32 else p.detach().numpy()
         g32 = p.grad.detach().float().numpy()
-        results.append((p, state, *compact.update(p32, g32, as_compact_state(state), config)))
+        new = layout.definition.update(p32, g32, as_compact_state(state, state_format), config)
+        results.append((p, state, *new))
     with torch.no_grad():  # nothing above wrote; from here nothing can fail
         for name in ("triton", "numba"):
             if routes[name]:
-                _kernel_step(name, config, routes[name])
+                _kernel_step(name, config, routes[name], layout)
         for p, state, new_p, new in results:
             p.copy_(torch.from_numpy(new_p))
-            _bits(state["exp_avg"])[...] = new.exp_avg
-            _bits(state["exp_inf_code"])[...] = new.exp_inf_code
-            state["exp_inf_scale"].numpy()[...] = new.exp_inf_scale
+            for key, _, _ in layout.tensors:
+                _bits(state[key])[...] = getattr(new, key)
             state["step"] += 1
 
 
@@ -294,7 +342,7 @@ def split_for_load(
     to_torch, compact_entries = {}, {}
     for key, entry in state_dict["state"].items():
         entry = convert_entry(entry, state_format)
-        if state_format == "compact" and entry:
+        if state_format in LAYOUTS and entry:
             p = id_map[key]
             step = torch.tensor(float(entry["step"]), dtype=_torch_optimizer._get_scalar_dtype())
             compact_entries[p] = {  # its own memory, contiguous, where the param is: what a step takes

@@ -45,10 +45,12 @@ class Adamax(Optimizer):
         decoupled_weight_decay: ``p *= 1 - lr * wd`` instead of adding ``wd * p`` to the gradient.
         eps_placement: ``"max"`` (torch, optax), ``"denominator"`` (Keras, TF) or ``"none"`` (the paper).
         skip_nonfinite: skip, and count in ``skipped_steps``, any step whose gradients are not all finite.
-        state_format: ``"full"`` (torch's state: m and u in the param's dtype) or ``"compact"``
+        state_format: ``"full"`` (torch's state: m and u in the param's dtype), ``"compact"``
             (:mod:`adamax.compact`: m in bfloat16, u as 16-bit codes under a float32 scale per 256
-            elements, about 4 bytes per element; float32/float16/bfloat16 CPU params).
-            :meth:`load_state_dict` takes either format (and ``torch.optim.Adamax``'s) and converts it;
+            elements, 4.02 bytes per element) or ``"compact8"`` (:mod:`adamax.compact8`: m and u as 8-bit
+            codes under float32 scales per 256 elements, 2.03 bytes per element); float32/float16/bfloat16
+            CPU or CUDA params.  :meth:`load_state_dict` takes any format (and ``torch.optim.Adamax``'s) and
+            converts it;
             :func:`adamax.torch.convert_state_dict` converts one for ``torch.optim.Adamax``.
 
     Every step is, per parameter with a gradient (:mod:`adamax.spec`)::
@@ -75,8 +77,8 @@ class Adamax(Optimizer):
         state_format: str = "full",
     ) -> None:
         compact.check_state_format(state_format)
-        if state_format == "compact" and (differentiable or capturable):
-            raise RuntimeError("compact state does not support differentiable=True or capturable=True")
+        if state_format != "full" and (differentiable or capturable):
+            raise RuntimeError(f"{state_format} state does not support differentiable=True or capturable=True")
         if fused and foreach:
             raise RuntimeError("`fused` and `foreach` cannot be `True` together.")
         if fused and differentiable:
@@ -237,10 +239,11 @@ class Adamax(Optimizer):
 
     def _step_compact(self, plan: Plan, params: list[Tensor]) -> None:
         state = self.state
+        names = _compact.PATH_NAMES[self.state_format]
         for way in plan.compact_routes:
-            self._count(_compact.PATH_NAMES[way], 1)
-        entries = [state.get(p) or _compact.fresh_state(p) for p in params]
-        _compact.step_compact(plan.config, params, plan.compact_routes, entries)
+            self._count(names[way], 1)
+        entries = [state.get(p) or _compact.fresh_state(p, self.state_format) for p in params]
+        _compact.step_compact(plan.config, params, plan.compact_routes, entries, self.state_format)
         for p, entry in zip(params, entries):
             if not state.get(p):
                 state[p] = entry
@@ -276,7 +279,8 @@ class Adamax(Optimizer):
             else:
                 self._run(plan)
                 self._plans.remember(
-                    plan.group, plan.fused, self.state, self._lazy.tables, plan.compact, plan.compact_routes
+                    plan.group, plan.fused, self.state, self._lazy.tables, plan.compact, plan.compact_routes,
+                    self.state_format,
                 )
         return loss
 

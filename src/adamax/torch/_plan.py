@@ -40,7 +40,7 @@ class Plan(NamedTuple):
     rest: list[Tensor]  # params stepped with torch ops
     backend: str  # for ``rest``: "forloop" or "foreach"
     lazy: tuple[Tensor, ...] | list[Tensor] = ()  # lazy tables with sparse gradients (lazy_embeddings)
-    compact: tuple[Tensor, ...] | list[Tensor] = ()  # params with compact state (state_format="compact")
+    compact: tuple[Tensor, ...] | list[Tensor] = ()  # params with compact state ("compact" or "compact8")
     compact_routes: tuple[str, ...] | list[str] = ()  # how each is stepped: "triton", "numba" or "numpy"
 
 
@@ -232,8 +232,9 @@ def check_loadable(param_groups: list[dict], state_dict: Mapping[str, Any]) -> N
             raise ValueError(f"loaded state dict has state for param {key!r}, which no param group lists")
         if isinstance(entry, Mapping) and not entry:
             continue  # torch leaves one where ``opt.state[p]`` was read before p had a gradient
-        if isinstance(entry, Mapping) and set(entry) == _compact.COMPACT_KEYS:
-            _compact.check_state(id_map[key], entry, f"state of param {key!r}", loading=True)
+        found = _compact.FORMAT_OF_KEYS.get(frozenset(entry)) if isinstance(entry, Mapping) else None
+        if found in _compact.LAYOUTS:
+            _compact.check_state(id_map[key], entry, f"state of param {key!r}", loading=True, state_format=found)
         else:
             _check_state(id_map[key], entry, f"state of param {key!r}", loading=True)
 
@@ -245,7 +246,7 @@ def plan_group(group: dict, state: Mapping, state_format: str, lazy) -> Plan:
     config = config_of(group)
     mode = _kernel_mode(group)
     fused, fused_states, rest, lazy_params, compact, compact_routes = [], [], [], [], [], []
-    compact_state = state_format == "compact"
+    compact_state = state_format in _compact.LAYOUTS
     for i, p in enumerate(group["params"]):
         g = p.grad
         if g is None:
@@ -265,7 +266,7 @@ def plan_group(group: dict, state: Mapping, state_format: str, lazy) -> Plan:
                 f"expected shape {tuple(p.shape)}, {p.dtype} on {p.device}"
             )
         if compact_state:
-            compact_routes.append(_compact.check_step(p, i, group, state.get(p)))
+            compact_routes.append(_compact.check_step(p, i, group, state.get(p), state_format))
             compact.append(p)
             continue
         s = state.get(p)
