@@ -228,11 +228,11 @@ BAD_CHECKPOINTS = {  # the spoiling, and the error a user is shown
     ),
     "compact keys and one more": (  # a set of keys of neither format: the message names both
         lambda sd: _set(_compact_entry(sd, "head/1"), "head/1", "exp_inf", np.zeros(3, np.float32)),
-        r"'head/1' must have exactly the keys \['exp_avg', 'exp_inf', 'step'\] \(full\) or",
+        r"'head/1' must have exactly the keys \['exp_avg', 'exp_inf', 'step'\] \(full\), ",
     ),
     "some of the compact keys": (
         lambda sd: _drop(_compact_entry(sd, "head/1"), "head/1", "exp_inf_scale"),
-        r"'head/1' must have exactly the keys \['exp_avg', 'exp_inf', 'step'\] \(full\) or",
+        r"'head/1' must have exactly the keys \['exp_avg', 'exp_inf', 'step'\] \(full\), ",
     ),
 }
 

@@ -179,24 +179,26 @@ def _need(*modules: str, extra: str) -> None:
 
 
 def freeze(args: argparse.Namespace) -> None:
-    from adamax import compact
+    from adamax import compact, compact8
     from adamax.cli.freeze import freeze_demo
 
     shown = freeze_demo(steps=args.steps, spike=args.spike, grad=args.grad)
     marks = sorted({1, 2, 10, 100, 1000, args.steps} & set(range(1, args.steps + 1)))
     _console.table(
         f"u after one gradient of {args.spike:g}, then {args.grad:g} for {args.steps - 1} steps (beta2 = 0.999)",
-        ["step", "float32 state", "compact state", "bfloat16 state"],
-        [[str(t)] + [f"{shown[key][t - 1]:.6g}" for key in ("float32", "compact", "bfloat16")] for t in marks],
-    )
-    drift = float(np.max(np.abs(shown["compact"] / shown["float32"] - 1)))
-    print(f"compact state within {drift:.2e} of float32 state at every step (one code: {compact.RATIO - 1:.1e}); "
-          f"bfloat16 state stuck at {shown['bfloat16'][-1]:g}")  # fmt: skip
+        ["step", "float32 state", "compact state", "compact8 state", "bfloat16 state"],
+        [[str(t)] + [f"{shown[key][t - 1]:.6g}" for key in ("float32", "compact", "compact8", "bfloat16")]
+         for t in marks],
+    )  # fmt: skip
+    for name, ratio in (("compact", compact.RATIO), ("compact8", compact8.RATIO)):
+        drift = float(np.max(np.abs(shown[name] / shown["float32"] - 1)))
+        print(f"{name} state within {drift:.2e} of float32 state at every step (one code: at most {ratio - 1:.1e})")
+    print(f"bfloat16 state stuck at {shown['bfloat16'][-1]:g}")
     if args.no_plot:
         return
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for key, style in (("float32", "-"), ("compact", "--"), ("bfloat16", "-")):
+    for key, style in (("float32", "-"), ("compact", "--"), ("compact8", ":"), ("bfloat16", "-")):
         ax.semilogy(shown["step"], shown[key], style, lw=2, label=f"{key} state")
     ax.set(xlabel="step", ylabel="u (infinity norm)", title="One spike: bfloat16 state never forgets it")
     ax.grid(True, alpha=0.3)

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from adamax import _lazy, compact, reference
+from adamax import _lazy, compact, compact8, reference
 from adamax.kernels import cpu_kernels
 from adamax.numpy import _compact, _full, _rows
 from adamax.numpy._trees import RowGradient, Tree, _flatten
@@ -16,7 +16,7 @@ from adamax.reference import AdamaxState
 from adamax.spec import AdamaxConfig, EpsPlacement
 
 _STATE_KEYS = frozenset({"step", "exp_avg", "exp_inf"})
-_PATHS = {"full": _full, "compact": _compact}  # each state format's path module
+_PATHS = {"full": _full, "compact": _compact.COMPACT, "compact8": _compact.COMPACT8}  # each state format's path
 
 
 class Adamax:
@@ -40,11 +40,13 @@ class Adamax:
             gradients there (:mod:`adamax._lazy`).  Until then the table's
             untouched rows are stale.  Needs decoupled (or no) weight decay and
             ``beta1 < beta2``.
-        state_format: ``"full"`` (m and u in the param's dtype) or ``"compact"``
+        state_format: ``"full"`` (m and u in the param's dtype), ``"compact"``
             (:mod:`adamax.compact`: m in bfloat16, u as 16-bit codes under a
-            float32 scale per 256 elements, about 4 bytes per element; float32
-            and float16 params; not with ``lazy``).  :meth:`load_state_dict`
-            takes either format and converts it to this one.
+            float32 scale per 256 elements, 4.02 bytes per element) or
+            ``"compact8"`` (:mod:`adamax.compact8`: 8-bit m and u codes under
+            float32 scales per 256 elements, 2.03 bytes per element); float32
+            and float16 params; not with ``lazy``.  :meth:`load_state_dict`
+            takes any format and converts it to this one.
 
     ``opt.config`` holds the hyperparameters; assign
     ``opt.config = opt.config.replace(lr=...)`` to schedule them.
@@ -93,16 +95,16 @@ class Adamax:
             for path_b, b in leaves[i + 1 :]:
                 if np.may_share_memory(a, b) and np.shares_memory(a, b):
                     raise ValueError(f"params {path_a!r} and {path_b!r} share memory")
-        if state_format == "compact":
+        if state_format != "full":
             for path, leaf in leaves:
                 if leaf.dtype not in _compact.DTYPES:
-                    raise TypeError(f"compact state computes in float32: param {path!r} must be float32 or "
+                    raise TypeError(f"{state_format} state computes in float32: param {path!r} must be float32 or "
                                     f"float16, got {leaf.dtype}")  # fmt: skip
             if lazy:
                 raise ValueError("lazy tables keep full state: use state_format='full' with lazy")
         self.params = params
         self._leaves: dict[str, np.ndarray] = dict(leaves)
-        self.state: dict[str, AdamaxState | compact.CompactState] = {}
+        self.state: dict[str, AdamaxState | compact.CompactState | compact8.Compact8State] = {}
         if isinstance(lazy, str) or not all(isinstance(path, str) for path in lazy):
             raise TypeError(f"lazy must be a list of param paths, got {lazy!r}")
         unknown = [path for path in lazy if path not in self._leaves]
@@ -141,8 +143,8 @@ class Adamax:
 
     def _kernel_paths(self, grads: dict[str, np.ndarray]) -> list[str]:
         """The one place that decides which arrays the fused kernel updates (see ``fused``)."""
-        if self.state_format == "compact":
-            return _compact.kernel_paths(self._leaves, grads, self.fused)
+        if self.state_format != "full":
+            return _PATHS[self.state_format].kernel_paths(self._leaves, grads, self.fused)
         return _full.kernel_paths(self._leaves, grads, self._lazy, self.fused)
 
     def step(self, grads: Tree) -> None:
@@ -249,22 +251,28 @@ class Adamax:
         -> compact rounds m to nearest and u up; compact -> full is exact).  Raises, naming the path."""
         param = self._leaves[path]
         keys = set(entry) if isinstance(entry, Mapping) else None
-        if keys == set(compact.KEYS):
-            compact.check_state(entry, param.shape, f"state for {path!r}")
-            loaded = compact.CompactState(*(np.array(entry[key]) if key != "step" else int(entry[key])
-                                            for key in compact.KEYS))  # fmt: skip
-            if self.state_format == "compact":
+        for name, definition in _compact.DEFINITIONS.items():
+            if keys != set(definition.KEYS):
+                continue
+            definition.check_state(entry, param.shape, f"state for {path!r}")
+            loaded = definition.init(param)._make(np.array(entry[key]) if key != "step" else int(entry[key])
+                                                  for key in definition.KEYS)  # fmt: skip
+            if self.state_format == name:
                 return loaded
-            step, m, u = compact.to_full(loaded)
+            step, m, u = definition.to_full(loaded)
+            if self.state_format != "full":
+                return _compact.DEFINITIONS[self.state_format].from_full(step, m, u)
             return AdamaxState(step, m.astype(param.dtype), u.astype(param.dtype))
         if keys != _STATE_KEYS:
-            formats = f"{sorted(_STATE_KEYS)} (full) or {sorted(compact.KEYS)} (compact)"
+            formats = (f"{sorted(_STATE_KEYS)} (full), {sorted(compact.KEYS)} (compact) or {sorted(compact8.KEYS)} "
+                       f"(compact8)")  # fmt: skip
             raise ValueError(f"state for {path!r} must have exactly the keys {formats}")
         candidate = AdamaxState(entry["step"], entry["exp_avg"], entry["exp_inf"])
         try:
             reference.check_update_args(param, param, candidate)
         except (TypeError, ValueError) as err:
             raise type(err)(f"state for {path!r}: {err}") from None
-        if self.state_format == "compact":
-            return compact.from_full(int(candidate.step), candidate.exp_avg, candidate.exp_inf)
+        if self.state_format != "full":
+            definition = _compact.DEFINITIONS[self.state_format]
+            return definition.from_full(int(candidate.step), candidate.exp_avg, candidate.exp_inf)
         return AdamaxState(int(candidate.step), candidate.exp_avg.copy(), candidate.exp_inf.copy())
