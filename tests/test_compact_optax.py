@@ -12,8 +12,9 @@ jax = pytest.importorskip("jax")
 optax = pytest.importorskip("optax")
 import jax.numpy as jnp  # noqa: E402
 
-from adamax import compact  # noqa: E402
+from adamax import compact, compact8  # noqa: E402
 from adamax.optax import (  # noqa: E402
+    ScaleByAdamaxCompact8State,
     ScaleByAdamaxCompactState,
     ScaleByAdamaxState,
     adamax,
@@ -191,6 +192,18 @@ def test_compact_state_trains_within_one_percent_of_full_state(make):
     assert regression_loss("compact", make) == pytest.approx(regression_loss("full", make), rel=0.01)
 
 
+@pytest.mark.parametrize("make", [adamax, adamaxw])
+def test_compact8_state_trains_between_full_state_at_the_rate_and_at_the_rate_less_one_code(make):
+    """Full-batch regression, where a step's rate shows in the loss at 400 steps: compact8's u rounds up by at most
+    a code (3.1% near a block's largest u), so it lands between full state at the rate and at the rate divided
+    by ``1 + 2**-5``."""
+
+    def slower(learning_rate, state_format):
+        return make(learning_rate / (1 + 2**-5), state_format=state_format)
+
+    assert regression_loss("full", make) < regression_loss("compact8", make) < regression_loss("full", slower)
+
+
 def test_what_compact_state_cannot_take_is_refused():
     with pytest.raises(ValueError, match="Invalid state_format"):
         scale_by_adamax(state_format="half")
@@ -198,7 +211,7 @@ def test_what_compact_state_cannot_take_is_refused():
         scale_by_adamax(state_format="compact").init({"n": jnp.zeros(3, jnp.int32)})
 
 
-@pytest.mark.parametrize("state_format", ["full", "compact"])
+@pytest.mark.parametrize("state_format", ["full", "compact", "compact8"])
 @pytest.mark.parametrize("wrap", ["adamax", "adamaxw"])
 def test_a_tree_with_none_leaves_steps_as_optax_does(state_format, wrap):
     """A masked or frozen part of a model is a ``None`` leaf in params and gradients (an empty subtree to JAX):
@@ -222,3 +235,71 @@ def test_a_tree_with_none_leaves_steps_as_optax_does(state_format, wrap):
             np.testing.assert_array_equal(np.asarray(mine), np.asarray(other))
         else:  # five steps of lr 0.01, each direction within a few percent of the full state's
             np.testing.assert_allclose(np.asarray(mine), np.asarray(other), rtol=0, atol=5 * 0.01 * 0.05)
+
+
+# ----- compact8 -----
+
+
+def _leaf(state, k):
+    return compact8.Compact8State(0, *(np.asarray(tree[k]) for tree in state[1:]))
+
+
+def _m_from_codes(state, k):
+    return compact8.decode_m(np.asarray(state.m_code[k]), np.asarray(state.m_scale[k])).reshape(PARAMS[k].shape)
+
+
+@pytest.mark.parametrize(("placement", "eps"), [("max", 1e-8), ("denominator", 1e-3), ("none", 1e-8)])
+def test_compact8_u_is_the_definitions_and_m_and_the_direction_within_its_rounding(placement, eps):
+    """u's codes and scales are the definition's bit for bit (u does not depend on m); m is computed in optax's
+    form, so it may differ from the definition's by a float32 rounding, and its scale and codes then by a little:
+    m within two codes of the definition's.  The direction stays near the full state's on average (the two
+    states part by the rounding; an element far below its block's largest m is noisy)."""
+    tx = scale_by_adamax(eps=eps, eps_placement=placement, state_format="compact8")
+    full = scale_by_adamax(eps=eps, eps_placement=placement)
+    state, full_state = tx.init(PARAMS), full.init(PARAMS)
+    assert isinstance(state, ScaleByAdamaxCompact8State)
+    reference = {k: compact8.init(np.zeros(v.shape, np.float32)) for k, v in PARAMS.items()}
+    config = AdamaxConfig(eps=eps, eps_placement=placement)
+    update = jax.jit(tx.update)
+    rng = np.random.default_rng(0)
+    for t in range(30):
+        g = gradients(rng, t)
+        direction, state = update(g, state)
+        full_direction, full_state = full.update(g, full_state)
+        for k in PARAMS:
+            zero = np.zeros(PARAMS[k].shape, np.float32)
+            _, reference[k] = compact8.update(zero, np.asarray(g[k]), reference[k], config)
+            assert np.array_equal(np.asarray(state.code[k]), reference[k].exp_inf_code)
+            assert np.array_equal(np.asarray(state.scale[k]), reference[k].exp_inf_scale)
+            np.testing.assert_allclose(np.asarray(state.m_scale[k]), reference[k].exp_avg_scale, rtol=1e-6)
+            ours = _m_from_codes(state, k)
+            definition = compact8.to_full(reference[k])[1]
+            scale = compact._per_element(reference[k].exp_avg_scale, ours.size).reshape(ours.shape)
+            assert np.all(np.abs(ours - definition) <= np.abs(definition) * 2.0**-3 + 2 * scale * compact8.SMALLEST_M)
+            a, b = np.asarray(direction[k]), np.asarray(full_direction[k])
+            assert np.mean(np.abs(a - b)) <= 0.15 * np.mean(np.abs(b)) + 1e-30
+    assert int(state.count) == 30
+
+
+def test_convert_state_moves_between_all_three_formats():
+    tx = adamax(1e-2, state_format="compact8")
+    state = tx.init(PARAMS)
+    rng = np.random.default_rng(2)
+    for t in range(8):
+        _, state = tx.update(gradients(rng, t), state)
+    full = convert_state(state, "full")
+    assert isinstance(full[0], ScaleByAdamaxState) and int(full[0].count) == 8
+    for k in PARAMS:
+        _, m, u = compact8.to_full(_leaf(state[0], k))
+        assert np.array_equal(np.asarray(full[0].m[k]), m) and np.array_equal(np.asarray(full[0].u[k]), u)
+    small = convert_state(state, "compact")
+    assert isinstance(small[0], ScaleByAdamaxCompactState)
+    back = convert_state(small, "compact8")
+    assert isinstance(back[0], ScaleByAdamaxCompact8State)
+    for k in PARAMS:
+        u = np.asarray(full[0].u[k])
+        again = compact8.to_full(_leaf(back[0], k))
+        assert np.all(again[2] >= u * (1 - 2**-22)) and np.all(again[2] <= u * compact8.RATIO**2 * (1 + 2**-21))
+        assert np.allclose(again[1], np.asarray(full[0].m[k]), rtol=0.07, atol=1e-6)
+    _, stepped = tx.update(gradients(rng, 9), back)
+    assert int(stepped[0].count) == 9

@@ -47,7 +47,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import optax  # noqa: E402
 
-from adamax import compact  # noqa: E402
+from adamax import compact, compact8  # noqa: E402
 from adamax._algorithm import adamax_update  # noqa: E402
 from adamax.spec import AdamaxConfig, EpsPlacement  # noqa: E402
 
@@ -169,13 +169,17 @@ def scale_by_adamax(
         b2: decay rate of the infinity norm.
         eps: see ``eps_placement``.
         eps_placement: ``"max"`` (optax, torch), ``"denominator"`` (Keras, TF) or ``"none"`` (the paper).
-        state_format: ``"full"`` (state like the params) or ``"compact"`` (:mod:`adamax.compact`: m in
+        state_format: ``"full"`` (state like the params), ``"compact"`` (:mod:`adamax.compact`: m in
             bfloat16, u as 16-bit codes under a float32 scale per 256 elements; state
-            :class:`ScaleByAdamaxCompactState`; real float params).  :func:`convert_state` converts between them.
+            :class:`ScaleByAdamaxCompactState`) or ``"compact8"`` (:mod:`adamax.compact8`: 8-bit m and u codes
+            under float32 scales per 256 elements; :class:`ScaleByAdamaxCompact8State`); the compact formats
+            take real float params.  :func:`convert_state` converts between them.
     """
     _validate(b1=b1, b2=b2, eps=eps, eps_placement=eps_placement)
     if compact.check_state_format(state_format) == "compact":
         return _scale_by_adamax_compact(b1, b2, eps, eps_placement)
+    if state_format == "compact8":
+        return _scale_by_adamax_compact8(b1, b2, eps, eps_placement)
     hyper = _Hyperparams(beta1=b1, beta2=b2, eps=eps, eps_placement=eps_placement)
 
     def init_fn(params: optax.Params) -> ScaleByAdamaxState:
@@ -263,30 +267,64 @@ class ScaleByAdamaxCompactState(NamedTuple):
 _F32 = jnp.float32
 
 
-def _blocks_of(x: jax.Array) -> jax.Array:
-    """A flat array padded with zeros to whole blocks, one block a row."""
+def _blocked(x: jax.Array) -> jax.Array:
+    """A leaf as float32 blocks, one a row, the last padded with zeros: the compact formats' arithmetic runs on
+    this shape, so each block's scale broadcasts along its row (no repeat, no gather)."""
     flat = x.reshape(-1)
     pad = compact.blocks(flat.size) * compact.BLOCK - flat.size
     return jnp.pad(flat, (0, pad)).reshape(-1, compact.BLOCK)
 
 
-def _per_element(values: jax.Array, size: int) -> jax.Array:
-    return jnp.repeat(values, compact.BLOCK, total_repeat_length=values.size * compact.BLOCK)[:size]
+def _unblocked(x: jax.Array, like: jax.Array) -> jax.Array:
+    return x.reshape(-1)[: like.size].reshape(like.shape)
 
 
 def _bits(x: jax.Array) -> jax.Array:
     return jax.lax.bitcast_convert_type(x.astype(_F32), jnp.int32)
 
 
-def _value(codes: jax.Array) -> jax.Array:
-    """:func:`adamax.compact.value` (``codes`` int32)."""
-    v = jax.lax.bitcast_convert_type((codes << 13) + compact.OFFSET, _F32)
-    return jnp.where(codes == 0, _F32(0), v)
+def _from_bits(bits: jax.Array) -> jax.Array:
+    return jax.lax.bitcast_convert_type(bits, _F32)
 
 
-def _encode(r: jax.Array) -> jax.Array:
-    """:func:`adamax.compact.encode` for ``r`` in ``(0, 1]``."""
-    return jnp.maximum(((_bits(r) + 0x1FFF) >> 13) - (compact.OFFSET >> 13), 1)
+class _U16:
+    """:data:`adamax.compact.U16` on int32 codes."""
+
+    @staticmethod
+    def value(q: jax.Array) -> jax.Array:
+        return jnp.where(q == 0, _F32(0), _from_bits((q << 13) + compact.OFFSET))
+
+    @staticmethod
+    def encode(r: jax.Array) -> jax.Array:
+        """The least code at or above ``r`` in ``[0, 1]``, at least 1."""
+        return jnp.maximum(((_bits(r) + 0x1FFF) >> 13) - (compact.OFFSET >> 13), 1)
+
+    @staticmethod
+    def down(q: jax.Array, k: jax.Array) -> jax.Array:
+        return jnp.maximum(q - (k << 10), 1)
+
+
+class _U8:
+    """:data:`adamax.compact8.U8` (tapered) on int32 codes."""
+
+    hi, lo, boundary = compact8.U8.hi.offset, compact8.U8.lo.offset, compact8.BOUNDARY
+
+    @classmethod
+    def value(cls, q: jax.Array) -> jax.Array:
+        lower = jnp.where(q == 0, _F32(0), _from_bits((q << 20) + cls.lo))
+        return jnp.where(q >= cls.boundary, _from_bits((q << 18) + cls.hi), lower)
+
+    @classmethod
+    def encode(cls, r: jax.Array) -> jax.Array:
+        bits = _bits(r)
+        upper = jnp.clip(((bits + (1 << 18) - 1) >> 18) - (cls.hi >> 18), 1, compact8.ONE)
+        lower = jnp.clip(((bits + (1 << 20) - 1) >> 20) - (cls.lo >> 20), 1, cls.boundary)
+        return jnp.where(r > _F32(2.0**-4), upper, lower)
+
+    @classmethod
+    def down(cls, q: jax.Array, k: jax.Array) -> jax.Array:
+        factor = jnp.ldexp(_F32(1), -jnp.minimum(k, 200)).astype(_F32)
+        return cls.encode(cls.value(q) * factor)
 
 
 def _rebased(scale: jax.Array, peak: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -294,48 +332,65 @@ def _rebased(scale: jax.Array, peak: jax.Array) -> tuple[jax.Array, jax.Array]:
     s, p = _bits(scale), _bits(peak)
     k = (p >> 23) - (s >> 23) + ((p & 0x7FFFFF) > (s & 0x7FFFFF))
     bits = s + (k << 23)  # below 2**31: s < 0x7F800000 and k <= 254
-    return k, jnp.where(bits >= 0x7F800000, _F32(jnp.inf), jax.lax.bitcast_convert_type(bits, _F32))
+    return k, jnp.where(bits >= 0x7F800000, _F32(jnp.inf), _from_bits(bits))
 
 
-def _random_bits(size: int, count: jax.Array) -> jax.Array:
-    """:func:`adamax.compact.random_bits` for elements ``0 .. size - 1`` at step ``count``."""
-    x = jnp.arange(size, dtype=jnp.uint32) * jnp.uint32(0x9E3779B1) + count.astype(jnp.uint32) * jnp.uint32(0x85EBCA77)
+def _hashed(shape: tuple[int, ...], count: jax.Array) -> jax.Array:
+    """:func:`adamax.compact.hashed` for elements ``0 ..`` (row-major over ``shape``) at step ``count``."""
+    index = jnp.arange(int(np.prod(shape)), dtype=jnp.uint32).reshape(shape)
+    x = index * jnp.uint32(0x9E3779B1) + count.astype(jnp.uint32) * jnp.uint32(0x85EBCA77)
     x = x ^ (x >> 16)
     x = x * jnp.uint32(0x7FEB352D)
     x = x ^ (x >> 15)
     x = x * jnp.uint32(0x846CA68B)
-    x = x ^ (x >> 16)
-    return x & jnp.uint32(0xFFFF)
+    return x ^ (x >> 16)
 
 
 def _stochastic_bf16(m: jax.Array, count: jax.Array) -> jax.Array:
     bits = jax.lax.bitcast_convert_type(m.reshape(-1), jnp.uint32)
-    rounded = ((bits + _random_bits(m.size, count)) >> 16).astype(jnp.uint16)
+    rounded = ((bits + (_hashed((m.size,), count) & jnp.uint32(0xFFFF))) >> 16).astype(jnp.uint16)
     rounded = jnp.where(jnp.isnan(m.reshape(-1)), jnp.uint16(0x7FC0), rounded)
     return jax.lax.bitcast_convert_type(rounded, jnp.bfloat16).reshape(m.shape)
 
 
-def _compact_u(g: jax.Array, code: jax.Array, scale: jax.Array, b2: Any, eps: Any, eps_placement: str):
-    """The u half of :func:`adamax.compact.update` for one leaf: new codes and scales, and the decoded u."""
-    size = g.size
-    x = (jnp.abs(g) + eps if eps_placement == "max" else jnp.abs(g)).astype(_F32).reshape(-1)
-    peak = jnp.max(_blocks_of(x), axis=1)
+def _blocked_u(g: jax.Array, code: jax.Array, scale: jax.Array, b2: Any, eps: Any, eps_placement: str, c: Any):
+    """:func:`adamax.compact.infinity_norm` for one leaf, on blocks (``code`` shaped like the leaf, codes ``c``):
+    new codes and scales, and the decoded u, as blocks."""
+    x = _blocked(jnp.abs(g) + eps if eps_placement == "max" else jnp.abs(g))
+    peak = jnp.max(x, axis=1)
     scale = (scale * jnp.asarray(b2, _F32)).astype(_F32)
-    codes = code.reshape(-1).astype(jnp.int32)
-    # re-base up (adamax.compact.rebase)
+    codes = _blocked(code.astype(jnp.int32)).astype(jnp.int32)
     up = ~(peak <= scale)
     whole = up & jnp.isfinite(scale) & jnp.isfinite(peak) & (scale >= compact.TINY)
     k, moved_scale = _rebased(jnp.where(whole, scale, 1.0), jnp.where(whole, peak, 2.0))
     k = jnp.where(whole, k, 0)
     new_scale = jnp.where(whole, moved_scale, jnp.where(up, peak, scale)).astype(_F32)
-    moved = jnp.where(codes == compact.ZERO, compact.ZERO, jnp.maximum(codes - (_per_element(k, size) << 10), 1))
-    codes = jnp.where(_per_element(up & (scale < compact.TINY), size), compact.ZERO, moved)
-    scale_e = _per_element(new_scale, size)
-    u = scale_e * _value(codes)
+    moved = jax.lax.cond(  # a re-base is rare: its arithmetic is skipped when no block of the leaf has one
+        jnp.any(k > 0),
+        lambda q: jnp.where(q == compact.ZERO, compact.ZERO, c.down(q, k[:, None])),
+        lambda q: q,
+        codes,
+    )
+    codes = jnp.where((up & (scale < compact.TINY))[:, None], compact.ZERO, moved)
+    column = new_scale[:, None]
+    u = column * c.value(codes)
     rising = x > u
-    codes = jnp.where(rising, jnp.maximum(codes, _encode(x / jnp.where(rising, scale_e, _F32(1)))), codes)
-    u = scale_e * _value(codes)
-    return codes.astype(jnp.uint16).reshape(g.shape), new_scale, u.reshape(g.shape)
+    codes = jnp.where(rising, jnp.maximum(codes, c.encode(x / jnp.where(rising, column, _F32(1)))), codes)
+    return codes, new_scale, column * c.value(codes)
+
+
+def _compact_u(g: jax.Array, code: jax.Array, scale: jax.Array, b2: Any, eps: Any, eps_placement: str):
+    """The u half of :func:`adamax.compact.update` for one leaf: new codes and scales, and the decoded u."""
+    codes, new_scale, u = _blocked_u(g, code, scale, b2, eps, eps_placement, _U16)
+    return _unblocked(codes, g).astype(jnp.uint16), new_scale, _unblocked(u, g)
+
+
+def _direction(m32: jax.Array, d: jax.Array, b1: Any, count: jax.Array, eps: Any, eps_placement: str) -> jax.Array:
+    """``m_hat / d`` as optax computes it (0 where ``d`` is 0 and no eps guards it)."""
+    m_hat = optax.tree.bias_correction(m32, b1, count)
+    if eps_placement == "none" or not (isinstance(eps, (int, float)) and eps > 0):
+        return jnp.where(d == 0, 0.0, m_hat / jnp.where(d == 0, 1.0, d))
+    return m_hat / d
 
 
 def _scale_by_adamax_compact(b1: Any, b2: Any, eps: Any, eps_placement: str) -> optax.GradientTransformation:
@@ -363,12 +418,7 @@ def _scale_by_adamax_compact(b1: Any, b2: Any, eps: Any, eps_placement: str) -> 
             m32 = (1 - b1) * g32 + b1 * m.astype(_F32)  # optax.tree.update_moment's form
             new_code, new_scale, u = _compact_u(g32, code, scale, b2, eps, eps_placement)
             d = u + eps if eps_placement == "denominator" else u
-            m_hat = optax.tree.bias_correction(m32, b1, count)
-            if eps_placement == "none" or not (isinstance(eps, (int, float)) and eps > 0):
-                direction = jnp.where(d == 0, 0.0, m_hat / jnp.where(d == 0, 1.0, d))
-            else:
-                direction = m_hat / d
-            out[0][i] = direction.astype(g.dtype)
+            out[0][i] = _direction(m32, d, b1, count, eps, eps_placement).astype(g.dtype)
             out[1][i], out[2][i], out[3][i] = _stochastic_bf16(m32, count), new_code, new_scale
         unflatten = treedef.unflatten
         return unflatten(out[0]), ScaleByAdamaxCompactState(count, *(unflatten(column) for column in out[1:]))
@@ -376,38 +426,128 @@ def _scale_by_adamax_compact(b1: Any, b2: Any, eps: Any, eps_placement: str) -> 
     return optax.GradientTransformation(init_fn, update_fn)
 
 
+# ----- compact8 state (adamax.compact8) -----
+
+
+class ScaleByAdamaxCompact8State(NamedTuple):
+    """State of :func:`scale_by_adamax` with ``state_format="compact8"`` (:mod:`adamax.compact8`)."""
+
+    count: jax.Array  # int32 scalar, as in ScaleByAdamaxState
+    m_code: optax.Updates  # m's sign and 7-bit code, uint8, shaped like the params
+    m_scale: optax.Updates  # float32 per leaf, each block's largest |m|
+    code: optax.Updates  # u's codes, uint8, shaped like the params
+    scale: optax.Updates  # float32 per leaf, one per 256 elements (row-major)
+
+
+def _decoded_m(code: jax.Array, scale: jax.Array) -> jax.Array:
+    """:func:`adamax.compact8.decode_m` on blocks."""
+    q = _blocked(code.astype(jnp.int32)).astype(jnp.int32)
+    w = jnp.where((q & 0x7F) == 0, _F32(0), _from_bits(((q & 0x7F) << 19) + compact8.OFFSET_M))
+    magnitude = scale[:, None] * w
+    return jnp.where(q & compact8.SIGN, -magnitude, magnitude)
+
+
+def _encoded_m(m: jax.Array, count: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """:func:`adamax.compact8.m_scales` and :func:`adamax.compact8.encode_m` (stochastic) on blocks."""
+    magnitude = jnp.abs(m)
+    peak = jnp.max(magnitude, axis=1)
+    scale = jnp.where(peak < compact.TINY, _F32(0), peak)
+    finite = jnp.isfinite(scale)
+    inv = jnp.where(finite & (scale > 0), _F32(1) / jnp.where(scale > 0, scale, _F32(1)), _F32(0))
+    r = magnitude * inv[:, None]
+    bits = _bits(r)
+    rand = (_hashed(m.shape, count) >> (32 - compact8.RANDOM_BITS)).astype(jnp.int32)
+    above = jnp.clip((bits - compact8.OFFSET_M + rand) >> 19, 1, compact8.ONE_M)
+    below = (rand.astype(_F32) < r * compact8.BELOW).astype(jnp.int32)
+    q = jnp.where(bits >= compact8.OFFSET_M + (1 << 19), above, below)
+    signed = jnp.where((q > 0) & jnp.signbit(m), q | compact8.SIGN, q)
+    return jnp.where(finite[:, None], signed, compact8.ONE_M), scale
+
+
+def _scale_by_adamax_compact8(b1: Any, b2: Any, eps: Any, eps_placement: str) -> optax.GradientTransformation:
+    def init_fn(params: optax.Params) -> ScaleByAdamaxCompact8State:
+        for leaf in jax.tree.leaves(params):
+            if not jnp.issubdtype(leaf.dtype, jnp.floating):
+                raise TypeError(f"compact8 state is for real float params, got a {leaf.dtype} leaf")
+
+        def codes():
+            return jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.uint8), params)
+
+        def scales():
+            return jax.tree.map(lambda p: jnp.zeros(compact.blocks(p.size), _F32), params)
+
+        return ScaleByAdamaxCompact8State(jnp.zeros([], jnp.int32), codes(), scales(), codes(), scales())
+
+    def update_fn(updates: optax.Updates, state: ScaleByAdamaxCompact8State, params: optax.Params | None = None):
+        del params
+        count = optax.safe_increment(state.count)
+        treedef = jax.tree.structure(updates, is_leaf=lambda x: x is None)
+        trees = (updates, state.m_code, state.m_scale, state.code, state.scale)
+        flat = [treedef.flatten_up_to(tree) for tree in trees]
+        out = [list(column) for column in flat]
+        for i, (g, m_code, m_scale, code, scale) in enumerate(zip(*flat)):
+            if g is None:
+                continue
+            g32 = g.astype(_F32)
+            m32 = (1 - b1) * _blocked(g32) + b1 * _decoded_m(m_code, m_scale)  # optax.tree.update_moment's form
+            new_code, new_scale, u = _blocked_u(g32, code, scale, b2, eps, eps_placement, _U8)
+            d = u + eps if eps_placement == "denominator" else u
+            out[0][i] = _unblocked(_direction(m32, d, b1, count, eps, eps_placement), g).astype(g.dtype)
+            m_codes, out[2][i] = _encoded_m(m32, count)
+            out[1][i] = _unblocked(m_codes, g).astype(jnp.uint8)
+            out[3][i], out[4][i] = _unblocked(new_code, g).astype(jnp.uint8), new_scale
+        unflatten = treedef.unflatten
+        return unflatten(out[0]), ScaleByAdamaxCompact8State(count, *(unflatten(column) for column in out[1:]))
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
+_STATES = {"full": ScaleByAdamaxState, "compact": ScaleByAdamaxCompactState, "compact8": ScaleByAdamaxCompact8State}
+
+
+def _values(node: Any) -> tuple[Any, list[tuple[np.ndarray, np.ndarray]]]:
+    """A state node's tree structure and each leaf's ``(m, u)`` in float32 (exact for every format)."""
+    if isinstance(node, ScaleByAdamaxState):
+        return jax.tree.structure(node.m), [
+            (np.asarray(m, np.float32), np.asarray(u, np.float32))
+            for m, u in zip(jax.tree.leaves(node.m), jax.tree.leaves(node.u))
+        ]
+    if isinstance(node, ScaleByAdamaxCompactState):
+        leaves = zip(*(jax.tree.leaves(tree) for tree in (node.m, node.code, node.scale)))
+        states = (compact.CompactState(0, np.asarray(m).view(np.uint16), np.asarray(q), np.asarray(s))
+                  for m, q, s in leaves)  # fmt: skip
+        return jax.tree.structure(node.m), [compact.to_full(state)[1:] for state in states]
+    leaves = zip(*(jax.tree.leaves(tree) for tree in node[1:]))
+    states = (compact8.Compact8State(0, *(np.asarray(a) for a in arrays)) for arrays in leaves)  # same order
+    return jax.tree.structure(node.m_code), [compact8.to_full(state)[1:] for state in states]
+
+
+def _node(count: Any, treedef: Any, values: list[tuple[np.ndarray, np.ndarray]], state_format: str) -> Any:
+    """A state node in ``state_format`` holding ``values`` (rounded as the format's ``from_full`` rounds)."""
+    if state_format == "full":
+        return ScaleByAdamaxState(count, *(treedef.unflatten([jnp.asarray(v[i]) for v in values]) for i in (0, 1)))
+    definition = compact if state_format == "compact" else compact8
+    states = [definition.from_full(0, m, u) for m, u in values]
+    columns = [[jnp.asarray(a) for a in arrays] for arrays in zip(*(state[1:] for state in states))]
+    if state_format == "compact":
+        columns[0] = [jax.lax.bitcast_convert_type(a, jnp.bfloat16) for a in columns[0]]
+    if not states:
+        columns = [[] for _ in definition.KEYS[1:]]
+    return _STATES[state_format](count, *(treedef.unflatten(column) for column in columns))
+
+
 def convert_state(state: Any, state_format: str) -> Any:
-    """Every :class:`ScaleByAdamaxState` or :class:`ScaleByAdamaxCompactState` inside ``state`` (an optax chain's
-    state, say) in ``state_format``: to ``"full"`` exactly (float32 m and u), to ``"compact"`` with m rounded to
-    the nearest bfloat16 and u up to its code (:func:`adamax.compact.from_full`)."""
+    """Every Adamax state node inside ``state`` (:class:`ScaleByAdamaxState`, :class:`ScaleByAdamaxCompactState`
+    or :class:`ScaleByAdamaxCompact8State`; an optax chain's state, say) in ``state_format``: to ``"full"``
+    exactly (float32 m and u), to ``"compact"`` or ``"compact8"`` with m rounded to nearest and u up to its code
+    (:func:`adamax.compact.from_full`, :func:`adamax.compact8.from_full`)."""
     compact.check_state_format(state_format)
+    kinds = tuple(_STATES.values())
 
     def convert(node: Any) -> Any:
-        if isinstance(node, ScaleByAdamaxCompactState) and state_format == "full":
-            leaves = [jax.tree.leaves(tree) for tree in (node.m, node.code, node.scale)]
-            treedef = jax.tree.structure(node.m)
-            fulls = [
-                compact.to_full(compact.CompactState(0, np.asarray(m).view(np.uint16), np.asarray(q), np.asarray(s)))
-                for m, q, s in zip(*leaves)
-            ]
-            return ScaleByAdamaxState(
-                node.count,
-                treedef.unflatten([jnp.asarray(f[1]) for f in fulls]),
-                treedef.unflatten([jnp.asarray(f[2]) for f in fulls]),
-            )
-        if isinstance(node, ScaleByAdamaxState) and state_format == "compact":
-            treedef = jax.tree.structure(node.m)
-            states = [
-                compact.from_full(0, np.asarray(m, np.float32), np.asarray(u, np.float32))
-                for m, u in zip(jax.tree.leaves(node.m), jax.tree.leaves(node.u))
-            ]
-            return ScaleByAdamaxCompactState(
-                node.count,
-                treedef.unflatten([jnp.asarray(s.exp_avg.view(jnp.bfloat16)) for s in states]),
-                treedef.unflatten([jnp.asarray(s.exp_inf_code) for s in states]),
-                treedef.unflatten([jnp.asarray(s.exp_inf_scale) for s in states]),
-            )
-        return node
+        if not isinstance(node, kinds) or isinstance(node, _STATES[state_format]):
+            return node
+        treedef, values = _values(node)
+        return _node(node.count, treedef, values, state_format)
 
-    kinds = (ScaleByAdamaxState, ScaleByAdamaxCompactState)
     return jax.tree.map(convert, state, is_leaf=lambda node: isinstance(node, kinds))
