@@ -112,41 +112,50 @@ def correctness() -> dict[str, float]:
 
 
 def compact_correctness() -> dict[str, bool]:
-    """Compact state on the device against adamax.compact (NumPy, on the host): every bit, after 10 steps."""
+    """Compact and compact8 state on the device against their definitions (NumPy, on the host): every bit, after
+    10 steps."""
     import numpy as np
 
-    from adamax import compact
+    from adamax import compact, compact8
     from adamax.spec import AdamaxConfig
+    from adamax.torch._compact import as_compact_state
 
     out = {}
-    for dtype in (torch.float32, torch.bfloat16):
-        sizes = [4097, 1, 70_000] if DEVICE == "cuda" else [300, 1, 513]  # a dry run: the interpreter is slow
-        params = make_params(sizes, dtype=dtype)
-        opt = Adamax(params, lr=1e-2, state_format="compact")
-        starts = [p.detach().float().cpu().numpy().copy() for p in params]  # (on the CPU, .numpy() shares p)
-        expected = [(start, compact.init(start)) for start in starts]
-        gen = torch.Generator(device=DEVICE).manual_seed(2)
-        for t in range(10):
-            for p in params:
-                p.grad = (torch.randn(p.shape, device=DEVICE, generator=gen) * (50.0 if t == 3 else 1.0)).to(dtype)
-            grads = [p.grad.float().cpu().numpy() for p in params]
-            opt.step()
-            for k, g in enumerate(grads):
-                new, state = compact.update(expected[k][0], g, expected[k][1], AdamaxConfig(lr=1e-2))
-                expected[k] = (torch.from_numpy(new).to(dtype).float().numpy(), state)
-        same = True
-        for p, (values, state) in zip(params, expected):
-            s = opt.state[p]
-            same &= np.array_equal(p.detach().float().cpu().numpy(), values)
-            same &= np.array_equal(s["exp_avg"].view(torch.uint16).cpu().numpy(), state.exp_avg)
-            same &= np.array_equal(s["exp_inf_code"].cpu().numpy(), state.exp_inf_code)
-            same &= np.array_equal(s["exp_inf_scale"].cpu().numpy(), state.exp_inf_scale)
-        out[f"compact_bit_identical_to_definition_{str(dtype).removeprefix('torch.')}"] = bool(same)
-        out[f"compact_path_{str(dtype).removeprefix('torch.')}"] = dict(opt.last_step_paths)
+    for name, definition in (("compact", compact), ("compact8", compact8)):
+        for dtype in (torch.float32, torch.bfloat16):
+            sizes = [4097, 1, 70_000] if DEVICE == "cuda" else [300, 1, 513]  # a dry run: the interpreter is slow
+            params = make_params(sizes, dtype=dtype)
+            opt = Adamax(params, lr=1e-2, state_format=name)
+            starts = [p.detach().float().cpu().numpy().copy() for p in params]  # (on the CPU, .numpy() shares p)
+            expected = [(start, definition.init(start)) for start in starts]
+            gen = torch.Generator(device=DEVICE).manual_seed(2)
+            for t in range(10):
+                for p in params:
+                    p.grad = (torch.randn(p.shape, device=DEVICE, generator=gen) * (50.0 if t == 3 else 1.0)).to(dtype)
+                grads = [p.grad.float().cpu().numpy() for p in params]
+                opt.step()
+                for k, g in enumerate(grads):
+                    new, state = definition.update(expected[k][0], g, expected[k][1], AdamaxConfig(lr=1e-2))
+                    expected[k] = (torch.from_numpy(new).to(dtype).float().numpy(), state)
+            same = True
+            for p, (values, state) in zip(params, expected):
+                same &= np.array_equal(p.detach().float().cpu().numpy(), values)
+                got = as_compact_state(opt.state[p], name)
+                same &= all(np.array_equal(np.asarray(getattr(got, key)), getattr(state, key))
+                            for key in definition.KEYS[1:])  # fmt: skip
+            label = str(dtype).removeprefix("torch.")
+            out[f"{name}_bit_identical_to_definition_{label}"] = bool(same)
+            out[f"{name}_path_{label}"] = dict(opt.last_step_paths)
     return out
 
 
-BYTES = {"adamax fused (triton)": 28, "torch foreach": 28, "torch.compile (foreach)": 28, "adamax compact (triton)": 20}
+BYTES = {
+    "adamax fused (triton)": 28,
+    "torch foreach": 28,
+    "torch.compile (foreach)": 28,
+    "adamax compact (triton)": 20,
+    "adamax compact8 (triton)": 16,
+}
 
 
 def timings(sizes: list[int], with_compile: bool) -> dict[str, dict[str, float]]:
@@ -155,7 +164,13 @@ def timings(sizes: list[int], with_compile: bool) -> dict[str, dict[str, float]]
     ours = Adamax(make_params(sizes), fused=True)
     foreach = torch.optim.Adamax(make_params(sizes), foreach=True)
     small = Adamax(make_params(sizes), state_format="compact")
-    methods = {"adamax fused (triton)": ours.step, "torch foreach": foreach.step, "adamax compact (triton)": small.step}
+    smaller = Adamax(make_params(sizes), state_format="compact8")
+    methods = {
+        "adamax fused (triton)": ours.step,
+        "torch foreach": foreach.step,
+        "adamax compact (triton)": small.step,
+        "adamax compact8 (triton)": smaller.step,
+    }
     if with_compile:
         compiled_opt = torch.optim.Adamax(make_params(sizes), foreach=True)
         compiled = torch.compile(compiled_opt.step)
@@ -234,6 +249,7 @@ def main() -> None:
         case["x_foreach"] = foreach_ms / case["timings"]["adamax fused (triton)"]["median_ms"]
         fused_ms = case["timings"]["adamax fused (triton)"]["median_ms"]
         case["x_compact_over_fused"] = fused_ms / case["timings"]["adamax compact (triton)"]["median_ms"]
+        case["x_compact8_over_fused"] = fused_ms / case["timings"]["adamax compact8 (triton)"]["median_ms"]
         report["cases"][name] = case
         print(name, json.dumps(case, indent=1))
         if DEVICE == "cuda":

@@ -183,6 +183,10 @@ def test_the_prepared_gpu_check_runs_dry_on_the_cpu(tmp_path):
     assert report["correctness"]["compact_bit_identical_to_definition_float32"] is True
     assert report["correctness"]["compact_bit_identical_to_definition_bfloat16"] is True
     assert report["correctness"]["compact_path_float32"] == {"triton compact": 3}
+    assert report["correctness"]["compact8_bit_identical_to_definition_float32"] is True
+    assert report["correctness"]["compact8_bit_identical_to_definition_bfloat16"] is True
+    assert report["correctness"]["compact8_path_float32"] == {"triton compact8": 3}
+    assert "adamax compact8 (triton)" in report["cases"]["tiny"]["timings"]
     assert set(report["cases"]) == {"tiny", "tiny list"}
 
 
@@ -272,6 +276,63 @@ def test_the_compact_kernel_is_the_definition_bit_for_bit(dtype, options):
             np.testing.assert_array_equal(ms[k].numpy(), state.exp_avg, err_msg=f"m, {where}")
             np.testing.assert_array_equal(codes[k].numpy(), state.exp_inf_code, err_msg=f"codes, {where}")
             np.testing.assert_array_equal(scales[k].numpy(), state.exp_inf_scale, err_msg=f"scales, {where}")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("options", COMPACT_OPTIONS.values(), ids=COMPACT_OPTIONS.keys())
+def test_the_compact8_kernel_is_the_definition_bit_for_bit(dtype, options):
+    """compact8 state (adamax.compact8), as the compact test: a spike at step 3 re-bases blocks up by octaves
+    (tapered codes move), a huge one at step 4 by more than 126 octaves, and a NaN at step 5 spoils a block;
+    params, m's codes and scales, u's codes and scales equal adamax.compact8.update's after every step."""
+    from adamax import compact8
+
+    config = AdamaxConfig(lr=1e-2, **options)
+    rng = np.random.default_rng(3)
+    sizes = (700, 3, 256)
+    params = [torch.from_numpy(rng.standard_normal(n).astype(np.float32)).to(dtype) for n in sizes]
+    expected = [(p.float().numpy().copy(), compact8.init(p.float().numpy())) for p in params]
+    columns = [[torch.from_numpy(getattr(e[1], key).copy()) for e in expected] for key in compact8.KEYS[1:]]
+    for t in range(1, 6):
+        scale = {3: 100.0, 4: 1e30 if dtype is torch.float32 else 1e4}.get(t, 1.0)
+        tiny = 1e-33 if dtype is torch.float32 else 1e-3
+        values = [rng.standard_normal(n) * size * (rng.random(n) > 0.1) for n, size in zip(sizes, (tiny, 1, 10))]
+        values[1] = values[1] * scale
+        if t == 5:
+            values[2][7] = np.nan
+        grads = [torch.from_numpy(v.astype(np.float32)).to(dtype) for v in values]
+        sizes_t = torch.tensor([-(config.lr / (1 - config.beta1**t))] * len(sizes), dtype=torch.float64)
+        gpu.compact8_step(params, grads, *columns, sizes_t, torch.tensor([t] * len(sizes)), config)
+        for k, g in enumerate(grads):
+            with np.errstate(invalid="ignore", over="ignore"):
+                new, state = compact8.update(expected[k][0], g.float().numpy(), expected[k][1], config)
+            expected[k] = (torch.from_numpy(new).to(dtype).float().numpy(), state)
+            where = f"step {t}, tensor {k}"
+            np.testing.assert_array_equal(params[k].float().numpy(), expected[k][0], err_msg=f"param, {where}")
+            for key, column in zip(compact8.KEYS[1:], columns):
+                np.testing.assert_array_equal(column[k].numpy(), getattr(state, key), err_msg=f"{key}, {where}")
+
+
+def test_the_optimizer_routes_compact8_state_to_triton(cpu_as_triton):
+    """Every step through the optimizer's Triton route is the definition's, params and state."""
+    from adamax import compact8
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 40), torch.nn.Tanh(), torch.nn.Linear(40, 3))
+    opt = cpu_as_triton.Adamax(model.parameters(), lr=0.01, state_format="compact8")
+    config = AdamaxConfig(lr=0.01)
+    expected = [(p.detach().numpy().copy(), compact8.init(p.detach().numpy())) for p in model.parameters()]
+    for _ in range(3):
+        x, y = torch.randn(8, 6), torch.randn(8, 3)
+        opt.zero_grad()
+        torch.nn.functional.mse_loss(model(x), y).backward()
+        grads = [p.grad.numpy().copy() for p in model.parameters()]
+        opt.step()
+        for k, (p, g) in enumerate(zip(model.parameters(), grads)):
+            expected[k] = compact8.update(*expected[k][:1], g, expected[k][1], config)
+            assert np.array_equal(p.detach().numpy(), expected[k][0])
+            for key in compact8.KEYS[1:]:
+                assert np.array_equal(opt.state[p][key].numpy(), getattr(expected[k][1], key)), key
+    assert opt.last_step_paths == {"triton compact8": 4}
 
 
 def test_the_optimizer_routes_compact_state_to_triton(cpu_as_triton):

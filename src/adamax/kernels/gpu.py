@@ -385,3 +385,187 @@ def compact_step(
         SOFT_FMA=INTERPRETED,
         enable_fp_fusion=False,
     )
+
+
+# ----- compact8 state (adamax.compact8) -----
+
+U8_HI = tl.constexpr(0x3F800000 - (255 << 18))  # adamax.compact8.U8: codes >= 127 have the bits (q << 18) + U8_HI
+U8_LO = tl.constexpr((123 << 23) - (127 << 20))  # and codes below it (q << 20) + U8_LO
+M7_OFFSET = tl.constexpr(0x3F800000 - (127 << 19))  # adamax.compact8.OFFSET_M: m's w(q) bits (q << 19) + M7_OFFSET
+M7_BELOW = tl.constexpr(float(2.0**19 / (1.125 * 2.0**-8)))  # adamax.compact8.BELOW
+
+
+@triton.jit
+def _u8_value(q):
+    """:meth:`adamax.compact8.Tapered.value` of int32 codes."""
+    lower = tl.where(q == 0, 0.0, ((q << 20) + U8_LO).to(tl.float32, bitcast=True))
+    return tl.where(q >= 127, ((q << 18) + U8_HI).to(tl.float32, bitcast=True), lower)
+
+
+@triton.jit
+def _u8_up(r):
+    """:meth:`adamax.compact8.Tapered.encode` of float32 ``r`` in [0, 1], at least code 1."""
+    bits = r.to(tl.int32, bitcast=True)
+    upper = tl.minimum(tl.maximum(((bits + (1 << 18) - 1) >> 18) - (U8_HI >> 18), 1), 255)
+    lower = tl.minimum(tl.maximum(((bits + (1 << 20) - 1) >> 20) - (U8_LO >> 20), 1), 127)
+    return tl.where(r > 0.0625, upper, lower)
+
+
+@triton.jit
+def _compact8_blocks(
+    chunk_tensor,
+    chunk_block,
+    p_addr,
+    g_addr,
+    mq_addr,
+    ms_addr,
+    q_addr,
+    s_addr,
+    numel,
+    step_sizes,
+    counts,
+    w,
+    one_minus_w,
+    b2,
+    eps,
+    wd,
+    decay,
+    MAXIMIZE: tl.constexpr,
+    DECAY: tl.constexpr,
+    PLACEMENT: tl.constexpr,
+    GUARD: tl.constexpr,
+    P_DTYPE: tl.constexpr,
+    SOFT_FMA: tl.constexpr,
+):
+    # One block of one tensor: :func:`adamax.compact8.update`, operation for operation (float32).
+    pid = tl.program_id(0)
+    k = tl.load(chunk_tensor + pid)
+    b = tl.load(chunk_block + pid)
+    offsets = b * 256 + tl.arange(0, 256)
+    mask = offsets < tl.load(numel + k)
+    p_ptr = tl.load(p_addr + k).to(tl.pointer_type(P_DTYPE))
+    g_ptr = tl.load(g_addr + k).to(tl.pointer_type(P_DTYPE))
+    mq_ptr = tl.load(mq_addr + k).to(tl.pointer_type(tl.uint8))
+    ms_ptr = tl.load(ms_addr + k).to(tl.pointer_type(tl.float32))
+    q_ptr = tl.load(q_addr + k).to(tl.pointer_type(tl.uint8))
+    s_ptr = tl.load(s_addr + k).to(tl.pointer_type(tl.float32))
+    p = tl.load(p_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+    g = tl.load(g_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+    if MAXIMIZE:
+        g = -g
+    if DECAY == 1:
+        g = _fma(p, wd, g, SOFT_FMA)
+    if DECAY == 2:
+        p = p * decay
+    if PLACEMENT == 0:
+        x = tl.abs(g) + eps
+    else:
+        x = tl.abs(g)
+    x = tl.where(mask, x, 0.0)
+    # m: decoded below the block's old m scale, then the step's moment
+    mq = tl.load(mq_ptr + offsets, mask=mask, other=0).to(tl.int32)
+    magnitude = tl.load(ms_ptr + b) * tl.where(
+        (mq & 0x7F) == 0, 0.0, (((mq & 0x7F) << 19) + M7_OFFSET).to(tl.float32, bitcast=True)
+    )
+    m = tl.where((mq & 0x80) != 0, -magnitude, magnitude)
+    if w < 0.5:
+        m = _fma(w, g - m, m, SOFT_FMA)
+    else:
+        m = _fma(-(g - m), one_minus_w, g, SOFT_FMA)
+    m_peak = tl.reduce(tl.where(mask, tl.abs(m), 0.0).to(tl.int32, bitcast=True), 0, _larger)
+    m_scale = m_peak.to(tl.float32, bitcast=True)
+    m_scale = tl.where(m_scale < TINY, 0.0, m_scale)
+    finite = (m_scale == m_scale) & (m_scale < float("inf"))
+    inv = tl.where(finite & (m_scale > 0), tl.math.div_rn(1.0, tl.where(m_scale > 0, m_scale, 1.0)), 0.0)
+    # u: the scale decays, a block re-bases up to cover its largest x, the codes move down by octaves
+    peak = tl.reduce(x.to(tl.int32, bitcast=True), 0, _larger).to(tl.float32, bitcast=True)
+    scale = tl.load(s_ptr + b) * b2
+    q = tl.load(q_ptr + offsets, mask=mask, other=0).to(tl.int32)
+    if (peak > scale) | (peak != peak) | (scale != scale):
+        if scale < TINY:
+            q = q * 0
+            scale = peak
+        elif (scale < float("inf")) & (peak < float("inf")):
+            s_bits = scale.to(tl.int32, bitcast=True)
+            p_bits = peak.to(tl.int32, bitcast=True)
+            octaves = (p_bits >> 23) - (s_bits >> 23) + ((p_bits & 0x7FFFFF) > (s_bits & 0x7FFFFF)).to(tl.int32)
+            moved = s_bits + (octaves << 23)
+            scale = tl.where(moved >= 0x7F800000, float("inf"), moved.to(tl.float32, bitcast=True))
+            down = tl.minimum(octaves, 200)
+            factor = tl.where(
+                down <= 126,
+                ((127 - down) << 23).to(tl.float32, bitcast=True),
+                tl.where(down <= 149, (1 << tl.maximum(149 - down, 0)).to(tl.float32, bitcast=True), 0.0),
+            )
+            q = tl.where(q == 0, 0, _u8_up(_u8_value(q) * factor))
+        else:
+            scale = peak
+    tl.store(s_ptr + b, scale)
+    u = scale * _u8_value(q)
+    need = (x > u) & mask
+    r = tl.math.div_rn(x, tl.where(need, scale, 1.0))
+    q = tl.where(need, tl.maximum(q, _u8_up(r)), q)
+    u = scale * _u8_value(q)
+    if PLACEMENT == 1:
+        d = u + eps
+    else:
+        d = u
+    change = tl.math.div_rn(tl.load(step_sizes + k) * m, d)
+    if GUARD:
+        change = tl.where(d == 0, 0.0, change)
+    _store(p_ptr + offsets, p + change, mask, P_DTYPE)
+    # m's codes, rounded stochastically by the top 19 bits of adamax.compact.hashed
+    t = tl.load(counts + k).to(tl.uint32)
+    h = offsets.to(tl.uint32) * 0x9E3779B1 + t * 0x85EBCA77
+    h = h ^ (h >> 16)
+    h = h * 0x7FEB352D
+    h = h ^ (h >> 15)
+    h = h * 0x846CA68B
+    h = h ^ (h >> 16)
+    rand = (h >> 13).to(tl.int32)
+    ratio = tl.abs(m) * inv
+    bits = ratio.to(tl.int32, bitcast=True)
+    above = tl.minimum(tl.maximum((bits - M7_OFFSET + rand) >> 19, 1), 127)
+    below = (rand.to(tl.float32) < ratio * M7_BELOW).to(tl.int32)
+    code = tl.where(bits >= M7_OFFSET + (1 << 19), above, below)
+    code = tl.where((code > 0) & (m.to(tl.int32, bitcast=True) < 0), code | 0x80, code)
+    code = tl.where(finite, code, 127)
+    tl.store(ms_ptr + b, m_scale)
+    tl.store(mq_ptr + offsets, code.to(tl.uint8), mask=mask)
+    tl.store(q_ptr + offsets, q.to(tl.uint8), mask=mask)
+
+
+def compact8_step(
+    params: list[torch.Tensor],
+    grads: list[torch.Tensor],
+    m_codes: list[torch.Tensor],
+    m_scales: list[torch.Tensor],
+    codes: list[torch.Tensor],
+    scales: list[torch.Tensor],
+    step_sizes: torch.Tensor,
+    counts: torch.Tensor,
+    config,
+) -> None:
+    """One launch over compact8 state (:mod:`adamax.compact8`): codes uint8, scales float32;
+    ``step_sizes[k] = -lr / (1 - b1**t_k)`` and ``counts[k] = t_k`` (this step's).  Params of one dtype
+    (float32, float16, bfloat16) and device; every tensor contiguous.  The caller checks."""
+    if not params:
+        return
+    device = params[0].device
+    sizes = tuple(p.numel() for p in params)
+    chunk_tensor, chunk_block, numel = _block_table(sizes, str(device))
+    if chunk_tensor.numel() == 0:
+        return
+    _compact8_blocks[(chunk_tensor.numel(),)](
+        chunk_tensor,
+        chunk_block,
+        *(_addresses(column, device) for column in (params, grads, m_codes, m_scales, codes, scales)),
+        numel,
+        step_sizes.to(device=device, dtype=torch.float32),
+        counts.to(device=device, dtype=torch.int64),
+        *_scalars(config),
+        **_flags(config),
+        P_DTYPE=_TL[params[0].dtype],
+        SOFT_FMA=INTERPRETED,
+        enable_fp_fusion=False,
+    )
