@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/state_memory.py [--params 50_000_000] [--json benchmarks/results/state-memory.json]
 
 Each run is a fresh process: a model of ``--params`` float32 parameters (one large linear layer), 5 steps of
-``adamax.torch.Adamax`` with ``state_format`` "full" or "compact" (and torch's own Adamax for reference);
+``adamax.torch.Adamax`` with ``state_format`` "full", "compact" or "compact8" (and torch's own Adamax for reference);
 it reports the state's bytes per parameter and the process's peak RSS (``ru_maxrss``).
 """
 
@@ -24,6 +24,7 @@ def run_one(name: str, params: int, queue) -> None:
         "torch.optim.Adamax": lambda ps: torch.optim.Adamax(ps),
         "adamax.torch.Adamax (full)": lambda ps: Adamax(ps),
         "adamax.torch.Adamax (compact)": lambda ps: Adamax(ps, state_format="compact"),
+        "adamax.torch.Adamax (compact8)": lambda ps: Adamax(ps, state_format="compact8"),
     }
     columns = 1000
     layer = torch.nn.Linear(params // columns, columns, bias=False)
@@ -45,7 +46,9 @@ def main() -> None:
     args = parser.parse_args()
     context = multiprocessing.get_context("spawn")
     results = []
-    for name in ("torch.optim.Adamax", "adamax.torch.Adamax (full)", "adamax.torch.Adamax (compact)"):
+    names = ("torch.optim.Adamax", "adamax.torch.Adamax (full)", "adamax.torch.Adamax (compact)",
+             "adamax.torch.Adamax (compact8)")  # fmt: skip
+    for name in names:
         queue = context.Queue()
         process = context.Process(target=run_one, args=(name, args.params, queue))
         process.start()

@@ -400,7 +400,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-plot", action="store_true", help="print the table only")
     p.set_defaults(run=compare)
 
-    p = verbs.add_parser("freeze", help="one spike gradient: u in float32, compact and bfloat16 state")
+    p = verbs.add_parser("freeze", help="one spike gradient: u in float32, compact, compact8 and bfloat16 state")
     p.add_argument("--steps", type=_int_at_least(2), default=3000, help="steps (default 3000)")
     positive = _float_in(0, 1e30, closed_low=False, closed_high=True, what="a gradient")
     p.add_argument("--spike", type=positive, default=100.0, help="the first gradient (default 100)")

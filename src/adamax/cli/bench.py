@@ -46,10 +46,11 @@ COLOURS = {
     "adamax.torch fused": "#8c564b",
     "fused kernel alone": "#e377c2",
     "adamax.torch compact": "#17becf",
+    "adamax.torch compact8": "#bcbd22",
 }
 # Bytes a method's step must move per float32 element, where not BYTES_PER_ELEMENT: compact state reads and writes
-# p (4 + 4), m (2 + 2) and u's code (2 + 2), and reads g (4).
-METHOD_BYTES = {"adamax.torch compact": 20}
+# p (4 + 4), m (2 + 2) and u's code (2 + 2), and reads g (4); compact8 p (4 + 4), m's and u's codes (1 + 1 each), g (4).
+METHOD_BYTES = {"adamax.torch compact": 20, "adamax.torch compact8": 16}
 
 
 def last_level_cache_bytes() -> int | None:
@@ -204,6 +205,7 @@ def _methods(include_compile: bool, include_reference: bool) -> dict[str, Callab
     methods["adamax.torch fused"] = lambda s: _torch_stepper(s, fused=True)
     methods["fused kernel alone"] = _kernel_stepper
     methods["adamax.torch compact"] = lambda s: _torch_stepper(s, state_format="compact")
+    methods["adamax.torch compact8"] = lambda s: _torch_stepper(s, state_format="compact8")
     return methods
 
 
