@@ -405,3 +405,45 @@ def test_torch_compact8_state_is_at_most_2_04_bytes_per_param_on_large_tensors()
     entry = opt.state[weight]
     nbytes = sum(t.nbytes for k, t in entry.items() if k != "step")
     assert nbytes / weight.numel() <= 2.04
+
+
+def test_bytes_per_param_is_the_state_measured():
+    p = np.zeros(256 * 40, F32)
+    assert sum(a.nbytes for a in compact8.init(p)[1:]) / p.size == compact8.BYTES_PER_PARAM == 2 + 8 / 256
+
+
+def test_a_block_whose_m_and_u_are_all_zero_stores_zero_scales_and_codes():
+    """Gradients 0 on a whole block (eps 0, no u): its m scale and u scale stay 0 and its codes 0, in the definition
+    and in conversions; the next block, live, steps."""
+    p = np.ones(512, F32)
+    g = np.concatenate([np.zeros(256, F32), np.full(256, 0.5, F32)])
+    config = AdamaxConfig(lr=1e-2, eps=0.0, eps_placement="none")
+    _, state = compact8.update(p, g, compact8.init(p), config)
+    assert state.exp_avg_scale[0] == 0 and state.exp_inf_scale[0] == 0
+    assert not state.exp_avg_code[:256].any() and not state.exp_inf_code[:256].any()
+    assert state.exp_avg_code[256:].all() and state.exp_inf_code[256:].all()
+    m = np.concatenate([np.zeros(256, F32), np.linspace(-1, 1, 256, dtype=F32)])
+    u = np.concatenate([np.zeros(256, F32), np.linspace(0, 2, 256, dtype=F32)])
+    converted = compact8.from_full(0, m, u)
+    assert converted.exp_inf_scale[0] == 0 and converted.exp_avg_scale[0] == 0
+    assert not converted.exp_inf_code[:257].any() and not converted.exp_avg_code[:256].any()  # u = 0 -> code 0
+    assert np.array_equal(compact8.to_full(converted)[2] == 0, u == 0)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda e: e.pop("exp_avg_scale"), "exactly the keys"),
+        (lambda e: e.update(extra=np.zeros(1)), "exactly the keys"),
+        (lambda e: e.update(exp_inf_code=e["exp_inf_code"].astype(np.uint16)), "exp_inf_code must be uint8"),
+        (lambda e: e.update(exp_avg_scale=e["exp_avg_scale"][:1]), r"exp_avg_scale must be float32 of shape \(2,\)"),
+        (lambda e: e.update(step=-2), "whole number"),
+        (lambda e: e.update(exp_inf_scale=e["exp_inf_scale"] - 1), "exp_inf_scale must not be negative"),
+    ],
+)
+def test_check_state_refuses_what_does_not_fit(change, message):
+    entry = compact8.init(np.zeros(300, F32))._asdict()
+    compact8.check_state(entry, (300,), "entry")
+    change(entry)
+    with pytest.raises(ValueError, match=message):
+        compact8.check_state(entry, (300,), "entry")

@@ -205,6 +205,7 @@ SCOPES = [
         timeout=300,
     ),
     Scope("compact", "src/adamax/compact.py", "tests/test_compact.py", timeout=120),
+    Scope("compact8", "src/adamax/compact8.py", "tests/test_compact8.py -k 'not torch'", timeout=120),
     Scope("_lazy", "src/adamax/_lazy.py", "tests/test_lazy.py", timeout=120),
     Scope(
         "kernels.lazy",
@@ -225,7 +226,18 @@ SCOPES = [
         "tests/test_lazy_torch.py -k 'not stay_within and not (equal_dense and (maximize or decoupled))'",
         timeout=240,
     ),
-    Scope("torch adapter: compact", "src/adamax/torch/_compact.py", "tests/test_compact_torch.py", timeout=240),
+    Scope(
+        "kernels.compact8",
+        "src/adamax/kernels/compact8.py",
+        "tests/test_compact8.py tests/test_compact_torch.py -k 'kernel_steps_compact8 or (bit_for_bit and compact8)'",
+        timeout=240,
+    ),
+    Scope(
+        "torch adapter: compact",
+        "src/adamax/torch/_compact.py",
+        "tests/test_compact_torch.py tests/test_compact8.py -k 'torch'",
+        timeout=240,
+    ),
     Scope(
         "torch adapter: sparse rows",
         "src/adamax/torch/_sparse.py",  # rows checked against the table, coalesced whatever the tensor claims
