@@ -208,8 +208,9 @@ def test_freeze_shows_bfloat16_state_stuck_and_compact_state_decaying(tmp_path, 
     printed = capsys.readouterr().out
     assert out.exists() and "bfloat16 state stuck at 100" in printed
     rows = [line.split("│") for line in printed.splitlines() if line.startswith("│ 500")]
-    float32, compact, bfloat16 = (float(cell) for cell in rows[0][2:5])
+    float32, compact, compact8, bfloat16 = (float(cell) for cell in rows[0][2:6])
     assert compact == pytest.approx(100 * 0.999**499, rel=1e-3) and float32 == pytest.approx(compact, rel=1e-3)
+    assert float32 <= compact8 <= float32 * (1 + 2**-3)  # within a code above
     assert bfloat16 == 100
 
 

@@ -147,7 +147,8 @@ def test_m_rounds_stochastically_right_on_average_and_repeatably():
     assert np.all(np.abs(draws.mean(axis=0) - m) <= 4 * spread + 1e-9), (draws.mean(axis=0), m)
     assert np.all(draws[:, 0] == 1.0) and np.all(draws[:, -1] == 0.0)
     assert len(np.unique(draws[:, 1])) == 2  # two neighbouring codes
-    again = compact8.decode_m(compact8.encode_m(m, scales, compact.hashed(np.arange(m.size), 7) >> np.uint32(13)), scales)
+    bits = compact.hashed(np.arange(m.size), 7) >> np.uint32(13)
+    again = compact8.decode_m(compact8.encode_m(m, scales, bits), scales)
     assert np.array_equal(again, draws[6])
 
 

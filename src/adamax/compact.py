@@ -187,9 +187,7 @@ def _block_max(x: np.ndarray) -> np.ndarray:
     return np.max(padded.reshape(-1, BLOCK), axis=1)
 
 
-def rebase(
-    codes: np.ndarray, scales: np.ndarray, peaks: np.ndarray, c: Codes = U16
-) -> tuple[np.ndarray, np.ndarray]:
+def rebase(codes: np.ndarray, scales: np.ndarray, peaks: np.ndarray, c: Codes = U16) -> tuple[np.ndarray, np.ndarray]:
     """Blocks whose ``peak`` exceeds their scale (or either is not finite), re-based so that the scale covers
     the peak and no value moves; returns new ``codes`` (flat) and ``scales``.
 

@@ -59,6 +59,7 @@ from adamax import compact
 from adamax.compact import BLOCK, TINY, Codes, blocks
 from adamax.spec import AdamaxConfig
 
+
 class Tapered(NamedTuple):
     """u's 8-bit codes: 5 mantissa bits in the top 4 octaves below the scale, 3 below them.
 
@@ -234,4 +235,4 @@ def check_state(state: Mapping[str, Any] | Compact8State, shape: tuple[int, ...]
             raise ValueError(f"{what}: {key} must not be negative")
 
 
-__all__ = ["BLOCK", "Compact8State", "KEYS", "init", "update", "to_full", "from_full", "check_state"]
+__all__ = ["BLOCK", "KEYS", "Compact8State", "check_state", "from_full", "init", "to_full", "update"]

@@ -3,8 +3,9 @@ kernel takes, its step over explicit lists, and the definition's step of one arr
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from types import ModuleType
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -22,7 +23,9 @@ class CompactPath:
         self.definition = definition
         self.kernels = kernels
 
-    def kernel_paths(self, leaves: dict[str, np.ndarray], grads: dict[str, np.ndarray], fused: bool | None) -> list[str]:
+    def kernel_paths(
+        self, leaves: dict[str, np.ndarray], grads: dict[str, np.ndarray], fused: bool | None
+    ) -> list[str]:
         """The arrays the kernel updates: C-contiguous ones with gradients alike, where numba is installed."""
         kernel = self.kernels() if fused is not False else None
         if kernel is None:

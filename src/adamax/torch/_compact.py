@@ -30,6 +30,7 @@ from adamax.kernels import compact8_kernels, compact_kernels, gpu_kernels
 from adamax.spec import MAX_STEP, AdamaxConfig
 from adamax.torch._devices import KERNEL_FOR_DEVICE
 
+
 class Layout(NamedTuple):
     """A compact format's tensors in a torch state entry: ``(key, dtype, "param" | "blocks")`` in the kernels'
     order, its definition module, and its numba kernel module's getter."""
@@ -106,7 +107,9 @@ def route(p: Tensor, fused: bool | None, index: int, state_format: str = "compac
     return "numpy"
 
 
-def check_state(p: Tensor, state: Mapping[str, Any], where: str, *, loading: bool, state_format: str = "compact") -> None:
+def check_state(
+    p: Tensor, state: Mapping[str, Any], where: str, *, loading: bool, state_format: str = "compact"
+) -> None:
     """Raise unless ``state`` is a well-formed ``state_format`` entry for ``p`` (a checkpoint's step may be a
     number)."""
     layout = LAYOUTS[state_format]
@@ -126,7 +129,7 @@ def check_state(p: Tensor, state: Mapping[str, Any], where: str, *, loading: boo
             raise ValueError(f"{where}: {key!r} must be contiguous, on the param's device")
     if not loading:
         return
-    for key, dtype, how in layout.tensors:
+    for key, _, how in layout.tensors:
         if how == "blocks" and bool((state[key] < 0).any()):
             raise ValueError(f"{where}: {key!r} must not be negative")
     one = layout.definition.ONE
@@ -260,7 +263,9 @@ def convert_entry(entry: Mapping[str, Any], state_format: str) -> dict[str, Any]
 KERNEL_KINDS = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}  # the numba kernel's kind per param dtype
 
 
-def _kernel_step(name: str, config: AdamaxConfig, items: list[tuple[Tensor, dict[str, Tensor]]], layout: Layout) -> None:
+def _kernel_step(
+    name: str, config: AdamaxConfig, items: list[tuple[Tensor, dict[str, Tensor]]], layout: Layout
+) -> None:
     """One kernel call per (device, param dtype) over ``(param, state)`` pairs, in place; each count advances."""
     buckets: dict[tuple, list[tuple[Tensor, dict[str, Tensor]]]] = {}
     for p, s in items:

@@ -279,7 +279,12 @@ class Adamax(Optimizer):
             else:
                 self._run(plan)
                 self._plans.remember(
-                    plan.group, plan.fused, self.state, self._lazy.tables, plan.compact, plan.compact_routes,
+                    plan.group,
+                    plan.fused,
+                    self.state,
+                    self._lazy.tables,
+                    plan.compact,
+                    plan.compact_routes,
                     self.state_format,
                 )
         return loss
