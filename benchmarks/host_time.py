@@ -45,6 +45,7 @@ def main() -> None:
     makers = {
         "adamax.torch.Adamax fused": lambda ps: Adamax(ps, fused=True),
         "adamax.torch.Adamax compact": lambda ps: Adamax(ps, state_format="compact"),
+        "adamax.torch.Adamax compact8": lambda ps: Adamax(ps, state_format="compact8"),
         "torch.optim.Adamax foreach": lambda ps: torch.optim.Adamax(ps, foreach=True),
         "torch.optim.Adam fused": lambda ps: torch.optim.Adam(ps, fused=True),
     }

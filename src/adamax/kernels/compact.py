@@ -295,8 +295,11 @@ def arguments(sizes: tuple[int, ...], counts, config, threads: int | None) -> tu
     table = block_table(sizes)
     flags, hyper = prepare(config, np.dtype(np.float32), threads)
     counts = np.asarray(counts, dtype=np.int64)
-    by_count = {t: step_size(config.lr, config.beta1, t) for t in set(counts.tolist())}
-    steps = np.array([by_count[t] for t in counts.tolist()]).astype(np.float32)
+    if counts.size and (counts == counts[0]).all():  # the common case: every tensor at the same count
+        steps = np.full(counts.size, step_size(config.lr, config.beta1, int(counts[0]))).astype(np.float32)
+    else:
+        distinct, where = np.unique(counts, return_inverse=True)
+        steps = np.array([step_size(config.lr, config.beta1, int(t)) for t in distinct])[where].astype(np.float32)
     return (np.asarray(sizes, dtype=np.int64), *table, steps, counts, hyper, flags)
 
 

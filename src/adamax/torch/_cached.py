@@ -268,7 +268,7 @@ def _compact_group(
 def _step_compact_cached(plan: CachedPlan) -> str:
     cached = plan.cached
     cached.steps.add_(1)
-    counts = [int(t) for t in cached.steps.tolist()]
+    counts = cached.steps.numpy().astype(np.int64)  # whole numbers (float32 counts are exact to 2**24)
     n = len(counts)
     addresses = (
         np.fromiter((p.data_ptr() for p in plan.params), np.int64, n),
