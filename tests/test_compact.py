@@ -82,9 +82,9 @@ def test_rebasing_moves_no_value():
 
 
 @st.composite
-def states(draw):
-    """A compact state reached by a few steps of random gradients (spikes and zeros included), a param, the
-    next gradient and a config."""
+def states(draw, definition=compact):
+    """A state of ``definition`` (compact, or compact8) reached by a few steps of random gradients (spikes and
+    zeros included), a param, the next gradient and a config."""
     size = draw(st.integers(1, 600))
     seed = draw(st.integers(0, 2**32 - 1))
     placement = draw(st.sampled_from(["max", "denominator", "none"]))
@@ -99,7 +99,7 @@ def states(draw):
     )
     rng = np.random.default_rng(seed)
     p = rng.standard_normal(size).astype(F32)
-    state = compact.init(p)
+    state = definition.init(p)
 
     def gradient():
         g = rng.standard_normal(size) * 10.0 ** rng.uniform(-6, 3)
@@ -107,7 +107,7 @@ def states(draw):
         return g.astype(F32)
 
     for _ in range(draw(st.integers(0, 6))):
-        p, state = compact.update(p, gradient(), state, config)
+        p, state = definition.update(p, gradient(), state, config)
     return p, gradient(), state, config
 
 

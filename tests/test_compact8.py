@@ -9,11 +9,11 @@ import copy
 import numpy as np
 import pytest
 from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from adamax import compact, compact8, reference
 from adamax.cli.freeze import freeze_demo
 from adamax.spec import AdamaxConfig
+from tests.test_compact import states
 
 F32 = np.float32
 ULP = 2.0**-23
@@ -52,38 +52,8 @@ def test_moving_codes_down_octaves_never_lowers_a_value_and_raises_it_by_at_most
     assert np.all((got <= exact * compact8.RATIO) | (moved == 1))
 
 
-@st.composite
-def states(draw):
-    """A compact8 state reached by a few steps of random gradients (spikes and zeros included), a param, the
-    next gradient and a config."""
-    size = draw(st.integers(1, 600))
-    seed = draw(st.integers(0, 2**32 - 1))
-    placement = draw(st.sampled_from(["max", "denominator", "none"]))
-    decay = draw(st.sampled_from([{}, {"weight_decay": 0.1}, {"weight_decay": 0.1, "decoupled_weight_decay": True}]))
-    config = AdamaxConfig(
-        lr=draw(st.sampled_from([1e-3, 0.1])),
-        betas=(draw(st.sampled_from([0.0, 0.9, 0.6])), draw(st.sampled_from([0.0, 0.5, 0.999, 0.99999]))),
-        eps=draw(st.sampled_from([1e-8, 1e-3, 0.0])) if placement != "max" else 1e-8,
-        eps_placement=placement,
-        maximize=draw(st.booleans()),
-        **decay,
-    )
-    rng = np.random.default_rng(seed)
-    p = rng.standard_normal(size).astype(F32)
-    state = compact8.init(p)
-
-    def gradient():
-        g = rng.standard_normal(size) * 10.0 ** rng.uniform(-6, 3)
-        g[rng.random(size) < 0.2] = 0.0
-        return g.astype(F32)
-
-    for _ in range(draw(st.integers(0, 6))):
-        p, state = compact8.update(p, gradient(), state, config)
-    return p, gradient(), state, config
-
-
 @settings(max_examples=120, deadline=None)
-@given(states())
+@given(states(compact8))
 def test_a_compact8_step_is_never_larger_than_the_float32_step_from_the_same_state(case):
     """Elementwise, from the same (decoded) state: the step's m is float32 state's, bit for bit; u is at least
     float32 state's (up to float32 rounding) and at most one code above it (``1 + 2**-5`` near the block's scale,

@@ -146,6 +146,23 @@ def _rebase(scale, peak):
 
 
 @njit(inline="always")
+def _gradient(p, g, i, kind, maximize, coupled, wd):
+    """Element ``i``'s gradient as the step uses it: negated for ``maximize``, with coupled decay."""
+    gi = _load(g, i, kind)
+    if maximize:
+        gi = -gi
+    if coupled:
+        gi = _fma(_load(p, i, kind), wd, gi)
+    return gi
+
+
+@njit(inline="always")
+def _moment(mi, gi, w, one_minus_w, low_w):
+    """:func:`adamax.compact.moment` of one element."""
+    return _fma(w, gi - mi, mi) if low_w else _fma(-(gi - mi), one_minus_w, gi)
+
+
+@njit(inline="always")
 def _block(
     p, g, m, q, s, b, size, gs, kind, step, mix, w, one_minus_w, b2, eps_x, eps_d, wd, scale_p, maximize, coupled,
     low_w, guard,
@@ -156,11 +173,7 @@ def _block(
     n = min(compact.BLOCK, size - lo)
     peak_bits = np.int32(0)
     for j in range(n):
-        gi = _load(g, lo + j, kind)
-        if maximize:
-            gi = -gi
-        if coupled:
-            gi = _fma(_load(p, lo + j, kind), wd, gi)
+        gi = _gradient(p, g, lo + j, kind, maximize, coupled, wd)
         gs[j] = gi
         peak_bits = max(peak_bits, np.float32(abs(gi) + eps_x).view(np.int32))
     peak = np.int32(peak_bits).view(np.float32)
@@ -180,8 +193,7 @@ def _block(
         code = max(code, _encode(x / scale)) if x > scale * _value(code) else code
         q[i] = np.uint16(code)
         d = scale * _value(code) + eps_d
-        mi = _bf16_to_f32(m[i])
-        mi = _fma(w, gi - mi, mi) if low_w else _fma(-(gi - mi), one_minus_w, gi)
+        mi = _moment(_bf16_to_f32(m[i]), gi, w, one_minus_w, low_w)
         pi = _load(p, i, kind) * scale_p
         moved = pi + (step * mi) / d
         _store(p, i, pi if (guard and d == 0) else moved, kind)

@@ -16,8 +16,17 @@ import numpy as np
 from numba import njit, prange
 
 from adamax import compact, compact8
-from adamax.kernels.compact import _code_up, _code_value, _random_top, _rebase, _scalars, arguments
-from adamax.kernels.cpu import BF16, F16, F32, _fma, _load, _pointer, _store
+from adamax.kernels.compact import (
+    _code_up,
+    _code_value,
+    _gradient,
+    _moment,
+    _random_top,
+    _rebase,
+    _scalars,
+    arguments,
+)
+from adamax.kernels.cpu import BF16, F16, F32, _load, _pointer, _store
 
 KINDS = {np.dtype(np.float32): F32, np.dtype(np.float16): F16}
 TINY = np.float32(compact.TINY)
@@ -72,15 +81,10 @@ def _block(
     m_bits = np.int32(0)
     m_scale = ms[b]
     for j in range(n):
-        gi = _load(g, lo + j, kind)
-        if maximize:
-            gi = -gi
-        if coupled:
-            gi = _fma(_load(p, lo + j, kind), wd, gi)
+        gi = _gradient(p, g, lo + j, kind, maximize, coupled, wd)
         gs[j] = gi
         peak_bits = max(peak_bits, np.float32(abs(gi) + eps_x).view(np.int32))
-        mi = _decode_m(mq[lo + j], m_scale)
-        mi = _fma(w, gi - mi, mi) if low_w else _fma(-(gi - mi), one_minus_w, gi)
+        mi = _moment(_decode_m(mq[lo + j], m_scale), gi, w, one_minus_w, low_w)
         mb[j] = mi
         m_bits = max(m_bits, np.float32(abs(mi)).view(np.int32))
     peak = np.int32(peak_bits).view(np.float32)

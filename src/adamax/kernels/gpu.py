@@ -236,6 +236,48 @@ def _larger(a, b):
 
 
 @triton.jit
+def _block_gradient(p_ptr, g_ptr, offsets, mask, wd, decay, eps, MAXIMIZE: tl.constexpr, DECAY: tl.constexpr,
+                    PLACEMENT: tl.constexpr, SOFT_FMA: tl.constexpr):  # fmt: skip
+    """A block's float32 params (decoupled decay applied), its gradients as the step uses them, and ``x``, what u
+    takes the maximum with (0 past the tensor's end): the compact formats' first lines."""
+    p = tl.load(p_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+    g = tl.load(g_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+    if MAXIMIZE:
+        g = -g
+    if DECAY == 1:
+        g = _fma(p, wd, g, SOFT_FMA)
+    if DECAY == 2:
+        p = p * decay
+    if PLACEMENT == 0:
+        x = tl.abs(g) + eps
+    else:
+        x = tl.abs(g)
+    return p, g, tl.where(mask, x, 0.0)
+
+
+@triton.jit
+def _hashed(offsets, t):
+    """:func:`adamax.compact.hashed` of the elements' flat indices at step ``t`` (uint32): the lowbias32 mixer."""
+    h = offsets.to(tl.uint32) * 0x9E3779B1 + t * 0x85EBCA77
+    h = h ^ (h >> 16)
+    h = h * 0x7FEB352D
+    h = h ^ (h >> 15)
+    h = h * 0x846CA68B
+    return h ^ (h >> 16)
+
+
+@triton.jit
+def _octaves(scale, peak):
+    """:func:`adamax.compact.shift` and :func:`adamax.compact.scaled`: ``k`` and ``scale * 2**k`` (infinite past the
+    largest float32), for a finite normal ``scale`` below a finite ``peak``."""
+    s_bits = scale.to(tl.int32, bitcast=True)
+    p_bits = peak.to(tl.int32, bitcast=True)
+    octaves = (p_bits >> 23) - (s_bits >> 23) + ((p_bits & 0x7FFFFF) > (s_bits & 0x7FFFFF)).to(tl.int32)
+    moved = s_bits + (octaves << 23)  # scale * 2**octaves, exactly
+    return octaves, tl.where(moved >= 0x7F800000, float("inf"), moved.to(tl.float32, bitcast=True))
+
+
+@triton.jit
 def _compact_blocks(
     chunk_tensor,
     chunk_block,
@@ -271,19 +313,7 @@ def _compact_blocks(
     m_ptr = tl.load(m_addr + k).to(tl.pointer_type(tl.uint16))
     q_ptr = tl.load(q_addr + k).to(tl.pointer_type(tl.uint16))
     s_ptr = tl.load(s_addr + k).to(tl.pointer_type(tl.float32))
-    p = tl.load(p_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
-    g = tl.load(g_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
-    if MAXIMIZE:
-        g = -g
-    if DECAY == 1:
-        g = _fma(p, wd, g, SOFT_FMA)
-    if DECAY == 2:
-        p = p * decay
-    if PLACEMENT == 0:
-        x = tl.abs(g) + eps
-    else:
-        x = tl.abs(g)
-    x = tl.where(mask, x, 0.0)
+    p, g, x = _block_gradient(p_ptr, g_ptr, offsets, mask, wd, decay, eps, MAXIMIZE, DECAY, PLACEMENT, SOFT_FMA)
     # the block's largest x, compared as integers (x >= 0; a NaN's bits exceed every number's)
     peak = tl.reduce(x.to(tl.int32, bitcast=True), 0, _larger).to(tl.float32, bitcast=True)
     scale = tl.load(s_ptr + b) * b2
@@ -293,11 +323,7 @@ def _compact_blocks(
             q = q * 0
             scale = peak
         elif (scale < float("inf")) & (peak < float("inf")):
-            s_bits = scale.to(tl.int32, bitcast=True)
-            p_bits = peak.to(tl.int32, bitcast=True)
-            octaves = (p_bits >> 23) - (s_bits >> 23) + ((p_bits & 0x7FFFFF) > (s_bits & 0x7FFFFF)).to(tl.int32)
-            moved = s_bits + (octaves << 23)  # scale * 2**octaves, exactly
-            scale = tl.where(moved >= 0x7F800000, float("inf"), moved.to(tl.float32, bitcast=True))
+            octaves, scale = _octaves(scale, peak)
             q = tl.where(q == 0, 0, tl.maximum(q - (octaves << 10), 1))
         else:
             scale = peak
@@ -323,12 +349,7 @@ def _compact_blocks(
     _store(p_ptr + offsets, p + change, mask, P_DTYPE)
     # m, rounded stochastically (adamax.compact.random_bits: the lowbias32 mixer of index and count)
     t = tl.load(counts + k).to(tl.uint32)
-    h = offsets.to(tl.uint32) * 0x9E3779B1 + t * 0x85EBCA77
-    h = h ^ (h >> 16)
-    h = h * 0x7FEB352D
-    h = h ^ (h >> 15)
-    h = h * 0x846CA68B
-    h = h ^ (h >> 16)
+    h = _hashed(offsets, t)
     rounded = (m.to(tl.uint32, bitcast=True) + (h & 0xFFFF)) >> 16
     rounded = tl.where(m != m, 0x7FC0, rounded)
     tl.store(m_ptr + offsets, rounded.to(tl.uint16), mask=mask)
@@ -449,19 +470,7 @@ def _compact8_blocks(
     ms_ptr = tl.load(ms_addr + k).to(tl.pointer_type(tl.float32))
     q_ptr = tl.load(q_addr + k).to(tl.pointer_type(tl.uint8))
     s_ptr = tl.load(s_addr + k).to(tl.pointer_type(tl.float32))
-    p = tl.load(p_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
-    g = tl.load(g_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
-    if MAXIMIZE:
-        g = -g
-    if DECAY == 1:
-        g = _fma(p, wd, g, SOFT_FMA)
-    if DECAY == 2:
-        p = p * decay
-    if PLACEMENT == 0:
-        x = tl.abs(g) + eps
-    else:
-        x = tl.abs(g)
-    x = tl.where(mask, x, 0.0)
+    p, g, x = _block_gradient(p_ptr, g_ptr, offsets, mask, wd, decay, eps, MAXIMIZE, DECAY, PLACEMENT, SOFT_FMA)
     # m: decoded below the block's old m scale, then the step's moment
     mq = tl.load(mq_ptr + offsets, mask=mask, other=0).to(tl.int32)
     magnitude = tl.load(ms_ptr + b) * tl.where(
@@ -486,11 +495,7 @@ def _compact8_blocks(
             q = q * 0
             scale = peak
         elif (scale < float("inf")) & (peak < float("inf")):
-            s_bits = scale.to(tl.int32, bitcast=True)
-            p_bits = peak.to(tl.int32, bitcast=True)
-            octaves = (p_bits >> 23) - (s_bits >> 23) + ((p_bits & 0x7FFFFF) > (s_bits & 0x7FFFFF)).to(tl.int32)
-            moved = s_bits + (octaves << 23)
-            scale = tl.where(moved >= 0x7F800000, float("inf"), moved.to(tl.float32, bitcast=True))
+            octaves, scale = _octaves(scale, peak)
             down = tl.minimum(octaves, 200)
             factor = tl.where(
                 down <= 126,
@@ -516,12 +521,7 @@ def _compact8_blocks(
     _store(p_ptr + offsets, p + change, mask, P_DTYPE)
     # m's codes, rounded stochastically by the top 19 bits of adamax.compact.hashed
     t = tl.load(counts + k).to(tl.uint32)
-    h = offsets.to(tl.uint32) * 0x9E3779B1 + t * 0x85EBCA77
-    h = h ^ (h >> 16)
-    h = h * 0x7FEB352D
-    h = h ^ (h >> 15)
-    h = h * 0x846CA68B
-    h = h ^ (h >> 16)
+    h = _hashed(offsets, t)
     rand = (h >> 13).to(tl.int32)
     ratio = tl.abs(m) * inv
     bits = ratio.to(tl.int32, bitcast=True)
