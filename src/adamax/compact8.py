@@ -5,8 +5,9 @@ Per parameter, with :data:`BLOCK` = 256 consecutive elements (row-major) sharing
 * **u** as an 8-bit code ``q`` below the block's scale ``S``: ``u = S * v(q)``, ``v(255) = 1``, code 0 is
   ``u = 0``.  The codes are *tapered* (:class:`Tapered`): within 4 octaves of the scale (``v >= 2**-4``) they
   have 5 mantissa bits, 32 codes an octave, each ``1 + 2**-5`` times its neighbour below at most (3.1%); below
-  that 3 mantissa bits, 8 an octave (12.5%), down to ``v(1) = 1.25 * 2**-20 = 1.2e-6``.  Most u of a block
-  sit within a few octaves of its largest, where the codes are fine; the coarse ones stretch the range.  Each
+  that 3 mantissa bits, 8 an octave (12.5%), down to ``v(1) = 1.25 * 2**-20 = 1.2e-6``.  The fine codes
+  hold what sits near a block's largest u (89% of the u of a small character LM after 300 steps); the coarse
+  ones stretch the range.  Each
   is read and rounded with a compare, a shift and an add.  The u of :mod:`adamax.compact` with fewer bits,
   keeping every guarantee stated there:
 
