@@ -437,15 +437,51 @@ def test_scaling_by_a_power_of_two_is_exact_up_to_the_largest_float32_and_infini
     assert compact.scaled(np.uint32(0x3FFFFFFF).view(F32), 127) == np.finfo(F32).max
 
 
-def test_a_placement_read_from_a_config_file_steps_as_the_literal():
-    """eps_placement parsed from JSON: equal to "max", not the same object."""
+@pytest.mark.parametrize("placement", ["max", "denominator", "none"])
+def test_a_placement_read_from_a_config_file_steps_as_the_literal(placement):
+    """eps_placement parsed from JSON: equal to the literal, not the same object."""
     import json
 
-    literal, parsed = "max", json.loads('"max"')
+    literal, parsed = placement, json.loads(f'"{placement}"')
     assert parsed == literal and parsed is not literal
     g = np.array([0.0, 1e-3, -2.0], F32)
     outs = []
-    for placement in (literal, parsed):
-        config = AdamaxConfig(eps=0.1, eps_placement=placement)
+    for value in (literal, parsed):
+        config = AdamaxConfig(eps=0.1, eps_placement=value)
         outs.append(compact.update(np.zeros(3, F32), g, compact.init(np.zeros(3, F32)), config))
     assert np.array_equal(outs[0][0], outs[1][0]) and np.array_equal(outs[0][1].exp_inf_code, outs[1][1].exp_inf_code)
+
+
+def test_an_x_that_underflows_against_its_scale_still_takes_the_smallest_code():
+    """In a block whose scale is 1e30, x = 1e-44 (a subnormal) gives x / scale = 0 in float32; its x is above its u
+    (0), so its code is 1 (u = the smallest value, rounded up), in the definition as in the kernel."""
+    p = np.zeros(4, F32)
+    g = np.array([1e30, 1e-44, 0.0, 1e-40], F32)
+    config = AdamaxConfig(lr=1e-2, eps=0.0)
+    _, state = compact.update(p, g, compact.init(p), config)
+    assert state.exp_inf_code.tolist()[1:] == [1, 0, 1]
+    kernels = pytest.importorskip("adamax.kernels.compact")
+    mine, theirs = p.copy(), compact.init(p)
+    addresses = tuple(np.array([a.ctypes.data], dtype=np.int64) for a in (mine, g, *theirs[1:]))
+    kernels.step(kernels.F32, addresses, (4,), np.array([1]), config)
+    assert np.array_equal(theirs.exp_inf_code, state.exp_inf_code)
+
+
+@pytest.mark.parametrize(
+    "step",
+    [np.array([1, 2]), np.array(2 + 0j), 1.5, np.float64(2.5), float(2**53), 2**53, -1, True, "3", None],
+    ids=["two counts", "complex", "a fraction", "a NumPy fraction", "the limit (float)", "the limit", "negative",
+         "a bool", "a string", "none"],
+)  # fmt: skip
+def test_a_step_count_that_is_not_a_whole_number_below_the_limit_is_refused(step):
+    with pytest.raises(ValueError, match="step must be a whole number >= 0"):
+        compact.check_step_count(step, "entry")
+    for fine in (0, 7, np.int64(7), np.float32(7), 2**53 - 1, np.array(3)):
+        compact.check_step_count(fine, "entry")
+
+
+def test_check_state_refuses_arrays_of_another_shape():
+    state = compact.init(np.zeros(300, F32))._asdict()
+    for key, short in (("exp_inf_code", np.zeros(299, np.uint16)), ("exp_avg", np.zeros((300, 1), np.uint16))):
+        with pytest.raises(ValueError, match=rf"entry: {key} must be uint16 of shape \(300,\)"):
+            compact.check_state({**state, key: short}, (300,), "entry")

@@ -519,3 +519,21 @@ def test_a_compact_group_of_two_dtypes_steps_each_by_its_own_kind():
         opt.step()
     for p, q in zip(params, alone):
         assert torch.equal(p, q)
+
+
+def test_a_saved_step_count_is_a_single_whole_number_from_zero():
+    from adamax.torch._compact import check_saved_step
+
+    for fine in (0, 0.0, torch.tensor(0.0), torch.tensor([3.0]), 5, torch.tensor(7, dtype=torch.int64)):
+        check_saved_step(fine, "entry")
+    for bad in (torch.zeros(0), torch.zeros(2), torch.tensor(1 + 1j), -1, 2.5, float("nan"), True):
+        with pytest.raises(ValueError, match="entry: 'step' must be"):
+            check_saved_step(bad, "entry")
+
+
+def test_convert_state_dict_keeps_a_state_dicts_other_keys():
+    net, opt = trained("compact", steps=2)
+    saved = {**opt.state_dict(), "note": {"written by": "a trainer"}}
+    out = convert_state_dict(saved, "compact8")
+    assert out["note"] == {"written by": "a trainer"} and out["note"] is not saved["note"]
+    assert set(out["state"][0]) == set(compact8.KEYS)
