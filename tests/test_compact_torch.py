@@ -532,7 +532,7 @@ def test_a_saved_step_count_is_a_single_whole_number_from_zero():
 
 
 def test_convert_state_dict_keeps_a_state_dicts_other_keys():
-    net, opt = trained("compact", steps=2)
+    _, opt = trained("compact", steps=2)
     saved = {**opt.state_dict(), "note": {"written by": "a trainer"}}
     out = convert_state_dict(saved, "compact8")
     assert out["note"] == {"written by": "a trainer"} and out["note"] is not saved["note"]
