@@ -191,9 +191,9 @@ def rebase(codes: np.ndarray, scales: np.ndarray, peaks: np.ndarray, c: Codes = 
     """Blocks whose ``peak`` exceeds their scale (or either is not finite), re-based so that the scale covers
     the peak and no value moves; returns new ``codes`` (flat) and ``scales``.
 
-    A finite normal scale moves up by whole octaves (:func:`shift`): ``S * 2**k``, and each nonzero code becomes
-    ``c.down``'s, the code of its value ``k`` octaves lower (``- 1024 k`` for :data:`U16`, at least 1; rounded up
-    for compact8's tapered codes).  A zero or subnormal scale becomes the peak, its codes 0.  A non-finite scale or peak becomes
+    A finite normal scale moves up by whole octaves (:func:`shift`): ``S * 2**k``, and each nonzero code
+    becomes ``c.down``'s, the code of its value ``k`` octaves lower (``- 1024 k`` for :data:`U16`, at least 1;
+    rounded up for compact8's tapered codes).  A zero or subnormal scale becomes the peak, its codes 0.  A non-finite scale or peak becomes
     the peak (the block's ``u`` are then meaningless, as its params are)."""
     up = ~(peaks <= scales)
     if not up.any():
