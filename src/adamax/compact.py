@@ -193,8 +193,8 @@ def rebase(codes: np.ndarray, scales: np.ndarray, peaks: np.ndarray, c: Codes = 
 
     A finite normal scale moves up by whole octaves (:func:`shift`): ``S * 2**k``, and each nonzero code
     becomes ``c.down``'s, the code of its value ``k`` octaves lower (``- 1024 k`` for :data:`U16`, at least 1;
-    rounded up for compact8's tapered codes).  A zero or subnormal scale becomes the peak, its codes 0.  A non-finite scale or peak becomes
-    the peak (the block's ``u`` are then meaningless, as its params are)."""
+    rounded up for compact8's tapered codes).  A zero or subnormal scale becomes the peak, its codes 0.  A
+    non-finite scale or peak becomes the peak (the block's ``u`` are then meaningless, as its params are)."""
     up = ~(peaks <= scales)
     if not up.any():
         return codes, scales
