@@ -365,12 +365,15 @@ def _blocked_u(g: jax.Array, code: jax.Array, scale: jax.Array, b2: Any, eps: An
     k, moved_scale = _rebased(jnp.where(whole, scale, 1.0), jnp.where(whole, peak, 2.0))
     k = jnp.where(whole, k, 0)
     new_scale = jnp.where(whole, moved_scale, jnp.where(up, peak, scale)).astype(_F32)
-    moved = jax.lax.cond(  # a re-base is rare: its arithmetic is skipped when no block of the leaf has one
-        jnp.any(k > 0),
-        lambda q: jnp.where(q == compact.ZERO, compact.ZERO, c.down(q, k[:, None])),
-        lambda q: q,
-        codes,
-    )
+    if c is _U16:  # a subtraction: cheaper than a branch
+        moved = jnp.where(codes == compact.ZERO, compact.ZERO, c.down(codes, k[:, None]))
+    else:  # a re-base is rare: its arithmetic is skipped when no block of the leaf has one
+        moved = jax.lax.cond(
+            jnp.any(k > 0),
+            lambda q: jnp.where(q == compact.ZERO, compact.ZERO, c.down(q, k[:, None])),
+            lambda q: q,
+            codes,
+        )
     codes = jnp.where((up & (scale < compact.TINY))[:, None], compact.ZERO, moved)
     column = new_scale[:, None]
     u = column * c.value(codes)
