@@ -365,23 +365,30 @@ def check_step_count(step: Any, what: str) -> None:
         raise ValueError(f"{what}: step must be a whole number >= 0, got {step!r} (counts stop at 2**53 - 1)")
 
 
+def check_entry(entry: Mapping[str, Any], arrays: tuple, shape: tuple[int, ...], what: str) -> None:
+    """Refuse a compact format's entry unless it has exactly a step and ``arrays`` (``(key, dtype, "param" |
+    "blocks")``: the param's shape, or one per block of it), the step a whole count and every scale (a
+    ``"blocks"`` array) not negative."""
+    keys = {"step", *(key for key, _, _ in arrays)}
+    if set(entry) != keys:
+        raise ValueError(f"{what} must have exactly the keys {sorted(keys)}, got {sorted(entry)}")
+    check_step_count(entry["step"], what)
+    size = int(np.prod(shape, dtype=np.int64))
+    for key, dtype, how in arrays:
+        want = tuple(shape) if how == "param" else (blocks(size),)
+        value = np.asarray(entry[key])
+        if value.dtype != dtype or value.shape != want:
+            raise ValueError(f"{what}: {key} must be {np.dtype(dtype).name} of shape {want}, got "
+                             f"{value.dtype} of shape {value.shape}")  # fmt: skip
+    for key, _, how in arrays:
+        if how == "blocks" and (np.asarray(entry[key]) < 0).any():
+            raise ValueError(f"{what}: {key} must not be negative")
+
+
 def check_state(state: Mapping[str, Any] | CompactState, shape: tuple[int, ...], what: str) -> None:
     """Refuse a compact state entry that does not fit a param of ``shape``."""
     entry = state._asdict() if isinstance(state, CompactState) else state
-    if set(entry) != set(KEYS):
-        raise ValueError(f"{what} must have exactly the keys {sorted(KEYS)}, got {sorted(entry)}")
-    check_step_count(entry["step"], what)
-    size = int(np.prod(shape, dtype=np.int64))
-    for key, dtype, want in (
-        ("exp_avg", np.uint16, shape),
-        ("exp_inf_code", np.uint16, shape),
-        ("exp_inf_scale", np.float32, (blocks(size),)),
-    ):
-        value = np.asarray(entry[key])
-        if value.dtype != dtype or value.shape != tuple(want):
-            raise ValueError(f"{what}: {key} must be {np.dtype(dtype).name} of shape {tuple(want)}, got "
-                             f"{value.dtype} of shape {value.shape}")  # fmt: skip
-    if (np.asarray(entry["exp_inf_scale"]) < 0).any():
-        raise ValueError(f"{what}: exp_inf_scale must not be negative")
+    check_entry(entry, (("exp_avg", np.uint16, "param"), ("exp_inf_code", np.uint16, "param"),
+                        ("exp_inf_scale", np.float32, "blocks")), shape, what)  # fmt: skip
     if (np.asarray(entry["exp_inf_code"]) > ONE).any():
         raise ValueError(f"{what}: exp_inf_code holds codes above {ONE}, the largest (u = the block's scale)")

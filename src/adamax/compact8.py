@@ -217,23 +217,13 @@ def from_full(step: int, m: np.ndarray, u: np.ndarray) -> Compact8State:
 def check_state(state: Mapping[str, Any] | Compact8State, shape: tuple[int, ...], what: str) -> None:
     """Refuse a compact8 state entry that does not fit a param of ``shape``."""
     entry = state._asdict() if isinstance(state, Compact8State) else state
-    if set(entry) != set(KEYS):
-        raise ValueError(f"{what} must have exactly the keys {sorted(KEYS)}, got {sorted(entry)}")
-    compact.check_step_count(entry["step"], what)
-    size = int(np.prod(shape, dtype=np.int64))
-    for key, dtype, want in (
-        ("exp_avg_code", np.uint8, shape),
-        ("exp_avg_scale", np.float32, (blocks(size),)),
-        ("exp_inf_code", np.uint8, shape),
-        ("exp_inf_scale", np.float32, (blocks(size),)),
-    ):
-        value = np.asarray(entry[key])
-        if value.dtype != dtype or value.shape != tuple(want):
-            raise ValueError(f"{what}: {key} must be {np.dtype(dtype).name} of shape {tuple(want)}, got "
-                             f"{value.dtype} of shape {value.shape}")  # fmt: skip
-    for key in ("exp_avg_scale", "exp_inf_scale"):
-        if (np.asarray(entry[key]) < 0).any():
-            raise ValueError(f"{what}: {key} must not be negative")
+    arrays = (
+        ("exp_avg_code", np.uint8, "param"),
+        ("exp_avg_scale", np.float32, "blocks"),
+        ("exp_inf_code", np.uint8, "param"),
+        ("exp_inf_scale", np.float32, "blocks"),
+    )
+    compact.check_entry(entry, arrays, shape, what)
 
 
 __all__ = ["BLOCK", "KEYS", "Compact8State", "check_state", "from_full", "init", "to_full", "update"]

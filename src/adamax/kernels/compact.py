@@ -315,6 +315,18 @@ def arguments(sizes: tuple[int, ...], counts, config, threads: int | None) -> tu
     return (np.asarray(sizes, dtype=np.int64), *table, steps, counts, hyper, flags)
 
 
+def launch(step_32, step_16, kind: int, addresses: tuple, sizes: tuple[int, ...], counts, config, threads) -> None:
+    """Call a compact format's float32 entry point (``kind`` :data:`F32`) or its bfloat16/float16 one with the
+    arrays' addresses and :func:`arguments`; nothing for no tensors."""
+    if not sizes:
+        return
+    arrays = (*addresses, *arguments(sizes, counts, config, threads))
+    if kind == F32:
+        step_32(*arrays)
+    else:
+        step_16(kind, *arrays)
+
+
 def step(
     kind: int,
     addresses: tuple[np.ndarray, ...],
@@ -329,10 +341,4 @@ def step(
     (its step size is ``-lr / (1 - b1**t_k)``).  Every array dense and of the right size; the caller guarantees
     it.
     """
-    if not sizes:
-        return
-    arrays = (*addresses, *arguments(sizes, counts, config, threads))
-    if kind == F32:
-        _step_blocks_32(*arrays)
-    else:
-        _step_blocks_16(kind, *arrays)
+    launch(_step_blocks_32, _step_blocks_16, kind, addresses, sizes, counts, config, threads)

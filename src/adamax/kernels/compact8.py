@@ -24,7 +24,7 @@ from adamax.kernels.compact import (
     _random_top,
     _rebase,
     _scalars,
-    arguments,
+    launch,
 )
 from adamax.kernels.cpu import BF16, F16, F32, _load, _pointer, _store
 
@@ -181,10 +181,4 @@ def step(
 ) -> None:
     """Update, in place, every tensor whose p, g, m code, m scale, u code and u scale addresses are given (as
     :func:`adamax.kernels.compact.step`, which this mirrors for compact8 state)."""
-    if not sizes:
-        return
-    arrays = (*addresses, *arguments(sizes, counts, config, threads))
-    if kind == F32:
-        _step_blocks_32(*arrays)
-    else:
-        _step_blocks_16(kind, *arrays)
+    launch(_step_blocks_32, _step_blocks_16, kind, addresses, sizes, counts, config, threads)

@@ -180,12 +180,9 @@ def _fused_group(group: dict, fused: list[Tensor], state: Any, lazy_tables: Mapp
     ):
         return None
     states = tuple(state[p] for p in params)
-    steps = torch.tensor([float(s["step"]) for s in states], dtype=torch.float32)
     if any(s["step"].dtype is not torch.float32 or s["step"].device.type != "cpu" for s in states):
         return None
-    views = tuple(steps[i] for i in range(len(states)))
-    for s, view in zip(states, views):
-        s["step"] = view  # same value, now one element of ``steps``
+    steps, views = _one_buffer(states)
     return FusedGroup(
         state=state,
         state_version=state.version,
@@ -225,6 +222,16 @@ def step_cached(plan: CachedPlan) -> str:
     return "numba"
 
 
+def _one_buffer(states: tuple) -> tuple[Tensor, tuple]:
+    """Every entry's step count moved into one float32 buffer (same values): the buffer, and each entry's view of
+    its element, which the entry now holds."""
+    steps = torch.tensor([float(s["step"]) for s in states], dtype=torch.float32)
+    views = tuple(steps[i] for i in range(len(states)))
+    for s, view in zip(states, views):
+        s["step"] = view
+    return steps, views
+
+
 def _compact_group(
     group: dict, params: list[Tensor], routes: list[str], state: Any, state_format: str
 ) -> CompactGroup | None:
@@ -240,10 +247,7 @@ def _compact_group(
     states = tuple(state[p] for p in members)
     if any(s["step"].dtype is not torch.float32 or s["step"].device.type != "cpu" for s in states):
         return None
-    steps = torch.tensor([float(s["step"]) for s in states], dtype=torch.float32)
-    views = tuple(steps[i] for i in range(len(states)))
-    for s, view in zip(states, views):
-        s["step"] = view  # same value, now one element of ``steps``
+    steps, views = _one_buffer(states)
     keys = tuple(key for key, _, _ in LAYOUTS[state_format].tensors)
     tensors = tuple(tuple(s[key] for s in states) for key in keys)
     return CompactGroup(
