@@ -132,7 +132,8 @@ def test_a_compact_step_is_never_larger_than_the_float32_step_from_the_same_stat
     d_compact = np.abs(new_p.astype(np.float64) - base)
     scale = np.maximum(np.maximum(np.abs(base), np.abs(new_p)), d_full).astype(F32)
     ulp = 2 * np.spacing(scale).astype(np.float64)  # the step's rounding and the sum's
-    bad = np.flatnonzero(d_compact > d_full + ulp)
+    # u may sit the products' float32 rounding below float32 state's (the slack above), and the step as far above
+    bad = np.flatnonzero(d_compact > d_full * (1 + slack) + ulp)
     assert not len(bad), (bad, d_compact[bad], d_full[bad], u_compact[bad], u_full[bad], p[bad], g[bad])
     assert np.all(d_compact >= d_full / RATIO * (1 - slack) - ulp)
     assert new.step == state.step + 1

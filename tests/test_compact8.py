@@ -78,7 +78,7 @@ def test_a_compact8_step_is_never_larger_than_the_float32_step_from_the_same_sta
     d_new = np.abs(new_p.astype(np.float64) - base)
     size = np.maximum(np.maximum(np.abs(base), np.abs(new_p)), d_full).astype(F32)
     ulp = 2 * np.spacing(size).astype(np.float64)
-    bad = np.flatnonzero(d_new > d_full + ulp)
+    bad = np.flatnonzero(d_new > d_full * (1 + slack) + ulp)  # u may sit a rounding below float32's (above)
     assert not len(bad), (bad, d_new[bad], d_full[bad], u_new[bad], u_full[bad])
     assert new.step == state.step + 1
 
