@@ -481,6 +481,12 @@ def test_a_step_count_that_is_not_a_whole_number_below_the_limit_is_refused(step
         compact.check_step_count(fine, "entry")
 
 
+def test_check_state_refuses_a_scale_just_below_zero():
+    state = compact.init(np.zeros(300, F32))._asdict()
+    with pytest.raises(ValueError, match="entry: exp_inf_scale must not be negative"):
+        compact.check_state({**state, "exp_inf_scale": np.array([0.5, -0.5], F32)}, (300,), "entry")
+
+
 def test_check_state_refuses_arrays_of_another_shape():
     state = compact.init(np.zeros(300, F32))._asdict()
     for key, short in (("exp_inf_code", np.zeros(299, np.uint16)), ("exp_avg", np.zeros((300, 1), np.uint16))):
