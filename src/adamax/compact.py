@@ -167,24 +167,57 @@ def scaled(scale: np.ndarray, k: np.ndarray) -> np.ndarray:
     return np.where(bits >= 0x7F800000, _F32(np.inf), np.minimum(bits, 0x7F800000).astype(np.int32).view(_F32))
 
 
-def init(param: np.ndarray) -> CompactState:
-    """The state before the first step: m = 0, u = 0 (every code ``ZERO``, every scale 0)."""
+def init(param: np.ndarray, rows: bool = False) -> CompactState:
+    """The state before the first step: m = 0, u = 0 (every code ``ZERO``, every scale 0); ``rows``: in row
+    blocks (:func:`row_blocks`)."""
     shape = np.shape(param)
     return CompactState(
-        0, np.zeros(shape, np.uint16), np.full(shape, ZERO, np.uint16), np.zeros(blocks(np.size(param)), _F32)
+        0, np.zeros(shape, np.uint16), np.full(shape, ZERO, np.uint16), np.zeros(scales_shape(shape, rows), _F32)
     )
 
 
+def row_blocks(shape: tuple[int, ...]) -> tuple[int, int]:
+    """The scales' shape of an array of ``shape`` in *row blocks* (as a lazy table keeps them): ``(rows,
+    blocks(row))``, ``rows = shape[0]``, no block straddling two rows; a 0-d array is one row."""
+    rows = int(shape[0]) if len(shape) else 1
+    size = int(np.prod(shape, dtype=np.int64))
+    return rows, blocks(size // rows if rows else 0)
+
+
+def scales_shape(shape: tuple[int, ...], rows: bool = False) -> tuple[int, ...]:
+    """The scales' shape of an array of ``shape``: ``(blocks(size),)`` (256 consecutive elements a block), or in
+    row blocks (:func:`row_blocks`)."""
+    return row_blocks(shape) if rows else (blocks(int(np.prod(shape, dtype=np.int64))),)
+
+
 def _per_element(values: np.ndarray, size: int) -> np.ndarray:
-    """Block values repeated to their elements (flattened, ``size`` long)."""
-    return np.repeat(values, BLOCK)[:size]
+    """Block values repeated to their elements (flattened, ``size`` long); 2-d ``values`` are row blocks, one
+    row of them per ``size / len(values)`` elements."""
+    values = np.asarray(values)
+    if values.ndim < 2:
+        return np.repeat(values, BLOCK)[:size]
+    rows = values.shape[0]
+    return np.repeat(values, BLOCK, axis=1)[:, : size // rows if rows else 0].ravel()
 
 
-def _block_max(x: np.ndarray) -> np.ndarray:
-    """Each block's largest element (NaN if it holds one)."""
-    padded = np.zeros(blocks(x.size) * BLOCK, dtype=x.dtype)
-    padded[: x.size] = x
-    return np.max(padded.reshape(-1, BLOCK), axis=1)
+def _block_max(x: np.ndarray, rows: int | None = None) -> np.ndarray:
+    """Each block's largest element (NaN if it holds one): ``(blocks(size),)``, or ``(rows, blocks(row))`` in row
+    blocks of ``x.size / rows`` elements (``rows`` given)."""
+    x = np.asarray(x).ravel()
+    if rows is None:
+        padded = np.zeros(blocks(x.size) * BLOCK, dtype=x.dtype)
+        padded[: x.size] = x
+        return np.max(padded.reshape(-1, BLOCK), axis=1)
+    row = x.size // rows if rows else 0
+    per_row = blocks(row)
+    padded = np.zeros((rows, per_row * BLOCK), dtype=x.dtype)
+    padded[:, :row] = x.reshape(rows, row)
+    return np.max(padded.reshape(rows, per_row, BLOCK), axis=2, initial=x.dtype.type(0))
+
+
+def _rows_of(scales: np.ndarray) -> int | None:
+    """The row count of row-block scales (2-d), None for consecutive blocks."""
+    return np.shape(scales)[0] if np.ndim(scales) == 2 else None
 
 
 def rebase(codes: np.ndarray, scales: np.ndarray, peaks: np.ndarray, c: Codes = U16) -> tuple[np.ndarray, np.ndarray]:
@@ -242,13 +275,15 @@ def random_bits(index: np.ndarray, step: int) -> np.ndarray:
     return hashed(index, step) & np.uint32(0xFFFF)
 
 
-def f32_to_bf16_stochastic(x: np.ndarray, step: int) -> np.ndarray:
+def f32_to_bf16_stochastic(x: np.ndarray, step: int, index: np.ndarray | None = None) -> np.ndarray:
     """bfloat16 bits of float32 ``x`` (flat), rounded up in magnitude with probability equal to the dropped
-    fraction: the 16 dropped bits plus 16 random ones carry into the kept bits or not.  NaN stays NaN."""
+    fraction: the 16 dropped bits plus 16 random ones carry into the kept bits or not.  NaN stays NaN.
+    ``index``: each element's flat index in its array (by default ``0, 1, ...``)."""
     x = np.asarray(x, dtype=_F32)
     bits = x.view(np.uint32)
+    index = np.arange(x.size) if index is None else np.asarray(index).ravel()
     with np.errstate(over="ignore"):
-        rounded = (bits + random_bits(np.arange(x.size), step)) >> np.uint32(16)
+        rounded = (bits + random_bits(index, step)) >> np.uint32(16)
     return np.where(np.isnan(x), np.uint32(0x7FC0), rounded).astype(np.uint16)
 
 
@@ -284,7 +319,18 @@ def infinity_norm(
     new codes, scales and decoded ``u`` (per element)."""
     f = _F32
     scales = (np.asarray(scales, dtype=f) * f(config.beta2)).astype(f)
-    codes, scales = rebase(np.asarray(codes, dtype=c.dtype).ravel(), scales, _block_max(x), c)
+    return raised(x, codes, scales, c)
+
+
+def raised(
+    x: np.ndarray, codes: np.ndarray, scales: np.ndarray, c: Codes = U16
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``u <- max(u, x)`` on codes ``c`` (flat) below ``scales`` (decayed already): blocks re-base to cover their
+    largest ``x``, and an element whose ``x`` exceeds its ``u`` takes ``x``'s code, rounded up.  Returns the new
+    codes, scales and decoded ``u`` (per element)."""
+    f = _F32
+    x = np.asarray(x, dtype=f).ravel()
+    codes, scales = rebase(np.asarray(codes, dtype=c.dtype).ravel(), scales, _block_max(x, _rows_of(scales)), c)
     scale_e = _per_element(scales, x.size)
     u = decode(codes, scale_e, c)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -310,11 +356,15 @@ def u_input(g: np.ndarray, config: AdamaxConfig) -> np.ndarray:
     return np.abs(g) + _F32(config.eps) if config.eps_placement == "max" else np.abs(g)
 
 
-def update(param: np.ndarray, grad: np.ndarray, state: CompactState, config: AdamaxConfig):
+def update(
+    param: np.ndarray, grad: np.ndarray, state: CompactState, config: AdamaxConfig, index: np.ndarray | None = None
+):
     """One Adamax step with compact state; returns ``(new_param, new_state)`` and modifies nothing.
 
     ``param`` is float16 or float32 (bfloat16 params, as float32 arrays of their values, take the torch and
-    kernel paths); the arithmetic is float32 and the new param is rounded back to the param's dtype.
+    kernel paths); the arithmetic is float32 and the new param is rounded back to the param's dtype.  Scales of
+    shape ``(rows, k)`` are row blocks (:func:`row_blocks`).  ``index``: the elements' flat indices in their
+    table, which pick their random bits (by default ``0, 1, ...``; rows taken out of a table pass theirs).
     """
     t = int(state.step) + 1
     p, g = gradient(param, grad, config)
@@ -322,7 +372,7 @@ def update(param: np.ndarray, grad: np.ndarray, state: CompactState, config: Ada
     codes, scales, u = infinity_norm(u_input(g, config), state.exp_inf_code, state.exp_inf_scale, config)
     p = moved(p, m, u, t, config)
     shape = np.shape(param)
-    new_state = CompactState(t, f32_to_bf16_stochastic(m, t).reshape(shape), codes.reshape(shape), scales.copy())
+    new_state = CompactState(t, f32_to_bf16_stochastic(m, t, index).reshape(shape), codes.reshape(shape), scales.copy())
     return p.astype(np.asarray(param).dtype).reshape(shape), new_state
 
 
@@ -336,14 +386,14 @@ def to_full(state: CompactState) -> tuple[int, np.ndarray, np.ndarray]:
     return int(state.step), bf16_to_f32(state.exp_avg).reshape(codes.shape), decode(codes, scales)
 
 
-def from_full(step: int, m: np.ndarray, u: np.ndarray) -> CompactState:
+def from_full(step: int, m: np.ndarray, u: np.ndarray, rows: bool = False) -> CompactState:
     """Compact state holding float m and u: m rounded to the nearest bfloat16, u rounded up to a code below its
-    block's largest value (the block's scale)."""
+    block's largest value (the block's scale); ``rows``: in row blocks (:func:`row_blocks`)."""
     m32 = np.asarray(m, dtype=_F32)
     u32 = np.asarray(u, dtype=_F32).ravel()
     if (u32 < 0).any():
         raise ValueError("exp_inf must not be negative (it is a maximum of magnitudes): it has no compact form")
-    scales = _block_max(u32).astype(_F32)
+    scales = _block_max(u32, row_blocks(np.shape(u))[0] if rows else None).astype(_F32)
     scale_e = _per_element(scales, u32.size)
     with np.errstate(invalid="ignore", divide="ignore"):
         r = np.where(u32 == 0, _F32(0), u32 / scale_e)
@@ -367,15 +417,16 @@ def check_step_count(step: Any, what: str) -> None:
 
 def check_entry(entry: Mapping[str, Any], arrays: tuple, shape: tuple[int, ...], what: str) -> None:
     """Refuse a compact format's entry unless it has exactly a step and ``arrays`` (``(key, dtype, "param" |
-    "blocks")``: the param's shape, or one per block of it), the step a whole count and every scale (a
-    ``"blocks"`` array) not negative."""
+    "blocks")``: the param's shape, or one per block of it, all its scales in one layout: consecutive blocks or
+    row blocks), the step a whole count and every scale (a ``"blocks"`` array) not negative."""
     keys = {"step", *(key for key, _, _ in arrays)}
     if set(entry) != keys:
         raise ValueError(f"{what} must have exactly the keys {sorted(keys)}, got {sorted(entry)}")
     check_step_count(entry["step"], what)
-    size = int(np.prod(shape, dtype=np.int64))
+    first_scales = next(np.shape(entry[key]) for key, _, how in arrays if how == "blocks")
+    rows = len(first_scales) == 2 and len(shape) > 0
     for key, dtype, how in arrays:
-        want = tuple(shape) if how == "param" else (blocks(size),)
+        want = tuple(shape) if how == "param" else scales_shape(tuple(shape), rows)
         value = np.asarray(entry[key])
         if value.dtype != dtype or value.shape != want:
             raise ValueError(f"{what}: {key} must be {np.dtype(dtype).name} of shape {want}, got "

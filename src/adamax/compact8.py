@@ -57,7 +57,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from adamax import compact
-from adamax.compact import BLOCK, TINY, Codes, blocks
+from adamax.compact import BLOCK, TINY, Codes
 from adamax.spec import AdamaxConfig
 
 
@@ -123,9 +123,10 @@ class Compact8State(NamedTuple):
     exp_inf_scale: np.ndarray  # float32, (blocks(size),): each block's u scale
 
 
-def init(param: np.ndarray) -> Compact8State:
-    """The state before the first step: m = 0, u = 0."""
-    shape, n = np.shape(param), blocks(np.size(param))
+def init(param: np.ndarray, rows: bool = False) -> Compact8State:
+    """The state before the first step: m = 0, u = 0; ``rows``: in row blocks (:func:`adamax.compact.row_blocks`)."""
+    shape = np.shape(param)
+    n = compact.scales_shape(shape, rows)
     return Compact8State(0, np.zeros(shape, np.uint8), np.zeros(n, _F32), np.zeros(shape, np.uint8), np.zeros(n, _F32))
 
 
@@ -136,9 +137,10 @@ def decode_m(codes: np.ndarray, scales: np.ndarray) -> np.ndarray:
     return np.where(q & np.uint8(SIGN), -magnitude, magnitude)
 
 
-def m_scales(m: np.ndarray) -> np.ndarray:
-    """Each block's m scale: its largest ``|m|`` (NaN if it holds one), 0 where that is below ``2**-126``."""
-    peak = compact._block_max(np.abs(m))
+def m_scales(m: np.ndarray, rows: int | None = None) -> np.ndarray:
+    """Each block's m scale: its largest ``|m|`` (NaN if it holds one), 0 where that is below ``2**-126``; in row
+    blocks of ``m.size / rows`` elements where ``rows`` is given."""
+    peak = compact._block_max(np.abs(m), rows)
     return np.where(peak < TINY, _F32(0), peak).astype(_F32)
 
 
@@ -165,10 +167,14 @@ def encode_m(m: np.ndarray, scales: np.ndarray, bits: np.ndarray | None) -> np.n
     return np.where(finite, signed, ONE_M).astype(np.uint8)
 
 
-def update(param: np.ndarray, grad: np.ndarray, state: Compact8State, config: AdamaxConfig):
+def update(
+    param: np.ndarray, grad: np.ndarray, state: Compact8State, config: AdamaxConfig, index: np.ndarray | None = None
+):
     """One Adamax step with compact8 state; returns ``(new_param, new_state)`` and modifies nothing.
 
     ``param`` is float16 or float32; the arithmetic is float32 and the new param is rounded back to its dtype.
+    Scales of shape ``(rows, k)`` are row blocks; ``index``: the elements' flat indices in their table, which
+    pick their random bits (by default ``0, 1, ...``), as :func:`adamax.compact.update` takes them.
     """
     t = int(state.step) + 1
     p, g = compact.gradient(param, grad, config)
@@ -177,8 +183,9 @@ def update(param: np.ndarray, grad: np.ndarray, state: Compact8State, config: Ad
         compact.u_input(g, config), state.exp_inf_code, state.exp_inf_scale, config, U8
     )
     p = compact.moved(p, m, u, t, config)
-    m_scale = m_scales(m)
-    m_codes = encode_m(m, m_scale, compact.hashed(np.arange(m.size), t) >> np.uint32(32 - RANDOM_BITS))
+    m_scale = m_scales(m, compact._rows_of(state.exp_avg_scale))
+    index = np.arange(m.size) if index is None else np.asarray(index).ravel()
+    m_codes = encode_m(m, m_scale, compact.hashed(index, t) >> np.uint32(32 - RANDOM_BITS))
     shape = np.shape(param)
     new = Compact8State(t, m_codes.reshape(shape), m_scale, codes.reshape(shape), scales.copy())
     return p.astype(np.asarray(param).dtype).reshape(shape), new
@@ -195,18 +202,19 @@ def to_full(state: Compact8State) -> tuple[int, np.ndarray, np.ndarray]:
     return int(state.step), m, compact.decode(codes, scales, U8)
 
 
-def from_full(step: int, m: np.ndarray, u: np.ndarray) -> Compact8State:
+def from_full(step: int, m: np.ndarray, u: np.ndarray, rows: bool = False) -> Compact8State:
     """Compact8 state holding float m and u: m to the nearest code below its block's largest ``|m|``, u rounded
-    up to a code below its block's largest u."""
+    up to a code below its block's largest u; ``rows``: in row blocks (:func:`adamax.compact.row_blocks`)."""
+    count = compact.row_blocks(np.shape(u))[0] if rows else None
     m32 = np.asarray(m, dtype=_F32).ravel()
     u32 = np.asarray(u, dtype=_F32).ravel()
     if (u32 < 0).any():
         raise ValueError("exp_inf must not be negative (it is a maximum of magnitudes): it has no compact8 form")
-    scales = compact._block_max(u32).astype(_F32)
+    scales = compact._block_max(u32, count).astype(_F32)
     scale_e = compact._per_element(scales, u32.size)
     with np.errstate(invalid="ignore", divide="ignore"):
         r = np.where(u32 == 0, _F32(0), u32 / scale_e)
-    m_scale = m_scales(m32)
+    m_scale = m_scales(m32, count)
     shape = np.shape(u)
     return Compact8State(
         int(step), encode_m(m32, m_scale, None).reshape(np.shape(m)), m_scale,

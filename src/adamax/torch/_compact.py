@@ -44,8 +44,10 @@ class Layout(NamedTuple):
     def keys(self) -> frozenset[str]:
         return frozenset({"step", *(key for key, _, _ in self.tensors)})
 
-    def shape(self, how: str, p: Tensor) -> tuple[int, ...]:
-        return tuple(p.shape) if how == "param" else (compact.blocks(p.numel()),)
+    def shape(self, how: str, p: Tensor, rows: bool = False) -> tuple[int, ...]:
+        """A tensor's shape for ``p``: the param's, or its scales' (``rows``: in row blocks, as a lazy table
+        keeps them)."""
+        return tuple(p.shape) if how == "param" else compact.scales_shape(tuple(p.shape), rows)
 
 
 LAYOUTS = {
@@ -69,13 +71,20 @@ _PARAM_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _PLAIN = (Tensor, torch.nn.Parameter)
 
 
-def fresh_state(p: Tensor, state_format: str = "compact") -> dict[str, Tensor]:
-    """A param's compact state before its first step: m = 0, u = 0 (every code and scale 0)."""
+def fresh_state(p: Tensor, state_format: str = "compact", rows: bool = False) -> dict[str, Tensor]:
+    """A param's compact state before its first step: m = 0, u = 0 (every code and scale 0); ``rows``: its scales
+    in row blocks (a lazy table's)."""
     layout = LAYOUTS[state_format]
     entry = {"step": torch.zeros((), dtype=_torch_optimizer._get_scalar_dtype())}
     for key, dtype, how in layout.tensors:
-        entry[key] = torch.zeros(layout.shape(how, p), dtype=dtype, device=p.device)
+        entry[key] = torch.zeros(layout.shape(how, p, rows), dtype=dtype, device=p.device)
     return entry
+
+
+def in_row_blocks(state: Mapping[str, Any]) -> bool:
+    """Whether a compact entry's scales are in row blocks (2-d: a lazy table's), not consecutive blocks."""
+    scale = state.get("exp_inf_scale") if isinstance(state, Mapping) else None
+    return isinstance(scale, Tensor) and scale.dim() == 2
 
 
 def check_param(p: Tensor, index: int) -> None:
@@ -87,11 +96,12 @@ def check_param(p: Tensor, index: int) -> None:
         )
 
 
-def route(p: Tensor, fused: bool | None, index: int, state_format: str = "compact") -> str:
+def route(p: Tensor, fused: bool | None, index: int, state_format: str = "compact", rows: bool = False) -> str:
     """How a compact param is stepped: ``"triton"`` (CUDA), ``"numba"`` (the CPU kernel) or ``"numpy"``
-    (the definition's ``update``, CPU); raises where none can."""
+    (the definition's ``update``, CPU); raises where none can.  State in row blocks (``rows``: a lazy table's,
+    stepped with a dense gradient, or loaded from one) takes the definition."""
     kernel = KERNEL_FOR_DEVICE.get(p.device.type)  # (tests route the CPU to Triton through it)
-    dense = p.is_contiguous() and p.grad.is_contiguous() and p.grad.dtype is p.dtype
+    dense = p.is_contiguous() and p.grad.is_contiguous() and p.grad.dtype is p.dtype and not rows
     if kernel == "triton":
         if gpu_kernels() is None or not dense:
             raise RuntimeError(f"param {index} of its group: {state_format} state on {p.device} needs triton and "
@@ -103,7 +113,7 @@ def route(p: Tensor, fused: bool | None, index: int, state_format: str = "compac
         return "numba"
     if fused:
         raise RuntimeError(f"fused=True cannot update param {index} of its group: not a dense tensor with a dense "
-                           f"gradient, or numba missing")  # fmt: skip
+                           f"gradient and state in consecutive blocks, or numba missing")  # fmt: skip
     return "numpy"
 
 
@@ -117,8 +127,9 @@ def check_state(
         keys = sorted(state) if isinstance(state, Mapping) else type(state).__name__
         raise ValueError(f"{where}: expected the keys {sorted(layout.keys)}, got {keys}")
     _check_step(state["step"], where, loading=loading)
+    rows = in_row_blocks(state) and p.dim() > 0
     for key, dtype, how in layout.tensors:
-        value, shape = state[key], layout.shape(how, p)
+        value, shape = state[key], layout.shape(how, p, rows)
         if not isinstance(value, Tensor):
             raise TypeError(f"{where}: {key!r} must be a tensor, got {type(value).__name__}")
         if value.dtype != dtype or tuple(value.shape) != shape:
@@ -209,11 +220,12 @@ def _step_value(step: Any) -> Any:
     return step.clone() if isinstance(step, Tensor) else step
 
 
-def to_compact_entry(entry: Mapping[str, Any], state_format: str = "compact") -> dict[str, Any]:
-    """A full entry (``step, exp_avg, exp_inf``) in a compact format: m rounded to nearest, u up."""
+def to_compact_entry(entry: Mapping[str, Any], state_format: str = "compact", rows: bool = False) -> dict[str, Any]:
+    """A full entry (``step, exp_avg, exp_inf``) in a compact format: m rounded to nearest, u up; ``rows``: the
+    scales in row blocks."""
     m, u = entry["exp_avg"], entry["exp_inf"]
     definition = LAYOUTS[state_format].definition
-    state = definition.from_full(0, m.detach().float().cpu().numpy(), u.detach().float().cpu().numpy())
+    state = definition.from_full(0, m.detach().float().cpu().numpy(), u.detach().float().cpu().numpy(), rows)
     return _entry_of(state, _step_value(entry["step"]), m.device, state_format)
 
 
@@ -250,14 +262,15 @@ def format_of(entry: Mapping[str, Any]) -> str:
 
 
 def convert_entry(entry: Mapping[str, Any], state_format: str) -> dict[str, Any]:
-    """One state entry in ``state_format`` (a copy; an empty entry stays empty)."""
+    """One state entry in ``state_format`` (a copy; an empty entry stays empty); a compact entry in row blocks
+    stays in row blocks."""
     if not isinstance(entry, Mapping) or not entry:
         return dict(entry) if isinstance(entry, Mapping) else entry
     source = format_of(entry)
     if source == state_format:
         return {k: _step_value(v) if k == "step" else v.clone() for k, v in entry.items()}
     full = entry if source == "full" else to_full_entry(entry, source)
-    return full if state_format == "full" else to_compact_entry(full, state_format)
+    return full if state_format == "full" else to_compact_entry(full, state_format, in_row_blocks(entry))
 
 
 KERNEL_KINDS = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}  # the numba kernel's kind per param dtype
@@ -304,10 +317,10 @@ def check_step(
     if group["differentiable"] or group["capturable"]:
         raise RuntimeError(f"{state_format} state does not support differentiable=True or capturable=True")
     check_param(p, index)
-    way = route(p, group["fused"], index, state_format)
-    if state and not _live_state_fits(p, state, LAYOUTS[state_format]):
+    fits = bool(state) and _live_state_fits(p, state, LAYOUTS[state_format])
+    if state and not fits:
         check_state(p, state, f"state of param {index} of its group", loading=False, state_format=state_format)
-    return way
+    return route(p, group["fused"], index, state_format, rows=bool(state) and not fits and in_row_blocks(state))
 
 
 def step_compact(

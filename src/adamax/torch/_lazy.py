@@ -27,14 +27,16 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from adamax import _lazy, _memory
+from adamax import _lazy, _lazy_compact, _memory
 from adamax._algorithm import step_size
 from adamax.kernels import lazy_kernels
 from adamax.spec import AdamaxConfig
+from adamax.torch import _compact
 from adamax.torch._config import config_of, group_of
 from adamax.torch._sparse import check_lookup, check_rows, coalesced
 
 _LAZY_DTYPES = (torch.float32, torch.float64)
+_COMPACT_DTYPES = (torch.float32,)
 _MODULES = (torch.nn.Embedding, torch.nn.EmbeddingBag)
 
 
@@ -83,8 +85,9 @@ def lazy_embeddings(model: torch.nn.Module, optimizer, *, huge_pages: bool = Tru
     modules = [m for m in model.modules() if isinstance(m, _MODULES) and m.sparse]
     if not modules:
         raise ValueError("the model has no nn.Embedding or nn.EmbeddingBag with sparse=True")
-    if optimizer.state_format != "full":
-        raise ValueError("lazy tables keep full state: use state_format='full' with lazy_embeddings")
+    if tables.tables and tables.state_format != optimizer.state_format:
+        raise ValueError("the optimizer's state_format changed since its tables were registered")
+    tables.state_format = optimizer.state_format
     configs = []
     for module in modules:  # check every one before registering any
         configs.append(config_of(group_of(optimizer.param_groups, module.weight)))
@@ -133,8 +136,17 @@ class LazyTables:
     def __init__(self) -> None:
         self.tables: dict[Tensor, _Table] = {}
         self.hooked: set[int] = set()  # ids of the modules lazy_embeddings hooked
+        self.state_format = "full"  # the optimizer's, set by lazy_embeddings
+
+    @property
+    def layout(self) -> _compact.Layout | None:
+        """The tables' compact format (their state in row blocks), or None for full state."""
+        return _compact.LAYOUTS.get(self.state_format)
 
     def check_eligible(self, p: Tensor, config: AdamaxConfig) -> None:
+        if self.layout is not None and (p.dtype not in _COMPACT_DTYPES or p.device.type != "cpu"):
+            raise TypeError(f"lazy tables with {self.state_format} state are float32 CPU tensors, got {p.dtype} "
+                            f"on {p.device}")  # fmt: skip
         if p.dtype not in _LAZY_DTYPES or p.device.type != "cpu":
             raise TypeError(f"lazy tables are float32 or float64 CPU tensors, got {p.dtype} on {p.device}")
         _lazy.check_config(config)  # refuses coupled weight decay and beta1 >= beta2
@@ -153,6 +165,10 @@ class LazyTables:
         if huge_pages is None:
             huge_pages = self.tables[p].huge_pages if p in self.tables else False
         self.tables[p] = _Table(p, config, int(state["step"]) if state else 0, huge_pages)
+        if self.layout is not None:
+            if state and not _compact.in_row_blocks(state):  # consecutive blocks (a dense step's, a checkpoint's)
+                state.update(_in_row_blocks(p, state, self.state_format))
+            return  # compact state stays on ordinary memory
         if huge_pages and state:
             for key in ("exp_avg", "exp_inf"):
                 state[key] = _on_huge_pages(state[key])
@@ -179,10 +195,11 @@ class LazyTables:
         table = self.tables[p]
         if not table.changed(p):
             return table
-        if state and tuple(state["exp_avg"].shape) != tuple(p.shape):
+        shaped = state and state["exp_inf_code" if "exp_inf_code" in state else "exp_avg"]
+        if state and tuple(shaped.shape) != tuple(p.shape):
             raise RuntimeError(
                 f"a lazily stepped embedding was replaced by one of shape {tuple(p.shape)}; its state has shape "
-                f"{tuple(state['exp_avg'].shape)} (load a state dict that fits it, or build a new optimizer)"
+                f"{tuple(shaped.shape)} (load a state dict that fits it, or build a new optimizer)"
             )
         if not table.current():
             raise RuntimeError(
@@ -202,8 +219,12 @@ class LazyTables:
         rows = table.behind(rows)
         if not len(rows):
             return
-        kernel = _kernel_for(p, state)
-        if kernel is not None:
+        layout = self.layout
+        kernel = _kernel_for(p, state) if layout is None else None
+        if layout is not None:
+            arrays = _compact.as_compact_state(state, layout.name)
+            _lazy_compact.bring_up_to_date(table, layout.definition, p.detach().numpy(), arrays, rows)
+        elif kernel is not None:
             kernel.step_rows(table.clock, *_arrays(p, state), table.last, rows)
         else:
             table.bring_up_to_date(*_arrays(p, state), rows)
@@ -219,8 +240,15 @@ class LazyTables:
                 f"must be a sparse COO tensor of that shape and dtype with one sparse dimension"
             )
         check_rows(g, p.shape[0], f"the sparse gradient of lazy param {index} of its group")
-        if state and (state["exp_avg"].dtype != p.dtype or state["exp_avg"].layout is not torch.strided):
-            raise ValueError(f"state of lazy param {index} of its group must be dense and of the param's dtype")
+        where = f"state of lazy param {index} of its group"
+        if self.layout is not None:
+            if state:
+                _compact.check_state(p, state, where, loading=False, state_format=self.state_format)
+                if not _compact.in_row_blocks(state):
+                    raise ValueError(f"{where}: a lazy table's scales must be in row blocks, of shape "
+                                     f"{self.layout.shape('blocks', p, rows=True)}")  # fmt: skip
+        elif state and (state["exp_avg"].dtype != p.dtype or state["exp_avg"].layout is not torch.strided):
+            raise ValueError(f"{where} must be dense and of the param's dtype")
         self.checked(p, state, config)
 
     def step(self, p: Tensor, state: dict, fresh: bool, config: AdamaxConfig) -> None:
@@ -228,7 +256,8 @@ class LazyTables:
         touches, brought up to date and updated as dense Adamax updates them; rows about to fall out of the
         window, brought up to date; then the clock moves on."""
         table = self.for_step(p, state, config)
-        if fresh and table.huge_pages:  # new state (zeros), made where the table keeps it
+        layout = self.layout
+        if fresh and table.huge_pages and layout is None:  # new state (zeros), made where the table keeps it
             for key in ("exp_avg", "exp_inf"):
                 state[key] = _on_huge_pages(state[key], copy=False)
         touched, values = _coalesced(p.grad)
@@ -236,6 +265,15 @@ class LazyTables:
         stale = table.clock.due(table.last)
         if len(stale):
             stale = np.setdiff1d(stale, touched, assume_unique=True)
+        if layout is not None:
+            arrays = _compact.as_compact_state(state, layout.name)
+            _lazy_compact.step(table, layout.definition, p.detach().numpy(), arrays, touched, values, config, t,
+                               stale)()  # fmt: skip
+            with torch.no_grad():
+                state["step"] += 1
+            _written(p)
+            table.mark(p)
+            return
         arrays = _arrays(p, state)
         kernel = _kernel_for(p, state)
         if kernel is not None:  # one parallel pass: catch-up and update, row by row
@@ -250,6 +288,18 @@ class LazyTables:
             state["step"] += 1
         _written(p)
         table.mark(p)
+
+
+def _in_row_blocks(p: Tensor, state: Mapping[str, Any], state_format: str) -> dict[str, Tensor]:
+    """A compact entry in consecutive blocks with its scales in row blocks: the same values where the blocks are
+    the same (rows of a multiple of 256 elements), else through float32 (m to nearest, u up)."""
+    layout = _compact.LAYOUTS[state_format]
+    shape = layout.shape("blocks", p, rows=True)
+    if (p.numel() // max(p.shape[0], 1)) % _compact.compact.BLOCK == 0:
+        return {key: state[key].reshape(shape).clone() for key, _, how in layout.tensors if how == "blocks"}
+    full = _compact.to_full_entry(state, state_format)
+    entry = _compact.to_compact_entry(full, state_format, rows=True)
+    return {key: value for key, value in entry.items() if key != "step"}
 
 
 def _written(p: Tensor) -> None:

@@ -201,7 +201,7 @@ class Adamax(Optimizer):
         """One group's step, path by path as ``plan`` chose (every check has passed: nothing here refuses); each
         path's inputs gathered by its method below and handed to its function (the table ``_PATHS``)."""
         state, tables = self.state, self._lazy.tables
-        dense_lazy = [p for p in (*plan.fused, *plan.rest) if p in tables]
+        dense_lazy = [p for p in (*plan.fused, *plan.rest, *plan.compact) if p in tables]
         for p in dense_lazy:  # a lazy table with a dense gradient (a tied weight): every row up to date first
             self._lazy.bring_up_to_date(p, state.get(p), np.arange(p.shape[0]))
         for field, run in _PATHS.items():
@@ -252,6 +252,8 @@ class Adamax(Optimizer):
         self._count("lazy", len(params))
         for p in params:
             fresh = not self.state.get(p)
+            if fresh and self._lazy.layout is not None:  # compact state, its scales in row blocks
+                self.state[p] = _compact.fresh_state(p, self.state_format, rows=True)
             self._lazy.step(p, init_state(self.state, p, False), fresh, plan.config)
 
     @_use_grad_for_differentiable
