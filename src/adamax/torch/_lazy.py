@@ -222,6 +222,7 @@ class LazyTables:
         layout = self.layout
         kernel = _kernel_for(p, state) if layout is None else None
         if layout is not None:
+            self.check_compact(p, state, "state of a lazy table")
             arrays = _compact.as_compact_state(state, layout.name)
             _lazy_compact.bring_up_to_date(table, layout.definition, p.detach().numpy(), arrays, rows)
         elif kernel is not None:
@@ -230,6 +231,15 @@ class LazyTables:
             table.bring_up_to_date(*_arrays(p, state), rows)
         _written(p)
         table.mark(p)
+
+    def check_compact(self, p: Tensor, state: dict | None, where: str) -> None:
+        """A lazy table's compact entry (if any) is well formed, its scales in row blocks."""
+        if not state:
+            return
+        _compact.check_state(p, state, where, loading=False, state_format=self.state_format)
+        if not _compact.in_row_blocks(state):
+            raise ValueError(f"{where}: a lazy table's scales must be in row blocks, of shape "
+                             f"{self.layout.shape('blocks', p, rows=True)}")  # fmt: skip
 
     def check_step(self, p: Tensor, g: Tensor, index: int, config: AdamaxConfig, state: dict | None) -> None:
         """Before any write: a sparse gradient fits its lazy table, and the group's hyperparameters can be lazy."""
@@ -242,11 +252,7 @@ class LazyTables:
         check_rows(g, p.shape[0], f"the sparse gradient of lazy param {index} of its group")
         where = f"state of lazy param {index} of its group"
         if self.layout is not None:
-            if state:
-                _compact.check_state(p, state, where, loading=False, state_format=self.state_format)
-                if not _compact.in_row_blocks(state):
-                    raise ValueError(f"{where}: a lazy table's scales must be in row blocks, of shape "
-                                     f"{self.layout.shape('blocks', p, rows=True)}")  # fmt: skip
+            self.check_compact(p, state, where)
         elif state and (state["exp_avg"].dtype != p.dtype or state["exp_avg"].layout is not torch.strided):
             raise ValueError(f"{where} must be dense and of the param's dtype")
         self.checked(p, state, config)
