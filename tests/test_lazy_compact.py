@@ -352,3 +352,45 @@ def test_a_dense_gradient_on_a_lazy_compact_table_steps_every_row_and_sparse_ste
         assert bool(moved.all()) if step == 3 else bool(moved[[1, 5, 7]].all())
         assert opt.last_step_paths == ({name: 1} if step == 3 else {"lazy": 1})
         assert opt.state[table.weight]["exp_inf_scale"].shape == (30, 1)
+
+
+# ----- the numba kernel -----
+
+
+@pytest.mark.parametrize("name", FORMATS)
+@pytest.mark.parametrize("placement", PLACEMENTS)
+@pytest.mark.parametrize("width", [5, 256, 300])
+def test_the_lazy_compact_kernel_is_the_definition_bit_for_bit(name, placement, width):
+    """Rows stepped, caught up by the sweep and flushed, over 250 steps of a 103-step window (betas 0.6, 0.9: a is
+    not a power of two, so compact's catch-up rounds m); tiny gradients in 30% of the rows, so "max" raises codes
+    to eps and re-bases blocks."""
+    kernels = pytest.importorskip("adamax.kernels.lazy_compact")
+    definition = FORMATS[name]
+    cfg = config(placement, betas=(0.6, 0.9), weight_decay=0.05, decoupled_weight_decay=True)
+    rng = np.random.default_rng(width)
+    rows_in_table = 40
+    p = rng.standard_normal((rows_in_table, width)).astype(np.float32)
+    ours, theirs = (p.copy(), definition.init(p, rows=True)), (p.copy(), definition.init(p, rows=True))
+    by_definition = _lazy.Table(rows_in_table, cfg, np.float32, 0)
+    by_kernel = _lazy.Table(rows_in_table, cfg, np.float32, 0)
+    caught_up = 0
+    for t in range(250):
+        rows = np.unique(rng.integers(0, rows_in_table, size=rng.integers(1, 8)))
+        size = np.where(rng.random((len(rows), 1)) < 0.3, 1e-6, 1.0)
+        values = (rng.standard_normal((len(rows), width)) * size).astype(np.float32)
+        stale = np.setdiff1d(by_definition.clock.due(by_definition.last), rows)
+        caught_up += len(stale)
+        _lazy_compact.step(by_definition, definition, *ours, rows, values, cfg, t, stale)()
+        if len(stale):
+            kernels.step_rows(by_kernel.clock, theirs[0], theirs[1], by_kernel.last, stale)
+        kernels.step_rows(by_kernel.clock, *theirs, by_kernel.last, rows, values, config=cfg)
+        by_kernel.clock.advance(*by_kernel.clock.step_scalars(cfg.lr, t + 1))
+        if t % 37 == 0:
+            every = np.arange(rows_in_table)
+            _lazy_compact.bring_up_to_date(by_definition, definition, *ours, every)
+            kernels.step_rows(by_kernel.clock, *theirs, by_kernel.last, by_kernel.behind(every))
+        assert np.array_equal(ours[0], theirs[0]), t
+        for a, b in zip(ours[1][1:], theirs[1][1:]):
+            assert np.array_equal(a, b), t
+        assert np.array_equal(by_definition.last, by_kernel.last)
+    assert caught_up > 0

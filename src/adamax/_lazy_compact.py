@@ -75,22 +75,27 @@ def catch_up(
     _, m, u = definition.to_full(state)
     new_p = _lazy.catch_up(clock, p, m, u, last).p  # refuses rows older than the window
     per_row = (-1,) + (1,) * (np.ndim(state.exp_inf_scale) - 1)
-    scales = (state.exp_inf_scale.astype(np.float64) * clock.pow_b2[K].reshape(per_row)).astype(_F32)
+    due = K >= 1  # rows already up to date keep their state as it is
+    decayed_scales = (state.exp_inf_scale.astype(np.float64) * clock.pow_b2[K].reshape(per_row)).astype(_F32)
+    scales = np.where(due.reshape(per_row), decayed_scales, state.exp_inf_scale)
     codes = state.exp_inf_code
-    if clock.config.eps_placement == "max":
-        size = np.size(p)
-        x = np.repeat(np.where(K >= 1, _F32(clock.eps), _F32(0)), size // max(len(K), 1))
-        codes, scales, _ = compact.raised(x, codes, scales, codes_of(definition))
-        codes = codes.reshape(np.shape(p))
+    if clock.config.eps_placement == "max" and due.any():
+        row = np.size(p) // len(K)
+        raised, raised_scales, _ = compact.raised(
+            np.full(int(due.sum()) * row, _F32(clock.eps)), codes[due], scales[due], codes_of(definition)
+        )
+        codes, scales = codes.copy(), scales.copy()
+        codes[due], scales[due] = raised.reshape(codes[due].shape), raised_scales
     new = state._replace(exp_inf_code=codes, exp_inf_scale=scales)
     if definition is compact8:
         m_scale = (state.exp_avg_scale.astype(np.float64) * clock.pow_a[K].reshape(per_row)).astype(_F32)
-        gone = m_scale < compact.TINY
+        gone = (m_scale < compact.TINY) & due.reshape(per_row)
         m_codes = np.where(compact._per_element(gone, m.size).reshape(m.shape), np.uint8(0), state.exp_avg_code)
-        return new_p, new._replace(exp_avg_code=m_codes, exp_avg_scale=np.where(gone, _F32(0), m_scale))
+        m_scale = np.where(gone, _F32(0), np.where(due.reshape(per_row), m_scale, state.exp_avg_scale))
+        return new_p, new._replace(exp_avg_code=m_codes, exp_avg_scale=m_scale)
     decayed = (m.astype(np.float64) * clock.pow_a[K].reshape((-1,) + (1,) * (m.ndim - 1))).astype(_F32)
     bits = compact.f32_to_bf16_stochastic(decayed.ravel(), clock.t, index).reshape(m.shape)
-    return new_p, new._replace(exp_avg=bits)
+    return new_p, new._replace(exp_avg=np.where(due.reshape((-1,) + (1,) * (m.ndim - 1)), bits, state.exp_avg))
 
 
 def bring_up_to_date(table: _lazy.Table, definition: ModuleType, p: np.ndarray, state: NamedTuple, rows) -> None:

@@ -59,3 +59,13 @@ def compact8_kernels() -> ModuleType | None:
     except ImportError:
         return None
     return compact8
+
+
+@functools.cache
+def lazy_compact_kernels() -> ModuleType | None:
+    """The numba kernel for lazy rows with compact or compact8 state, or ``None`` without numba."""
+    try:
+        from adamax.kernels import lazy_compact
+    except ImportError:
+        return None
+    return lazy_compact

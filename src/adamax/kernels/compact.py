@@ -146,9 +146,10 @@ def _rebase(scale, peak):
 
 
 @njit(inline="always")
-def _gradient(p, g, i, kind, maximize, coupled, wd):
-    """Element ``i``'s gradient as the step uses it: negated for ``maximize``, with coupled decay."""
-    gi = _load(g, i, kind)
+def _gradient(p, g, i, gi_index, kind, maximize, coupled, wd):
+    """Element ``i``'s gradient (``g[gi_index]``) as the step uses it: negated for ``maximize``, with coupled
+    decay."""
+    gi = _load(g, gi_index, kind)
     if maximize:
         gi = -gi
     if coupled:
@@ -164,16 +165,15 @@ def _moment(mi, gi, w, one_minus_w, low_w):
 
 @njit(inline="always")
 def _block(
-    p, g, m, q, s, b, size, gs, kind, step, mix, w, one_minus_w, b2, eps_x, eps_d, wd, scale_p, maximize, coupled,
-    low_w, guard,
+    p, g, m, q, s, b, lo, g_lo, n, gs, kind, step, mix, w, one_minus_w, b2, eps_x, eps_d, wd, scale_p, maximize,
+    coupled, low_w, guard,
 ):  # fmt: skip  # pragma: no cover - compiled
-    """One block of :func:`_step_blocks_32`; ``kind`` is a constant where it is called: each kind has its own
-    loops."""
-    lo = b * compact.BLOCK
-    n = min(compact.BLOCK, size - lo)
+    """One block of :func:`_step_blocks_32`: elements ``lo ... lo + n - 1`` of ``p, m, q`` (their flat indices, which
+    pick the random bits), from ``g_lo`` on in ``g``, and the scale ``s[b]``; ``kind`` is a constant where it is
+    called: each kind has its own loops."""
     peak_bits = np.int32(0)
     for j in range(n):
-        gi = _gradient(p, g, lo + j, kind, maximize, coupled, wd)
+        gi = _gradient(p, g, lo + j, g_lo + j, kind, maximize, coupled, wd)
         gs[j] = gi
         peak_bits = max(peak_bits, np.float32(abs(gi) + eps_x).view(np.int32))
     peak = np.int32(peak_bits).view(np.float32)
@@ -231,8 +231,9 @@ def _chunk(
     mix = np.uint32((counts[k] * 0x85EBCA77) & 0xFFFFFFFF)
     gs = np.empty(compact.BLOCK, np.float32)
     for b in range(chunk_start[c], chunk_stop[c]):
-        _block(p, g, m, q, s, b, size, gs, kind, step, mix, w, one_minus_w, b2, eps_x, eps_d, wd, scale_p,
-               maximize, coupled, low_w, guard)  # fmt: skip
+        lo = b * compact.BLOCK
+        _block(p, g, m, q, s, b, lo, lo, min(compact.BLOCK, size - lo), gs, kind, step, mix, w, one_minus_w, b2,
+               eps_x, eps_d, wd, scale_p, maximize, coupled, low_w, guard)  # fmt: skip
 
 
 @njit(parallel=True, cache=True, nogil=True, error_model="numpy")

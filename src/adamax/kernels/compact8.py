@@ -71,17 +71,16 @@ def _encode_m(mi, inv, finite, index, mix):
 
 @njit(inline="always")
 def _block(
-    p, g, mq, ms, q, s, b, size, gs, mb, kind, step, mix, w, one_minus_w, b2, eps_x, eps_d, wd, scale_p, maximize,
-    coupled, low_w, guard,
+    p, g, mq, ms, q, s, b, lo, g_lo, n, gs, mb, kind, step, mix, w, one_minus_w, b2, eps_x, eps_d, wd, scale_p,
+    maximize, coupled, low_w, guard,
 ):  # fmt: skip  # pragma: no cover - compiled
-    """One block; ``kind`` is a constant where it is called."""
-    lo = b * compact.BLOCK
-    n = min(compact.BLOCK, size - lo)
+    """One block: elements ``lo ... lo + n - 1`` of ``p, mq, q`` (their flat indices, which pick the random bits),
+    from ``g_lo`` on in ``g``, and the scales ``ms[b]``, ``s[b]``; ``kind`` is a constant where it is called."""
     peak_bits = np.int32(0)
     m_bits = np.int32(0)
     m_scale = ms[b]
     for j in range(n):
-        gi = _gradient(p, g, lo + j, kind, maximize, coupled, wd)
+        gi = _gradient(p, g, lo + j, g_lo + j, kind, maximize, coupled, wd)
         gs[j] = gi
         peak_bits = max(peak_bits, np.float32(abs(gi) + eps_x).view(np.int32))
         mi = _moment(_decode_m(mq[lo + j], m_scale), gi, w, one_minus_w, low_w)
@@ -134,8 +133,9 @@ def _chunk(
     gs = np.empty(compact.BLOCK, np.float32)
     mb = np.empty(compact.BLOCK, np.float32)
     for b in range(chunk_start[c], chunk_stop[c]):
-        _block(p, g, mq, ms, q, s, b, size, gs, mb, kind, step, mix, w, one_minus_w, b2, eps_x, eps_d, wd, scale_p,
-               maximize, coupled, low_w, guard)  # fmt: skip
+        lo = b * compact.BLOCK
+        _block(p, g, mq, ms, q, s, b, lo, lo, min(compact.BLOCK, size - lo), gs, mb, kind, step, mix, w,
+               one_minus_w, b2, eps_x, eps_d, wd, scale_p, maximize, coupled, low_w, guard)  # fmt: skip
 
 
 @njit(parallel=True, cache=True, nogil=True, error_model="numpy")

@@ -86,6 +86,37 @@ def _catch_up(p, m, u, last, t, W, a_pow, b2_pow, A, B, D, c, eps, b2, log_b2, p
     return d_sn * p + m * total, a_pow[K] * m, new_u
 
 
+@njit(inline="always")
+def _catch_up_row(pr, mr, ur, s, t, W, a_pow, b2_pow, A, B, D, c, eps, b2, log_b2, placement):
+    """One row (``pr, mr, ur``: 1-d, the table's dtype), last brought up to date at step ``s``, brought to step
+    ``t`` in place."""
+    width = pr.shape[0]
+    K = t - s
+    if K > 0:
+        slot = s % (W + 1)
+        d_sn, a_K, b2_K, A_K = D[slot], a_pow[K], b2_pow[K], A[slot, K]
+        simple = placement == EPS_NONE
+        if placement == EPS_MAX:  # the common case: no element of the row reaches eps within the gap
+            simple = True
+            for e in range(width):
+                if b2_K * np.float64(ur[e]) < eps:
+                    simple = False
+        if simple:  # one closed form for the whole row, a loop LLVM can vectorise
+            for e in range(width):
+                u64 = np.float64(ur[e])
+                m64 = np.float64(mr[e])
+                total = d_sn * A_K / u64 if u64 > 0.0 else 0.0
+                pr[e] = d_sn * np.float64(pr[e]) + (m64 * total if m64 != 0.0 else 0.0)
+                mr[e] = a_K * m64
+                ur[e] = b2_K * u64
+        else:
+            for e in range(width):
+                pr[e], mr[e], ur[e] = _catch_up(
+                    np.float64(pr[e]), np.float64(mr[e]), np.float64(ur[e]),
+                    s, t, W, a_pow, b2_pow, A, B, D, c, eps, b2, log_b2, placement,
+                )  # fmt: skip
+
+
 @njit(parallel=True, cache=True, nogil=True)
 def _rows(
     p, m, u, rows, values, last, t, update, W, a_pow, b2_pow, A, B, D, c, catch, step, hyper, flags
@@ -107,32 +138,8 @@ def _rows(
                 _prefetch(m, ahead, column)
                 _prefetch(u, ahead, column)
         r = rows[i]
-        s = last[r]
-        K = t - s
         pr, mr, ur = p[r], m[r], u[r]
-        if K > 0:
-            slot = s % (W + 1)
-            d_sn, a_K, b2_K, A_K = D[slot], a_pow[K], b2_pow[K], A[slot, K]
-            simple = placement == EPS_NONE
-            if placement == EPS_MAX:  # the common case: no element of the row reaches eps within the gap
-                simple = True
-                for e in range(width):
-                    if b2_K * np.float64(ur[e]) < eps:
-                        simple = False
-            if simple:  # one closed form for the whole row, a loop LLVM can vectorise
-                for e in range(width):
-                    u64 = np.float64(ur[e])
-                    m64 = np.float64(mr[e])
-                    total = d_sn * A_K / u64 if u64 > 0.0 else 0.0
-                    pr[e] = d_sn * np.float64(pr[e]) + (m64 * total if m64 != 0.0 else 0.0)
-                    mr[e] = a_K * m64
-                    ur[e] = b2_K * u64
-            else:
-                for e in range(width):
-                    pr[e], mr[e], ur[e] = _catch_up(
-                        np.float64(pr[e]), np.float64(mr[e]), np.float64(ur[e]),
-                        s, t, W, a_pow, b2_pow, A, B, D, c, eps, b2, log_b2, placement,
-                    )  # fmt: skip
+        _catch_up_row(pr, mr, ur, last[r], t, W, a_pow, b2_pow, A, B, D, c, eps, b2, log_b2, placement)
         if update:
             gr = values[i]
             for e in range(width):

@@ -29,7 +29,7 @@ from torch import Tensor
 
 from adamax import _lazy, _lazy_compact, _memory
 from adamax._algorithm import step_size
-from adamax.kernels import lazy_kernels
+from adamax.kernels import lazy_compact_kernels, lazy_kernels
 from adamax.spec import AdamaxConfig
 from adamax.torch import _compact
 from adamax.torch._config import config_of, group_of
@@ -224,7 +224,11 @@ class LazyTables:
         if layout is not None:
             self.check_compact(p, state, "state of a lazy table")
             arrays = _compact.as_compact_state(state, layout.name)
-            _lazy_compact.bring_up_to_date(table, layout.definition, p.detach().numpy(), arrays, rows)
+            compact_kernel = _compact_kernel_for(p)
+            if compact_kernel is not None:
+                compact_kernel.step_rows(table.clock, p.detach().numpy(), arrays, table.last, rows)
+            else:
+                _lazy_compact.bring_up_to_date(table, layout.definition, p.detach().numpy(), arrays, rows)
         elif kernel is not None:
             kernel.step_rows(table.clock, *_arrays(p, state), table.last, rows)
         else:
@@ -273,8 +277,15 @@ class LazyTables:
             stale = np.setdiff1d(stale, touched, assume_unique=True)
         if layout is not None:
             arrays = _compact.as_compact_state(state, layout.name)
-            _lazy_compact.step(table, layout.definition, p.detach().numpy(), arrays, touched, values, config, t,
-                               stale)()  # fmt: skip
+            kernel = _compact_kernel_for(p)
+            if kernel is not None:  # one parallel pass, as for full state
+                if len(stale):
+                    kernel.step_rows(table.clock, p.detach().numpy(), arrays, table.last, stale)
+                kernel.step_rows(table.clock, p.detach().numpy(), arrays, table.last, touched, values, config)
+                lazy_kernels().advance(table.clock, *table.clock.step_scalars(config.lr, t + 1))
+            else:
+                _lazy_compact.step(table, layout.definition, p.detach().numpy(), arrays, touched, values, config, t,
+                                   stale)()  # fmt: skip
             with torch.no_grad():
                 state["step"] += 1
             _written(p)
@@ -347,6 +358,13 @@ def _kernel_for(p: Tensor, state: Mapping[str, Any]):
     if not (p.is_contiguous() and state["exp_avg"].is_contiguous() and state["exp_inf"].is_contiguous()):
         return None
     return kernel
+
+
+def _compact_kernel_for(p: Tensor):
+    """The lazy compact kernel where it can take this table (2-d, contiguous; its state is contiguous, as checked),
+    else None: the NumPy definition then."""
+    kernel = lazy_compact_kernels()
+    return kernel if kernel is not None and p.dim() == 2 and p.is_contiguous() else None
 
 
 def _arrays(p: Tensor, state: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
