@@ -368,7 +368,7 @@ def test_the_lazy_compact_kernel_is_the_definition_bit_for_bit(name, placement, 
     definition = FORMATS[name]
     cfg = config(placement, betas=(0.6, 0.9), weight_decay=0.05, decoupled_weight_decay=True)
     rng = np.random.default_rng(width)
-    rows_in_table = 40
+    rows_in_table = 200
     p = rng.standard_normal((rows_in_table, width)).astype(np.float32)
     ours, theirs = (p.copy(), definition.init(p, rows=True)), (p.copy(), definition.init(p, rows=True))
     by_definition = _lazy.Table(rows_in_table, cfg, np.float32, 0)
@@ -385,7 +385,7 @@ def test_the_lazy_compact_kernel_is_the_definition_bit_for_bit(name, placement, 
             kernels.step_rows(by_kernel.clock, theirs[0], theirs[1], by_kernel.last, stale)
         kernels.step_rows(by_kernel.clock, *theirs, by_kernel.last, rows, values, config=cfg)
         by_kernel.clock.advance(*by_kernel.clock.step_scalars(cfg.lr, t + 1))
-        if t % 37 == 0:
+        if t % 120 == 119:  # a flush; between two, rows fall behind far enough for the sweep
             every = np.arange(rows_in_table)
             _lazy_compact.bring_up_to_date(by_definition, definition, *ours, every)
             kernels.step_rows(by_kernel.clock, *theirs, by_kernel.last, by_kernel.behind(every))
