@@ -252,8 +252,17 @@ def test_bench_sparse_runs_and_writes_json(tmp_path, capsys):
     assert main(args) == 0
     result = json.loads(out.read_text())["sparse"]
     assert result["rows"] == 20000 and result["touched_rows"] > 100
-    assert {r["method"] for r in result["results"]} >= {"adamax.torch lazy (sparse gradient)", "training step, lazy"}
-    assert "faster than the fused dense step" in capsys.readouterr().out
+    assert {r["method"] for r in result["results"]} >= {
+        "adamax.torch lazy (sparse gradient)", "training step, lazy", "adamax.torch lazy, compact8 state (sparse gradient)"
+    }  # fmt: skip
+    # a 20,000 x 64 table's state: m and u (8 bytes), compact (4 + 4/64), compact8 (2 + 8/64), each with an int64
+    # per row (8/64 bytes per param)
+    bookkeeping = 8 / 64
+    assert result["state_bytes_per_param"] == pytest.approx(
+        {"full": 8 + bookkeeping, "compact": 4 + 4 / 64 + bookkeeping, "compact8": 2 + 8 / 64 + bookkeeping}
+    )
+    out = capsys.readouterr().out
+    assert "faster than the fused dense step" in out and "faster than the dense compact8 step" in out
 
 
 def test_the_work_before_each_timed_step_is_calibrated_once_and_the_same_for_every_method(monkeypatch):

@@ -11,7 +11,8 @@ the dense steps run between have evicted them from the caches.
 
 * the optimizer step alone: ``adamax.torch`` lazy (sparse gradient,
   :func:`adamax.torch.lazy_embeddings`), ``adamax.torch`` fused (the dense
-  gradient), ``torch.optim.Adamax`` foreach (the dense gradient);
+  gradient), ``torch.optim.Adamax`` foreach (the dense gradient); and lazy
+  against dense for compact and compact8 state (``state_format``);
 * a whole training step: embedding lookup of the touched rows, a small MLP,
   backward, step; lazy (``sparse=True``) against dense (``sparse=False``,
   fused step).
@@ -73,6 +74,16 @@ def steppers(rows: int, dim: int, fraction: float, draws: int = 8) -> tuple[dict
     torch_table = torch.nn.Parameter(start.clone())
     foreach = torch.optim.Adamax([torch_table], lr=1e-3, foreach=True)
     counter = {"lazy": 0, "fused": 0, "foreach": 0, "train lazy": 0, "train dense": 0}
+    formats = {}  # state format: (lazy table, its optimizer, dense table, its optimizer)
+    for state_format in ("compact", "compact8"):
+        table = torch.nn.Embedding(rows, dim, sparse=True)
+        with torch.no_grad():
+            table.weight.copy_(start)
+        opt = Adamax(table.parameters(), lr=1e-3, state_format=state_format)
+        lazy_embeddings(table, opt)
+        dense_table = torch.nn.Parameter(start.clone())
+        formats[state_format] = (table, opt, dense_table, Adamax([dense_table], lr=1e-3, state_format=state_format))
+        counter[f"lazy {state_format}"] = counter[f"dense {state_format}"] = 0
 
     def cycle(name: str, items: list):
         k = counter[name]
@@ -90,6 +101,22 @@ def steppers(rows: int, dim: int, fraction: float, draws: int = 8) -> tuple[dict
     def foreach_step() -> None:
         torch_table.grad = cycle("foreach", dense_grads)
         foreach.step()
+
+    def format_steps(state_format: str) -> dict[str, Callable[[], None]]:
+        table, opt, dense_table, dense = formats[state_format]
+
+        def lazy_format_step() -> None:
+            table.weight.grad = cycle(f"lazy {state_format}", sparse)
+            opt.step()
+
+        def dense_format_step() -> None:
+            dense_table.grad = cycle(f"dense {state_format}", dense_grads)
+            dense.step()
+
+        return {
+            f"adamax.torch lazy, {state_format} state (sparse gradient)": lazy_format_step,
+            f"adamax.torch {state_format} state (dense gradient)": dense_format_step,
+        }
 
     def model(sparse_table: bool):
         torch.manual_seed(1)
@@ -122,12 +149,27 @@ def steppers(rows: int, dim: int, fraction: float, draws: int = 8) -> tuple[dict
         "adamax.torch lazy (sparse gradient)": lazy_step,
         "adamax.torch fused (dense gradient)": fused_step,
         "torch.optim.Adamax foreach (dense gradient)": foreach_step,
+        **format_steps("compact"),
+        **format_steps("compact8"),
         "training step, lazy": train_step(lazy_model, "train lazy"),
         "training step, dense (fused)": train_step(dense_model, "train dense"),
     }
     for step in methods.values():  # compile kernels, create state
         step()
-    return methods, int(np.mean([len(r) for r in touched]))
+    lazy.flush()
+    state_bytes = {"full": _state_bytes(lazy, embedding.weight)}
+    for state_format, (table, opt, _, _) in formats.items():
+        opt.flush()
+        state_bytes[state_format] = _state_bytes(opt, table.weight)
+    return methods, int(np.mean([len(r) for r in touched])), state_bytes
+
+
+def _state_bytes(opt, weight) -> float:
+    """A lazy table's optimizer state per param, in bytes: its state tensors, and the bookkeeping of its rows (the
+    step each was last brought up to date at, int64)."""
+    entry = opt.state[weight]
+    tensors = sum(value.nbytes for key, value in entry.items() if key != "step")
+    return (tensors + opt._lazy.tables[weight].last.nbytes) / weight.numel()
 
 
 def run(
@@ -140,7 +182,7 @@ def run(
 ) -> dict:
     """Every method, interleaved round by round, each timed step after ``work()`` (other torch work, as in
     training: :mod:`adamax.cli._work`); medians, ratios and the bandwidth figures."""
-    methods, touched = steppers(rows, dim, fraction)
+    methods, touched, state_bytes = steppers(rows, dim, fraction)
     limit = _bandwidth_stepper(rows * dim)
     times: dict[str, list[float]] = {name: [] for name in [*methods, "bandwidth limit"]}
     for _ in range(repeats):
@@ -165,6 +207,12 @@ def run(
         "x_lazy_over_fused": medians["adamax.torch fused (dense gradient)"] / lazy,
         "x_lazy_over_foreach": medians["torch.optim.Adamax foreach (dense gradient)"] / lazy,
         "x_training_step": medians["training step, dense (fused)"] / medians["training step, lazy"],
+        **{
+            f"x_lazy_over_dense_{state_format}": medians[f"adamax.torch {state_format} state (dense gradient)"]
+            / medians[f"adamax.torch lazy, {state_format} state (sparse gradient)"]
+            for state_format in ("compact", "compact8")
+        },
+        "state_bytes_per_param": state_bytes,
         "results": [
             {"method": name, "median_ms": medians[name] * 1e3, "times_ms": [t * 1e3 for t in times[name]]}
             for name in methods
@@ -184,6 +232,13 @@ def report(result: dict, table: Callable) -> None:
         f"{result['x_lazy_over_foreach']:.1f}x faster than torch's foreach step; "
         f"training step {result['x_training_step']:.1f}x faster than dense"
     )
+    for state_format in ("compact", "compact8"):
+        if f"x_lazy_over_dense_{state_format}" in result:
+            print(f"lazy {state_format} step: {result[f'x_lazy_over_dense_{state_format}']:.1f}x faster than the dense "
+                  f"{state_format} step")  # fmt: skip
+    if "state_bytes_per_param" in result:
+        print("state bytes per param of the lazy table (with its rows' bookkeeping): " + ", ".join(
+            f"{name} {value:.3f}" for name, value in result["state_bytes_per_param"].items()))  # fmt: skip
     print(
         f"lazy step moves its touched bytes at {result['lazy_touched_GBps']:.1f} GB/s; "
         f"DRAM bandwidth in this run {result['dram_GBps']:.1f} GB/s (random rows are latency-bound)"
