@@ -40,17 +40,24 @@ def _prefetch_row(arrays_p, arrays_m, arrays_q, scales, last, ahead, width, per_
     """Start loading row ``ahead`` of the flat p, m codes, u codes and u scales, and its ``last``."""
     _prefetch(last, ahead, 0)
     _prefetch(scales, ahead * per_row, 0)
-    for column in range(0, width, 16):
+    for column in range(0, width, 16):  # every cache line of the row
         _prefetch(arrays_p, ahead * width + column, 0)
-    for column in range(0, width, 64):
+    for column in range(0, width, 64 // arrays_m.itemsize):
         _prefetch(arrays_m, ahead * width + column, 0)
+    for column in range(0, width, 64 // arrays_q.itemsize):
         _prefetch(arrays_q, ahead * width + column, 0)
 
 
 @njit(inline="always")
 def _raise_to_eps(q, lo, n, scale, eps, tapered):  # pragma: no cover - compiled
     """:func:`adamax.compact.raised` with ``x = eps`` for one block (codes ``q[lo:lo+n]``, decayed ``scale``):
-    re-base to cover eps, then every u below eps takes eps's code, rounded up; returns the new scale."""
+    re-base to cover eps, then every u below eps takes eps's code, rounded up; returns the new scale.  (Values grow
+    with codes: where the least code's u is at least eps, nothing changes.)"""
+    least = np.int32(65535)
+    for j in range(lo, lo + n):
+        least = min(least, np.int32(q[j]))
+    if eps <= scale and eps <= scale * (k8._u_value(least) if tapered else _value(least)):
+        return scale
     if not eps <= scale:
         scale, down, clear = _rebase(scale, eps)
         factor = np.float32(math.ldexp(1.0, -min(np.int64(down), 200)))

@@ -165,13 +165,15 @@ class LazyTables:
         if huge_pages is None:
             huge_pages = self.tables[p].huge_pages if p in self.tables else False
         self.tables[p] = _Table(p, config, int(state["step"]) if state else 0, huge_pages)
-        if self.layout is not None:
-            if state and not _compact.in_row_blocks(state):  # consecutive blocks (a dense step's, a checkpoint's)
-                state.update(_in_row_blocks(p, state, self.state_format))
-            return  # compact state stays on ordinary memory
+        if self.layout is not None and state and not _compact.in_row_blocks(state):
+            state.update(_in_row_blocks(p, state, self.state_format))  # consecutive blocks: a dense step's, a load's
         if huge_pages and state:
-            for key in ("exp_avg", "exp_inf"):
+            for key in self.state_keys():
                 state[key] = _on_huge_pages(state[key])
+
+    def state_keys(self) -> tuple[str, ...]:
+        """The keys of a table's state tensors in the tables' format."""
+        return ("exp_avg", "exp_inf") if self.layout is None else tuple(key for key, _, _ in self.layout.tensors)
 
     def for_step(self, p: Tensor, state: dict, config: AdamaxConfig) -> _Table:
         """``p``'s bookkeeping under ``config``; when the betas, eps or placement changed, every row is brought up
@@ -267,8 +269,8 @@ class LazyTables:
         window, brought up to date; then the clock moves on."""
         table = self.for_step(p, state, config)
         layout = self.layout
-        if fresh and table.huge_pages and layout is None:  # new state (zeros), made where the table keeps it
-            for key in ("exp_avg", "exp_inf"):
+        if fresh and table.huge_pages:  # new state (zeros), made where the table keeps it
+            for key in self.state_keys():
                 state[key] = _on_huge_pages(state[key], copy=False)
         touched, values = _coalesced(p.grad)
         t = int(state["step"])
@@ -344,7 +346,7 @@ def _on_huge_pages(t: Tensor, copy: bool = True) -> Tensor:
     itself where :mod:`adamax._memory` would give ordinary memory anyway."""
     if t.device.type != "cpu" or t.nbytes < _memory.MIN_BYTES or not _memory.available():
         return t
-    moved = torch.from_numpy(_memory.zeros(tuple(t.shape), np.dtype(str(t.dtype).removeprefix("torch."))))
+    moved = torch.from_numpy(_memory.zeros((t.nbytes,), np.dtype(np.uint8))).view(t.dtype).view(t.shape)
     if copy:
         moved.copy_(t)
     return moved
