@@ -253,8 +253,10 @@ def test_bench_sparse_runs_and_writes_json(tmp_path, capsys):
     result = json.loads(out.read_text())["sparse"]
     assert result["rows"] == 20000 and result["touched_rows"] > 100
     assert {r["method"] for r in result["results"]} >= {
-        "adamax.torch lazy (sparse gradient)", "training step, lazy", "adamax.torch lazy, compact8 state (sparse gradient)"
-    }  # fmt: skip
+        "adamax.torch lazy (sparse gradient)",
+        "training step, lazy",
+        "adamax.torch lazy, compact8 state (sparse gradient)",
+    }
     # a 20,000 x 64 table's state: m and u (8 bytes), compact (4 + 4/64), compact8 (2 + 8/64), each with an int64
     # per row (8/64 bytes per param)
     bookkeeping = 8 / 64
