@@ -23,6 +23,7 @@ LAYERS = {
     "adamax.compact": 2,
     "adamax.compact8": 2,
     "adamax._lazy": 2,
+    "adamax._lazy_compact": 2,
     "adamax.kernels": 3,
     "adamax.numpy": 4,
     "adamax.torch": 4,
