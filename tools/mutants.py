@@ -204,9 +204,31 @@ SCOPES = [
         "tests/test_distributed.py::test_dcp_resume_is_bit_identical",
         timeout=300,
     ),
-    Scope("compact", "src/adamax/compact.py", "tests/test_compact.py", timeout=120),
-    Scope("compact8", "src/adamax/compact8.py", "tests/test_compact8.py -k 'not torch'", timeout=120),
+    Scope(
+        "compact",
+        "src/adamax/compact.py",  # with the row blocks' tests of the definitions
+        "tests/test_compact.py tests/test_lazy_compact.py -k 'not torch and not kernel'",
+        timeout=120,
+    ),
+    Scope(
+        "compact8",
+        "src/adamax/compact8.py",
+        "tests/test_compact8.py tests/test_lazy_compact.py -k 'not torch and not kernel'",
+        timeout=120,
+    ),
     Scope("_lazy", "src/adamax/_lazy.py", "tests/test_lazy.py", timeout=120),
+    Scope(
+        "_lazy_compact",
+        "src/adamax/_lazy_compact.py",
+        "tests/test_lazy_compact.py -k 'not torch and not kernel'",
+        timeout=120,
+    ),
+    Scope(
+        "kernels.lazy_compact",
+        "src/adamax/kernels/lazy_compact.py",  # each mutant recompiles the kernel
+        "tests/test_lazy_compact.py -k kernel",
+        timeout=300,
+    ),
     Scope(
         "kernels.lazy",
         "src/adamax/kernels/lazy.py",

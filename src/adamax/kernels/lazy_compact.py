@@ -79,6 +79,13 @@ def _raise_to_eps(q, lo, n, scale, eps, tapered):  # pragma: no cover - compiled
     return scale
 
 
+@njit(inline="always")
+def _catch_scalars(catch, flags, width, rows):  # pragma: no cover - compiled
+    """The catch-up's scalars: eps, b2 and log(b2) in float64 (``catch``), eps in float32, the placement, the blocks
+    per row and the number of rows."""
+    return catch[0], catch[1], catch[2], np.float32(catch[0]), flags[PLACEMENT], -(-width // BLOCK), rows.shape[0]
+
+
 @njit(parallel=True, cache=True, nogil=True, error_model="numpy")
 def _rows_compact(
     p, values, m, q, s, width, rows, last, t, update, W, a_pow, b2_pow, A, B, D, c, catch, mix_now, step, mix_step,
@@ -87,12 +94,8 @@ def _rows_compact(
     """compact state: rows ``rows`` of the flat table ``p`` (``width`` a row), its bfloat16 m bits ``m``, u codes
     ``q`` and row-block scales ``s``, brought up to date at step ``t`` and (``update``) stepped with ``values``
     (row ``i`` the gradient of ``rows[i]``)."""
-    eps64, b2, log_b2 = catch[0], catch[1], catch[2]
-    placement = flags[PLACEMENT]
-    eps = np.float32(eps64)
+    eps64, b2, log_b2, eps, placement, per_row, n_rows = _catch_scalars(catch, flags, width, rows)
     w, one_minus_w, b2_t, eps_x, eps_d, wd, scale_p, maximize, coupled, low_w, guard = _scalars(hyper, flags)
-    per_row = -(-width // BLOCK)
-    n_rows = rows.shape[0]
     # the block step through pointers, as the dense kernel takes them: no negative-index wraparound, so it vectorises
     p_at, g_at, s_at = _pointer(p.ctypes.data, p), _pointer(values.ctypes.data, values), _pointer(s.ctypes.data, s)
     m_at, q_at = _pointer(m.ctypes.data, m), _pointer(q.ctypes.data, q)
@@ -139,12 +142,8 @@ def _rows_compact8(
     mix_step, hyper, flags,
 ):  # fmt: skip  # pragma: no cover - compiled
     """compact8 state: as :func:`_rows_compact`, with m's codes ``mq`` and row-block scales ``ms``."""
-    eps64, b2, log_b2 = catch[0], catch[1], catch[2]
-    placement = flags[PLACEMENT]
-    eps = np.float32(eps64)
+    eps64, b2, log_b2, eps, placement, per_row, n_rows = _catch_scalars(catch, flags, width, rows)
     w, one_minus_w, b2_t, eps_x, eps_d, wd, scale_p, maximize, coupled, low_w, guard = _scalars(hyper, flags)
-    per_row = -(-width // BLOCK)
-    n_rows = rows.shape[0]
     p_at, g_at, s_at = _pointer(p.ctypes.data, p), _pointer(values.ctypes.data, values), _pointer(s.ctypes.data, s)
     mq_at, ms_at, q_at = _pointer(mq.ctypes.data, mq), _pointer(ms.ctypes.data, ms), _pointer(q.ctypes.data, q)
     for chunk in prange(-(-n_rows // ROWS_PER_CHUNK)):
