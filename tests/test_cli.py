@@ -61,6 +61,7 @@ def test_bench_writes_json_and_a_chart(tmp_path):
     pytest.importorskip("torch")
     pytest.importorskip("numba")
     pytest.importorskip("matplotlib")
+    pytest.importorskip("optax")
     import json
 
     out, chart = tmp_path / "bench.json", tmp_path / "bench.png"
@@ -70,7 +71,8 @@ def test_bench_writes_json_and_a_chart(tmp_path):
     (case,) = result["cases"]
     assert case["numel"] == 20_000 and case["limit_GBps"] > 0
     methods = {r["method"]: r for r in case["results"]}
-    expected = {"torch forloop", "torch foreach", "adamax.torch fused", "fused kernel alone", "adamax.torch compact"}
+    expected = {"torch forloop", "torch foreach", "adamax.torch fused", "fused kernel alone", "adamax.torch compact",
+                "compact kernel alone", "compact8 kernel alone", "adamax.optax compact8 (jit, donated)"}  # fmt: skip
     assert expected <= set(methods)
     assert methods["torch foreach"]["x_foreach"] == 1.0
     assert all(

@@ -12,6 +12,7 @@ method is reported; ratios within one run are what to compare.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.util
 import json
@@ -47,10 +48,22 @@ COLOURS = {
     "fused kernel alone": "#e377c2",
     "adamax.torch compact": "#17becf",
     "adamax.torch compact8": "#bcbd22",
+    "adamax.optax full (jit, donated)": "#ff9896",
+    "adamax.optax compact (jit, donated)": "#c5b0d5",
+    "adamax.optax compact8 (jit, donated)": "#c49c94",
+    "compact kernel alone": "#9edae5",
+    "compact8 kernel alone": "#dbdb8d",
 }
 # Bytes a method's step must move per float32 element, where not BYTES_PER_ELEMENT: compact state reads and writes
 # p (4 + 4), m (2 + 2) and u's code (2 + 2), and reads g (4); compact8 p (4 + 4), m's and u's codes (1 + 1 each), g (4).
-METHOD_BYTES = {"adamax.torch compact": 20, "adamax.torch compact8": 16}
+METHOD_BYTES = {
+    "adamax.torch compact": 20,
+    "adamax.torch compact8": 16,
+    "compact kernel alone": 20,
+    "compact8 kernel alone": 16,
+    "adamax.optax compact (jit, donated)": 20,
+    "adamax.optax compact8 (jit, donated)": 16,
+}
 
 
 def last_level_cache_bytes() -> int | None:
@@ -124,12 +137,19 @@ def _compiled_stepper(sizes: list[int]) -> Callable[[], None]:
     return compiled
 
 
-def _optax_stepper(sizes: list[int]) -> Callable[[], None]:
+def _optax_stepper(sizes: list[int], state_format: str | None = None) -> Callable[[], None]:
+    """A jitted step with donated buffers: ``optax.adamax``, or (``state_format`` given) ``adamax.optax.adamax``
+    in that state format."""
     import jax
     import jax.numpy as jnp
     import optax
 
-    opt = optax.adamax(2e-3)
+    if state_format is None:
+        opt = optax.adamax(2e-3)
+    else:
+        import adamax.optax
+
+        opt = adamax.optax.adamax(2e-3, state_format=state_format)
     keys = jax.random.split(jax.random.PRNGKey(0), len(sizes))
     params = [jax.random.uniform(k, (n,), jnp.float32) for k, n in zip(keys, sizes)]
     grads = [jax.random.uniform(k, (n,), jnp.float32) for k, n in zip(keys[::-1], sizes)]
@@ -183,6 +203,30 @@ def _kernel_stepper(sizes: list[int]) -> Callable[[], None]:
     return run
 
 
+def _compact_kernel_stepper(sizes: list[int], state_format: str) -> Callable[[], None]:
+    """A compact format's fused kernel alone (float32 params), on fixed arrays, as :func:`_kernel_stepper`; the
+    state starts as its definition's ``init`` and is stepped once before the timings."""
+    from adamax import compact, compact8
+    from adamax.kernels import compact8_kernels, compact_kernels
+    from adamax.kernels.cpu import F32
+    from adamax.spec import AdamaxConfig
+
+    definition, kernels = (compact, compact_kernels()) if state_format == "compact" else (compact8, compact8_kernels())
+    rng = np.random.default_rng(0)
+    params = [rng.random(n, dtype=np.float32) for n in sizes]
+    states = [definition.init(p) for p in params]
+    columns = [params, [rng.random(n, dtype=np.float32) for n in sizes]]
+    columns += [[getattr(state, key) for state in states] for key in states[0]._fields[1:]]  # the kernel's order
+    addresses = tuple(np.array([a.ctypes.data for a in column], dtype=np.int64) for column in columns)
+    config, counts, sizes_key, threads = AdamaxConfig(), np.full(len(sizes), 10), tuple(sizes), _torch_threads()
+
+    def run(keep_alive=columns) -> None:  # the kernel writes through the arrays' addresses
+        kernels.step(F32, addresses, sizes_key, counts, config, threads=threads)
+
+    run()
+    return run
+
+
 def _torch_threads() -> int:
     import torch
 
@@ -200,12 +244,18 @@ def _methods(include_compile: bool, include_reference: bool) -> dict[str, Callab
         methods["torch.compile (foreach)"] = _compiled_stepper
     if importlib.util.find_spec("optax") is not None:
         methods["optax.adamax (jit, donated)"] = _optax_stepper
+        for state_format in ("full", "compact", "compact8"):
+            methods[f"adamax.optax {state_format} (jit, donated)"] = functools.partial(
+                _optax_stepper, state_format=state_format
+            )
     if include_reference:
         methods["numpy reference"] = _reference_stepper
     methods["adamax.torch fused"] = lambda s: _torch_stepper(s, fused=True)
     methods["fused kernel alone"] = _kernel_stepper
     methods["adamax.torch compact"] = lambda s: _torch_stepper(s, state_format="compact")
     methods["adamax.torch compact8"] = lambda s: _torch_stepper(s, state_format="compact8")
+    methods["compact kernel alone"] = functools.partial(_compact_kernel_stepper, state_format="compact")
+    methods["compact8 kernel alone"] = functools.partial(_compact_kernel_stepper, state_format="compact8")
     return methods
 
 
