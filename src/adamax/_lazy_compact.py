@@ -74,28 +74,28 @@ def catch_up(
     K = clock.t - last
     _, m, u = definition.to_full(state)
     new_p = _lazy.catch_up(clock, p, m, u, last).p  # refuses rows older than the window
-    per_row = (-1,) + (1,) * (np.ndim(state.exp_inf_scale) - 1)
-    due = K >= 1  # rows already up to date keep their state as it is
-    decayed_scales = (state.exp_inf_scale.astype(np.float64) * clock.pow_b2[K].reshape(per_row)).astype(_F32)
-    scales = np.where(due.reshape(per_row), decayed_scales, state.exp_inf_scale)
+    due = (K >= 1)[:, None]  # per row (a column against the scales and the rows' elements); current rows keep all
+    decayed_scales = (state.exp_inf_scale.astype(np.float64) * clock.pow_b2[K][:, None]).astype(_F32)
+    scales = np.where(due, decayed_scales, state.exp_inf_scale)
     codes = state.exp_inf_code
     if clock.config.eps_placement == "max" and due.any():
-        row = np.size(p) // len(K)
+        rows = due[:, 0]
         raised, raised_scales, _ = compact.raised(
-            np.full(int(due.sum()) * row, _F32(clock.eps)), codes[due], scales[due], codes_of(definition)
+            np.full(codes[rows].size, _F32(clock.eps)), codes[rows], scales[rows], codes_of(definition)
         )
         codes, scales = codes.copy(), scales.copy()
-        codes[due], scales[due] = raised.reshape(codes[due].shape), raised_scales
+        codes[rows], scales[rows] = raised.reshape(codes[rows].shape), raised_scales
     new = state._replace(exp_inf_code=codes, exp_inf_scale=scales)
+    flat = (len(K), int(np.prod(np.shape(m)[1:], dtype=np.int64)))  # the rows' elements, a row of them per row
     if definition is compact8:
-        m_scale = (state.exp_avg_scale.astype(np.float64) * clock.pow_a[K].reshape(per_row)).astype(_F32)
-        gone = (m_scale < compact.TINY) & due.reshape(per_row)
+        m_scale = (state.exp_avg_scale.astype(np.float64) * clock.pow_a[K][:, None]).astype(_F32)
+        gone = (m_scale < compact.TINY) & due
         m_codes = np.where(compact._per_element(gone, m.size).reshape(m.shape), np.uint8(0), state.exp_avg_code)
-        m_scale = np.where(gone, _F32(0), np.where(due.reshape(per_row), m_scale, state.exp_avg_scale))
+        m_scale = np.where(gone, _F32(0), np.where(due, m_scale, state.exp_avg_scale))
         return new_p, new._replace(exp_avg_code=m_codes, exp_avg_scale=m_scale)
-    decayed = (m.astype(np.float64) * clock.pow_a[K].reshape((-1,) + (1,) * (m.ndim - 1))).astype(_F32)
-    bits = compact.f32_to_bf16_stochastic(decayed.ravel(), clock.t, index).reshape(m.shape)
-    return new_p, new._replace(exp_avg=np.where(due.reshape((-1,) + (1,) * (m.ndim - 1)), bits, state.exp_avg))
+    decayed = (m.reshape(flat).astype(np.float64) * clock.pow_a[K][:, None]).astype(_F32)
+    bits = compact.f32_to_bf16_stochastic(decayed.ravel(), clock.t, index).reshape(flat)
+    return new_p, new._replace(exp_avg=np.where(due, bits, state.exp_avg.reshape(flat)).reshape(m.shape))
 
 
 def bring_up_to_date(table: _lazy.Table, definition: ModuleType, p: np.ndarray, state: NamedTuple, rows) -> None:
@@ -103,7 +103,7 @@ def bring_up_to_date(table: _lazy.Table, definition: ModuleType, p: np.ndarray, 
     place."""
     rows = table.behind(np.asarray(rows, dtype=np.int64))
     if len(rows):
-        row = np.size(p) // len(p)
+        row = int(np.prod(np.shape(p)[1:], dtype=np.int64))
         new_p, new = catch_up(table.clock, definition, p[rows], take(state, rows), table.last[rows],
                               flat_index(rows, row))  # fmt: skip
         p[rows] = new_p
@@ -125,7 +125,7 @@ def step(
     """The table's next step, its param's ``t + 1``: rows ``touched`` (unique) brought up to date and stepped with
     ``values`` by the format's ``update``, rows ``stale`` brought up to date.  Nothing is written here; returns the
     function that writes it and moves the clock on."""
-    row = np.size(p) // len(p)
+    row = int(np.prod(np.shape(p)[1:], dtype=np.int64))
     clock = table.clock
     caught_p, caught = catch_up(clock, definition, p[stale], take(state, stale), table.last[stale],
                                 flat_index(stale, row))  # fmt: skip
