@@ -179,7 +179,7 @@ def test_a_compact8_m_scale_decayed_to_2_to_the_minus_126_stays_and_one_below_st
         exp_inf_code=np.full((2, 8), compact8.ONE, np.uint8),
         exp_inf_scale=np.ones((2, 1), np.float32),
     )
-    dense_p, dense = compact8.update(p, np.zeros_like(p), state, cfg)
+    _, dense = compact8.update(p, np.zeros_like(p), state, cfg)
     table = _lazy.Table(2, cfg, np.float32, 1)
     table.clock.advance(*table.clock.step_scalars(cfg.lr, 2))
     _, lazy = _lazy_compact.catch_up(table.clock, compact8, p, state, table.last, np.arange(p.size))
