@@ -245,7 +245,8 @@ SCOPES = [
     Scope(
         "torch adapter: lazy rows",
         "src/adamax/torch/_lazy.py",  # the float64 comparison's plain and short-window cases (the others: 60 s more)
-        "tests/test_lazy_torch.py -k 'not stay_within and not (equal_dense and (maximize or decoupled))'",
+        "tests/test_lazy_torch.py tests/test_lazy_compact.py -k 'not stay_within and not kernel and not (equal_dense "
+        "and (maximize or decoupled))'",
         timeout=240,
     ),
     Scope(
