@@ -257,8 +257,9 @@ SCOPES = [
     ),
     Scope(
         "torch adapter: compact",
-        "src/adamax/torch/_compact.py",
-        "tests/test_compact_torch.py tests/test_compact8.py -k 'torch'",
+        "src/adamax/torch/_compact.py",  # with the lazy tables' compact state: row blocks
+        "tests/test_compact_torch.py tests/test_compact8.py tests/test_lazy_compact.py -k 'torch or "
+        "lazy_compact_checkpoint or dense_compact_checkpoint or wrong_layout or dense_gradient_on_a_lazy_compact'",
         timeout=240,
     ),
     Scope(
