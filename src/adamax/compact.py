@@ -57,6 +57,14 @@ its rounding) and the decoded ``u``.
 Bytes per element: 2 (m) + 2 (code) + 4/256 (scale) = 4.016, against 8 for
 float32 state; a fused step moves 20 bytes per float32 element instead of 28.
 
+**Row blocks.**  A lazy embedding table keeps its scales per row instead:
+blocks of up to 256 elements that never straddle two rows, scales of shape
+``(rows, ceil(row / 256))`` (:func:`row_blocks`), so that a row can be
+brought up to date alone (:mod:`adamax._lazy_compact`).  Every function here
+takes either layout and tells them apart by the scales' shape; an element's
+random bits come from its flat index in both, so rows of a multiple of 256
+elements are the same blocks, bit for bit.
+
 This module is the definition (NumPy, vectorised); the fused kernels compute
 the same bits.  Checkpoints convert both ways with :func:`to_full` (exact)
 and :func:`from_full` (rounds m to nearest and u up).

@@ -74,6 +74,10 @@ def lazy_embeddings(model: torch.nn.Module, optimizer, *, huge_pages: bool = Tru
     decoupled or no weight decay and ``beta1 < beta2``.  Each gets a forward pre-hook that brings the rows it is
     about to look up to date, and a ``state_dict`` pre-hook that brings all of them up to date.
 
+    With ``state_format="compact"`` or ``"compact8"`` the tables' state is kept in row blocks (scales of shape
+    ``(rows, ceil(width / 256))``, :mod:`adamax._lazy_compact`), so each row catches up alone; such tables are
+    float32.
+
     ``huge_pages`` (Linux, tables of 8 MiB or more): the weight's values are moved, once, into memory advised for
     2 MiB pages (:mod:`adamax._memory`; the same ``Parameter`` object, its ``.data`` replaced), and its state is
     kept there, which saves most of the page walks of a step over scattered rows.  A tensor that shared the
