@@ -408,7 +408,7 @@ def test_lazy_compact_state_in_the_wrong_layout_or_format_is_refused_before_any_
     opt.state[weight]["exp_inf_scale"] = torch.zeros(compact.blocks(weight.numel()))  # consecutive blocks
     words, bag, _ = batch(np.random.default_rng(9), 0, torch.float32)
     before = [p.detach().clone() for p in model.parameters()]
-    with pytest.raises(ValueError, match="scales must be in row blocks"):  # at the lookup, before any catch-up
+    with pytest.raises(ValueError, match=r"scales must be in row blocks, of shape \(80, 1\)"):  # at the lookup
         model(words, bag)
     opt.zero_grad()
     weight.grad = torch.sparse_coo_tensor(
@@ -481,3 +481,71 @@ def test_the_lazy_compact_kernel_is_the_definition_bit_for_bit(name, placement, 
             assert np.array_equal(a, b), t
         assert np.array_equal(by_definition.last, by_kernel.last)
     assert caught_up > 0
+
+
+def _short_window_run(name: str, steps: int = 160):
+    """A model with betas (0.5, 0.9): a 71-step window, so that rows looked up rarely are swept into it; returns
+    the model and optimizer after ``steps`` steps and a flush."""
+    model = Model(True, torch.float32)
+    opt = Adamax(model.parameters(), lr=2e-2, betas=(0.5, 0.9), state_format=name)
+    lazy_embeddings(model, opt)
+    rng = np.random.default_rng(4)
+    for step in range(steps):
+        words, bag, target = batch(rng, step, torch.float32)
+        opt.zero_grad()
+        torch.nn.functional.mse_loss(model(words, bag), target).backward()
+        if step % 3 == 0:  # the gradient set by hand, so the step (not the lookup) brings its rows up to date
+            model.bag.weight.grad = torch.sparse_coo_tensor(
+                torch.tensor([[2, 9, 40]]), torch.ones(3, model.bag.weight.shape[1]), model.bag.weight.shape
+            )
+        opt.step()
+    opt.flush()
+    return model, opt
+
+
+@pytest.mark.parametrize("name", FORMATS)
+def test_without_numba_lazy_compact_rows_take_the_definition_and_the_same_bits(name, monkeypatch):
+    from adamax.torch import _lazy as torch_lazy
+
+    with_numba = _short_window_run(name)
+    assert torch_lazy._compact_kernel_for(with_numba[0].words.weight) is not None
+    monkeypatch.setattr(torch_lazy, "lazy_compact_kernels", lambda: None)
+    monkeypatch.setattr(torch_lazy, "lazy_kernels", lambda: None)  # (the clock's advance: NumPy's, the same)
+    without = _short_window_run(name)
+    assert torch_lazy._compact_kernel_for(without[0].words.weight) is None
+    for a, b in zip(with_numba[0].parameters(), without[0].parameters()):
+        assert torch.equal(a, b)
+    for a, b in zip(with_numba[1].state.values(), without[1].state.values()):
+        for key in a:
+            assert torch.equal(a[key], b[key]), key
+
+
+@pytest.mark.parametrize("name", FORMATS)
+def test_compact_state_of_dense_steps_becomes_row_blocks_when_the_table_turns_lazy(name):
+    """Rows of 100 elements: consecutive blocks straddle rows, so the state goes through float32 (m to nearest, u
+    up) into row blocks, and the table then steps lazily."""
+    table = torch.nn.Embedding(10, 100, sparse=True)
+    opt = Adamax(table.parameters(), lr=1e-2, state_format=name)
+    table.weight.grad = torch.randn(10, 100)  # dense gradients first: consecutive blocks
+    opt.step()
+    before = torch_compact.to_full_entry(opt.state[table.weight], name)
+    assert opt.state[table.weight]["exp_inf_scale"].shape == (compact.blocks(1000),)
+    lazy_embeddings(table, opt)
+    entry = opt.state[table.weight]
+    assert entry["exp_inf_scale"].shape == (10, 1)
+    after = torch_compact.to_full_entry(entry, name)
+    assert bool((after["exp_inf"] >= before["exp_inf"]).all())  # u rounded up
+    assert bool((after["exp_inf"] <= before["exp_inf"] * FORMATS[name].RATIO * (1 + 2**-20)).all())
+    opt.zero_grad()
+    table(torch.tensor([1, 4])).sum().backward()
+    opt.step()
+    assert opt.last_step_paths == {"lazy": 1}
+
+
+def test_lazy_tables_refuse_an_optimizer_whose_state_format_changed():
+    table = torch.nn.Embedding(10, 4, sparse=True)
+    opt = Adamax(table.parameters(), state_format="compact")
+    lazy_embeddings(table, opt)
+    opt.state_format = "compact8"
+    with pytest.raises(ValueError, match="state_format changed since its tables were registered"):
+        lazy_embeddings(table, opt)
