@@ -542,7 +542,9 @@ def test_compact_state_of_dense_steps_becomes_row_blocks_when_the_table_turns_la
     assert opt.last_step_paths == {"lazy": 1}
 
 
-@pytest.mark.parametrize(("registered", "changed"), [("compact", "compact8"), ("compact8", "compact"), ("full", "compact")])
+@pytest.mark.parametrize(
+    ("registered", "changed"), [("compact", "compact8"), ("compact8", "compact"), ("full", "compact")]
+)
 def test_lazy_tables_refuse_an_optimizer_whose_state_format_changed(registered, changed):
     table = torch.nn.Embedding(10, 4, sparse=True)
     opt = Adamax(table.parameters(), state_format=registered)
