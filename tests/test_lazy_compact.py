@@ -60,6 +60,39 @@ def test_a_row_block_holds_only_its_rows_values(name):
         definition.check_state(again._replace(exp_inf_scale=np.zeros((2, 2), np.float32))._asdict(), p.shape, "x")
 
 
+@pytest.mark.parametrize("name", FORMATS)
+def test_from_full_keeps_zeros_and_exact_values_and_refuses_a_negative_u_in_either_layout(name):
+    """A block of zeros stays zeros (codes 0: no 0/0), a u equal to its block's largest is its scale exactly (code
+    "one"), and a u of -0.5 is refused."""
+    definition = FORMATS[name]
+    u = np.zeros((3, 300), np.float32)
+    u[1] = np.linspace(0.25, 1.0, 300, dtype=np.float32)  # row 1's largest: exactly 1
+    u[2, 7] = 3.0
+    for rows in (False, True):
+        state = definition.from_full(0, np.zeros_like(u), u, rows=rows)
+        _, _, back = definition.to_full(state)
+        assert (back[0] == 0).all() and (np.asarray(state.exp_inf_code)[0] == 0).all()
+        assert back[2, 7] == 3.0 and (back[1, -1] == 1.0 or not rows)  # (consecutive blocks: 1 shares 3's block)
+        assert (back >= u).all() and (back <= u * definition.RATIO * (1 + 2**-20)).all()
+        with pytest.raises(ValueError, match="must not be negative"):
+            definition.from_full(0, np.zeros_like(u), np.where(u == 3.0, np.float32(-0.5), u), rows=rows)
+
+
+@pytest.mark.parametrize("name", FORMATS)
+def test_check_state_takes_either_layout_for_a_table_and_one_for_a_scalar(name):
+    definition = FORMATS[name]
+    p = np.zeros((4, 100), np.float32)
+    for rows, scales in ((False, (2,)), (True, (4, 1))):
+        state = definition.init(p, rows=rows)
+        assert np.shape(state.exp_inf_scale) == scales
+        definition.check_state(state._asdict(), p.shape, "a table")
+    scalar = definition.init(np.float32(0))
+    definition.check_state(scalar._asdict(), (), "a scalar")
+    as_rows = {k: (np.zeros((1, 1), np.float32) if k.endswith("scale") else v) for k, v in scalar._asdict().items()}
+    with pytest.raises(ValueError, match="of shape"):  # a scalar has no rows
+        definition.check_state(as_rows, (), "a scalar")
+
+
 # ----- one catch-up against the skipped steps -----
 
 
