@@ -86,13 +86,13 @@ def catch_up(
         codes, scales = codes.copy(), scales.copy()
         codes[rows], scales[rows] = raised.reshape(codes[rows].shape), raised_scales
     new = state._replace(exp_inf_code=codes, exp_inf_scale=scales)
-    flat = (len(K), int(np.prod(np.shape(m)[1:], dtype=np.int64)))  # the rows' elements, a row of them per row
     if definition is compact8:
         m_scale = (state.exp_avg_scale.astype(np.float64) * clock.pow_a[K][:, None]).astype(_F32)
         gone = (m_scale < compact.TINY) & due
         m_codes = np.where(compact._per_element(gone, m.size).reshape(m.shape), np.uint8(0), state.exp_avg_code)
         m_scale = np.where(gone, _F32(0), np.where(due, m_scale, state.exp_avg_scale))
         return new_p, new._replace(exp_avg_code=m_codes, exp_avg_scale=m_scale)
+    flat = (len(K), int(np.prod(np.shape(m)[1:], dtype=np.int64)))  # the rows' elements, a row of them per row
     decayed = (m.reshape(flat).astype(np.float64) * clock.pow_a[K][:, None]).astype(_F32)
     bits = compact.f32_to_bf16_stochastic(decayed.ravel(), clock.t, index).reshape(flat)
     return new_p, new._replace(exp_avg=np.where(due, bits, state.exp_avg.reshape(flat)).reshape(m.shape))

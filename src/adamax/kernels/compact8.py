@@ -70,6 +70,16 @@ def _encode_m(mi, inv, finite, index, mix):
 
 
 @njit(inline="always")
+def _codes_down(q, lo, n, down, clear):  # pragma: no cover - compiled
+    """A re-based block's codes ``q[lo:lo+n]``: each the code of its value ``down`` octaves lower, rounded up (0 where
+    the block clears)."""
+    factor = np.float32(math.ldexp(1.0, -min(np.int64(down), 200)))
+    for j in range(lo, lo + n):
+        code = np.int32(q[j])
+        q[j] = np.uint8(0 if (clear or code == 0) else _u_up(_u_value(code) * factor))
+
+
+@njit(inline="always")
 def _block(
     p, g, mq, ms, q, s, b, lo, g_lo, n, gs, mb, kind, step, mix, w, one_minus_w, b2, eps_x, eps_d, wd, scale_p,
     maximize, coupled, low_w, guard,
@@ -95,10 +105,7 @@ def _block(
     scale = s[b] * b2
     if not peak <= scale:
         scale, down, clear = _rebase(scale, peak)
-        factor = np.float32(math.ldexp(1.0, -min(np.int64(down), 200)))
-        for j in range(n):  # the codes of the same values, ``down`` octaves lower (rare: its own loop)
-            code = np.int32(q[lo + j])
-            q[lo + j] = np.uint8(0 if (clear or code == 0) else _u_up(_u_value(code) * factor))
+        _codes_down(q, lo, n, down, clear)  # rare: its own loop
     s[b] = scale
     for j in range(n):
         i = lo + j

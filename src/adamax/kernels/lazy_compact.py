@@ -60,15 +60,12 @@ def _raise_to_eps(q, lo, n, scale, eps, tapered):  # pragma: no cover - compiled
         return scale
     if not eps <= scale:
         scale, down, clear = _rebase(scale, eps)
-        factor = np.float32(math.ldexp(1.0, -min(np.int64(down), 200)))
-        for j in range(lo, lo + n):
-            code = np.int32(q[j])
-            if clear or code == 0:
-                q[j] = 0
-            elif tapered:
-                q[j] = k8._u_up(k8._u_value(code) * factor)
-            else:
-                q[j] = max(code - (down << 10), np.int32(1))
+        if tapered:
+            k8._codes_down(q, lo, n, down, clear)
+        else:  # compact's codes: an octave is 1024 codes
+            for j in range(lo, lo + n):
+                code = np.int32(q[j])
+                q[j] = 0 if (clear or code == 0) else max(code - (down << 10), np.int32(1))
     for j in range(lo, lo + n):
         code = np.int32(q[j])
         if tapered:

@@ -282,35 +282,43 @@ class LazyTables:
         if len(stale):
             stale = np.setdiff1d(stale, touched, assume_unique=True)
         if layout is not None:
-            arrays = _compact.as_compact_state(state, layout.name)
-            kernel = _compact_kernel_for(p)
-            if kernel is not None:  # one parallel pass, as for full state
-                if len(stale):
-                    kernel.step_rows(table.clock, p.detach().numpy(), arrays, table.last, stale)
-                kernel.step_rows(table.clock, p.detach().numpy(), arrays, table.last, touched, values, config)
-                lazy_kernels().advance(table.clock, *table.clock.step_scalars(config.lr, t + 1))
-            else:
-                _lazy_compact.step(table, layout.definition, p.detach().numpy(), arrays, touched, values, config, t,
-                                   stale)()  # fmt: skip
-            with torch.no_grad():
-                state["step"] += 1
-            _written(p)
-            table.mark(p)
-            return
-        arrays = _arrays(p, state)
-        kernel = _kernel_for(p, state)
-        if kernel is not None:  # one parallel pass: catch-up and update, row by row
-            if len(stale):  # only every W/2 steps
-                kernel.step_rows(table.clock, *arrays, table.last, stale)
-            size = step_size(config.lr, config.beta1, t + 1)
-            kernel.step_rows(table.clock, *arrays, table.last, touched, values, step_size=size, config=config)
-            kernel.advance(table.clock, *table.clock.step_scalars(config.lr, t + 1))
+            _step_compact_rows(p, state, table, layout, touched, values, config, t, stale)
         else:
-            table.step(*arrays, touched, values, config, t, stale)()
+            _step_full_rows(p, state, table, touched, values, config, t, stale)
         with torch.no_grad():
             state["step"] += 1
         _written(p)
         table.mark(p)
+
+
+def _step_full_rows(p: Tensor, state: dict, table: _Table, touched, values, config: AdamaxConfig, t: int, stale):
+    """The rows of a table with full state: ``touched`` brought up to date and stepped, ``stale`` brought up to
+    date, the clock moved on."""
+    arrays = _arrays(p, state)
+    kernel = _kernel_for(p, state)
+    if kernel is not None:  # one parallel pass: catch-up and update, row by row
+        if len(stale):  # only every W/2 steps
+            kernel.step_rows(table.clock, *arrays, table.last, stale)
+        size = step_size(config.lr, config.beta1, t + 1)
+        kernel.step_rows(table.clock, *arrays, table.last, touched, values, step_size=size, config=config)
+        kernel.advance(table.clock, *table.clock.step_scalars(config.lr, t + 1))
+    else:
+        table.step(*arrays, touched, values, config, t, stale)()
+
+
+def _step_compact_rows(
+    p: Tensor, state: dict, table: _Table, layout: _compact.Layout, touched, values, config: AdamaxConfig, t: int, stale
+):
+    """:func:`_step_full_rows` for compact state (in row blocks): the lazy compact kernel, or the definition."""
+    arrays = _compact.as_compact_state(state, layout.name)
+    kernel = _compact_kernel_for(p)
+    if kernel is not None:  # one parallel pass, as for full state
+        if len(stale):
+            kernel.step_rows(table.clock, p.detach().numpy(), arrays, table.last, stale)
+        kernel.step_rows(table.clock, p.detach().numpy(), arrays, table.last, touched, values, config)
+        lazy_kernels().advance(table.clock, *table.clock.step_scalars(config.lr, t + 1))
+    else:
+        _lazy_compact.step(table, layout.definition, p.detach().numpy(), arrays, touched, values, config, t, stale)()
 
 
 def _in_row_blocks(p: Tensor, state: Mapping[str, Any], state_format: str) -> dict[str, Tensor]:
