@@ -54,64 +54,105 @@ OFFSET, TINY = compact.OFFSET, np.float32(compact.TINY)
 # ----- the codes -----
 
 
-def _hash_ir(builder, index, mix):
-    """:func:`adamax.compact.hashed` in 32-bit LLVM integers (``mix``: the step's term, ``step * 0x85EBCA77`` mod
-    2**32): numba would widen them to 64 bits, whose multiplies do not vectorise well."""
+KEY_STEP = 0x9E3779B1  # an element's key is its flat index times this plus the step's term, mod 2**32
+
+
+def _to32(builder, value):
     i32 = ir.IntType(32)
+    width = value.type.width
+    return builder.trunc(value, i32) if width > 32 else builder.zext(value, i32) if width < 32 else value
 
-    def to32(value):
-        width = value.type.width
-        return builder.trunc(value, i32) if width > 32 else builder.zext(value, i32) if width < 32 else value
 
-    x = builder.add(builder.mul(to32(index), ir.Constant(i32, 0x9E3779B1)), to32(mix))
+def _hash_ir(builder, key):
+    """:func:`adamax.compact.hashed` from an element's key (``index * KEY_STEP + step * 0x85EBCA77`` mod 2**32) in
+    32-bit LLVM integers: numba would widen them to 64 bits, whose multiplies do not vectorise well."""
+    i32 = ir.IntType(32)
+    x = _to32(builder, key)
     for shift, factor in ((16, 0x7FEB352D), (15, 0x846CA68B)):
         x = builder.mul(builder.xor(x, builder.lshr(x, ir.Constant(i32, shift))), ir.Constant(i32, factor))
-    return builder.xor(x, builder.lshr(x, ir.Constant(i32, 16))), to32
+    return builder.xor(x, builder.lshr(x, ir.Constant(i32, 16)))
+
+
+def _key_ir(builder, index, mix):
+    i32 = ir.IntType(32)
+    return builder.add(builder.mul(_to32(builder, index), ir.Constant(i32, KEY_STEP)), _to32(builder, mix))
 
 
 def _integers(*values) -> bool:
     return all(isinstance(v, types.Integer) for v in values)
 
 
+def _round_ir(builder, bits, x):
+    """``(bits + (x & 0xFFFF)) >> 16`` as 16 bits: a float32's bits rounded stochastically to bfloat16."""
+    i32 = ir.IntType(32)
+    rounded = builder.add(_to32(builder, bits), builder.and_(x, ir.Constant(i32, 0xFFFF)))
+    return builder.trunc(builder.lshr(rounded, ir.Constant(i32, 16)), ir.IntType(16))
+
+
 @intrinsic
 def _stochastic_bits(typingctx, bits, index, mix):
     """``(bits + random_bits(index)) >> 16``: :func:`adamax.compact.f32_to_bf16_stochastic` of a float32's bits
-    (not NaN), with :func:`adamax.compact.random_bits`."""
+    (not NaN), with :func:`adamax.compact.random_bits`; ``mix`` is the step's term, ``step * 0x85EBCA77`` mod
+    2**32."""
     if not _integers(bits, index, mix):
         return None
 
     def codegen(context, builder, signature, args):
-        x, to32 = _hash_ir(builder, args[1], args[2])
-        rounded = builder.add(to32(args[0]), builder.and_(x, ir.Constant(ir.IntType(32), 0xFFFF)))
-        return builder.trunc(builder.lshr(rounded, ir.Constant(ir.IntType(32), 16)), ir.IntType(16))
+        return _round_ir(builder, args[0], _hash_ir(builder, _key_ir(builder, args[1], args[2])))
 
     return types.uint16(bits, index, mix), codegen
 
 
 @intrinsic
-def _random_top(typingctx, index, mix):
-    """The top 19 bits of :func:`adamax.compact.hashed` (as :mod:`adamax.compact8` rounds m), as an int32."""
-    if not _integers(index, mix):
+def _stochastic_keyed(typingctx, bits, key):
+    """:func:`_stochastic_bits` from the element's key (:func:`_first_key`)."""
+    if not _integers(bits, key):
         return None
 
     def codegen(context, builder, signature, args):
-        x, _ = _hash_ir(builder, args[0], args[1])
-        return builder.lshr(x, ir.Constant(ir.IntType(32), 13))
+        return _round_ir(builder, args[0], _hash_ir(builder, args[1]))
 
-    return types.int32(index, mix), codegen
+    return types.uint16(bits, key), codegen
+
+
+@intrinsic
+def _random_top(typingctx, key):
+    """The top 19 bits of :func:`adamax.compact.hashed` (as :mod:`adamax.compact8` rounds m), as an int32, from the
+    element's key (:func:`_first_key`)."""
+    if not _integers(key):
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.lshr(_hash_ir(builder, args[0]), ir.Constant(ir.IntType(32), 13))
+
+    return types.int32(key), codegen
+
+
+@njit(inline="always")
+def _first_key(lo, mix):
+    """The key of element ``lo`` (``mix``: the step's term).  A block loop steps it by :data:`KEY_STEP` as a uint32
+    recurrence, which LLVM vectorises as an induction: no multiply, and no 64-bit index carried in 512-bit
+    vectors (which slows every other vector op)."""
+    return np.uint32((np.uint64(lo) * np.uint64(KEY_STEP) + np.uint64(mix)) & np.uint64(0xFFFFFFFF))
+
+
+@njit(inline="always")
+def _next_key(key):
+    return np.uint32(key + np.uint32(KEY_STEP))
 
 
 @njit(inline="always")
 def _code_value(code, shift, offset):
     """:func:`adamax.compact.value` of one code, for the codes ``(shift, offset)``."""
-    v = np.int32((code << shift) + offset).view(np.float32)
+    v = np.int32(np.int32(code << shift) + np.int32(offset)).view(np.float32)
     return v if code != 0 else np.float32(0)
 
 
 @njit(inline="always")
 def _code_up(r, shift, offset, one):
     """:func:`adamax.compact.encode` of one float32 ``r`` in (0, 1] (0 never asked for)."""
-    q = ((np.float32(r).view(np.int32) + np.int32((1 << shift) - 1)) >> shift) - np.int32(offset >> shift)
+    q = np.int32(np.int32(np.int32(np.float32(r).view(np.int32) + np.int32((1 << shift) - 1)) >> shift)
+                 - np.int32(offset >> shift))  # fmt: skip  # int32 throughout: int64 vectors take twice the lanes
     return min(max(q, np.int32(1)), np.int32(one))
 
 
@@ -140,6 +181,15 @@ def _rebase(scale, peak):
         new = np.int32(bits).view(np.float32) if bits < 0x7F800000 else np.float32(np.inf)
         return new, np.int32(k), False
     return peak, np.int32(0), False
+
+
+@njit(inline="always")
+def _codes_down(q, lo, n, down, clear):  # pragma: no cover - compiled
+    """A re-based block's codes ``q[lo:lo+n]``, ``down`` codes lower (``1024 k`` for ``k`` octaves), at least code 1
+    (0 where the block clears or the code was 0)."""
+    for j in range(lo, lo + n):
+        code = np.int32(q[j])
+        q[j] = np.uint16(0 if (clear or code == 0) else max(np.int32(code - down), np.int32(1)))
 
 
 # ----- the step -----
@@ -178,27 +228,26 @@ def _block(
         peak_bits = max(peak_bits, np.float32(abs(gi) + eps_x).view(np.int32))
     peak = np.int32(peak_bits).view(np.float32)
     scale = s[b] * b2
-    down = np.int32(0)
-    clear = False
     if not peak <= scale:
         scale, down, clear = _rebase(scale, peak)
-        down = down << 10
+        _codes_down(q, lo, n, np.int32(down << 10), clear)  # rare: its own loop
     s[b] = scale
+    key = _first_key(lo, mix)
     for j in range(n):
         i = lo + j
         gi = gs[j]
         x = abs(gi) + eps_x
         code = np.int32(q[i])
-        code = np.int32(0) if (clear or code == 0) else max(code - down, np.int32(1))
         code = max(code, _encode(x / scale)) if x > scale * _value(code) else code
         q[i] = np.uint16(code)
         d = scale * _value(code) + eps_d
         mi = _moment(_bf16_to_f32(m[i]), gi, w, one_minus_w, low_w)
         pi = _load(p, i, kind) * scale_p
         moved = pi + (step * mi) / d
-        _store(p, i, pi if (guard and d == 0) else moved, kind)
+        _store(p, i, pi if ((d == 0) & guard) else moved, kind)
         bits = np.uint32(np.float32(mi).view(np.uint32))
-        m[i] = np.uint16(0x7FC0) if mi != mi else _stochastic_bits(bits, i, mix)
+        m[i] = np.uint16(0x7FC0) if mi != mi else _stochastic_keyed(bits, key)
+        key = _next_key(key)
 
 
 @njit(inline="always")

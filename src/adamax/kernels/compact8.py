@@ -19,8 +19,10 @@ from adamax import compact, compact8
 from adamax.kernels.compact import (
     _code_up,
     _code_value,
+    _first_key,
     _gradient,
     _moment,
+    _next_key,
     _random_top,
     _rebase,
     _scalars,
@@ -57,12 +59,13 @@ def _decode_m(code, scale):
 
 
 @njit(inline="always")
-def _encode_m(mi, inv, finite, index, mix):
-    """:func:`adamax.compact8.encode_m` of one float32 moment (stochastic)."""
+def _encode_m(mi, inv, finite, key):
+    """:func:`adamax.compact8.encode_m` of one float32 moment (stochastic; ``key``: the element's, as
+    :func:`adamax.kernels.compact._first_key`)."""
     r = abs(mi) * inv
     bits = np.float32(r).view(np.int32)
-    rand = _random_top(index, mix)
-    above = min(max((bits - np.int32(OFFSET_M) + rand) >> 19, np.int32(1)), np.int32(ONE_M))
+    rand = _random_top(key)
+    above = min(max(np.int32(np.int32(np.int32(bits - np.int32(OFFSET_M)) + rand) >> 19), np.int32(1)), np.int32(ONE_M))
     below = np.int32(1) if np.float32(rand) < r * BELOW else np.int32(0)
     q = above if bits >= SMALL_M_BITS else below
     signed = q | 0x80 if (q > 0 and np.float32(mi).view(np.int32) < 0) else q
@@ -107,6 +110,7 @@ def _block(
         scale, down, clear = _rebase(scale, peak)
         _codes_down(q, lo, n, down, clear)  # rare: its own loop
     s[b] = scale
+    key = _first_key(lo, mix)
     for j in range(n):
         i = lo + j
         gi = gs[j]
@@ -118,8 +122,9 @@ def _block(
         mi = mb[j]
         pi = _load(p, i, kind) * scale_p
         moved = pi + (step * mi) / d
-        _store(p, i, pi if (guard and d == 0) else moved, kind)
-        mq[i] = _encode_m(mi, inv, finite, i, mix)
+        _store(p, i, pi if ((d == 0) & guard) else moved, kind)
+        mq[i] = _encode_m(mi, inv, finite, key)
+        key = _next_key(key)
 
 
 @njit(inline="always")
