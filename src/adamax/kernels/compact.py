@@ -73,11 +73,6 @@ def _hash_ir(builder, key):
     return builder.xor(x, builder.lshr(x, ir.Constant(i32, 16)))
 
 
-def _key_ir(builder, index, mix):
-    i32 = ir.IntType(32)
-    return builder.add(builder.mul(_to32(builder, index), ir.Constant(i32, KEY_STEP)), _to32(builder, mix))
-
-
 def _integers(*values) -> bool:
     return all(isinstance(v, types.Integer) for v in values)
 
@@ -90,22 +85,9 @@ def _round_ir(builder, bits, x):
 
 
 @intrinsic
-def _stochastic_bits(typingctx, bits, index, mix):
-    """``(bits + random_bits(index)) >> 16``: :func:`adamax.compact.f32_to_bf16_stochastic` of a float32's bits
-    (not NaN), with :func:`adamax.compact.random_bits`; ``mix`` is the step's term, ``step * 0x85EBCA77`` mod
-    2**32."""
-    if not _integers(bits, index, mix):
-        return None
-
-    def codegen(context, builder, signature, args):
-        return _round_ir(builder, args[0], _hash_ir(builder, _key_ir(builder, args[1], args[2])))
-
-    return types.uint16(bits, index, mix), codegen
-
-
-@intrinsic
 def _stochastic_keyed(typingctx, bits, key):
-    """:func:`_stochastic_bits` from the element's key (:func:`_first_key`)."""
+    """``(bits + random_bits) >> 16``: :func:`adamax.compact.f32_to_bf16_stochastic` of a float32's bits (not NaN),
+    with :func:`adamax.compact.random_bits` of the element whose key (:func:`_first_key`) is given."""
     if not _integers(bits, key):
         return None
 

@@ -22,9 +22,11 @@ from adamax.kernels import compact8 as k8
 from adamax.kernels.compact import (
     _block,
     _encode,
+    _first_key,
+    _next_key,
     _rebase,
     _scalars,
-    _stochastic_bits,
+    _stochastic_keyed,
     _value,
 )
 from adamax.kernels.cpu import EPS_MAX, F32, PLACEMENT, _bf16_to_f32, _pointer, prepare
@@ -114,10 +116,12 @@ def _rows_compact(
                         ur[e] = scale * _value(np.int32(q_at[first + e]))
                 _catch_up_row(p[first : first + width], mr, ur, last[r], t, W, a_pow, b2_pow, A, B, D, c, eps64, b2,
                               log_b2, placement)  # fmt: skip
+                key = _first_key(first, mix_now)
                 for e in range(width):  # mr holds a^K m in float32
                     mi = mr[e]
                     bits = np.uint32(np.float32(mi).view(np.uint32))
-                    m_at[first + e] = np.uint16(0x7FC0) if mi != mi else _stochastic_bits(bits, first + e, mix_now)
+                    m_at[first + e] = np.uint16(0x7FC0) if mi != mi else _stochastic_keyed(bits, key)
+                    key = _next_key(key)
                 for b in range(per_row):
                     scale = np.float32(np.float64(s_at[r * per_row + b]) * b2_pow[K])
                     if placement == EPS_MAX:
