@@ -476,6 +476,35 @@ def test_a_cached_compact_groups_step_count_replaced_by_an_equal_tensor_still_co
     assert [int(opt.state[p]["step"]) for p in params] == [3, 3, 3]
 
 
+@pytest.mark.parametrize(
+    ("state_format", "key"),
+    [("compact", k) for k in compact.KEYS[1:]] + [("compact8", k) for k in ("exp_avg_code", "exp_avg_scale",
+                                                                            "exp_inf_code", "exp_inf_scale")],
+)  # fmt: skip
+def test_a_cached_compact_groups_entry_given_an_equal_copy_steps_the_copy(state_format, key):
+    """An entry's tensor replaced by an equal clone (another object, other memory): the cached plan must see it and
+    step the clone, as an optimizer built afresh from the same state would."""
+    pytest.importorskip("numba")
+    params, opt, gen = _cached_compact(state_format=state_format)
+    twin_params = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    twin = Adamax(twin_params, lr=1e-2, state_format=state_format)
+    twin.load_state_dict(opt.state_dict())
+    entry = opt.state[params[2]]
+    old = entry[key]
+    entry[key] = old.clone()
+    for p, q in zip(params, twin_params):
+        p.grad = torch.randn(p.shape, generator=gen)
+        q.grad = p.grad.clone()
+    opt.step()
+    twin.step()
+    assert opt.state[params[2]][key] is not old
+    for p, q in zip(params, twin_params):
+        assert torch.equal(p, q)
+        assert all(torch.equal(opt.state[p][k], twin.state[q][k]) for k in opt.state[p] if k != "step")
+    if key != "exp_inf_scale" and key != "exp_avg_scale":
+        assert not torch.equal(old, opt.state[params[2]][key])  # the clone moved on, the old tensor did not
+
+
 @pytest.mark.parametrize("key", ["exp_avg", "exp_inf_code", "exp_inf_scale"])
 def test_a_cached_compact_groups_state_moved_to_other_memory_is_followed_there(key):
     """``t.data = ...`` keeps the tensor object and moves its memory: the cached addresses must notice, whichever

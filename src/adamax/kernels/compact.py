@@ -307,6 +307,7 @@ def _step_blocks_16(
 
 
 class BlockTable(NamedTuple):
+    sizes: np.ndarray  # int64: each tensor's elements
     tensor: np.ndarray  # int64: which tensor each chunk belongs to
     start: np.ndarray  # int64: its first block
     stop: np.ndarray  # int64: one past its last block
@@ -326,7 +327,7 @@ def block_table(sizes: tuple[int, ...]) -> BlockTable:
             np.concatenate([np.arange(c, dtype=np.int64) * BLOCKS_PER_CHUNK for c in counts]) if tensor.size else tensor
         )
         stop = np.minimum(start + BLOCKS_PER_CHUNK, np.asarray(blocks, dtype=np.int64)[tensor])
-        table = BlockTable(tensor, start, stop)
+        table = BlockTable(np.asarray(sizes, dtype=np.int64), tensor, start, stop)
         if len(_TABLES) > 64:
             _TABLES.clear()
         _TABLES[sizes] = table
@@ -344,7 +345,7 @@ def arguments(sizes: tuple[int, ...], counts, config, threads: int | None) -> tu
     else:
         distinct, where = np.unique(counts, return_inverse=True)
         steps = np.array([step_size(config.lr, config.beta1, int(t)) for t in distinct])[where].astype(np.float32)
-    return (np.asarray(sizes, dtype=np.int64), *table, steps, counts, hyper, flags)
+    return (*table, steps, counts, hyper, flags)
 
 
 def launch(step_32, step_16, kind: int, addresses: tuple, sizes: tuple[int, ...], counts, config, threads) -> None:

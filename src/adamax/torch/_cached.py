@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import itertools
+import operator
+from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -18,6 +20,38 @@ from adamax.torch._config import config_of
 from adamax.torch._devices import KERNEL_DTYPES, KERNEL_FOR_DEVICE, KERNEL_TYPES
 from adamax.torch._fused import host_step_sizes
 from adamax.torch._state import TrackedState
+
+
+class EntryCheck(NamedTuple):
+    """What a compact group's state entries held when it was cached, in the forms cheapest to compare again: per
+    entry its size, then the ids of its values (``"step"`` and the tensors, in ``getter``'s order), then the
+    tensors' data addresses.  The group holds every one of those objects, so no id can be reused meanwhile."""
+
+    getter: Callable[[Mapping], tuple]  # an entry's values, in a fixed order
+    sizes: list[int]
+    ids: list[int]
+    tensors: list[Tensor]
+    addresses: list[int]
+
+    @classmethod
+    def of(cls, states: tuple, keys: tuple[str, ...]) -> EntryCheck:
+        getter = operator.itemgetter("step", *keys)
+        tensors = [s[key] for s in states for key in keys]
+        return cls(getter, [len(s) for s in states], [id(v) for s in states for v in getter(s)], tensors,
+                   [t.data_ptr() for t in tensors])  # fmt: skip
+
+    def intact(self, states: tuple) -> bool:
+        """Whether every entry still holds the very values it held, and no tensor's memory moved."""
+        if list(map(len, states)) != self.sizes:
+            return False
+        try:  # (map, chain and itemgetter: no Python code runs per entry)
+            ids = list(map(id, itertools.chain.from_iterable(map(self.getter, states))))
+        except KeyError:
+            return False
+        return ids == self.ids and list(map(_DATA_PTR, self.tensors)) == self.addresses
+
+
+_DATA_PTR = torch.Tensor.data_ptr
 
 
 class CachedPlan(NamedTuple):
@@ -84,20 +118,11 @@ class CompactGroup(NamedTuple):
     steps: Tensor  # float32 buffer
     addresses: tuple  # per key, an int64 array of the tensors' addresses
     sizes: tuple
+    check: EntryCheck
 
     def state_intact(self) -> bool:
         """Whether every param's compact entry still holds the very tensors cached here, in the same memory."""
-        width = len(self.keys) + 1
-        for i, (s, t) in enumerate(zip(self.states, self.step_views)):
-            if not (len(s) == width and s.get("step") is t):
-                return False
-            for key, column in zip(self.keys, self.tensors):
-                if s.get(key) is not column[i]:
-                    return False
-        for column, addresses in zip(self.tensors, self.addresses):
-            if [x.data_ptr() for x in column] != addresses.tolist():
-                return False
-        return True
+        return self.check.intact(self.states)
 
 
 def _group_flags(group: Mapping[str, Any]) -> tuple:
@@ -266,6 +291,7 @@ def _compact_group(
         steps=steps,
         addresses=tuple(np.array([t.data_ptr() for t in column], dtype=np.int64) for column in tensors),
         sizes=tuple(p.numel() for p in members),
+        check=EntryCheck.of(states, keys),
     )
 
 
