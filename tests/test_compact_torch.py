@@ -505,6 +505,26 @@ def test_a_cached_compact_groups_entry_given_an_equal_copy_steps_the_copy(state_
         assert not torch.equal(old, opt.state[params[2]][key])  # the clone moved on, the old tensor did not
 
 
+@pytest.mark.parametrize("change", ["a key renamed", "a key added"])
+def test_a_cached_compact_groups_entry_with_other_keys_is_refused_before_any_write(change):
+    """An entry whose keys changed behind the cache (one renamed: the same number of keys; or one added) is not
+    compact state: the step refuses it, as an uncached step would, and writes nothing."""
+    pytest.importorskip("numba")
+    params, opt, gen = _cached_compact()
+    entry = opt.state[params[2]]
+    if change == "a key renamed":
+        entry["exp_inf"] = entry.pop("exp_inf_scale")
+    else:
+        entry["exp_inf"] = torch.zeros(300)
+    for p in params:
+        p.grad = torch.randn(p.shape, generator=gen)
+    before = [(p.detach().clone(), {k: v.clone() for k, v in opt.state[p].items()}) for p in params]
+    with pytest.raises(ValueError, match="state"):
+        opt.step()
+    for p, (value, saved) in zip(params, before):
+        assert torch.equal(p, value) and all(torch.equal(opt.state[p][k], v) for k, v in saved.items())
+
+
 @pytest.mark.parametrize("key", ["exp_avg", "exp_inf_code", "exp_inf_scale"])
 def test_a_cached_compact_groups_state_moved_to_other_memory_is_followed_there(key):
     """``t.data = ...`` keeps the tensor object and moves its memory: the cached addresses must notice, whichever
