@@ -4,13 +4,20 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint docs mutants clean
+.PHONY: demo test test-tf lint docs mutants clean
 
 demo: $(VENV)/.installed-plot
 	$(BIN)/adamax demo
 
 test: $(VENV)/.installed-dev lint
 	$(BIN)/python -m pytest src tests
+
+# adamax.keras on Keras's TensorFlow backend, in an environment of its own: TensorFlow is a large install, so
+# this is not part of `test` (which runs the Keras tests on the JAX and torch backends).
+test-tf:
+	test -x .venv-tf/bin/python || $(PYTHON) -m venv .venv-tf
+	.venv-tf/bin/python -m pip install --quiet -e ".[keras]" "tensorflow-cpu>=2.16" "pytest>=8"
+	KERAS_BACKEND=tensorflow .venv-tf/bin/python -m pytest -p no:cacheprovider tests/test_keras.py
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check src tests benchmarks examples tools
@@ -41,4 +48,4 @@ $(VENV)/.installed-%: pyproject.toml
 	if [ "$*" = dev ] || [ "$*" = mutants ]; then touch $(VENV)/.installed-plot $(VENV)/.installed-dev; fi
 
 clean:
-	rm -rf $(VENV) build src/*.egg-info .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .venv-tf build src/*.egg-info .pytest_cache .ruff_cache .hypothesis

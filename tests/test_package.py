@@ -30,6 +30,7 @@ LAYERS = (
     "adamax.torch",
     "adamax.distributed",
     "adamax.optax",
+    "adamax.keras",
     "adamax.kernels",
     "adamax.cli",
 )
@@ -76,7 +77,7 @@ def test_the_wheel_holds_every_subpackage_the_type_marker_and_the_license_and_no
     assert not any(name.startswith("tests/") for name in names)
     metadata = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
     assert "License-Expression: MIT" in metadata
-    for extra in ("torch", "jax", "fast", "gpu", "plot", "data"):
+    for extra in ("torch", "jax", "keras", "fast", "gpu", "plot", "data", "trainers"):
         assert f"Provides-Extra: {extra}" in metadata
 
 
@@ -113,7 +114,8 @@ def test_each_layer_imports_from_the_installed_wheel(installed):
 
 
 @pytest.mark.parametrize(("layer", "missing", "extra"), [("adamax.torch", "torch", "torch"),
-                                                         ("adamax.optax", "jax", "jax")])  # fmt: skip
+                                                         ("adamax.optax", "jax", "jax"),
+                                                         ("adamax.keras", "keras", "keras")])  # fmt: skip
 def test_a_layer_without_its_extra_names_the_extra_to_install(installed, layer, missing, extra):
     done = _run(str(installed), "-c", f"import sys; sys.modules[{missing!r}] = None; import {layer}")
     assert done.returncode != 0

@@ -1,0 +1,226 @@
+"""adamax.keras against keras.optimizers.Adamax itself, on the JAX backend here and on the torch backend in a
+subprocess (Keras picks its backend once per process): Keras's golden table, bit-for-bit agreement step by step
+and over 100 steps of ``model.fit``, configs, ``.keras`` files, ``LossScaleOptimizer``, clipping, the other ε
+placements against the NumPy reference, and refusals."""
+
+from __future__ import annotations
+
+import ast
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+keras = pytest.importorskip("keras")
+adamax_keras = pytest.importorskip("adamax.keras")
+
+from adamax import reference  # noqa: E402
+from adamax.spec import AdamaxConfig  # noqa: E402
+
+BACKEND = keras.backend.backend()
+
+
+def _values(xs) -> list[np.ndarray]:
+    return [np.array(keras.ops.convert_to_numpy(x)) for x in xs]
+
+
+def _assert_same_bits(a, b) -> None:
+    for x, y in zip(_values(a), _values(b)):
+        np.testing.assert_array_equal(x.view(np.uint32), y.view(np.uint32))
+
+
+def _keras_golden_table() -> np.ndarray | None:
+    """The golden table of Keras's own Adamax test, read from the installed Keras (None if it does not ship it)."""
+    path = Path(keras.__file__).parent / "src" / "optimizers" / "adamax_test.py"
+    if not path.exists():
+        return None
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "golden" for t in node.targets):
+            return np.array(ast.literal_eval(node.value.args[0]))
+    return None
+
+
+def _golden_run(opt) -> list[np.ndarray]:
+    """Keras's golden-table run: ten ones, a first gradient of 0.01, then five of 0.1 ... 1.0."""
+    x = keras.Variable(np.ones([10], dtype="float32"))
+    opt.apply_gradients([(keras.ops.full((10,), 0.01), x)])
+    seen = []
+    for _ in range(5):
+        seen.append(np.array(keras.ops.convert_to_numpy(x)))
+        opt.apply_gradients([(keras.ops.arange(0.1, 1.1, 0.1), x)])
+    return seen
+
+
+def test_keras_golden_table_and_keras_own_adamax_bit_for_bit():
+    hyper = {"learning_rate": 0.2, "beta_1": 0.85, "beta_2": 0.95, "epsilon": 1e-6}
+    ours = _golden_run(adamax_keras.Adamax(**hyper))
+    theirs = _golden_run(keras.optimizers.Adamax(**hyper))
+    for a, b in zip(ours, theirs):
+        np.testing.assert_array_equal(a.view(np.uint32), b.view(np.uint32))
+    golden = _keras_golden_table()
+    if golden is not None:  # Keras's own tolerance
+        for row, x in zip(golden, ours):
+            np.testing.assert_allclose(x, row, rtol=5e-4, atol=5e-4)
+    assert not np.array_equal(ours[0], ours[-1])
+
+
+def _model(seed: int = 0):
+    keras.utils.set_random_seed(seed)
+    return keras.Sequential([keras.Input((8,)), keras.layers.Dense(16, activation="tanh"), keras.layers.Dense(1)])
+
+
+def _data(n: int = 160):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((n, 8)).astype("float32")
+    return x, (x @ np.linspace(-1, 1, 8, dtype="float32"))[:, None]
+
+
+def _fit(opt, epochs: int = 10, model=None):
+    model = model or _model()
+    model.compile(optimizer=opt, loss="mse")
+    x, y = _data()
+    model.fit(x, y, batch_size=16, epochs=epochs, shuffle=False, verbose=0)
+    return model
+
+
+@pytest.mark.parametrize("weight_decay", [None, 0.01])
+def test_a_hundred_steps_of_model_fit_equal_keras_adamax(weight_decay):
+    ours = _fit(adamax_keras.Adamax(learning_rate=1e-2, weight_decay=weight_decay))
+    theirs = _fit(keras.optimizers.Adamax(learning_rate=1e-2, weight_decay=weight_decay))
+    assert int(ours.optimizer.iterations) == 100
+    _assert_same_bits(ours.weights, theirs.weights)
+    _assert_same_bits(ours.optimizer.variables, theirs.optimizer.variables)
+    assert not np.array_equal(_values(ours.weights)[0], _values(_model().weights)[0])
+
+
+def test_adamaxw_is_adamax_with_keras_decoupled_decay_by_default():
+    assert adamax_keras.AdamaxW().weight_decay == 0.004
+    ours = _fit(adamax_keras.AdamaxW(learning_rate=1e-2), epochs=2)
+    theirs = _fit(keras.optimizers.Adamax(learning_rate=1e-2, weight_decay=0.004), epochs=2)
+    _assert_same_bits(ours.weights, theirs.weights)
+    with pytest.raises(ValueError, match="weight_decay"):
+        adamax_keras.AdamaxW(weight_decay=None)
+
+
+def test_config_round_trips_through_get_config_and_keras_serialization():
+    opt = adamax_keras.Adamax(learning_rate=0.05, beta_1=0.8, beta_2=0.95, epsilon=1e-5, eps_placement="max",
+                              clipnorm=2.0)  # fmt: skip
+    config = opt.get_config()
+    assert config["eps_placement"] == "max" and config["beta_1"] == 0.8 and config["clipnorm"] == 2.0
+    again = adamax_keras.Adamax.from_config(config)
+    assert again.get_config() == config
+    revived = keras.optimizers.deserialize(keras.optimizers.serialize(opt))
+    assert type(revived) is adamax_keras.Adamax and revived.get_config() == config
+    schedule = keras.optimizers.schedules.ExponentialDecay(0.1, decay_steps=10, decay_rate=0.5)
+    with_schedule = adamax_keras.AdamaxW(learning_rate=schedule)
+    assert adamax_keras.AdamaxW.from_config(with_schedule.get_config()).get_config() == with_schedule.get_config()
+
+
+def test_a_keras_file_restores_the_optimizers_variables_and_training_continues_exactly(tmp_path):
+    model = _fit(adamax_keras.Adamax(learning_rate=1e-2, eps_placement="max"), epochs=2)
+    path = tmp_path / "model.keras"
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    assert type(loaded.optimizer) is adamax_keras.Adamax and loaded.optimizer.eps_placement == "max"
+    assert int(loaded.optimizer.iterations) == 20
+    _assert_same_bits(loaded.optimizer.variables, model.optimizer.variables)
+    x, y = _data()
+    for m in (model, loaded):
+        m.fit(x, y, batch_size=16, epochs=1, shuffle=False, verbose=0)
+    _assert_same_bits(loaded.weights, model.weights)
+
+
+def _apply(opt, grads, variables) -> None:
+    """``opt.apply`` as ``model.fit`` runs it: through ``stateless_apply`` on JAX (jitted there; Keras's stateful
+    path under JAX cannot run ``LossScaleOptimizer``'s conditionals eagerly), statefully elsewhere."""
+    if BACKEND != "jax":
+        opt.apply(grads, variables)
+        return
+    new_values, new_state = opt.stateless_apply([v.value for v in opt.variables], grads, [v.value for v in variables])
+    for v, value in zip(variables, new_values):
+        v.assign(value)
+    for v, value in zip(opt.variables, new_state):
+        v.assign(value)
+
+
+def test_loss_scale_optimizer_wraps_it_and_a_nonfinite_step_changes_nothing():
+    inner = adamax_keras.Adamax(learning_rate=0.1)
+    opt = keras.optimizers.LossScaleOptimizer(inner, initial_scale=2.0**8)
+    x = keras.Variable(np.ones(4, dtype="float32"))
+    opt.build([x])
+    _apply(opt, [keras.ops.full((4,), 2.0**8)], [x])  # a scaled gradient of 1
+    after_one = _values([x, *inner.variables])
+    assert not np.array_equal(after_one[0], np.ones(4, dtype="float32"))
+    _apply(opt, [keras.ops.convert_to_tensor(np.array([1.0, np.inf, 1.0, 1.0], dtype="float32"))], [x])
+    _assert_same_bits([x, *inner.variables], after_one)  # skipped whole: params, m, u, step count
+    assert float(keras.ops.convert_to_numpy(opt.dynamic_scale)) == 2.0**7
+
+
+@pytest.mark.parametrize("clip", [{"clipnorm": 1.0}, {"clipvalue": 0.5}, {"global_clipnorm": 1.0}])
+def test_gradient_clipping_is_keras_own(clip):
+    runs = []
+    for cls in (adamax_keras.Adamax, keras.optimizers.Adamax):
+        x = keras.Variable(np.ones(3, dtype="float32"))
+        opt = cls(learning_rate=0.1, **clip)
+        for g in ([100.0, -100.0, 3.0], [0.1, 5.0, -7.0]):
+            opt.apply_gradients([(keras.ops.convert_to_tensor(np.array(g, dtype="float32")), x)])
+        runs.append(x)
+    _assert_same_bits([runs[0]], [runs[1]])
+
+
+@pytest.mark.parametrize("eps_placement", ["max", "denominator", "none"])
+def test_every_eps_placement_follows_the_reference_within_float32_rounding(eps_placement):
+    """Against :mod:`adamax.reference` (torch's rounding; Keras's order of operations differs by an ulp a step),
+    including an element whose gradient is always 0, which must not move (no 0/0 with ``"none"``)."""
+    rng = np.random.default_rng(1)
+    grads = rng.standard_normal((20, 6)).astype(np.float32)
+    grads[:, 0] = 0
+    x = keras.Variable(np.linspace(-1, 1, 6, dtype=np.float32))
+    opt = adamax_keras.Adamax(learning_rate=0.01, beta_2=0.5, epsilon=0.1, eps_placement=eps_placement)
+    p = np.linspace(-1, 1, 6, dtype=np.float32)
+    state = reference.init(p)
+    config = AdamaxConfig(lr=0.01, betas=(0.9, 0.5), eps=0.1, eps_placement=eps_placement)
+    for g in grads:
+        opt.apply_gradients([(keras.ops.convert_to_tensor(g), x)])
+        p, state = reference.update(p, g, state, config)
+    got = np.array(keras.ops.convert_to_numpy(x))
+    np.testing.assert_allclose(got, p, rtol=1e-5, atol=1e-6)
+    assert got[0] == np.float32(-1.0) and np.all(np.isfinite(got))
+    if eps_placement != "denominator":
+        other = adamax_keras.Adamax(learning_rate=0.01, beta_2=0.5, epsilon=0.1)  # the placements differ measurably
+        y = keras.Variable(np.linspace(-1, 1, 6, dtype=np.float32))
+        for g in grads:
+            other.apply_gradients([(keras.ops.convert_to_tensor(g), y)])
+        assert np.abs(np.array(keras.ops.convert_to_numpy(y)) - got).max() > 1e-4
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"beta_1": 1.5}, ValueError, "beta parameter at index 0"),
+        ({"beta_2": -0.1}, ValueError, "beta parameter at index 1"),
+        ({"epsilon": -1.0}, ValueError, "epsilon"),
+        ({"learning_rate": -0.1}, ValueError, "learning rate"),
+        ({"eps_placement": "outside"}, ValueError, "eps_placement"),
+        ({"state_format": "compact"}, NotImplementedError, "full state only"),
+    ],
+)
+def test_invalid_hyperparameters_are_refused_at_construction(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        adamax_keras.Adamax(**kwargs)
+
+
+@pytest.mark.skipif(os.environ.get("ADAMAX_KERAS_OTHER_BACKEND") == "1", reason="already the other backend")
+def test_these_tests_pass_on_the_torch_backend_too():
+    pytest.importorskip("torch")
+    env = {**os.environ, "KERAS_BACKEND": "torch" if BACKEND != "torch" else "jax", "ADAMAX_KERAS_OTHER_BACKEND": "1"}
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-W", "ignore::DeprecationWarning", __file__],
+        capture_output=True, text=True, timeout=900, env=env, cwd=Path(__file__).resolve().parents[1],
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+    summary = done.stdout.strip().splitlines()[-1]
+    assert " passed" in summary and "failed" not in summary and "error" not in summary, summary
