@@ -109,10 +109,12 @@ class Codes(NamedTuple):
         return 1 << (23 - self.shift)
 
     def value(self, codes: np.ndarray) -> np.ndarray:
+        """``v(q)`` of each code: float32 bits ``(q << shift) + offset``, and 0 for code 0."""
         q = np.asarray(codes, dtype=np.uint32)
         return np.where(q == 0, _F32(0), ((q << np.uint32(self.shift)) + np.uint32(self.offset)).view(_F32))
 
     def encode(self, r: np.ndarray) -> np.ndarray:
+        """The least code whose value is at least ``r`` (float32 in [0, 1]), between 1 and ``one``; 0 for 0."""
         bits = np.asarray(r, dtype=_F32).view(np.uint32).astype(np.int64)
         q = np.clip(((bits + ((1 << self.shift) - 1)) >> self.shift) - (self.offset >> self.shift), 1, self.one)
         return np.where(bits == 0, 0, q).astype(self.dtype)
@@ -135,6 +137,7 @@ class CompactState(NamedTuple):
 
 
 def check_state_format(state_format: Any) -> str:
+    """``state_format`` if it is one of :data:`STATE_FORMATS`, else a ``ValueError`` naming them."""
     if not isinstance(state_format, str) or state_format not in STATE_FORMATS:
         raise ValueError(f"Invalid state_format: {state_format!r} (expected one of {', '.join(STATE_FORMATS)})")
     return state_format
@@ -255,6 +258,7 @@ def rebase(codes: np.ndarray, scales: np.ndarray, peaks: np.ndarray, c: Codes = 
 
 
 def bf16_to_f32(bits: np.ndarray) -> np.ndarray:
+    """bfloat16 values, given by their uint16 bits, as float32 (exact)."""
     return (np.asarray(bits, dtype=np.uint16).astype(np.uint32) << 16).view(_F32)
 
 

@@ -74,18 +74,23 @@ class KerasOps:
     decay_before_real_view = True
 
     def real_view(self, xs: list[Any]) -> list[Any]:
+        """Unchanged: Keras variables are real."""
         return xs  # Keras variables are real
 
     def neg(self, g: Any) -> Any:
+        """``-g``."""
         return ops.negative(g)
 
     def add_scaled(self, g: Any, p: Any, alpha: float) -> Any:
+        """``g + alpha * p`` (coupled weight decay; Keras's own decay is decoupled and not this)."""
         return ops.add(g, ops.multiply(p, alpha))
 
     def mul_(self, x: Any, s: float) -> Any:
+        """``s * x``."""
         return ops.multiply(s, x)
 
     def moment_(self, m: Any, g: Any, beta1: float) -> Any:
+        """The new first moment, in the form Keras's Adamax computes it on this backend."""
         if keras.backend.backend() == "torch":  # Keras's torch Adamax: m * b1, then + (1 - b1) g in one add
             import torch
 
@@ -93,18 +98,24 @@ class KerasOps:
         return ops.add(m, ops.multiply(ops.subtract(g, m), 1 - beta1))
 
     def abs(self, g: Any) -> Any:
+        """``|g|``."""
         return ops.abs(g)
 
     def abs_plus(self, g: Any, eps: float) -> Any:
+        """``|g| + eps``."""
         return ops.add(ops.abs(g), eps)
 
     def add(self, x: Any, eps: float) -> Any:
+        """``x + eps``."""
         return ops.add(x, eps)
 
     def maximum_(self, u: Any, v: Any) -> Any:
+        """``max(u, v)``."""
         return ops.maximum(u, v)
 
     def apply_step_(self, p: Any, m: Any, d: Any, s: Any, guard_zero: bool) -> Any:
+        """``p - (lr * m) / ((1 - beta_1**t) * d)`` with ``s = (lr, 1 - beta_1**t)`` (no step where ``d`` is 0
+        when ``guard_zero``)."""
         lr, correction = s
         if guard_zero:  # d == 0 only where every gradient so far was 0 (so m == 0): no step, not 0/0
             zero = ops.equal(d, 0)
@@ -192,6 +203,7 @@ class Adamax(keras.optimizers.Optimizer):
         self.assign(variable, p)
 
     def get_config(self) -> dict[str, Any]:
+        """Keras's config of this optimizer, with ``beta_1``, ``beta_2``, ``epsilon`` and ``eps_placement``."""
         config = super().get_config()
         config.update(
             {"beta_1": self.beta_1, "beta_2": self.beta_2, "epsilon": self.epsilon, "eps_placement": self.eps_placement}

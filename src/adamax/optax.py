@@ -51,7 +51,15 @@ from adamax import compact, compact8  # noqa: E402
 from adamax._algorithm import adamax_update  # noqa: E402
 from adamax.spec import AdamaxConfig, EpsPlacement  # noqa: E402
 
-__all__ = ["ScaleByAdamaxCompactState", "ScaleByAdamaxState", "adamax", "adamaxw", "convert_state", "scale_by_adamax"]
+__all__ = [
+    "ScaleByAdamaxCompact8State",
+    "ScaleByAdamaxCompactState",
+    "ScaleByAdamaxState",
+    "adamax",
+    "adamaxw",
+    "convert_state",
+    "scale_by_adamax",
+]
 
 
 class ScaleByAdamaxState(NamedTuple):
