@@ -16,7 +16,7 @@ test: $(VENV)/.installed-dev lint
 # this is not part of `test` (which runs the Keras tests on the JAX and torch backends).
 test-tf:
 	test -x .venv-tf/bin/python || $(PYTHON) -m venv .venv-tf
-	.venv-tf/bin/python -m pip install --quiet -e ".[keras]" "tensorflow-cpu>=2.16" "pytest>=8"
+	.venv-tf/bin/python -m pip install --quiet -e ".[keras]" "tensorflow-cpu>=2.16" "pytest>=8" "hypothesis>=6.100"
 	KERAS_BACKEND=tensorflow .venv-tf/bin/python -m pytest -p no:cacheprovider tests/test_keras.py
 
 lint: $(VENV)/.installed-dev

@@ -28,8 +28,13 @@ def _values(xs) -> list[np.ndarray]:
 
 
 def _assert_same_bits(a, b) -> None:
-    for x, y in zip(_values(a), _values(b)):
-        np.testing.assert_array_equal(x.view(np.uint32), y.view(np.uint32))
+    a, b = _values(a), _values(b)
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+        assert x.dtype == y.dtype and x.shape == y.shape
+        if x.tobytes() != y.tobytes():
+            np.testing.assert_array_equal(x, y)  # shows where
+            raise AssertionError("equal values, different bits (a signed zero or a NaN payload)")
 
 
 def _keras_golden_table() -> np.ndarray | None:
