@@ -372,7 +372,7 @@ def test_the_kernel_steps_compact_state_as_the_definition_does(dtype, beta1):
     """Bit for bit; beta1 = 0.5 puts the moment's weight 1 - beta1 on the boundary of the two lerp formulas."""
     pytest.importorskip("numba")
     rng = np.random.default_rng(8)
-    shapes = [(300, 70), (5,), (1000,)]  # tensors of blocks and of part blocks
+    shapes = [(300, 70), (5,), (1000,), (70_001,)]  # blocks, part blocks, and two chunks of 256 blocks
     start = [rng.standard_normal(s).astype(dtype) for s in shapes]
     sides = {}
     for fused in (True, False):
