@@ -28,6 +28,7 @@ LAYERS = {
     "adamax.numpy": 4,
     "adamax.torch": 4,
     "adamax.optax": 4,
+    "adamax.keras": 4,
     "adamax.distributed": 5,
     "adamax.cli": 6,
     "adamax.__main__": 6,
