@@ -250,7 +250,10 @@ def test_edge_scales_in_the_kernel_as_in_the_definition(scale, peak, expected):
             opt.step([np.array([peak, 0.0, 0.0], F32)])
     (a,), (b,) = (opt.state.values() for _, opt in sides)
     assert b.exp_inf_scale[0] == F32(expected)
+    (kernel_p,), (definition_p,) = (params for params, _ in sides)
+    assert np.array_equal(kernel_p, definition_p, equal_nan=True)
     if expected < 1:
+        assert kernel_p[2] == 0  # u = 0 (code 0) and no eps: the guarded step leaves it, no 0/0
         assert list(b.exp_inf_code) == [ONE, 3000, 0]
     assert all(np.array_equal(x, y) for x, y in zip(a[1:], b[1:]))
 
