@@ -164,6 +164,42 @@ def test_loss_scale_optimizer_wraps_it_and_a_nonfinite_step_changes_nothing():
     assert float(keras.ops.convert_to_numpy(opt.dynamic_scale)) == 2.0**7
 
 
+def test_skip_nonfinite_skips_a_step_whole_and_only_that_step():
+    opt = adamax_keras.Adamax(learning_rate=0.1, skip_nonfinite=True)
+    x = keras.Variable(np.ones(4, dtype="float32"))
+    opt.build([x])
+    _apply(opt, [keras.ops.ones((4,))], [x])
+    before = _values([x, *opt.variables])
+    for bad in (np.nan, np.inf, -np.inf):
+        _apply(opt, [keras.ops.convert_to_tensor(np.array([1.0, bad, 1.0, 1.0], dtype="float32"))], [x])
+        _assert_same_bits([x, *opt.variables], before)  # params, m, u and the step count
+        opt.apply_gradients([(keras.ops.convert_to_tensor(np.array([bad, 1.0, 1.0, 1.0], dtype="float32")), x)])
+        _assert_same_bits([x, *opt.variables], before)
+    _apply(opt, [keras.ops.ones((4,))], [x])
+    assert int(opt.iterations) == 2 and not np.array_equal(_values([x])[0], before[0])
+    assert adamax_keras.Adamax.from_config(opt.get_config()).skip_nonfinite is True
+
+
+def test_model_fit_with_skip_nonfinite_ends_as_if_the_bad_batch_had_not_been_there():
+    """Inside ``fit`` (jitted on JAX): a batch whose loss is infinite is skipped; the run ends where a run
+    without that batch does, bit for bit."""
+    x, y = _data(48)
+    bad_y = y.copy()
+    bad_y[16:32] = np.inf  # the second of three batches
+    runs = []
+    for xs, ys in ((x, bad_y), (np.concatenate([x[:16], x[32:]]), np.concatenate([y[:16], y[32:]]))):
+        model = _model()
+        model.compile(optimizer=adamax_keras.Adamax(learning_rate=1e-2, skip_nonfinite=True), loss="mse")
+        model.fit(xs, ys, batch_size=16, epochs=1, shuffle=False, verbose=0)
+        runs.append(model)
+    assert int(runs[0].optimizer.iterations) == int(runs[1].optimizer.iterations) == 2
+    _assert_same_bits(runs[0].weights, runs[1].weights)
+    unguarded = _model()
+    unguarded.compile(optimizer=adamax_keras.Adamax(learning_rate=1e-2), loss="mse")
+    unguarded.fit(x, bad_y, batch_size=16, epochs=1, shuffle=False, verbose=0)
+    assert not np.isfinite(_values(unguarded.weights)[0]).all()  # the step it guards against spoils the weights
+
+
 @pytest.mark.parametrize("clip", [{"clipnorm": 1.0}, {"clipvalue": 0.5}, {"global_clipnorm": 1.0}])
 def test_gradient_clipping_is_keras_own(clip):
     runs = []
@@ -211,6 +247,7 @@ def test_every_eps_placement_follows_the_reference_within_float32_rounding(eps_p
         ({"learning_rate": -0.1}, ValueError, "learning rate"),
         ({"eps_placement": "outside"}, ValueError, "eps_placement"),
         ({"state_format": "compact"}, NotImplementedError, "full state only"),
+        ({"skip_nonfinite": "yes"}, ValueError, "skip_nonfinite"),
     ],
 )
 def test_invalid_hyperparameters_are_refused_at_construction(kwargs, error, match):

@@ -24,9 +24,10 @@ and torch backends (``tests/test_keras.py``).  Differences, each deliberate:
 * Weight decay is Keras's own (decoupled, applied before the step, with ``exclude_from_weight_decay``);
   :class:`AdamaxW` only makes it the default, ``weight_decay=0.004`` as ``keras.optimizers.AdamW``.
 
-Not here (yet): ``state_format="compact"`` (its block scales need a per-block maximum and integer codes that
-``keras.ops`` can express, but it is not written) and ``skip_nonfinite`` (Keras's ``LossScaleOptimizer`` skips
-a step whose gradients are not finite, and wraps these optimizers).  Sparse gradients (TensorFlow's
+``skip_nonfinite=True`` skips a step whose gradients hold a NaN or an infinity whole: no variable, moment or
+step count changes (on the JAX backend inside the jitted step, through ``ops.cond``).  Not here (yet):
+``state_format="compact"`` (its block scales need a per-block maximum and integer codes that ``keras.ops`` can
+express, but it is not written).  Sparse gradients (TensorFlow's
 ``IndexedSlices``) are densified by Keras before ``update_step``, as for its own optimizers.
 
 Keras picks its backend when first imported, from ``KERAS_BACKEND`` (or ``~/.keras/keras.json``; TensorFlow by
@@ -150,10 +151,17 @@ def _checked(learning_rate: Any, beta_1: Any, beta_2: Any, epsilon: Any, eps_pla
     return _Hyper(config.beta1, config.beta2, config.eps, config.eps_placement)
 
 
+def _all_finite(grads: Any) -> Any:
+    """Whether every gradient given (``None`` ones left out) is finite everywhere, as a boolean tensor."""
+    checks = [ops.all(ops.isfinite(g)) for g in grads if g is not None]
+    return ops.all(ops.stack(checks)) if checks else ops.convert_to_tensor(True)
+
+
 @keras.saving.register_keras_serializable(package="adamax")
 class Adamax(keras.optimizers.Optimizer):
     """Adamax for Keras 3, a drop-in for ``keras.optimizers.Adamax`` (same arguments, defaults and variables),
-    with ``eps_placement`` (``"denominator"``, Keras's; ``"max"``, torch's and optax's; ``"none"``, the paper's).
+    with ``eps_placement`` (``"denominator"``, Keras's; ``"max"``, torch's and optax's; ``"none"``, the paper's)
+    and ``skip_nonfinite`` (a step whose gradients are not all finite changes nothing).
 
     Every other argument is ``keras.optimizers.Optimizer``'s: ``weight_decay``, ``clipnorm``, ``clipvalue``,
     ``global_clipnorm``, ``use_ema``, ``ema_momentum``, ``ema_overwrite_frequency``, ``loss_scale_factor``,
@@ -168,6 +176,7 @@ class Adamax(keras.optimizers.Optimizer):
         epsilon: float = 1e-7,
         eps_placement: str = "denominator",
         state_format: str = "full",
+        skip_nonfinite: bool = False,
         name: str | None = None,
         **kwargs: Any,
     ) -> None:
@@ -180,6 +189,9 @@ class Adamax(keras.optimizers.Optimizer):
         super().__init__(learning_rate=learning_rate, name=name, **kwargs)
         self._hyper = hyper
         self.beta_1, self.beta_2, self.epsilon, self.eps_placement = beta_1, beta_2, epsilon, eps_placement
+        if not isinstance(skip_nonfinite, bool):
+            raise ValueError(f"Invalid skip_nonfinite: {skip_nonfinite!r} (expected True or False)")
+        self.skip_nonfinite = skip_nonfinite
 
     def build(self, var_list: list[Any]) -> None:
         """One ``momentum`` (m) and one ``norm`` (u) variable per model variable, zeros, as Keras's Adamax."""
@@ -202,11 +214,49 @@ class Adamax(keras.optimizers.Optimizer):
         self.assign(u, new_u)
         self.assign(variable, p)
 
+    def apply(self, grads: Any, trainable_variables: Any = None) -> Any:
+        """Keras's ``apply``; with ``skip_nonfinite``, a step whose gradients hold a NaN or an infinity changes
+        nothing at all (variables, moments, step count), on the stateful path (eager, or traced by TensorFlow)."""
+        if not self.skip_nonfinite or self.__dict__.get("_checked_by_stateless_apply"):
+            return super().apply(grads, trainable_variables)
+        finite = _all_finite(grads)
+        if keras.backend.backend() == "tensorflow":  # traced inside tf.function: a conditional, not a Python if
+
+            def step() -> Any:
+                super(Adamax, self).apply(grads, trainable_variables)
+                return ops.convert_to_tensor(True)
+
+            return ops.cond(finite, step, lambda: ops.convert_to_tensor(False))
+        if bool(finite):
+            return super().apply(grads, trainable_variables)
+        return None
+
+    def stateless_apply(self, optimizer_variables: Any, grads: Any, trainable_variables: Any) -> Any:
+        """Keras's ``stateless_apply`` (the JAX backend's jitted step); with ``skip_nonfinite``, a step whose
+        gradients are not all finite returns the variables it was given."""
+        if not self.skip_nonfinite:
+            return super().stateless_apply(optimizer_variables, grads, trainable_variables)
+        self.__dict__["_checked_by_stateless_apply"] = True  # its apply inside need not check again (Keras's
+        try:  # attribute tracking left out: a plain flag)
+            return ops.cond(
+                _all_finite(grads),
+                lambda: super(Adamax, self).stateless_apply(optimizer_variables, grads, trainable_variables),
+                lambda: (list(trainable_variables), list(optimizer_variables)),
+            )
+        finally:
+            self.__dict__["_checked_by_stateless_apply"] = False
+
     def get_config(self) -> dict[str, Any]:
         """Keras's config of this optimizer, with ``beta_1``, ``beta_2``, ``epsilon`` and ``eps_placement``."""
         config = super().get_config()
         config.update(
-            {"beta_1": self.beta_1, "beta_2": self.beta_2, "epsilon": self.epsilon, "eps_placement": self.eps_placement}
+            {
+                "beta_1": self.beta_1,
+                "beta_2": self.beta_2,
+                "epsilon": self.epsilon,
+                "eps_placement": self.eps_placement,
+                "skip_nonfinite": self.skip_nonfinite,
+            }
         )
         return config
 
