@@ -47,6 +47,11 @@ def codes_of(definition: ModuleType):
     return compact8.U8 if definition is compact8 else compact.U16
 
 
+def row_size(p: np.ndarray) -> int:
+    """The elements in one row of a table (or of rows taken out of it)."""
+    return int(np.prod(np.shape(p)[1:], dtype=np.int64))
+
+
 def flat_index(rows: np.ndarray, row: int) -> np.ndarray:
     """The flat indices, in their table, of the elements of ``rows`` (``row`` elements each), row by row."""
     return (np.asarray(rows, np.int64)[:, None] * row + np.arange(row, dtype=np.int64)).ravel()
@@ -92,7 +97,7 @@ def catch_up(
         m_codes = np.where(compact._per_element(gone, m.size).reshape(m.shape), np.uint8(0), state.exp_avg_code)
         m_scale = np.where(gone, _F32(0), np.where(due, m_scale, state.exp_avg_scale))
         return new_p, new._replace(exp_avg_code=m_codes, exp_avg_scale=m_scale)
-    flat = (len(K), int(np.prod(np.shape(m)[1:], dtype=np.int64)))  # the rows' elements, a row of them per row
+    flat = (len(K), row_size(m))  # the rows' elements, a row of them per row
     decayed = (m.reshape(flat).astype(np.float64) * clock.pow_a[K][:, None]).astype(_F32)
     bits = compact.f32_to_bf16_stochastic(decayed.ravel(), clock.t, index).reshape(flat)
     return new_p, new._replace(exp_avg=np.where(due, bits, state.exp_avg.reshape(flat)).reshape(m.shape))
@@ -103,7 +108,7 @@ def bring_up_to_date(table: _lazy.Table, definition: ModuleType, p: np.ndarray, 
     place."""
     rows = table.behind(np.asarray(rows, dtype=np.int64))
     if len(rows):
-        row = int(np.prod(np.shape(p)[1:], dtype=np.int64))
+        row = row_size(p)
         new_p, new = catch_up(table.clock, definition, p[rows], take(state, rows), table.last[rows],
                               flat_index(rows, row))  # fmt: skip
         p[rows] = new_p
@@ -125,7 +130,7 @@ def step(
     """The table's next step, its param's ``t + 1``: rows ``touched`` (unique) brought up to date and stepped with
     ``values`` by the format's ``update``, rows ``stale`` brought up to date.  Nothing is written here; returns the
     function that writes it and moves the clock on."""
-    row = int(np.prod(np.shape(p)[1:], dtype=np.int64))
+    row = row_size(p)
     clock = table.clock
     caught_p, caught = catch_up(clock, definition, p[stale], take(state, stale), table.last[stale],
                                 flat_index(stale, row))  # fmt: skip

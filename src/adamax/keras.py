@@ -62,6 +62,8 @@ from adamax.spec import EPS_PLACEMENTS, AdamaxConfig
 
 __all__ = ["Adamax", "AdamaxW", "KerasOps"]
 
+_BACKEND = keras.backend.backend()  # fixed when keras was first imported
+
 
 class KerasOps:
     """:class:`adamax._algorithm.Ops` in ``keras.ops``, out of place, rounding as ``keras.optimizers.Adamax`` on
@@ -76,7 +78,7 @@ class KerasOps:
 
     def real_view(self, xs: list[Any]) -> list[Any]:
         """Unchanged: Keras variables are real."""
-        return xs  # Keras variables are real
+        return xs
 
     def neg(self, g: Any) -> Any:
         """``-g``."""
@@ -92,7 +94,7 @@ class KerasOps:
 
     def moment_(self, m: Any, g: Any, beta1: float) -> Any:
         """The new first moment, in the form Keras's Adamax computes it on this backend."""
-        if keras.backend.backend() == "torch":  # Keras's torch Adamax: m * b1, then + (1 - b1) g in one add
+        if _BACKEND == "torch":  # Keras's torch Adamax: m * b1, then + (1 - b1) g in one add
             import torch
 
             return torch.add(torch.mul(ops.convert_to_tensor(m), beta1), g, alpha=1 - beta1)
@@ -220,7 +222,7 @@ class Adamax(keras.optimizers.Optimizer):
         if not self.skip_nonfinite or self.__dict__.get("_checked_by_stateless_apply"):
             return super().apply(grads, trainable_variables)
         finite = _all_finite(grads)
-        if keras.backend.backend() == "tensorflow":  # traced inside tf.function: a conditional, not a Python if
+        if _BACKEND == "tensorflow":  # traced inside tf.function: a conditional, not a Python if
 
             def step() -> Any:
                 super(Adamax, self).apply(grads, trainable_variables)

@@ -21,6 +21,7 @@ from adamax._algorithm import step_size
 from adamax.kernels import compact8 as k8
 from adamax.kernels.compact import (
     _block,
+    _codes_down,
     _encode,
     _first_key,
     _next_key,
@@ -65,9 +66,7 @@ def _raise_to_eps(q, lo, n, scale, eps, tapered):  # pragma: no cover - compiled
         if tapered:
             k8._codes_down(q, lo, n, down, clear)
         else:  # compact's codes: an octave is 1024 codes
-            for j in range(lo, lo + n):
-                code = np.int32(q[j])
-                q[j] = 0 if (clear or code == 0) else max(code - (down << 10), np.int32(1))
+            _codes_down(q, lo, n, np.int32(down << 10), clear)
     for j in range(lo, lo + n):
         code = np.int32(q[j])
         if tapered:

@@ -25,10 +25,11 @@ from adamax.torch._state import TrackedState
 class EntryCheck(NamedTuple):
     """What a compact group's state entries held when it was cached, in the forms cheapest to compare again: per
     entry its size, then the ids of its values (``"step"`` and the tensors, in ``getter``'s order), then the
-    tensors' data addresses.  The group holds every one of those objects, so no id can be reused meanwhile."""
+    tensors' data addresses.  It holds every one of those values, so no id can be reused meanwhile."""
 
     getter: Callable[[Mapping], tuple]  # an entry's values, in a fixed order
     sizes: list[int]
+    values: list[Any]  # every entry's values, in the getter's order (kept alive)
     ids: list[int]
     tensors: list[Tensor]
     addresses: list[int]
@@ -36,8 +37,9 @@ class EntryCheck(NamedTuple):
     @classmethod
     def of(cls, states: tuple, keys: tuple[str, ...]) -> EntryCheck:
         getter = operator.itemgetter("step", *keys)
+        values = [v for s in states for v in getter(s)]
         tensors = [s[key] for s in states for key in keys]
-        return cls(getter, [len(s) for s in states], [id(v) for s in states for v in getter(s)], tensors,
+        return cls(getter, [len(s) for s in states], values, list(map(id, values)), tensors,
                    [t.data_ptr() for t in tensors])  # fmt: skip
 
     def intact(self, states: tuple) -> bool:
@@ -101,7 +103,7 @@ class FusedGroup(NamedTuple):
 
 class CompactGroup(NamedTuple):
     """A compact-state group every param of which a compact numba kernel stepped last time: as
-    :class:`FusedGroup`, with the entries' tensors in the layout's order (``keys``) and their addresses."""
+    :class:`FusedGroup`, with the entries' tensors' addresses in the layout's order and an :class:`EntryCheck`."""
 
     state: Any
     state_version: int
@@ -112,11 +114,8 @@ class CompactGroup(NamedTuple):
     shapes: tuple
     states: tuple
     state_format: str  # "compact" or "compact8"
-    keys: tuple  # the entries' tensor keys, in the kernel's order
-    tensors: tuple  # per key, every param's tensor
-    step_views: tuple
-    steps: Tensor  # float32 buffer
-    addresses: tuple  # per key, an int64 array of the tensors' addresses
+    steps: Tensor  # float32 buffer (each entry's "step" is a view of one element)
+    addresses: tuple  # per key of the layout, in the kernel's order, an int64 array of the tensors' addresses
     sizes: tuple
     check: EntryCheck
 
@@ -272,9 +271,8 @@ def _compact_group(
     states = tuple(state[p] for p in members)
     if any(s["step"].dtype is not torch.float32 or s["step"].device.type != "cpu" for s in states):
         return None
-    steps, views = _one_buffer(states)
+    steps, _ = _one_buffer(states)
     keys = tuple(key for key, _, _ in LAYOUTS[state_format].tensors)
-    tensors = tuple(tuple(s[key] for s in states) for key in keys)
     return CompactGroup(
         state=state,
         state_version=state.version,
@@ -285,11 +283,8 @@ def _compact_group(
         shapes=tuple(p.shape for p in members),
         states=states,
         state_format=state_format,
-        keys=keys,
-        tensors=tensors,
-        step_views=views,
         steps=steps,
-        addresses=tuple(np.array([t.data_ptr() for t in column], dtype=np.int64) for column in tensors),
+        addresses=tuple(np.array([s[key].data_ptr() for s in states], dtype=np.int64) for key in keys),
         sizes=tuple(p.numel() for p in members),
         check=EntryCheck.of(states, keys),
     )
