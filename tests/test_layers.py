@@ -24,6 +24,7 @@ LAYERS = {
     "adamax.compact8": 2,
     "adamax._lazy": 2,
     "adamax._lazy_compact": 2,
+    "adamax._blocks": 2,
     "adamax.kernels": 3,
     "adamax.numpy": 4,
     "adamax.torch": 4,

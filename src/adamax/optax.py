@@ -47,7 +47,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import optax  # noqa: E402
 
-from adamax import compact, compact8  # noqa: E402
+from adamax import _blocks, compact, compact8  # noqa: E402
 from adamax._algorithm import adamax_update  # noqa: E402
 from adamax.spec import AdamaxConfig, EpsPlacement  # noqa: E402
 
@@ -275,125 +275,66 @@ class ScaleByAdamaxCompactState(NamedTuple):
 _F32 = jnp.float32
 
 
-def _blocked(x: jax.Array) -> jax.Array:
-    """A leaf as float32 blocks, one a row, the last padded with zeros: the compact formats' arithmetic runs on
-    this shape, so each block's scale broadcasts along its row (no repeat, no gather)."""
-    flat = x.reshape(-1)
-    pad = compact.blocks(flat.size) * compact.BLOCK - flat.size
-    return jnp.pad(flat, (0, pad)).reshape(-1, compact.BLOCK)
+class _JaxArrays:
+    """:class:`adamax._blocks.Arrays` in JAX."""
 
-
-def _unblocked(x: jax.Array, like: jax.Array) -> jax.Array:
-    return x.reshape(-1)[: like.size].reshape(like.shape)
-
-
-def _bits(x: jax.Array) -> jax.Array:
-    return jax.lax.bitcast_convert_type(x.astype(_F32), jnp.int32)
-
-
-def _from_bits(bits: jax.Array) -> jax.Array:
-    return jax.lax.bitcast_convert_type(bits, _F32)
-
-
-class _U16:
-    """:data:`adamax.compact.U16` on int32 codes."""
+    where, maximum, minimum = staticmethod(jnp.where), staticmethod(jnp.maximum), staticmethod(jnp.minimum)
+    abs, isfinite, signbit = staticmethod(jnp.abs), staticmethod(jnp.isfinite), staticmethod(jnp.signbit)
+    any, flat = staticmethod(jnp.any), staticmethod(jnp.ravel)
+    shr, bxor = staticmethod(jax.lax.shift_right_logical), staticmethod(jnp.bitwise_xor)
 
     @staticmethod
-    def value(q: jax.Array) -> jax.Array:
-        return jnp.where(q == 0, _F32(0), _from_bits((q << 13) + compact.OFFSET))
+    def max(x: jax.Array, axis: int) -> jax.Array:
+        return jnp.max(x, axis=axis)
 
     @staticmethod
-    def encode(r: jax.Array) -> jax.Array:
-        """The least code at or above ``r`` in ``[0, 1]``, at least 1."""
-        return jnp.maximum(((_bits(r) + 0x1FFF) >> 13) - (compact.OFFSET >> 13), 1)
+    def f32(x: Any) -> jax.Array:
+        return jnp.asarray(x).astype(_F32)
 
     @staticmethod
-    def down(q: jax.Array, k: jax.Array) -> jax.Array:
-        return jnp.maximum(q - (k << 10), 1)
+    def i32(x: Any) -> jax.Array:
+        return jnp.asarray(x).astype(jnp.int32)
+
+    @staticmethod
+    def bits(x: jax.Array) -> jax.Array:
+        return jax.lax.bitcast_convert_type(x.astype(_F32), jnp.int32)
+
+    @staticmethod
+    def from_bits(bits: jax.Array) -> jax.Array:
+        return jax.lax.bitcast_convert_type(bits, _F32)
+
+    @staticmethod
+    def shl(x: jax.Array, n: Any) -> jax.Array:
+        return jnp.left_shift(x, n)
+
+    @staticmethod
+    def band(x: jax.Array, mask: int) -> jax.Array:
+        return jnp.bitwise_and(x, jnp.int32(mask))
+
+    @staticmethod
+    def arange(n: int) -> jax.Array:
+        return jnp.arange(n, dtype=jnp.int32)
+
+    @staticmethod
+    def pad(x: jax.Array, n: int) -> jax.Array:
+        return jnp.pad(x, (0, n))
+
+    @staticmethod
+    def reshape(x: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+        return x.reshape(shape)
+
+    @staticmethod
+    def cond(pred: Any, then: Any, otherwise: Any, operand: Any) -> Any:
+        return jax.lax.cond(pred, then, otherwise, operand)
 
 
-class _U8:
-    """:data:`adamax.compact8.U8` (tapered) on int32 codes."""
-
-    hi, lo, boundary = compact8.U8.hi.offset, compact8.U8.lo.offset, compact8.BOUNDARY
-
-    @classmethod
-    def value(cls, q: jax.Array) -> jax.Array:
-        lower = jnp.where(q == 0, _F32(0), _from_bits((q << 20) + cls.lo))
-        return jnp.where(q >= cls.boundary, _from_bits((q << 18) + cls.hi), lower)
-
-    @classmethod
-    def encode(cls, r: jax.Array) -> jax.Array:
-        bits = _bits(r)
-        upper = jnp.clip(((bits + (1 << 18) - 1) >> 18) - (cls.hi >> 18), 1, compact8.ONE)
-        lower = jnp.clip(((bits + (1 << 20) - 1) >> 20) - (cls.lo >> 20), 1, cls.boundary)
-        return jnp.where(r > _F32(2.0**-4), upper, lower)
-
-    @classmethod
-    def down(cls, q: jax.Array, k: jax.Array) -> jax.Array:
-        factor = jnp.ldexp(_F32(1), -jnp.minimum(k, 200)).astype(_F32)
-        return cls.encode(cls.value(q) * factor)
-
-
-def _rebased(scale: jax.Array, peak: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """:func:`adamax.compact.shift` and :func:`adamax.compact.scaled`: ``k`` and ``scale * 2**k``."""
-    s, p = _bits(scale), _bits(peak)
-    k = (p >> 23) - (s >> 23) + ((p & 0x7FFFFF) > (s & 0x7FFFFF))
-    bits = s + (k << 23)  # below 2**31: s < 0x7F800000 and k <= 254
-    return k, jnp.where(bits >= 0x7F800000, _F32(jnp.inf), _from_bits(bits))
-
-
-def _hashed(shape: tuple[int, ...], count: jax.Array) -> jax.Array:
-    """:func:`adamax.compact.hashed` for elements ``0 ..`` (row-major over ``shape``) at step ``count``."""
-    index = jnp.arange(int(np.prod(shape)), dtype=jnp.uint32).reshape(shape)
-    x = index * jnp.uint32(0x9E3779B1) + count.astype(jnp.uint32) * jnp.uint32(0x85EBCA77)
-    x = x ^ (x >> 16)
-    x = x * jnp.uint32(0x7FEB352D)
-    x = x ^ (x >> 15)
-    x = x * jnp.uint32(0x846CA68B)
-    return x ^ (x >> 16)
+_XP = _JaxArrays()
 
 
 def _stochastic_bf16(m: jax.Array, count: jax.Array) -> jax.Array:
-    bits = jax.lax.bitcast_convert_type(m.reshape(-1), jnp.uint32)
-    rounded = ((bits + (_hashed((m.size,), count) & jnp.uint32(0xFFFF))) >> 16).astype(jnp.uint16)
-    rounded = jnp.where(jnp.isnan(m.reshape(-1)), jnp.uint16(0x7FC0), rounded)
-    return jax.lax.bitcast_convert_type(rounded, jnp.bfloat16).reshape(m.shape)
-
-
-def _blocked_u(g: jax.Array, code: jax.Array, scale: jax.Array, b2: Any, eps: Any, eps_placement: str, c: Any):
-    """:func:`adamax.compact.infinity_norm` for one leaf, on blocks (``code`` shaped like the leaf, codes ``c``):
-    new codes and scales, and the decoded u, as blocks."""
-    x = _blocked(jnp.abs(g) + eps if eps_placement == "max" else jnp.abs(g))
-    peak = jnp.max(x, axis=1)
-    scale = (scale * jnp.asarray(b2, _F32)).astype(_F32)
-    codes = _blocked(code.astype(jnp.int32)).astype(jnp.int32)
-    up = ~(peak <= scale)
-    whole = up & jnp.isfinite(scale) & jnp.isfinite(peak) & (scale >= compact.TINY)
-    k, moved_scale = _rebased(jnp.where(whole, scale, 1.0), jnp.where(whole, peak, 2.0))
-    k = jnp.where(whole, k, 0)
-    new_scale = jnp.where(whole, moved_scale, jnp.where(up, peak, scale)).astype(_F32)
-    if c is _U16:  # a subtraction: cheaper than a branch
-        moved = jnp.where(codes == compact.ZERO, compact.ZERO, c.down(codes, k[:, None]))
-    else:  # a re-base is rare: its arithmetic is skipped when no block of the leaf has one
-        moved = jax.lax.cond(
-            jnp.any(k > 0),
-            lambda q: jnp.where(q == compact.ZERO, compact.ZERO, c.down(q, k[:, None])),
-            lambda q: q,
-            codes,
-        )
-    codes = jnp.where((up & (scale < compact.TINY))[:, None], compact.ZERO, moved)
-    column = new_scale[:, None]
-    u = column * c.value(codes)
-    rising = x > u
-    codes = jnp.where(rising, jnp.maximum(codes, c.encode(x / jnp.where(rising, column, _F32(1)))), codes)
-    return codes, new_scale, column * c.value(codes)
-
-
-def _compact_u(g: jax.Array, code: jax.Array, scale: jax.Array, b2: Any, eps: Any, eps_placement: str):
-    """The u half of :func:`adamax.compact.update` for one leaf: new codes and scales, and the decoded u."""
-    codes, new_scale, u = _blocked_u(g, code, scale, b2, eps, eps_placement, _U16)
-    return _unblocked(codes, g).astype(jnp.uint16), new_scale, _unblocked(u, g)
+    """m rounded stochastically to bfloat16 (:func:`adamax._blocks.stochastic_bf16`), by its bits."""
+    high = jax.lax.shift_right_logical(_blocks.stochastic_bf16(_XP, m, count), 16).astype(jnp.uint16)
+    return jax.lax.bitcast_convert_type(high, jnp.bfloat16)
 
 
 def _direction(m32: jax.Array, d: jax.Array, b1: Any, count: jax.Array, eps: Any, eps_placement: str) -> jax.Array:
@@ -427,10 +368,10 @@ def _scale_by_adamax_compact(b1: Any, b2: Any, eps: Any, eps_placement: str) -> 
                 continue
             g32 = g.astype(_F32)
             m32 = (1 - b1) * g32 + b1 * m.astype(_F32)  # optax.tree.update_moment's form
-            new_code, new_scale, u = _compact_u(g32, code, scale, b2, eps, eps_placement)
+            new_code, new_scale, u = _blocks.compact_u(_XP, g32, code, scale, b2, eps, eps_placement)
             d = u + eps if eps_placement == "denominator" else u
             out[0][i] = _direction(m32, d, b1, count, eps, eps_placement).astype(g.dtype)
-            out[1][i], out[2][i], out[3][i] = _stochastic_bf16(m32, count), new_code, new_scale
+            out[1][i], out[2][i], out[3][i] = _stochastic_bf16(m32, count), new_code.astype(jnp.uint16), new_scale
         unflatten = treedef.unflatten
         return unflatten(out[0]), ScaleByAdamaxCompactState(count, *(unflatten(column) for column in out[1:]))
 
@@ -448,31 +389,6 @@ class ScaleByAdamaxCompact8State(NamedTuple):
     m_scale: optax.Updates  # float32 per leaf, each block's largest |m|
     code: optax.Updates  # u's codes, uint8, shaped like the params
     scale: optax.Updates  # float32 per leaf, one per 256 elements (row-major)
-
-
-def _decoded_m(code: jax.Array, scale: jax.Array) -> jax.Array:
-    """:func:`adamax.compact8.decode_m` on blocks."""
-    q = _blocked(code.astype(jnp.int32)).astype(jnp.int32)
-    w = jnp.where((q & 0x7F) == 0, _F32(0), _from_bits(((q & 0x7F) << 19) + compact8.OFFSET_M))
-    magnitude = scale[:, None] * w
-    return jnp.where(q & compact8.SIGN, -magnitude, magnitude)
-
-
-def _encoded_m(m: jax.Array, count: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """:func:`adamax.compact8.m_scales` and :func:`adamax.compact8.encode_m` (stochastic) on blocks."""
-    magnitude = jnp.abs(m)
-    peak = jnp.max(magnitude, axis=1)
-    scale = jnp.where(peak < compact.TINY, _F32(0), peak)
-    finite = jnp.isfinite(scale)
-    inv = jnp.where(finite & (scale > 0), _F32(1) / jnp.where(scale > 0, scale, _F32(1)), _F32(0))
-    r = magnitude * inv[:, None]
-    bits = _bits(r)
-    rand = (_hashed(m.shape, count) >> (32 - compact8.RANDOM_BITS)).astype(jnp.int32)
-    above = jnp.clip((bits - compact8.OFFSET_M + rand) >> 19, 1, compact8.ONE_M)
-    below = (rand.astype(_F32) < r * compact8.BELOW).astype(jnp.int32)
-    q = jnp.where(bits >= compact8.OFFSET_M + (1 << 19), above, below)
-    signed = jnp.where((q > 0) & jnp.signbit(m), q | compact8.SIGN, q)
-    return jnp.where(finite[:, None], signed, compact8.ONE_M), scale
 
 
 def _scale_by_adamax_compact8(b1: Any, b2: Any, eps: Any, eps_placement: str) -> optax.GradientTransformation:
@@ -500,13 +416,17 @@ def _scale_by_adamax_compact8(b1: Any, b2: Any, eps: Any, eps_placement: str) ->
             if g is None:
                 continue
             g32 = g.astype(_F32)
-            m32 = (1 - b1) * _blocked(g32) + b1 * _decoded_m(m_code, m_scale)  # optax.tree.update_moment's form
-            new_code, new_scale, u = _blocked_u(g32, code, scale, b2, eps, eps_placement, _U8)
+            m32 = (1 - b1) * _blocks.blocked(_XP, g32, g.shape) + b1 * _blocks.decoded_m(
+                _XP, m_code, m_scale
+            )  # optax's form
+            new_code, new_scale, u = _blocks.blocked_u(_XP, g32, code, scale, b2, eps, eps_placement, _blocks.U8)
             d = u + eps if eps_placement == "denominator" else u
-            out[0][i] = _unblocked(_direction(m32, d, b1, count, eps, eps_placement), g).astype(g.dtype)
-            m_codes, out[2][i] = _encoded_m(m32, count)
-            out[1][i] = _unblocked(m_codes, g).astype(jnp.uint8)
-            out[3][i], out[4][i] = _unblocked(new_code, g).astype(jnp.uint8), new_scale
+            out[0][i] = _blocks.unblocked(_XP, _direction(m32, d, b1, count, eps, eps_placement), g.shape).astype(
+                g.dtype
+            )
+            m_codes, out[2][i] = _blocks.encoded_m(_XP, m32, count)
+            out[1][i] = _blocks.unblocked(_XP, m_codes, g.shape).astype(jnp.uint8)
+            out[3][i], out[4][i] = _blocks.unblocked(_XP, new_code, g.shape).astype(jnp.uint8), new_scale
         unflatten = treedef.unflatten
         return unflatten(out[0]), ScaleByAdamaxCompact8State(count, *(unflatten(column) for column in out[1:]))
 
