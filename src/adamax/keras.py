@@ -57,10 +57,11 @@ except ImportError as err:  # installed, but its backend is not (TensorFlow, Ker
         "first import of keras, e.g. KERAS_BACKEND=jax or KERAS_BACKEND=torch"
     ) from err
 
+from adamax import _blocks, compact
 from adamax._algorithm import adamax_update
 from adamax.spec import EPS_PLACEMENTS, AdamaxConfig
 
-__all__ = ["Adamax", "AdamaxW", "KerasOps"]
+__all__ = ["Adamax", "AdamaxW", "KerasArrays", "KerasOps"]
 
 _BACKEND = keras.backend.backend()  # fixed when keras was first imported
 
@@ -130,6 +131,90 @@ class KerasOps:
 _OPS = KerasOps()
 
 
+class KerasArrays:
+    """:class:`adamax._blocks.Arrays` in ``keras.ops``: what the compact formats' block arithmetic needs, on every
+    backend (int32 only: ``shr`` masks an arithmetic shift into a logical one)."""
+
+    where, maximum, minimum = staticmethod(ops.where), staticmethod(ops.maximum), staticmethod(ops.minimum)
+    abs, isfinite, signbit = staticmethod(ops.abs), staticmethod(ops.isfinite), staticmethod(ops.signbit)
+    any, bxor, shl = staticmethod(ops.any), staticmethod(ops.bitwise_xor), staticmethod(ops.left_shift)
+
+    @staticmethod
+    def max(x: Any, axis: int) -> Any:
+        """The largest element along ``axis``."""
+        return ops.max(x, axis=axis)
+
+    @staticmethod
+    def f32(x: Any) -> Any:
+        """``x`` as float32."""
+        return ops.cast(x, "float32")
+
+    @staticmethod
+    def i32(x: Any) -> Any:
+        """``x`` as int32."""
+        return ops.cast(x, "int32")
+
+    @staticmethod
+    def bits(x: Any) -> Any:
+        """The float32 bits of ``x`` as int32."""
+        return ops.view(ops.cast(x, "float32"), "int32")
+
+    @staticmethod
+    def from_bits(bits: Any) -> Any:
+        """The float32 whose bits are ``bits`` (int32)."""
+        return ops.view(bits, "float32")
+
+    @staticmethod
+    def shr(x: Any, n: int) -> Any:
+        """``x`` shifted right by ``n`` bits, zeros in (logical)."""
+        return ops.bitwise_and(ops.right_shift(x, n), (1 << (32 - n)) - 1)
+
+    @staticmethod
+    def band(x: Any, mask: int) -> Any:
+        """``x & mask``."""
+        return ops.bitwise_and(x, mask)
+
+    @staticmethod
+    def arange(n: int) -> Any:
+        """``0 .. n - 1`` as int32."""
+        return ops.arange(n, dtype="int32")
+
+    @staticmethod
+    def flat(x: Any) -> Any:
+        """``x`` flattened (row-major)."""
+        return ops.reshape(x, (-1,))
+
+    @staticmethod
+    def pad(x: Any, n: int) -> Any:
+        """``x`` (1-d) with ``n`` zeros after it."""
+        return ops.pad(x, [(0, n)]) if n else x
+
+    @staticmethod
+    def reshape(x: Any, shape: tuple[int, ...]) -> Any:
+        """``x`` in ``shape``."""
+        return ops.reshape(x, shape)
+
+    @staticmethod
+    def cond(pred: Any, then: Any, otherwise: Any, operand: Any) -> Any:
+        """``then(operand)`` if ``pred`` else ``otherwise(operand)``, one branch run (under a trace too)."""
+        return ops.cond(pred, lambda: then(operand), lambda: otherwise(operand))
+
+
+_XP = KerasArrays()
+
+# Each format's optimizer variables per model variable: (name, dtype, shaped like the variable or one per block).
+_LAYOUTS = {
+    "full": (("momentum", None, True), ("norm", None, True)),
+    "compact": (("momentum", "bfloat16", True), ("norm_code", "uint16", True), ("norm_scale", "float32", False)),
+    "compact8": (
+        ("momentum_code", "uint8", True),
+        ("momentum_scale", "float32", False),
+        ("norm_code", "uint8", True),
+        ("norm_scale", "float32", False),
+    ),
+}
+
+
 @dataclass(frozen=True)
 class _Hyper:
     """What :func:`adamax._algorithm.adamax_update` reads; weight decay is left to Keras's optimizer base."""
@@ -182,39 +267,94 @@ class Adamax(keras.optimizers.Optimizer):
         name: str | None = None,
         **kwargs: Any,
     ) -> None:
-        if state_format != "full":
-            raise NotImplementedError(
-                f"adamax.keras keeps full state only (state_format={state_format!r} was asked); compact state is "
-                "in adamax.torch and adamax.optax"
-            )
+        compact.check_state_format(state_format)
         hyper = _checked(learning_rate, beta_1, beta_2, epsilon, eps_placement)  # before anything is built
         super().__init__(learning_rate=learning_rate, name=name, **kwargs)
         self._hyper = hyper
         self.beta_1, self.beta_2, self.epsilon, self.eps_placement = beta_1, beta_2, epsilon, eps_placement
+        self.state_format = state_format
         if not isinstance(skip_nonfinite, bool):
             raise ValueError(f"Invalid skip_nonfinite: {skip_nonfinite!r} (expected True or False)")
         self.skip_nonfinite = skip_nonfinite
 
     def build(self, var_list: list[Any]) -> None:
-        """One ``momentum`` (m) and one ``norm`` (u) variable per model variable, zeros, as Keras's Adamax."""
+        """The state, zeros: with full state one ``momentum`` (m) and one ``norm`` (u) variable per model variable,
+        as Keras's Adamax; with compact state m in bfloat16 (``momentum``), u's codes (``norm_code``, uint16) and
+        one scale per 256 elements (``norm_scale``); with compact8, m's and u's 8-bit codes and scales
+        (``momentum_code``, ``momentum_scale``, ``norm_code``, ``norm_scale``)."""
         if self.built:
             return
         super().build(var_list)
-        self._m, self._u = self.add_optimizer_variables(var_list, ["momentum", "norm"])
+        if self.state_format == "full":
+            self._m, self._u = self.add_optimizer_variables(var_list, ["momentum", "norm"])
+            return
+        layout = _LAYOUTS[self.state_format]
+        self._slots: list[list[Any]] = [[] for _ in layout]
+        for variable in var_list:
+            size = _blocks.size_of(tuple(variable.shape))
+            for column, (suffix, dtype, like) in zip(self._slots, layout):
+                if self._overwrite_variable_with_gradient(variable):
+                    column.append(None)
+                    continue
+                column.append(
+                    self.add_variable(
+                        shape=tuple(variable.shape) if like else (compact.blocks(size),),
+                        dtype=dtype,
+                        name=f"{variable.path.replace('/', '_')}_{suffix}",
+                        layout=getattr(variable, "_layout", None) if like else None,
+                    )
+                )
 
     def update_step(self, gradient: Any, variable: Any, learning_rate: Any) -> None:
-        """One Adamax step of ``variable`` (:func:`adamax._algorithm.adamax_update` over :class:`KerasOps`)."""
+        """One Adamax step of ``variable`` (:func:`adamax._algorithm.adamax_update` over :class:`KerasOps`; compact
+        state through :mod:`adamax._blocks`)."""
+        index = self._get_variable_index(variable)
+        if self.state_format != "full":
+            self._compact_step(gradient, variable, learning_rate, [column[index] for column in self._slots])
+            return
         dtype = variable.dtype
         lr = ops.cast(learning_rate, dtype)
         g = ops.cast(gradient, dtype)
         t = ops.cast(self.iterations + 1, dtype)
         correction = 1 - ops.power(ops.cast(self.beta_1, dtype), t)
-        index = self._get_variable_index(variable)
         m, u = self._m[index], self._u[index]
         p, new_m, new_u = adamax_update(_OPS, variable, g, m, u, (lr, correction), self._hyper)
         self.assign(m, new_m)
         self.assign(u, new_u)
         self.assign(variable, p)
+
+    def _compact_step(self, gradient: Any, variable: Any, learning_rate: Any, slots: list[Any]) -> None:
+        """A step with compact or compact8 state: float32 arithmetic, m by Keras's formula (:class:`KerasOps`),
+        u's codes and scales and m's rounding as :mod:`adamax.compact` and :mod:`adamax.compact8` define them."""
+        h, shape = self._hyper, tuple(variable.shape)
+        g = ops.cast(gradient, "float32")
+        p = ops.cast(variable, "float32")
+        count = ops.cast(self.iterations + 1, "int32")
+        correction = 1 - ops.power(ops.cast(self.beta_1, "float32"), ops.cast(count, "float32"))
+        step = (ops.cast(learning_rate, "float32"), correction)
+        guard = h.eps_placement == "none" or not h.eps > 0
+        state = [ops.convert_to_tensor(slot) for slot in slots]
+        if self.state_format == "compact":
+            m_slot, code_slot, scale_slot = slots
+            m = _OPS.moment_(ops.cast(state[0], "float32"), g, h.beta1)
+            codes, scale, u = _blocks.compact_u(_XP, g, state[1], state[2], h.beta2, h.eps, h.eps_placement)
+            d = ops.add(u, h.eps) if h.eps_placement == "denominator" else u
+            p = _OPS.apply_step_(p, m, d, step, guard)
+            self.assign(m_slot, ops.cast(_XP.from_bits(_blocks.stochastic_bf16(_XP, m, count)), "bfloat16"))
+            self.assign(code_slot, ops.cast(codes, "uint16"))
+        else:
+            m_code_slot, m_scale_slot, code_slot, scale_slot = slots
+            m_old = _blocks.decoded_m(_XP, state[0], state[1])
+            m = _OPS.moment_(m_old, _blocks.blocked(_XP, g, shape), h.beta1)
+            codes, scale, u = _blocks.blocked_u(_XP, g, state[2], state[3], h.beta2, h.eps, h.eps_placement, _blocks.U8)
+            d = ops.add(u, h.eps) if h.eps_placement == "denominator" else u
+            p = _blocks.unblocked(_XP, _OPS.apply_step_(_blocks.blocked(_XP, p, shape), m, d, step, guard), shape)
+            m_codes, m_scale = _blocks.encoded_m(_XP, m, count)
+            self.assign(m_code_slot, ops.cast(_blocks.unblocked(_XP, m_codes, shape), "uint8"))
+            self.assign(m_scale_slot, m_scale)
+            self.assign(code_slot, ops.cast(_blocks.unblocked(_XP, codes, shape), "uint8"))
+        self.assign(scale_slot, scale)
+        self.assign(variable, ops.cast(p, variable.dtype))
 
     def apply(self, grads: Any, trainable_variables: Any = None) -> Any:
         """Keras's ``apply``; with ``skip_nonfinite``, a step whose gradients hold a NaN or an infinity changes
@@ -258,6 +398,7 @@ class Adamax(keras.optimizers.Optimizer):
                 "epsilon": self.epsilon,
                 "eps_placement": self.eps_placement,
                 "skip_nonfinite": self.skip_nonfinite,
+                "state_format": self.state_format,
             }
         )
         return config
