@@ -25,10 +25,14 @@ and torch backends (``tests/test_keras.py``).  Differences, each deliberate:
   :class:`AdamaxW` only makes it the default, ``weight_decay=0.004`` as ``keras.optimizers.AdamW``.
 
 ``skip_nonfinite=True`` skips a step whose gradients hold a NaN or an infinity whole: no variable, moment or
-step count changes (on the JAX backend inside the jitted step, through ``ops.cond``).  Not here (yet):
-``state_format="compact"`` (its block scales need a per-block maximum and integer codes that ``keras.ops`` can
-express, but it is not written).  Sparse gradients (TensorFlow's
-``IndexedSlices``) are densified by Keras before ``update_step``, as for its own optimizers.
+step count changes (on the JAX backend inside the jitted step, through ``ops.cond``).
+
+``state_format="compact"`` (:mod:`adamax.compact`: m in bfloat16, u as 16-bit codes below a float32 scale per
+256 elements, 4.016 bytes a parameter) and ``"compact8"`` (:mod:`adamax.compact8`, 2.031 bytes) run the block
+arithmetic of :mod:`adamax._blocks` in ``keras.ops`` (:class:`KerasArrays`), so they trace too: the codes,
+scales and rounded m are the NumPy definitions' bits on every backend, with m by Keras's formula above and the
+arithmetic in float32.  Sparse gradients (TensorFlow's ``IndexedSlices``) are densified by Keras before
+``update_step``, as for its own optimizers.
 
 Keras picks its backend when first imported, from ``KERAS_BACKEND`` (or ``~/.keras/keras.json``; TensorFlow by
 default)::
@@ -247,8 +251,9 @@ def _all_finite(grads: Any) -> Any:
 @keras.saving.register_keras_serializable(package="adamax")
 class Adamax(keras.optimizers.Optimizer):
     """Adamax for Keras 3, a drop-in for ``keras.optimizers.Adamax`` (same arguments, defaults and variables),
-    with ``eps_placement`` (``"denominator"``, Keras's; ``"max"``, torch's and optax's; ``"none"``, the paper's)
-    and ``skip_nonfinite`` (a step whose gradients are not all finite changes nothing).
+    with ``eps_placement`` (``"denominator"``, Keras's; ``"max"``, torch's and optax's; ``"none"``, the paper's),
+    ``skip_nonfinite`` (a step whose gradients are not all finite changes nothing) and ``state_format``
+    (``"full"``, Keras's variables; ``"compact"`` or ``"compact8"``, the module's description).
 
     Every other argument is ``keras.optimizers.Optimizer``'s: ``weight_decay``, ``clipnorm``, ``clipvalue``,
     ``global_clipnorm``, ``use_ema``, ``ema_momentum``, ``ema_overwrite_frequency``, ``loss_scale_factor``,
