@@ -291,6 +291,18 @@ SCOPES = [
         "codes_and_scales or compact_state_cannot_take or rounds_to_zero or largest_float32 or below_the_smallest'",
         timeout=300,
     ),
+    Scope(
+        "_blocks",
+        "src/adamax/_blocks.py",  # through the optax transforms, against the NumPy definitions
+        "tests/test_compact_optax.py -k 'codes_and_scales or compact8_u or smallest or largest or shifted or trains'",
+        timeout=120,
+    ),
+    Scope(
+        "keras",
+        "src/adamax/keras.py",  # on the JAX backend (the torch rerun is left out: the same code, a second process)
+        "tests/test_keras.py -k 'not torch_backend'",
+        timeout=300,
+    ),
 ]
 
 # Mutants no behaviour can tell apart from the original, by module and the mutated line's text (robust to lines
