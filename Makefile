@@ -17,7 +17,7 @@ test: $(VENV)/.installed-dev lint
 test-tf:
 	test -x .venv-tf/bin/python || $(PYTHON) -m venv .venv-tf
 	.venv-tf/bin/python -m pip install --quiet -e ".[keras]" "tensorflow-cpu>=2.16" "pytest>=8" "hypothesis>=6.100"
-	KERAS_BACKEND=tensorflow .venv-tf/bin/python -m pytest -p no:cacheprovider tests/test_keras.py
+	KERAS_BACKEND=tensorflow .venv-tf/bin/python -m pytest -p no:cacheprovider tests/test_keras.py tests/test_blocks.py
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check src tests benchmarks examples tools
