@@ -9,6 +9,7 @@ before the comparison (:func:`_flushed`).  Nothing else is allowed to differ."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -154,8 +155,9 @@ def test_the_u_update_is_the_definitions(name, data, size, b2, placement, eps, f
                       F32)  # fmt: skip
     g, scales = _flushed(name, g), _flushed(name, scales)
     xp = _xp(name)
+    read = json.loads(json.dumps(placement))  # as read from a configuration: equal to the literal, not the same object
     got_codes, got_scales, got_u = _blocks.blocked_u(
-        xp, _tensor(name, g), _tensor(name, codes), _tensor(name, scales), b2, eps, placement, c
+        xp, _tensor(name, g), _tensor(name, codes), _tensor(name, scales), b2, eps, read, c
     )
     config = AdamaxConfig(betas=(0.9, b2), eps=eps, eps_placement=placement)
     with np.errstate(all="ignore"):
@@ -208,6 +210,26 @@ def test_a_subnormal_scale_is_cleared_at_its_next_re_base(name):
     assert list(want_codes[:3]) == [compact.ONE, 0, 0] and list(want_scales) == [1.0, 1.0]
     _same(_np(got_codes).ravel()[:300], want_codes.astype(np.int32))
     _same(_np(got_scales), want_scales)
+
+
+@pytest.mark.parametrize("name", NAMESPACES)
+@pytest.mark.parametrize("format_", ["compact", "compact8"])
+def test_a_peak_one_ulp_above_the_scale_re_bases_by_one_octave(name, format_):
+    """The least ``k`` with ``scale * 2**k >= peak`` when the peak's significand exceeds the scale's by one ulp
+    (and by more, and not at all): the last mantissa bit decides ``k``."""
+    c, codes_np = (_blocks.U16, compact.U16) if format_ == "compact" else (_blocks.U8, compact8.U8)
+    one_ulp = np.nextafter(F32(1), F32(2))
+    g = np.array([one_ulp, 0.5, 0, 0, 3.0, 0.25, 0, 0], F32)
+    codes = np.array([codes_np.one, codes_np.one // 2, codes_np.one, 7] * 2, codes_np.dtype)
+    g, codes = np.repeat(g, 64), np.repeat(codes, 64)  # two blocks: peaks 1 + 2**-23 and 3 over scales 1
+    scales = np.array([2.0, 2.0], F32)
+    xp = _xp(name)
+    got = _blocks.blocked_u(xp, _tensor(name, g), _tensor(name, codes), _tensor(name, scales), 0.5, 0.0, "none", c)
+    config = AdamaxConfig(betas=(0.9, 0.5), eps=0.0, eps_placement="none")
+    want = compact.infinity_norm(np.abs(g), codes, scales, config, codes_np)
+    assert list(want[1]) == [2.0, 4.0]
+    for a, b in zip(got, want):
+        _same(_np(a).ravel()[: b.size], b.astype(np.int32) if b.dtype.kind == "u" else b)
 
 
 @pytest.mark.skipif(OTHER_BACKEND, reason="already the other backend")

@@ -293,8 +293,9 @@ SCOPES = [
     ),
     Scope(
         "_blocks",
-        "src/adamax/_blocks.py",  # through the optax transforms, against the NumPy definitions
-        "tests/test_compact_optax.py -k 'codes_and_scales or compact8_u or smallest or largest or shifted or trains'",
+        "src/adamax/_blocks.py",  # through the optax transforms, then function by function (JAX's namespace)
+        "tests/test_compact_optax.py tests/test_blocks.py -k 'codes_and_scales or compact8_u or smallest or largest "
+        "or shifted or trains or jax'",
         timeout=120,
     ),
     Scope(
