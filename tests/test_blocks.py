@@ -214,20 +214,65 @@ def test_a_subnormal_scale_is_cleared_at_its_next_re_base(name):
 
 @pytest.mark.parametrize("name", NAMESPACES)
 @pytest.mark.parametrize("format_", ["compact", "compact8"])
+def test_every_code_reads_and_rounds_up_as_the_definition(name, format_):
+    """Every code's value; the code of each value, of one ulp above it (the next code) and of one ulp below it
+    (the same code); and, for compact8's tapered codes, every code moved down by 0 to 24 octaves."""
+    c, codes_np = (_blocks.U16, compact.U16) if format_ == "compact" else (_blocks.U8, compact8.U8)
+    q = np.arange(codes_np.one + 1, dtype=np.int32)
+    xp = _xp(name)
+    values = codes_np.value(q)
+    _same(_np(c.value(xp, _tensor(name, q))), values)
+    r = np.concatenate([values[1:], np.nextafter(values[1:], F32(2)), np.nextafter(values[1:], F32(0))])
+    r = np.minimum(r, F32(1))  # inputs are at most 1 (x / S with x <= S)
+    want = codes_np.encode(r).astype(np.int32)
+    assert np.array_equal(want[: codes_np.one], q[1:])  # each code's own value reads back as it
+    _same(_np(c.encode(xp, _tensor(name, r))), want)
+    if format_ == "compact8":
+        k = np.repeat(np.arange(25, dtype=np.int32), q.size)
+        moved = c.down(xp, _tensor(name, np.tile(q, 25)), _tensor(name, k))
+        want = codes_np.down(np.tile(q, 25), k).astype(np.int32)
+        _same(_np(moved)[np.tile(q, 25) > 0], want[np.tile(q, 25) > 0])
+
+
+@pytest.mark.parametrize("name", NAMESPACES)
+def test_m_blocks_at_the_edges_are_the_definitions(name):
+    """compact8's m in blocks whose largest |m| is exactly 2**-126, exactly 0, a subnormal (where not flushed),
+    and below its smallest code of either sign."""
+    blocks = [
+        np.full(256, 0.0, F32),
+        np.r_[F32(2.0**-126), np.full(255, -(2.0**-127), F32)],
+        np.r_[F32(3 * 2.0**-140), np.full(255, -(2.0**-141), F32)],
+        np.r_[F32(1.0), np.full(255, -(2.0**-12), F32)],
+    ]
+    m = _flushed(name, np.concatenate(blocks))
+    xp = _xp(name)
+    for count in (1, 2, 3):
+        got_codes, got_scales = _blocks.encoded_m(
+            xp, _blocks.blocked(xp, _tensor(name, m), (m.size,)), _tensor(name, np.int32(count))
+        )
+        scales = compact8.m_scales(m)
+        random = compact.hashed(np.arange(m.size), count) >> np.uint32(32 - compact8.RANDOM_BITS)
+        _same(_np(got_scales), scales)
+        _same(_np(got_codes).ravel(), compact8.encode_m(m, scales, random).astype(np.int32))
+
+
+@pytest.mark.parametrize("name", NAMESPACES)
+@pytest.mark.parametrize("format_", ["compact", "compact8"])
 def test_a_peak_one_ulp_above_the_scale_re_bases_by_one_octave(name, format_):
     """The least ``k`` with ``scale * 2**k >= peak`` when the peak's significand exceeds the scale's by one ulp
     (and by more, and not at all): the last mantissa bit decides ``k``."""
     c, codes_np = (_blocks.U16, compact.U16) if format_ == "compact" else (_blocks.U8, compact8.U8)
     one_ulp = np.nextafter(F32(1), F32(2))
-    g = np.array([one_ulp, 0.5, 0, 0, 3.0, 0.25, 0, 0], F32)
-    codes = np.array([codes_np.one, codes_np.one // 2, codes_np.one, 7] * 2, codes_np.dtype)
-    g, codes = np.repeat(g, 64), np.repeat(codes, 64)  # two blocks: peaks 1 + 2**-23 and 3 over scales 1
-    scales = np.array([2.0, 2.0], F32)
+    odd = F32(2) * one_ulp  # a decayed scale of 1 + 2**-23 (an odd significand) and a peak of twice that
+    g = np.array([one_ulp, 0.5, 0, 0, 3.0, 0.25, 0, 0, odd, 0, 0, 0], F32)
+    codes = np.array([codes_np.one, codes_np.one // 2, codes_np.one, 7] * 3, codes_np.dtype)
+    g, codes = np.repeat(g, 64), np.repeat(codes, 64)  # three blocks: peaks 1 + 2**-23, 3 and 2 + 2**-22
+    scales = np.array([2.0, 2.0, odd], F32)
     xp = _xp(name)
     got = _blocks.blocked_u(xp, _tensor(name, g), _tensor(name, codes), _tensor(name, scales), 0.5, 0.0, "none", c)
     config = AdamaxConfig(betas=(0.9, 0.5), eps=0.0, eps_placement="none")
     want = compact.infinity_norm(np.abs(g), codes, scales, config, codes_np)
-    assert list(want[1]) == [2.0, 4.0]
+    assert list(want[1]) == [2.0, 4.0, odd]
     for a, b in zip(got, want):
         _same(_np(a).ravel()[: b.size], b.astype(np.int32) if b.dtype.kind == "u" else b)
 
