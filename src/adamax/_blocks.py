@@ -70,47 +70,44 @@ def unblocked(xp: Arrays, x: Any, shape: tuple[int, ...]) -> Any:
     return xp.reshape(xp.flat(x)[: size_of(shape)], shape)
 
 
-class U16:
+class _U16:
     """:data:`adamax.compact.U16` on int32 codes."""
 
-    @staticmethod
-    def value(xp: Arrays, q: Any) -> Any:
+    def value(self, xp: Arrays, q: Any) -> Any:
         return xp.where(q == 0, 0.0, xp.from_bits(xp.shl(q, 13) + compact.OFFSET))
 
-    @staticmethod
-    def encode(xp: Arrays, r: Any) -> Any:
+    def encode(self, xp: Arrays, r: Any) -> Any:
         """The least code at or above ``r`` in ``[0, 1]``, at least 1."""
         return xp.maximum(xp.shr(xp.bits(r) + 0x1FFF, 13) - (compact.OFFSET >> 13), 1)
 
-    @staticmethod
-    def down(xp: Arrays, q: Any, k: Any) -> Any:
+    def down(self, xp: Arrays, q: Any, k: Any) -> Any:
         return xp.maximum(q - xp.shl(k, 10), 1)
 
 
-class U8:
+class _U8:
     """:data:`adamax.compact8.U8` (tapered) on int32 codes."""
 
     hi, lo, boundary = compact8.U8.hi.offset, compact8.U8.lo.offset, compact8.BOUNDARY
 
-    @classmethod
-    def value(cls, xp: Arrays, q: Any) -> Any:
-        lower = xp.where(q == 0, 0.0, xp.from_bits(xp.shl(q, 20) + cls.lo))
-        return xp.where(q >= cls.boundary, xp.from_bits(xp.shl(q, 18) + cls.hi), lower)
+    def value(self, xp: Arrays, q: Any) -> Any:
+        lower = xp.where(q == 0, 0.0, xp.from_bits(xp.shl(q, 20) + self.lo))
+        return xp.where(q >= self.boundary, xp.from_bits(xp.shl(q, 18) + self.hi), lower)
 
-    @classmethod
-    def encode(cls, xp: Arrays, r: Any) -> Any:
+    def encode(self, xp: Arrays, r: Any) -> Any:
         bits = xp.bits(r)
-        upper = xp.minimum(xp.maximum(xp.shr(bits + (1 << 18) - 1, 18) - (cls.hi >> 18), 1), compact8.ONE)
-        lower = xp.minimum(xp.maximum(xp.shr(bits + (1 << 20) - 1, 20) - (cls.lo >> 20), 1), cls.boundary)
+        upper = xp.minimum(xp.maximum(xp.shr(bits + (1 << 18) - 1, 18) - (self.hi >> 18), 1), compact8.ONE)
+        lower = xp.minimum(xp.maximum(xp.shr(bits + (1 << 20) - 1, 20) - (self.lo >> 20), 1), self.boundary)
         return xp.where(r > 2.0**-4, upper, lower)
 
-    @classmethod
-    def down(cls, xp: Arrays, q: Any, k: Any) -> Any:
+    def down(self, xp: Arrays, q: Any, k: Any) -> Any:
         """The code of ``v(q) * 2**-k``, rounded up.  ``2**-k`` is built from its bits with ``k`` at most 126: any
         ``v(q) * 2**-k`` with a larger ``k`` is below ``v(1)`` (about ``2**-20``), as is ``v(q) * 2**-126``, and
         both become code 1."""
         factor = xp.from_bits(xp.shl(127 - xp.minimum(k, 126), 23))
-        return cls.encode(xp, cls.value(xp, q) * factor)
+        return self.encode(xp, self.value(xp, q) * factor)
+
+
+U16, U8 = _U16(), _U8()  # the codes, passed to blocked_u as ``c``
 
 
 def rebased(xp: Arrays, scale: Any, peak: Any) -> tuple[Any, Any]:
@@ -139,7 +136,7 @@ def stochastic_bf16(xp: Arrays, m: Any, count: Any) -> Any:
 
 def blocked_u(xp: Arrays, g: Any, code: Any, scale: Any, b2: Any, eps: Any, eps_placement: str, c: Any):
     """:func:`adamax.compact.infinity_norm` for one leaf of float32 gradients ``g`` (``code``: its codes, shaped
-    like it, in codes ``c``, :class:`U16` or :class:`U8`; ``scale``: its block scales): new codes and scales, and
+    like it, in codes ``c``, :data:`U16` or :data:`U8`; ``scale``: its block scales): new codes and scales, and
     the decoded u, as blocks (int32 codes)."""
     shape = tuple(g.shape)
     x = blocked(xp, xp.abs(g) + eps if eps_placement == "max" else xp.abs(g), shape)
