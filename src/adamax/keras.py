@@ -31,8 +31,8 @@ step count changes (on the JAX backend inside the jitted step, through ``ops.con
 256 elements, 4.016 bytes a parameter) and ``"compact8"`` (:mod:`adamax.compact8`, 2.031 bytes) run the block
 arithmetic of :mod:`adamax._blocks` in ``keras.ops`` (:class:`KerasArrays`), so they trace too: the codes,
 scales and rounded m are the NumPy definitions' bits on every backend, with m by Keras's formula above and the
-arithmetic in float32.  Sparse gradients (TensorFlow's ``IndexedSlices``) are densified by Keras before
-``update_step``, as for its own optimizers.
+arithmetic in float32.  Sparse gradients (TensorFlow's ``IndexedSlices``, an ``Embedding``'s) reach
+``update_step`` as they are and the ``keras.ops`` calls densify them, as in Keras's own Adamax.
 
 Keras picks its backend when first imported, from ``KERAS_BACKEND`` (or ``~/.keras/keras.json``; TensorFlow by
 default)::
