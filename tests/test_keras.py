@@ -6,6 +6,7 @@ placements against the NumPy reference, and refusals."""
 from __future__ import annotations
 
 import ast
+import json
 import os
 import subprocess
 import sys
@@ -387,6 +388,28 @@ def test_an_embedding_model_trains_in_every_state_format_and_full_state_is_keras
     for state_format in ("compact", "compact8"):
         _, losses = run(adamax_keras.Adamax(learning_rate=1e-2, state_format=state_format))
         assert abs(losses[-1] - full[-1]) <= 0.01 * full[-1], (state_format, losses, full)
+
+
+def test_the_defaults_are_keras_own():
+    ours, theirs = adamax_keras.Adamax().get_config(), keras.optimizers.Adamax().get_config()
+    for key in ("learning_rate", "beta_1", "beta_2", "epsilon", "weight_decay", "clipnorm", "clipvalue"):
+        assert ours[key] == theirs[key], key
+    assert ours["eps_placement"] == "denominator" and ours["state_format"] == "full"
+
+
+@pytest.mark.parametrize("state_format", ["compact", "compact8"])
+@pytest.mark.parametrize(("eps_placement", "eps"), [("denominator", 0.0), ("max", 0.0), ("denominator", 1e-7)])
+def test_compact_state_with_no_eps_leaves_an_untouched_element_alone(state_format, eps_placement, eps):
+    """An element whose every gradient is 0 has u = 0; with no ε (0, or a placement read from a configuration) it
+    must not move (no 0/0), and the others must step as the definitions say (checked above)."""
+    placement = json.loads(json.dumps(eps_placement))  # equal to the literal, not the same object
+    opt = adamax_keras.Adamax(learning_rate=0.1, epsilon=eps, eps_placement=placement, state_format=state_format)
+    x = keras.Variable(np.ones(4, dtype="float32"))
+    for g in ([0.0, 1.0, -2.0, 0.5], [0.0, 0.3, 1.0, -0.5]):
+        opt.apply([keras.ops.convert_to_tensor(np.array(g, dtype="float32"))], [x])
+    got = _values([x])[0]
+    assert got[0] == 1.0 and np.all(np.isfinite(got)) and np.all(got[1:] != 1.0)
+    assert got[1] < 1.0 and got[3] < 1.0 and got[2] > 1.0  # moved against the gradients' signs
 
 
 def _model_loss(x, y) -> float:
