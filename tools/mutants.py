@@ -362,7 +362,7 @@ def in_spans(mutation, spans: list[tuple[tuple[int, int], tuple[int, int]]]) -> 
 
 def scratch_env(copy: Path) -> dict[str, str]:
     """The environment a scratch copy's tests run in: its ``src`` (and root) first on ``PYTHONPATH``."""
-    return {**os.environ, "PYTHONPATH": str(copy / "src") + os.pathsep + str(copy)}
+    return {**os.environ, "PYTHONPATH": str(copy / "src") + os.pathsep + str(copy), "ADAMAX_MUTANTS": "1"}
 
 
 def scratch_copy(dest: Path) -> None:
