@@ -216,7 +216,8 @@ def test_a_subnormal_scale_is_cleared_at_its_next_re_base(name):
 @pytest.mark.parametrize("format_", ["compact", "compact8"])
 def test_every_code_reads_and_rounds_up_as_the_definition(name, format_):
     """Every code's value; the code of each value, of one ulp above it (the next code) and of one ulp below it
-    (the same code); and, for compact8's tapered codes, every code moved down by 0 to 24 octaves."""
+    (the same code), and of values under the smallest code (code 1: ``x > u`` there, so never 0); and, for
+    compact8's tapered codes, every code moved down by 0 to 24 octaves."""
     c, codes_np = (_blocks.U16, compact.U16) if format_ == "compact" else (_blocks.U8, compact8.U8)
     q = np.arange(codes_np.one + 1, dtype=np.int32)
     xp = _xp(name)
@@ -227,6 +228,8 @@ def test_every_code_reads_and_rounds_up_as_the_definition(name, format_):
     want = codes_np.encode(r).astype(np.int32)
     assert np.array_equal(want[: codes_np.one], q[1:])  # each code's own value reads back as it
     _same(_np(c.encode(xp, _tensor(name, r))), want)
+    below = _flushed(name, np.array([values[1] / 2, 2.0**-100, 2.0**-140], F32))  # under the smallest code
+    _same(_np(c.encode(xp, _tensor(name, below))), np.maximum(codes_np.encode(below).astype(np.int32), 1))
     if format_ == "compact8":
         k = np.repeat(np.arange(25, dtype=np.int32), q.size)
         moved = c.down(xp, _tensor(name, np.tile(q, 25)), _tensor(name, k))
