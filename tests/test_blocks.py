@@ -280,6 +280,25 @@ def test_a_peak_one_ulp_above_the_scale_re_bases_by_one_octave(name, format_):
         _same(_np(a).ravel()[: b.size], b.astype(np.int32) if b.dtype.kind == "u" else b)
 
 
+@pytest.mark.parametrize("name", NAMESPACES)
+def test_a_scale_moved_past_the_largest_float32_is_infinite_and_nan_payloads_round_to_one_nan(name):
+    """A scale of 1.5 re-based to cover 3e38 passes the largest float32 (its bits would read as a NaN): it is
+    infinity, as in the definition; and m's NaNs of any payload or sign are stored as the one NaN 0x7FC0."""
+    xp = _xp(name)
+    g = np.r_[F32(3e38), np.zeros(255, F32)]
+    codes = np.full(256, 5, np.uint16)
+    got = _blocks.blocked_u(xp, _tensor(name, g), _tensor(name, codes), _tensor(name, np.array([3.0], F32)), 0.5,
+                            0.0, "none", _blocks.U16)  # fmt: skip
+    config = AdamaxConfig(betas=(0.9, 0.5), eps=0.0, eps_placement="none")
+    want = compact.infinity_norm(np.abs(g), codes, np.array([3.0], F32), config)
+    assert np.isposinf(want[1][0])
+    _same(_np(got[1]), want[1])
+    nans = np.array([0x7FC00000, 0xFFC00000, 0x7FFFFFFF, 0xFFFFFFFF, 0x7F800001], np.uint32).view(F32)
+    for count in (1, 7):
+        bits = _np(_blocks.stochastic_bf16(xp, _tensor(name, nans), _tensor(name, np.int32(count))))
+        assert np.array_equal(bits.view(np.uint32) >> 16, compact.f32_to_bf16_stochastic(nans, count))
+
+
 @pytest.mark.skipif(OTHER_BACKEND, reason="already the other backend")
 def test_keras_ops_on_the_torch_backend_too():
     pytest.importorskip("keras")
