@@ -240,12 +240,13 @@ def test_every_code_reads_and_rounds_up_as_the_definition(name, format_):
 @pytest.mark.parametrize("name", NAMESPACES)
 def test_m_blocks_at_the_edges_are_the_definitions(name):
     """compact8's m in blocks whose largest |m| is exactly 2**-126, exactly 0, a subnormal (where not flushed),
-    and below its smallest code of either sign."""
+    below its smallest code of either sign, and between its two smallest codes."""
     blocks = [
         np.full(256, 0.0, F32),
         np.r_[F32(2.0**-126), np.full(255, -(2.0**-127), F32)],
         np.r_[F32(3 * 2.0**-140), np.full(255, -(2.0**-141), F32)],
         np.r_[F32(1.0), np.full(255, -(2.0**-12), F32)],
+        np.r_[F32(-1.0), np.full(255, 4.6e-3, F32)],  # between the two smallest codes: 1 or 2, mostly 2
     ]
     m = _flushed(name, np.concatenate(blocks))
     xp = _xp(name)
