@@ -206,9 +206,9 @@ class KerasArrays:
 
 _XP = KerasArrays()
 
-# Each format's optimizer variables per model variable: (name, dtype, shaped like the variable or one per block).
+# The compact formats' optimizer variables per model variable: (name, dtype, shaped like it or one per block);
+# full state's are Keras's own momentum and norm.
 _LAYOUTS = {
-    "full": (("momentum", None, True), ("norm", None, True)),
     "compact": (("momentum", "bfloat16", True), ("norm_code", "uint16", True), ("norm_scale", "float32", False)),
     "compact8": (
         ("momentum_code", "uint8", True),
