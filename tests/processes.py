@@ -12,6 +12,8 @@ import contextlib
 import os
 import signal
 import subprocess
+import sys
+from pathlib import Path
 
 TIMEOUT = 900.0  # seconds; a hang, not a slow machine
 
@@ -39,3 +41,15 @@ def end_group(proc: subprocess.Popen) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
     with contextlib.suppress(Exception):
         proc.communicate(timeout=30)
+
+
+def rerun_tests(path: str, env: dict[str, str]) -> None:
+    """Run a test file again in a child pytest with ``env`` added to the environment (another Keras backend, say),
+    and fail with its output unless all of it passed."""
+    done = run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-W", "ignore::DeprecationWarning", path],
+        env={**os.environ, **env}, cwd=Path(path).resolve().parents[1],
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+    summary = done.stdout.strip().splitlines()[-1]
+    assert " passed" in summary and "failed" not in summary and "error" not in summary, summary

@@ -11,9 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,6 +19,7 @@ from hypothesis import strategies as st
 
 from adamax import _blocks, compact, compact8
 from adamax.spec import AdamaxConfig
+from tests import processes
 
 OTHER_BACKEND = os.environ.get("ADAMAX_BLOCKS_OTHER_BACKEND") == "1"
 
@@ -304,11 +302,4 @@ def test_a_scale_moved_past_the_largest_float32_is_infinite_and_nan_payloads_rou
 def test_keras_ops_on_the_torch_backend_too():
     pytest.importorskip("keras")
     pytest.importorskip("torch")
-    env = {**os.environ, "KERAS_BACKEND": "torch", "ADAMAX_BLOCKS_OTHER_BACKEND": "1"}
-    done = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-W", "ignore::DeprecationWarning", __file__],
-        capture_output=True, text=True, timeout=900, env=env, cwd=Path(__file__).resolve().parents[1],
-    )  # fmt: skip
-    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
-    summary = done.stdout.strip().splitlines()[-1]
-    assert " passed" in summary and "failed" not in summary and "error" not in summary, summary
+    processes.rerun_tests(__file__, {"KERAS_BACKEND": "torch", "ADAMAX_BLOCKS_OTHER_BACKEND": "1"})

@@ -8,8 +8,6 @@ from __future__ import annotations
 import ast
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +18,7 @@ adamax_keras = pytest.importorskip("adamax.keras")
 
 from adamax import compact, compact8, reference  # noqa: E402
 from adamax.spec import AdamaxConfig  # noqa: E402
+from tests import processes  # noqa: E402
 
 BACKEND = keras.backend.backend()
 
@@ -438,11 +437,5 @@ def test_invalid_hyperparameters_are_refused_at_construction(kwargs, error, matc
 @pytest.mark.skipif(os.environ.get("ADAMAX_KERAS_OTHER_BACKEND") == "1", reason="already the other backend")
 def test_these_tests_pass_on_the_torch_backend_too():
     pytest.importorskip("torch")
-    env = {**os.environ, "KERAS_BACKEND": "torch" if BACKEND != "torch" else "jax", "ADAMAX_KERAS_OTHER_BACKEND": "1"}
-    done = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-W", "ignore::DeprecationWarning", __file__],
-        capture_output=True, text=True, timeout=900, env=env, cwd=Path(__file__).resolve().parents[1],
-    )  # fmt: skip
-    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
-    summary = done.stdout.strip().splitlines()[-1]
-    assert " passed" in summary and "failed" not in summary and "error" not in summary, summary
+    other = "torch" if BACKEND != "torch" else "jax"
+    processes.rerun_tests(__file__, {"KERAS_BACKEND": other, "ADAMAX_KERAS_OTHER_BACKEND": "1"})
