@@ -3,8 +3,9 @@ passes JAX's (:mod:`adamax.optax`), the Keras optimizer ``keras.ops`` (:mod:`ada
 
 A leaf is laid out as float32 blocks, one a row (:func:`blocked`; the last padded with zeros), so each block's
 scale broadcasts along its row: no repeat and no gather, which is what lets XLA fuse it.  Every function computes
-the bits of the NumPy definitions in :mod:`adamax.compact` and :mod:`adamax.compact8` (``tests/test_compact_optax.py``
-and ``tests/test_keras.py`` check them against those definitions); only the first moment's formula is left to the
+the bits of the NumPy definitions in :mod:`adamax.compact` and :mod:`adamax.compact8` (``tests/test_blocks.py``
+checks each on arbitrary inputs; ``tests/test_compact_optax.py`` and ``tests/test_keras.py`` check whole steps),
+except that XLA flushes subnormal floats to zero (docs/design.md); only the first moment's formula is left to the
 caller, which follows its library's own (optax's and Keras's differ in rounding).
 
 Integer arithmetic is int32 throughout, since not every backend has unsigned 32-bit multiplies (torch's): a
