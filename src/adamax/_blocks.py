@@ -14,6 +14,7 @@ multiply wraps alike in int32 and uint32, and :meth:`Arrays.shr` is a *logical* 
 
 from __future__ import annotations
 
+import math
 from typing import Any, Protocol
 
 from adamax import compact, compact8
@@ -52,23 +53,16 @@ class Arrays(Protocol):
     def cond(self, pred: Any, then: Any, otherwise: Any, operand: Any) -> Any: ...
 
 
-def size_of(shape: tuple[int, ...]) -> int:
-    n = 1
-    for d in shape:
-        n *= int(d)
-    return n
-
-
 def blocked(xp: Arrays, x: Any, shape: tuple[int, ...]) -> Any:
     """A leaf of ``shape`` as float32 (or int32) blocks of :data:`adamax.compact.BLOCK`, one a row, the last padded
     with zeros."""
-    size = size_of(shape)
+    size = math.prod(shape)
     return xp.reshape(xp.pad(xp.flat(x), compact.blocks(size) * compact.BLOCK - size), (-1, compact.BLOCK))
 
 
 def unblocked(xp: Arrays, x: Any, shape: tuple[int, ...]) -> Any:
     """:func:`blocked` undone: the first ``size`` elements, in ``shape``."""
-    return xp.reshape(xp.flat(x)[: size_of(shape)], shape)
+    return xp.reshape(xp.flat(x)[: math.prod(shape)], shape)
 
 
 class _U16:
@@ -122,7 +116,7 @@ def rebased(xp: Arrays, scale: Any, peak: Any) -> tuple[Any, Any]:
 def hashed(xp: Arrays, shape: tuple[int, ...], count: Any) -> Any:
     """:func:`adamax.compact.hashed` (its 32 bits as int32) for elements ``0 ..`` (row-major over ``shape``, which
     may be blocks) at step ``count`` (an int32 scalar)."""
-    x = xp.reshape(xp.arange(size_of(shape)), shape) * _KEY_INDEX + xp.i32(count) * _KEY_STEP
+    x = xp.reshape(xp.arange(math.prod(shape)), shape) * _KEY_INDEX + xp.i32(count) * _KEY_STEP
     x = xp.bxor(x, xp.shr(x, 16)) * _MIX1
     x = xp.bxor(x, xp.shr(x, 15)) * _MIX2
     return xp.bxor(x, xp.shr(x, 16))

@@ -296,14 +296,13 @@ class Adamax(keras.optimizers.Optimizer):
         layout = _LAYOUTS[self.state_format]
         self._slots: list[list[Any]] = [[] for _ in layout]
         for variable in var_list:
-            size = _blocks.size_of(tuple(variable.shape))
             for column, (suffix, dtype, like) in zip(self._slots, layout):
                 if self._overwrite_variable_with_gradient(variable):
                     column.append(None)
                     continue
                 column.append(
                     self.add_variable(
-                        shape=tuple(variable.shape) if like else (compact.blocks(size),),
+                        shape=tuple(variable.shape) if like else compact.scales_shape(tuple(variable.shape)),
                         dtype=dtype,
                         name=f"{variable.path.replace('/', '_')}_{suffix}",
                         layout=getattr(variable, "_layout", None) if like else None,
@@ -343,21 +342,20 @@ class Adamax(keras.optimizers.Optimizer):
             m_slot, code_slot, scale_slot = slots
             m = _OPS.moment_(ops.cast(state[0], "float32"), g, h.beta1)
             codes, scale, u = _blocks.compact_u(_XP, g, state[1], state[2], h.beta2, h.eps, h.eps_placement)
-            d = ops.add(u, h.eps) if h.eps_placement == "denominator" else u
-            p = _OPS.apply_step_(p, m, d, step, guard)
             self.assign(m_slot, ops.cast(_XP.from_bits(_blocks.stochastic_bf16(_XP, m, count)), "bfloat16"))
             self.assign(code_slot, ops.cast(codes, "uint16"))
-        else:
+        else:  # compact8's m lives in blocks: step on the elements, encode the blocks
             m_code_slot, m_scale_slot, code_slot, scale_slot = slots
             m_old = _blocks.decoded_m(_XP, state[0], state[1])
-            m = _OPS.moment_(m_old, _blocks.blocked(_XP, g, shape), h.beta1)
+            blocked_m = _OPS.moment_(m_old, _blocks.blocked(_XP, g, shape), h.beta1)
             codes, scale, u = _blocks.blocked_u(_XP, g, state[2], state[3], h.beta2, h.eps, h.eps_placement, _blocks.U8)
-            d = ops.add(u, h.eps) if h.eps_placement == "denominator" else u
-            p = _blocks.unblocked(_XP, _OPS.apply_step_(_blocks.blocked(_XP, p, shape), m, d, step, guard), shape)
-            m_codes, m_scale = _blocks.encoded_m(_XP, m, count)
+            m, u = _blocks.unblocked(_XP, blocked_m, shape), _blocks.unblocked(_XP, u, shape)
+            m_codes, m_scale = _blocks.encoded_m(_XP, blocked_m, count)
             self.assign(m_code_slot, ops.cast(_blocks.unblocked(_XP, m_codes, shape), "uint8"))
             self.assign(m_scale_slot, m_scale)
             self.assign(code_slot, ops.cast(_blocks.unblocked(_XP, codes, shape), "uint8"))
+        d = ops.add(u, h.eps) if h.eps_placement == "denominator" else u
+        p = _OPS.apply_step_(p, m, d, step, guard)
         self.assign(scale_slot, scale)
         self.assign(variable, ops.cast(p, variable.dtype))
 
